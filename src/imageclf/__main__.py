@@ -1,0 +1,5 @@
+"""`python -m imageclf`."""
+
+from imageclf.cli import main
+
+main()

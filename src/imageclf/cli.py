@@ -1,0 +1,183 @@
+"""The command line: flags map 1:1 onto the config dataclasses; only this module prints."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from imageclf.config import AugConfig, ConfigError, DataConfig
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Train, inspect and use image classifiers.")
+bench_app = typer.Typer(no_args_is_help=True, help="Measure parts of the pipeline.")
+app.add_typer(bench_app, name="bench")
+console = Console()
+err = Console(stderr=True)
+_state = {"debug": False}
+
+DataArg = Annotated[Path, typer.Argument(help="A folder of class folders (train/ + valid/ or "
+                                         "val/ inside, or one folder per class), or a CSV.")]
+SizeOpt = Annotated[int, typer.Option("--size", help="Side of the images the model sees.")]
+PresizeOpt = Annotated[int, typer.Option("--presize", help="Side of the CPU presize (>= size).")]
+BsOpt = Annotated[int, typer.Option("--bs", help="Batch size.")]
+CsvOpt = Annotated[str | None, typer.Option("--csv", help="CSV of filename,label[,is_valid].")]
+RegexOpt = Annotated[str | None, typer.Option(
+    "--label-regex", help="Label = group 1 of this regex on each file name.")]
+ValidPctOpt = Annotated[float, typer.Option("--valid-pct",
+                                            help="Random validation share when no split.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for the split and augmentation.")]
+CacheOpt = Annotated[str | None, typer.Option(
+    "--cache-dir", help="Presize cache folder (default $IMAGECLF_CACHE_DIR, "
+    "$XDG_CACHE_HOME/imageclf or ~/.cache/imageclf).")]
+MethodOpt = Annotated[str, typer.Option("--resize-method", help="crop, squish or pad.")]
+MultiOpt = Annotated[bool, typer.Option("--multi-label", help="Several labels per image.")]
+
+
+def _data_config(data: Path, size: int, presize: int, bs: int, csv: str | None,
+                 label_regex: str | None, valid_pct: float, seed: int, cache_dir: str | None,
+                 resize_method: str, multi_label: bool) -> DataConfig:
+    return DataConfig(path=str(data), size=size, presize=presize, bs=bs, csv=csv,
+                      label_regex=label_regex, valid_pct=valid_pct, seed=seed,
+                      cache_dir=cache_dir, resize_method=resize_method, multi_label=multi_label,
+                      aug=AugConfig())
+
+
+@app.callback()
+def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+          verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    _state["debug"] = debug
+    logging.basicConfig(level=logging.INFO if verbose or debug else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def verify(data: DataArg, csv: CsvOpt = None, label_regex: RegexOpt = None,
+           valid_pct: ValidPctOpt = 0.2, seed: SeedOpt = 0, multi_label: MultiOpt = False,
+           as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Check every file's header; print counts per class and split, and unreadable files."""
+    from imageclf.data.images import verify_file
+    from imageclf.data.sources import find_items
+
+    items = find_items(data, csv_file=csv, label_regex=label_regex, valid_pct=valid_pct,
+                       seed=seed, multi_label=multi_label)
+    with ThreadPoolExecutor(4) as pool:
+        reasons = list(pool.map(verify_file, items.paths))
+    bad = [{"path": str(p), "reason": r} for p, r in zip(items.paths, reasons, strict=True) if r]
+    good = items.subset([i for i, r in enumerate(reasons) if r is None])
+    counts = good.counts()
+    result = {"n_items": len(items), "n_usable": len(good), "classes": list(items.classes),
+              "multi_label": items.multi_label, "counts": counts, "unreadable": bad}
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    table = Table(title=f"{data}: {len(good)} usable of {len(items)} files")
+    table.add_column("class")
+    table.add_column("train", justify="right")
+    table.add_column("valid", justify="right")
+    for c in items.classes:
+        table.add_row(c, str(counts["train"][c]), str(counts["valid"][c]))
+    console.print(table)
+    if bad:
+        console.print(f"[yellow]{len(bad)} unreadable file(s), left out:[/yellow]")
+        for b in bad:
+            console.print(f"  {b['path']}: {b['reason']}")
+    else:
+        console.print("no unreadable files")
+
+
+@app.command("show-batch")
+def show_batch_cmd(data: DataArg,
+                   output: Annotated[Path, typer.Option("-o", "--output")] = Path("batch.png"),
+                   size: SizeOpt = 224, presize: PresizeOpt = 460, bs: BsOpt = 16,
+                   csv: CsvOpt = None, label_regex: RegexOpt = None,
+                   valid_pct: ValidPctOpt = 0.2, seed: SeedOpt = 0, cache_dir: CacheOpt = None,
+                   resize_method: MethodOpt = "crop", multi_label: MultiOpt = False,
+                   valid: Annotated[bool, typer.Option("--valid",
+                                                       help="Show validation images.")] = False,
+                   ) -> None:
+    """Save a PNG grid of augmented training images with their labels."""
+    from imageclf.data.loader import DataLoaders
+    from imageclf.plots import show_batch
+
+    cfg = _data_config(data, size, presize, bs, csv, label_regex, valid_pct, seed, cache_dir,
+                       resize_method, multi_label)
+    dls = DataLoaders.from_config(cfg)
+    path = show_batch(dls, output, n=bs, train=not valid)
+    console.print(f"wrote {path}")
+
+
+@bench_app.command("loader")
+def bench_loader(data: DataArg, size: SizeOpt = 128, presize: PresizeOpt = 160, bs: BsOpt = 64,
+                 epochs: Annotated[int, typer.Option("--epochs")] = 3,
+                 csv: CsvOpt = None, label_regex: RegexOpt = None, valid_pct: ValidPctOpt = 0.2,
+                 seed: SeedOpt = 0, cache_dir: CacheOpt = None,
+                 resize_method: MethodOpt = "crop",
+                 as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Iterate the training loader E times with full augmentation; images/s per epoch.
+
+    The first epoch is cold (decodes into the cache) unless the cache already holds the
+    data; pass a fresh --cache-dir for a cold start.
+    """
+    from imageclf.data.loader import DataLoaders
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = _data_config(data, size, presize, bs, csv, label_regex, valid_pct, seed,
+                           cache_dir or tmp, resize_method, False)
+        dls = DataLoaders.from_config(cfg)
+        rows = []
+        for epoch in range(epochs):
+            t0 = time.perf_counter()
+            n = 0
+            dls.train.set_epoch(epoch)
+            for x, _y in dls.train:
+                n += x.shape[0]
+            dt = time.perf_counter() - t0
+            rows.append({"epoch": epoch, "images": n, "seconds": round(dt, 3),
+                         "img_per_s": round(n / dt, 1),
+                         "cache": "cold" if epoch == 0 and dls.train.cache.stats.decoded
+                         else "warm"})
+        dls.train.cache.wait()
+    result = {"tool": "imageclf", "size": size, "presize": presize, "bs": bs, "epochs": rows,
+              "decoded": dls.train.cache.stats.decoded}
+    if as_json:
+        print(json.dumps(result))
+        return
+    for r in rows:
+        console.print(f"epoch {r['epoch']} ({r['cache']}): {r['images']} images in "
+                      f"{r['seconds']:.2f} s = {r['img_per_s']:.0f} img/s")
+
+
+def main() -> None:
+    """Entry point: run the app; a bad setting is one clear line, not a traceback."""
+    try:
+        app(standalone_mode=False)
+    except ConfigError as e:
+        if _state["debug"]:
+            raise
+        err.print(f"[red]error:[/red] {e}")
+        sys.exit(2)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        err.print("aborted")
+        sys.exit(130)
+    except Exception as e:  # click's usage errors carry their own message and exit code
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if _state["debug"]:
+            raise
+        err.print(f"[red]error:[/red] {type(e).__name__}: {e}  (run with --debug for details)")
+        sys.exit(1)

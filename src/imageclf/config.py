@@ -1,0 +1,110 @@
+"""Frozen settings for data, augmentation, model and training, with a JSON round trip."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+RESIZE_METHODS = ("crop", "squish", "pad")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
+class ConfigError(ValueError):
+    """A setting has a value imageclf cannot use; the message names the flag and the fix."""
+
+
+@dataclass(frozen=True)
+class AugConfig:
+    """Batch augmentation settings (fastai's `aug_transforms` defaults)."""
+
+    flip_p: float = 0.5
+    max_rotate: float = 10.0  # degrees
+    max_zoom: float = 1.1
+    max_warp: float = 0.2
+    min_scale: float = 0.75  # random-resized crop: smallest area fraction kept
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    max_lighting: float = 0.2
+    p_affine: float = 0.75
+    p_lighting: float = 0.75
+    pad_mode: str = "reflection"
+
+    def __post_init__(self) -> None:
+        if self.pad_mode not in ("reflection", "border", "zeros"):
+            raise ConfigError(
+                f"pad_mode must be one of reflection, border, zeros; got {self.pad_mode!r}"
+            )
+        if not 0 < self.min_scale <= 1:
+            raise ConfigError(f"--min-scale must be in (0, 1]; got {self.min_scale}")
+        if self.max_zoom < 1:
+            raise ConfigError(f"--max-zoom must be >= 1; got {self.max_zoom}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images are, how they are split, presized and batched."""
+
+    path: str = "."
+    size: int = 224
+    presize: int = 460
+    resize_method: str = "crop"
+    bs: int = 64
+    valid_pct: float = 0.2
+    seed: int = 0
+    label_regex: str | None = None
+    csv: str | None = None
+    multi_label: bool = False
+    cache_dir: str | None = None
+    decode_workers: int = 0  # 0: one per CPU core
+    aug: AugConfig = field(default_factory=AugConfig)
+
+    def __post_init__(self) -> None:
+        if self.size < 8:
+            raise ConfigError(f"--size must be at least 8 pixels; got {self.size}")
+        if self.presize < self.size:
+            raise ConfigError(
+                f"--presize ({self.presize}) must be >= --size ({self.size}): presizing leaves "
+                f"margin for augmentation; try --presize {max(self.size, round(self.size * 1.25))}"
+            )
+        if self.resize_method not in RESIZE_METHODS:
+            raise ConfigError(
+                f"--resize-method must be one of {', '.join(RESIZE_METHODS)}; "
+                f"got {self.resize_method!r}"
+            )
+        if self.bs < 1:
+            raise ConfigError(f"--bs must be at least 1; got {self.bs}")
+        if not 0 < self.valid_pct < 1:
+            raise ConfigError(f"--valid-pct must be between 0 and 1; got {self.valid_pct}")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a settings dataclass (nested dataclasses included)."""
+    return dataclasses.asdict(cfg)
+
+
+def _build(cls: type, data: dict[str, Any]) -> Any:
+    kwargs = {}
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(names)
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} settings: {sorted(unknown)}")
+    for name, value in data.items():
+        ftype = names[name].type
+        if isinstance(value, dict) and name == "aug":
+            value = _build(AugConfig, value)
+        elif isinstance(value, list) and "tuple" in str(ftype):
+            value = tuple(value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Rebuild a settings dataclass from `to_dict`'s output."""
+    return _build(cls, data)
+
+
+def save_json(obj: dict[str, Any], path: str | Path) -> None:
+    """Write a dict as indented JSON."""
+    Path(path).write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,1 @@
+"""The data half: sources, decode/presize, cache, loader, batch augmentation."""

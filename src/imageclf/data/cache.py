@@ -1,0 +1,266 @@
+"""The presized uint8 cache: one memory-mapped file per data set and presize setting."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import repeat
+from pathlib import Path
+
+import numpy as np
+
+from imageclf.data.images import UnreadableImage, load_presized, slot_length, verify_file
+
+log = logging.getLogger(__name__)
+CACHE_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    """`IMAGECLF_CACHE_DIR`, else `$XDG_CACHE_HOME/imageclf`, else `~/.cache/imageclf`."""
+    env = os.environ.get("IMAGECLF_CACHE_DIR")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "imageclf"
+
+
+def _stat(path: Path) -> tuple[int, int]:
+    try:
+        st = os.stat(path)
+        return st.st_size, st.st_mtime_ns
+    except OSError:
+        return -1, -1
+
+
+@dataclass
+class CacheStats:
+    """What one build did: images decoded, images reused from the cache, images unreadable."""
+
+    decoded: int = 0
+    reused: int = 0
+    unreadable: int = 0
+    seconds: float = 0.0
+
+
+class PresizeCache:
+    """Presized uint8 images of a list of files, memory-mapped, built once and reused.
+
+    Keyed by the presize settings and the data set's folder; each file's entry is reused
+    while its size and mtime are unchanged, so a changed or added file is the only one
+    decoded again. Writers build under a temporary name and rename; the index names the
+    data file it belongs to, so a reader never sees a half-written cache.
+    """
+
+    def __init__(self, paths: Sequence[Path], presize: int, method: str = "crop",
+                 cache_dir: str | Path | None = None, workers: int = 0,
+                 role: str = "") -> None:
+        self.paths = [Path(p) for p in paths]
+        self.presize = presize
+        self.method = method
+        self.length = slot_length(presize, method)
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self.workers = workers or (os.cpu_count() or 1)
+        root = os.path.commonpath([str(p.absolute()) for p in self.paths]) if self.paths else ""
+        key_src = json.dumps([CACHE_VERSION, presize, method, root, role])
+        self.key = hashlib.sha256(key_src.encode()).hexdigest()[:20]
+        self.data: np.ndarray | None = None  # (N, 3, P, L) uint8 memmap
+        self.lengths = np.zeros(len(self.paths), np.int32)  # used long side of each slot
+        self.transposed = np.zeros(len(self.paths), bool)
+        self.ok = np.zeros(len(self.paths), bool)
+        self.reasons: dict[int, str] = {}
+        self.stats = CacheStats()
+        self._persist_thread: threading.Thread | None = None
+
+    @property
+    def index_path(self) -> Path:
+        return self.cache_dir / f"{self.key}.json"
+
+    def _read_index(self) -> dict | None:
+        try:
+            index = json.loads(self.index_path.read_text())
+            if index.get("version") != CACHE_VERSION:
+                return None
+            data_file = self.cache_dir / index["data"]
+            shape = tuple(index["shape"])
+            if data_file.stat().st_size != int(np.prod(shape)):
+                return None
+            return index
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def build(self, progress: Callable[[int, int], None] | None = None) -> CacheStats:
+        """Make every file's presized slot available, decoding only what the cache lacks."""
+        t0 = time.perf_counter()
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        lock = open(self.cache_dir / f"{self.key}.lock", "w")  # noqa: SIM115 - closed below
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one builder per machine; others wait, then read
+        persist = None
+        try:
+            persist = self._build_locked(progress)
+        finally:
+            if persist is None:
+                lock.close()  # closing releases the lock
+        if persist is not None:
+            # fsync + rename + index happen beside the first epoch, which already reads the
+            # data from the temporary file; the lock is held until the index is written.
+            def run() -> None:
+                try:
+                    persist()
+                finally:
+                    lock.close()
+
+            self._persist_thread = threading.Thread(target=run, name="imageclf-cache-persist")
+            self._persist_thread.start()
+        self.stats.seconds = time.perf_counter() - t0
+        return self.stats
+
+    def wait(self) -> None:
+        """Block until a fresh build is safely on disk (its index written)."""
+        if self._persist_thread is not None:
+            self._persist_thread.join()
+
+    def _build_locked(self, progress: Callable[[int, int], None] | None
+                      ) -> Callable[[], None] | None:
+        stats = [_stat(p) for p in self.paths]
+        index = self._read_index()
+        old: dict[str, tuple[int, list]] = {}
+        if index is not None:
+            old = {e[0]: (i, e) for i, e in enumerate(index["entries"])}
+        n = len(self.paths)
+        reuse: list[tuple[int, int]] = []  # (new slot, old slot)
+        todo: list[int] = []
+        for i, (p, st) in enumerate(zip(self.paths, stats, strict=True)):
+            hit = old.get(str(p.absolute()))
+            if hit is not None and hit[1][1] == st[0] and hit[1][2] == st[1]:
+                reuse.append((i, hit[0]))
+            else:
+                todo.append(i)
+        same_layout = (index is not None and not todo and len(index["entries"]) == n
+                       and all(a == b for a, b in reuse))
+        if same_layout:
+            self._open(index)
+            self.stats = CacheStats(reused=n, unreadable=int((~self.ok).sum()))
+            return None
+        shape = (n, 3, self.presize, self.length)
+        name = f"{self.key}-{uuid.uuid4().hex[:12]}.u8"
+        tmp = self.cache_dir / (name + ".tmp")
+        out = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=shape)
+        entries: list[list] = [[str(p.absolute()), st[0], st[1], False, 0, False, ""]
+                               for p, st in zip(self.paths, stats, strict=True)]
+        if reuse:
+            src = np.memmap(self.cache_dir / index["data"], dtype=np.uint8, mode="r",
+                            shape=tuple(index["shape"]))
+            for new, o in reuse:
+                out[new] = src[o]
+                entries[new][3:7] = index["entries"][o][3:7]
+            del src
+        n_bad = 0
+        n_old_bad = sum(1 for new, _ in reuse if not entries[new][3])
+        done = 0
+        if todo:
+            out.flush()
+            chunks = [todo[s:s + 32] for s in range(0, len(todo), 32)]
+            for results in _decode_pool(self.workers, tmp, shape, self.paths, self.presize,
+                                        self.method, chunks):
+                for i, ok, length, transposed, reason in results:
+                    entries[i][3:7] = [ok, length, transposed, reason]
+                    n_bad += not ok
+                    done += 1
+                if progress is not None:
+                    progress(done, len(todo))
+        out.flush()
+        del out
+        new_index = {"version": CACHE_VERSION, "presize": self.presize, "method": self.method,
+                     "data": name, "shape": list(shape), "entries": entries}
+        self._open(new_index, tmp)
+        self.stats = CacheStats(decoded=done - n_bad, reused=len(reuse),
+                                unreadable=n_bad + n_old_bad)
+        log.info("presize cache %s: %d decoded, %d reused, %d unreadable", self.key,
+                 self.stats.decoded, self.stats.reused, self.stats.unreadable)
+        old_data = index["data"] if index is not None and index["data"] != name else None
+
+        def persist() -> None:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, self.cache_dir / name)
+            itmp = self.cache_dir / f"{self.key}.json.{uuid.uuid4().hex[:8]}.tmp"
+            with open(itmp, "w") as f:
+                json.dump(new_index, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(itmp, self.index_path)  # only now is the new cache visible to others
+            if old_data is not None:
+                # readers that still map the old file keep it alive until they close it
+                (self.cache_dir / old_data).unlink(missing_ok=True)
+
+        return persist
+
+    def _open(self, index: dict, data_file: Path | None = None) -> None:
+        data_file = data_file or self.cache_dir / index["data"]
+        self.data = np.memmap(data_file, dtype=np.uint8, mode="r",
+                              shape=tuple(index["shape"]))
+        self.reasons = {}
+        for i, e in enumerate(index["entries"]):
+            self.ok[i], self.lengths[i], self.transposed[i] = bool(e[3]), int(e[4]), bool(e[5])
+            if not e[3]:
+                self.reasons[i] = e[6] or _why_missing(self.paths[i])
+
+    def unreadable(self) -> list[dict[str, str]]:
+        """[{"path", "reason"}] for every file that could not be used."""
+        return [{"path": str(self.paths[i]), "reason": r} for i, r in sorted(self.reasons.items())]
+
+
+_worker_out: np.ndarray | None = None
+
+
+def _init_worker(data_file: Path, shape: tuple[int, ...]) -> None:
+    global _worker_out
+    _worker_out = np.memmap(data_file, dtype=np.uint8, mode="r+", shape=shape)
+
+
+def _decode_chunk(paths: list[tuple[int, Path]], presize: int,
+                  method: str) -> list[tuple[int, bool, int, bool, str]]:
+    """Decode files into their slots of the worker's memmap; return their index entries."""
+    out = []
+    for i, path in paths:
+        try:
+            pre = load_presized(path, presize, method)
+        except UnreadableImage as e:
+            out.append((i, False, 0, False, str(e)))
+            continue
+        a = pre.array  # (3, P, L_i)
+        _worker_out[i, :, :, : a.shape[2]] = a
+        out.append((i, True, int(a.shape[2]), bool(pre.transposed), ""))
+    return out
+
+
+def _decode_pool(workers: int, data_file: Path, shape: tuple[int, ...], paths: list[Path],
+                 presize: int, method: str, chunks: list[list[int]]) -> Iterator[list]:
+    """Decode chunks of files in worker processes (threads where fork is unavailable):
+    PIL holds the GIL for part of each decode, so processes are about 1.4x faster here."""
+    jobs = [[(i, paths[i]) for i in chunk] for chunk in chunks]
+    use_fork = sys.platform.startswith("linux") and len(jobs) > 1 and workers > 1
+    if use_fork:
+        ctx = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                                 initargs=(data_file, shape)) as pool:
+            yield from pool.map(_decode_chunk, jobs, repeat(presize), repeat(method))
+    else:
+        _init_worker(data_file, shape)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            yield from pool.map(_decode_chunk, jobs, repeat(presize), repeat(method))
+
+
+def _why_missing(path: Path) -> str:
+    return verify_file(path) or "unreadable"

@@ -1,0 +1,209 @@
+"""Batches of presized uint8 images, moved to the device and augmented there."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from imageclf.config import DataConfig
+from imageclf.data.augment import IMAGENET_MEAN, IMAGENET_STD, BatchAugment
+from imageclf.data.cache import PresizeCache
+from imageclf.data.sources import Items, find_items
+
+log = logging.getLogger(__name__)
+
+
+def epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
+    """A CPU generator for one (seed, epoch, purpose): resuming at an epoch replays it."""
+    return torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 7 + stream) % (2**63))
+
+
+class BatchLoader:
+    """One split: uint8 batches gathered from the cache in a background thread, augmented on
+    the device by ONE grid_sample per batch. Yields (x, y): x (B, 3, S, S) float32
+    normalised (channels_last), y (B,) int64 or (B, C) float multi-hot."""
+
+    def __init__(self, paths: list[Path], targets: torch.Tensor, cfg: DataConfig, train: bool,
+                 device: torch.device | str = "cpu", cache_dir: str | Path | None = None,
+                 mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD,
+                 rank: int = 0, world_size: int = 1, role: str | None = None) -> None:
+        self.paths = paths
+        self.all_targets = targets
+        self.cfg = cfg
+        self.train = train
+        self.device = torch.device(device)
+        self.cache = PresizeCache(paths, cfg.presize, cfg.resize_method,
+                                  cache_dir or cfg.cache_dir, cfg.decode_workers,
+                                  role=role or ("train" if train else "valid"))
+        self.augment = BatchAugment(cfg.size, cfg.aug, mean, std)
+        self.bs = cfg.bs
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+        self.index: np.ndarray | None = None  # usable cache slots
+
+    def prepare(self) -> None:
+        """Build (or open) the presize cache; decode only what it lacks."""
+        if self.index is None:
+            self.cache.build()
+            self.index = np.flatnonzero(self.cache.ok)
+
+    @property
+    def n_items(self) -> int:
+        self.prepare()
+        return len(self.index)
+
+    @property
+    def targets(self) -> torch.Tensor:
+        """Targets of the usable items, in cache order."""
+        self.prepare()
+        return self.all_targets[torch.from_numpy(self.index)]
+
+    def _order(self, g: torch.Generator) -> np.ndarray:
+        n = self.n_items
+        order = torch.randperm(n, generator=g).numpy() if self.train else np.arange(n)
+        if self.world_size > 1:  # every rank gets the same number of items
+            per = -(-n // self.world_size)
+            order = np.resize(order, per * self.world_size)[self.rank::self.world_size]
+        if self.train and len(order) >= self.bs:
+            order = order[: len(order) // self.bs * self.bs]  # drop the last partial batch
+        return order
+
+    def __len__(self) -> int:
+        n = len(self._order(torch.Generator().manual_seed(0))) if self.world_size > 1 else (
+            self.n_items // self.bs * self.bs if self.train and self.n_items >= self.bs
+            else self.n_items)
+        return -(-n // self.bs)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose shuffle, crops and augmentation the next pass replays."""
+        self.epoch = epoch
+
+    def _gather(self, slots: np.ndarray, offsets: np.ndarray) -> torch.Tensor:
+        p = self.cfg.presize
+        pin = self.device.type == "cuda"
+        out = torch.empty((len(slots), 3, p, p), dtype=torch.uint8, pin_memory=pin)
+        dst = out.numpy()
+        data = self.cache.data
+        for j, (i, off) in enumerate(zip(slots, offsets, strict=True)):
+            crop = data[i, :, :, off:off + p]  # (3, P, P) view of the memmap
+            dst[j] = crop.transpose(0, 2, 1) if self.cache.transposed[i] else crop
+        return out
+
+    def _batches(self, order: np.ndarray, offsets: np.ndarray) -> Iterator[tuple[np.ndarray,
+                                                                                torch.Tensor]]:
+        for s in range(0, len(order), self.bs):
+            sel = order[s:s + self.bs]
+            slots = self.index[sel]
+            yield sel, self._gather(slots, offsets[sel])
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self.prepare()
+        seed = self.cfg.seed
+        g_order = epoch_generator(seed, self.epoch, 0)
+        g_aug = epoch_generator(seed, self.epoch, 1)
+        order = self._order(g_order)
+        lengths = self.cache.lengths[self.index]
+        room = np.maximum(lengths - self.cfg.presize, 0)
+        if self.train:  # random square crop position along the long side, per epoch
+            u = torch.rand(len(room), generator=g_order, dtype=torch.float64).numpy()
+            offsets = np.floor(u * (room + 1)).astype(np.int64)
+        else:
+            offsets = room // 2
+        targets = self.targets
+        q: queue.Queue = queue.Queue(maxsize=2)
+        stop = threading.Event()
+
+        def produce() -> None:
+            try:
+                for item in self._batches(order, offsets):
+                    while not stop.is_set():
+                        try:
+                            q.put(item, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+                q.put(None)
+            except BaseException as e:  # noqa: BLE001 - handed to the consumer thread
+                q.put(e)
+
+        worker = threading.Thread(target=produce, daemon=True)
+        worker.start()
+        try:
+            while True:
+                item = q.get()
+                if item is None:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                sel, xb = item
+                xb = xb.to(self.device, non_blocking=True)
+                yb = targets[torch.from_numpy(sel)].to(self.device, non_blocking=True)
+                yield self.augment(xb, train=self.train, generator=g_aug), yb
+        finally:
+            stop.set()
+            worker.join()
+
+
+def targets_tensor(items: Items) -> torch.Tensor:
+    """(N,) int64 class indices, or (N, C) float multi-hot for multi-label items."""
+    if items.multi_label:
+        t = torch.zeros(len(items), len(items.classes))
+        for i, labels in enumerate(items.labels):
+            t[i, list(labels)] = 1.0
+        return t
+    return torch.tensor([lab[0] for lab in items.labels], dtype=torch.int64)
+
+
+@dataclass
+class DataLoaders:
+    """The training and validation loaders of one data set, and what was found in it."""
+
+    items: Items
+    train: BatchLoader
+    valid: BatchLoader
+    cfg: DataConfig
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.items.classes
+
+    @property
+    def multi_label(self) -> bool:
+        return self.items.multi_label
+
+    @classmethod
+    def from_config(cls, cfg: DataConfig, device: torch.device | str = "cpu",
+                    mean: tuple[float, ...] = IMAGENET_MEAN,
+                    std: tuple[float, ...] = IMAGENET_STD, rank: int = 0,
+                    world_size: int = 1) -> DataLoaders:
+        """Find the items of `cfg.path` and make both loaders (caches are built lazily)."""
+        items = find_items(cfg.path, csv_file=cfg.csv, label_regex=cfg.label_regex,
+                           valid_pct=cfg.valid_pct, seed=cfg.seed, multi_label=cfg.multi_label)
+        targets = targets_tensor(items)
+        tr, va = items.split_indices()
+
+        def make(idx: list[int], train: bool) -> BatchLoader:
+            return BatchLoader([items.paths[i] for i in idx], targets[idx], cfg, train, device,
+                               mean=mean, std=std, rank=rank,
+                               world_size=world_size if train else 1)
+
+        return cls(items, make(tr, True), make(va, False), cfg)
+
+    def prepare(self) -> None:
+        """Decode and cache both splits now."""
+        self.train.prepare()
+        self.valid.prepare()
+
+    def skipped(self) -> list[dict[str, str]]:
+        """Every file left out as unreadable, with the reason: [{"path", "reason"}]."""
+        self.prepare()
+        return self.train.cache.unreadable() + self.valid.cache.unreadable()

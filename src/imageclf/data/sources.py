@@ -1,0 +1,257 @@
+"""Finding items and their labels (class folders, filename regex, CSV) and splitting them."""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from imageclf.config import ConfigError
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".jfif"}
+)
+TRAIN_NAMES = ("train",)
+VALID_NAMES = ("valid", "val", "validation")
+
+
+@dataclass(frozen=True)
+class Items:
+    """A labelled image set: paths, integer labels (multi-hot lists if multi-label), split."""
+
+    paths: tuple[Path, ...]
+    labels: tuple[tuple[int, ...], ...]  # one class index per item, or several if multi-label
+    classes: tuple[str, ...]
+    is_valid: tuple[bool, ...]
+    multi_label: bool = False
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def subset(self, keep: list[int]) -> Items:
+        """The items at `keep` indices, same classes."""
+        return Items(
+            tuple(self.paths[i] for i in keep),
+            tuple(self.labels[i] for i in keep),
+            self.classes,
+            tuple(self.is_valid[i] for i in keep),
+            self.multi_label,
+        )
+
+    def split_indices(self) -> tuple[list[int], list[int]]:
+        """(train indices, valid indices)."""
+        train = [i for i, v in enumerate(self.is_valid) if not v]
+        valid = [i for i, v in enumerate(self.is_valid) if v]
+        return train, valid
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Images per class for each split: {"train": {cls: n}, "valid": {cls: n}}."""
+        out: dict[str, dict[str, int]] = {}
+        for split, flag in (("train", False), ("valid", True)):
+            c: Counter[str] = Counter()
+            for labels, v in zip(self.labels, self.is_valid, strict=True):
+                if v == flag:
+                    for lab in labels:
+                        c[self.classes[lab]] += 1
+            out[split] = {k: c.get(k, 0) for k in self.classes}
+        return out
+
+
+def _is_image_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Every entry under `folder` whose name looks like an image, sorted.
+
+    Entries named like images are listed even when they are directories or dangling
+    links, so that verification can report them instead of silently skipping them.
+    """
+    found: list[Path] = []
+    for root, dirs, files in os.walk(folder, followlinks=False):
+        for name in files:
+            if _is_image_name(name) and not name.startswith("."):
+                found.append(Path(root) / name)
+        keep = []
+        for d in dirs:
+            if _is_image_name(d):
+                found.append(Path(root) / d)
+            elif not d.startswith("."):
+                keep.append(d)
+        dirs[:] = keep
+    return sorted(found)
+
+
+def _random_split(n: int, valid_pct: float, seed: int) -> list[bool]:
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(n)
+    n_valid = int(round(n * valid_pct))
+    flags = [False] * n
+    for i in order[:n_valid]:
+        flags[int(i)] = True
+    return flags
+
+
+def _class_folders(root: Path) -> dict[str, list[Path]]:
+    out: dict[str, list[Path]] = {}
+    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if _is_image_name(sub.name):
+            continue
+        out[sub.name] = list_images(sub)
+    return out
+
+
+def _find_split_dir(root: Path, names: tuple[str, ...]) -> Path | None:
+    for name in names:
+        if (root / name).is_dir():
+            return root / name
+    return None
+
+
+def _check_classes(per_class: dict[str, list[Path]], where: Path) -> None:
+    empty = [c for c, files in per_class.items() if not files]
+    if empty:
+        raise ConfigError(
+            f"class folder(s) with no images in {where}: {', '.join(empty)}; "
+            "add images or remove the folder"
+        )
+
+
+def from_folders(root: Path, valid_pct: float = 0.2, seed: int = 0) -> Items:
+    """Class folders: `root/train|valid|val/<cls>/`, or `root/<cls>/` split at random."""
+    train_dir = _find_split_dir(root, TRAIN_NAMES)
+    valid_dir = _find_split_dir(root, VALID_NAMES)
+    paths: list[Path] = []
+    names: list[str] = []
+    flags: list[bool] = []
+    if train_dir is not None and valid_dir is not None:
+        for split_dir, flag in ((train_dir, False), (valid_dir, True)):
+            per_class = _class_folders(split_dir)
+            if flag is False:
+                _check_classes(per_class, split_dir)
+            for cls, files in per_class.items():
+                paths += files
+                names += [cls] * len(files)
+                flags += [flag] * len(files)
+    else:
+        per_class = _class_folders(root)
+        _check_classes(per_class, root)
+        for cls, files in per_class.items():
+            paths += files
+            names += [cls] * len(files)
+        flags = _random_split(len(paths), valid_pct, seed)
+    return _finish(paths, [[n] for n in names], flags, multi_label=False, where=root)
+
+
+def from_regex(root: Path, pattern: str, valid_pct: float = 0.2, seed: int = 0) -> Items:
+    """Labels from file names: group 1 of `pattern` matched against each file's name."""
+    try:
+        rx = re.compile(pattern)
+    except re.error as e:
+        raise ConfigError(f"--label-regex {pattern!r} is not a valid regex: {e}") from e
+    if rx.groups < 1:
+        raise ConfigError(f"--label-regex {pattern!r} needs a capture group for the label, e.g. "
+                          r"'^(.+)_\d+\.jpg$'")
+    paths, names, unmatched = [], [], []
+    for p in list_images(root):
+        m = rx.search(p.name)
+        if m is None:
+            unmatched.append(p.name)
+            continue
+        paths.append(p)
+        names.append([m.group(1)])
+    if not paths:
+        raise ConfigError(
+            f"--label-regex {pattern!r} matched no file names under {root} "
+            f"(e.g. {unmatched[:3]})"
+        )
+    flags = _random_split(len(paths), valid_pct, seed)
+    return _finish(paths, names, flags, multi_label=False, where=root)
+
+
+def from_csv(csv_path: Path, valid_pct: float = 0.2, seed: int = 0,
+             multi_label: bool | None = None, image_root: Path | None = None) -> Items:
+    """A CSV of `filename,label[,is_valid]`; space-separated labels mean multi-label."""
+    image_root = image_root or csv_path.parent
+    try:
+        with open(csv_path, newline="") as f:
+            rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+    except OSError as e:
+        raise ConfigError(f"cannot read --csv {csv_path}: {e.strerror}") from e
+    if rows and not _resolve(image_root, rows[0][0]).exists():
+        rows = rows[1:]  # a header row
+    if not rows:
+        raise ConfigError(f"--csv {csv_path} has no rows")
+    bad = [i for i, r in enumerate(rows) if len(r) < 2]
+    if bad:
+        raise ConfigError(
+            f"--csv {csv_path}: expected columns filename,label[,is_valid]; "
+            f"row {bad[0] + 2} has {len(rows[bad[0]])} column(s)"
+        )
+    paths = [_resolve(image_root, r[0].strip()) for r in rows]
+    missing = [str(p) for p in paths if not os.path.lexists(p)]
+    if missing:
+        raise ConfigError(
+            f"--csv {csv_path}: {len(missing)} listed file(s) do not exist, e.g. {missing[:3]}"
+        )
+    labels = [r[1].split() for r in rows]
+    ml = multi_label if multi_label is not None else any(len(x) != 1 for x in labels)
+    if not ml and any(len(x) != 1 for x in labels):
+        raise ConfigError(f"--csv {csv_path}: some rows have no or several labels; "
+                          "pass --multi-label")
+    if all(len(r) >= 3 for r in rows):
+        flags = [_truthy(r[2], csv_path) for r in rows]
+    else:
+        flags = _random_split(len(paths), valid_pct, seed)
+    return _finish(paths, labels, flags, multi_label=ml, where=csv_path)
+
+
+def _resolve(root: Path, name: str) -> Path:
+    p = Path(name)
+    return p if p.is_absolute() else root / p
+
+
+def _truthy(value: str, where: Path) -> bool:
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "valid", "t", "y"):
+        return True
+    if v in ("0", "false", "no", "train", "f", "n", ""):
+        return False
+    raise ConfigError(f"--csv {where}: is_valid column must be true/false or 1/0; got {value!r}")
+
+
+def _finish(paths: list[Path], names: list[list[str]], flags: list[bool], multi_label: bool,
+            where: Path) -> Items:
+    classes = sorted({n for ns in names for n in ns})
+    if len(classes) < 2 and not multi_label:
+        raise ConfigError(
+            f"found {len(classes)} class(es) in {where} ({classes}); a classifier needs at least 2"
+        )
+    if not any(flags):
+        raise ConfigError(f"no validation images in {where}: add a valid/ folder, an is_valid "
+                          "column, or raise --valid-pct")
+    if all(flags):
+        raise ConfigError(f"no training images in {where}")
+    index = {c: i for i, c in enumerate(classes)}
+    labels = tuple(tuple(sorted(index[n] for n in ns)) for ns in names)
+    return Items(tuple(paths), labels, tuple(classes), tuple(flags), multi_label)
+
+
+def find_items(path: str | Path, *, csv_file: str | None = None, label_regex: str | None = None,
+               valid_pct: float = 0.2, seed: int = 0, multi_label: bool = False) -> Items:
+    """Items from DATA, by CSV, filename regex, or class folders (in that order of precedence)."""
+    root = Path(path)
+    if csv_file is not None:
+        return from_csv(Path(csv_file), valid_pct, seed, multi_label or None, image_root=root)
+    if root.is_file() and root.suffix.lower() == ".csv":
+        return from_csv(root, valid_pct, seed, multi_label or None)
+    if not root.is_dir():
+        raise ConfigError(f"DATA {root} is not a folder or a .csv file")
+    if label_regex is not None:
+        return from_regex(root, label_regex, valid_pct, seed)
+    return from_folders(root, valid_pct, seed)

@@ -1,0 +1,48 @@
+"""Pictures: augmented batches (and later loss curves, lr finder, confusion matrices)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+
+def image_grid(images: torch.Tensor, titles: Sequence[str], path: str | Path,
+               ncols: int | None = None) -> Path:
+    """Save float RGB images (B, 3, H, W) in [0, 1] as a titled PNG grid."""
+    n = images.shape[0]
+    ncols = ncols or math.ceil(math.sqrt(n))
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.2 * ncols, 2.4 * nrows), squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k < n:
+            ax.imshow(images[k].permute(1, 2, 0).float().cpu().numpy())
+            ax.set_title(titles[k], fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def show_batch(dls: object, path: str | Path, n: int = 16, train: bool = True,
+               epoch: int = 0) -> Path:
+    """A PNG grid of one augmented training batch (or validation batch) with labels."""
+    loader = dls.train if train else dls.valid
+    loader.set_epoch(epoch)
+    x, y = next(iter(loader))
+    x = loader.augment.denormalize(x[:n])
+    classes = dls.classes
+    if y.dim() == 2:  # multi-hot
+        titles = [";".join(classes[j] for j in torch.nonzero(r).flatten().tolist()) or "(none)"
+                  for r in y[:n]]
+    else:
+        titles = [classes[int(i)] for i in y[:n]]
+    return image_grid(x, titles, path)
