@@ -169,7 +169,6 @@ class PresizeCache:
         n_old_bad = sum(1 for new, _ in reuse if not entries[new][3])
         done = 0
         if todo:
-            out.flush()
             chunks = [todo[s:s + 32] for s in range(0, len(todo), 32)]
             for results in _decode_pool(self.workers, tmp, shape, self.paths, self.presize,
                                         self.method, chunks):
@@ -179,7 +178,8 @@ class PresizeCache:
                     done += 1
                 if progress is not None:
                     progress(done, len(todo))
-        out.flush()
+        # no msync here: it would write the whole file to disk now, synchronously; the
+        # background persist() fsyncs it before the index makes it visible to others
         del out
         new_index = {"version": CACHE_VERSION, "presize": self.presize, "method": self.method,
                      "data": name, "shape": list(shape), "entries": entries}

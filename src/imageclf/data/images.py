@@ -103,17 +103,17 @@ def open_rgb(path: str | Path, min_short_side: int | None = None) -> Image.Image
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(path)
-            if im.width * im.height > MAX_PIXELS:
-                raise UnreadableImage(
-                    f"decompression bomb: {im.width}x{im.height} pixels exceeds {MAX_PIXELS}"
-                )
-            if min_short_side and im.format == "JPEG":
-                # EXIF rotation may swap sides; draft keeps both sides >= the request
-                im.draft("RGB", (min_short_side, min_short_side))
-            im.load()
-            ImageOps.exif_transpose(im, in_place=True)  # no copy when already upright
-            return _to_rgb(im)
+            with Image.open(path) as im:
+                if im.width * im.height > MAX_PIXELS:
+                    raise UnreadableImage(
+                        f"decompression bomb: {im.width}x{im.height} pixels exceeds {MAX_PIXELS}"
+                    )
+                if min_short_side and im.format == "JPEG":
+                    # EXIF rotation may swap sides; draft keeps both sides >= the request
+                    im.draft("RGB", (min_short_side, min_short_side))
+                im.load()  # pixels now in memory: closing the file below keeps them
+                ImageOps.exif_transpose(im, in_place=True)  # no copy when already upright
+                return _to_rgb(im)
     except UnreadableImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:

@@ -1,0 +1,71 @@
+"""Shared helpers of the side-by-side benchmarks: the reference tool's venv, data, results."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS = HERE / "results"
+FASTAI_VENV = HERE / ".venv-fastai"
+FASTAI_VERSION = "2.8.12"
+DEFAULT_TAR = ROOT.parent / "shared" / "data" / "imagenette-224.tar"
+
+
+def fastai_python() -> Path:
+    """The reference tool's interpreter, in its own virtual environment (made on first use)."""
+    py = FASTAI_VENV / "bin" / "python"
+    if not py.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(FASTAI_VENV)], check=True)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", f"fastai=={FASTAI_VERSION}",
+                        "torch", "torchvision"], check=True)
+    return py
+
+
+def imagenette(data: str | None) -> Path:
+    """An extracted Imagenette folder (train/, val/), extracting the shared tar if needed."""
+    if data:
+        return Path(data)
+    out = HERE / "work" / "imagenette"
+    if not (out / "train").is_dir():
+        out.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(DEFAULT_TAR) as tar:
+            tar.extractall(out, filter="data")
+    return out
+
+
+def run_json(cmd: list[str], env: dict[str, str] | None = None) -> dict:
+    """Run one tool in its own process and parse the JSON object of its last output line."""
+    full_env = {**os.environ, **(env or {})}
+    r = subprocess.run(cmd, capture_output=True, text=True, env=full_env)
+    if r.returncode != 0:
+        raise SystemExit(f"{cmd[:3]} failed:\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def machine() -> dict:
+    """Where a figure was measured."""
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        cpu = platform.processor()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, cwd=ROOT).stdout.strip()
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "date": dt.date.today().isoformat(), "commit": commit}
+
+
+def save(name: str, result: dict) -> Path:
+    """Write bench/results/<name>.json."""
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path

@@ -1,0 +1,131 @@
+"""Callback base with named no-op hooks; history, one-cycle schedule, lr finder, early stop."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING
+
+from imageclf.lr_finder import should_stop
+from imageclf.schedules import exp_sweep, one_cycle_lr, one_cycle_mom
+
+if TYPE_CHECKING:
+    from imageclf.learner import Learner
+
+
+class Callback:
+    """Hooks called by the Learner's loop; each receives the learner. Stop training by
+    setting `learn.stop_training = True`, never by raising."""
+
+    order = 0
+
+    def on_fit_start(self, learn: Learner) -> None: ...
+    def on_epoch_start(self, learn: Learner) -> None: ...
+    def on_batch_start(self, learn: Learner) -> None: ...
+    def after_loss(self, learn: Learner) -> None: ...
+    def before_step(self, learn: Learner) -> None: ...
+    def on_batch_end(self, learn: Learner) -> None: ...
+    def on_validation_end(self, learn: Learner) -> None: ...
+    def on_epoch_end(self, learn: Learner) -> None: ...
+    def on_fit_end(self, learn: Learner) -> None: ...
+
+
+class History(Callback):
+    """Per-batch training loss and learning rates; one row per epoch with the metrics."""
+
+    order = 10
+
+    def __init__(self) -> None:
+        self.batch_losses: list[float] = []
+        self.batch_lrs: list[float] = []
+        self.rows: list[dict[str, float]] = []
+
+    def on_epoch_start(self, learn: Learner) -> None:
+        self._t0 = time.perf_counter()
+        self._losses: list[float] = []
+        self._images = 0
+
+    def on_batch_end(self, learn: Learner) -> None:
+        loss = float(learn.loss)
+        self.batch_losses.append(loss)
+        self.batch_lrs.append(learn.opt.param_groups[-1]["lr"])
+        self._losses.append(loss)
+        self._images += learn.batch_size
+
+    def on_validation_end(self, learn: Learner) -> None:
+        seconds = time.perf_counter() - self._t0
+        row = {"epoch": learn.epoch, "train_loss": sum(self._losses) / max(len(self._losses), 1)}
+        row |= learn.last_validation
+        row |= {"seconds": seconds, "img_per_s": self._images / max(learn.train_seconds_epoch,
+                                                                      1e-9)}
+        self.rows.append(row)
+
+
+class OneCycle(Callback):
+    """fastai's one-cycle: per-group lr cosine up then down, Adam beta1 the other way."""
+
+    order = -10
+
+    def __init__(self, lr_max: list[float], total_steps: int, div: float = 25.0,
+                 div_final: float = 1e5, pct_start: float = 0.25,
+                 moms: tuple[float, float, float] = (0.95, 0.85, 0.95)) -> None:
+        self.lr_max, self.total = lr_max, max(total_steps, 1)
+        self.div, self.div_final, self.pct_start, self.moms = div, div_final, pct_start, moms
+        self.step = 0
+
+    def on_batch_start(self, learn: Learner) -> None:
+        pct = min(self.step / self.total, 1.0)
+        learn.set_lrs([one_cycle_lr(pct, lr, self.div, self.div_final, self.pct_start)
+                       for lr in self.lr_max])
+        learn.set_beta1(one_cycle_mom(pct, self.moms, self.pct_start))
+        self.step += 1
+
+
+class LRSweep(Callback):
+    """The lr finder's sweep: exponential rates, smoothed loss, stop on blow-up."""
+
+    order = -10
+
+    def __init__(self, start: float = 1e-7, end: float = 10.0, num_it: int = 100,
+                 beta: float = 0.98, stop_factor: float = 4.0) -> None:
+        self.start, self.end, self.num_it = start, end, num_it
+        self.beta, self.stop_factor = beta, stop_factor
+        self.lrs: list[float] = []
+        self.losses: list[float] = []  # smoothed
+        self.raw: list[float] = []
+        self._avg, self.best = 0.0, math.inf
+
+    def on_batch_start(self, learn: Learner) -> None:
+        lr = exp_sweep(len(self.lrs), self.num_it, self.start, self.end)
+        learn.set_lrs([lr] * learn.n_groups)
+        self.lrs.append(lr)
+
+    def on_batch_end(self, learn: Learner) -> None:
+        loss = float(learn.loss)
+        self.raw.append(loss)
+        i = len(self.raw)
+        self._avg = self.beta * self._avg + (1 - self.beta) * loss
+        smooth = self._avg / (1 - self.beta**i)
+        self.losses.append(smooth)
+        self.best = min(self.best, smooth)
+        if should_stop(smooth, self.best, self.stop_factor) or i >= self.num_it:
+            learn.stop_training = True
+
+
+class EarlyStopping(Callback):
+    """Stop when the monitored validation value has not improved for `patience` epochs."""
+
+    def __init__(self, monitor: str = "valid_loss", patience: int = 3,
+                 mode: str = "min") -> None:
+        self.monitor, self.patience, self.mode = monitor, patience, mode
+        self.best, self.wait = math.inf if mode == "min" else -math.inf, 0
+
+    def on_validation_end(self, learn: Learner) -> None:
+        value = learn.last_validation[self.monitor]
+        better = value < self.best if self.mode == "min" else value > self.best
+        if better:
+            self.best, self.wait = value, 0
+        else:
+            self.wait += 1
+            if self.wait >= self.patience:
+                learn.stop_training = True

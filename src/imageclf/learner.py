@@ -1,0 +1,285 @@
+"""Learner: the training loop, fit, fit_one_cycle, fine_tune, lr_find, freeze/unfreeze."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from imageclf import metrics as M
+from imageclf.callbacks import Callback, History, LRSweep, OneCycle
+from imageclf.config import ConfigError
+from imageclf.losses import LossFn, make_loss
+from imageclf.lr_finder import suggest
+from imageclf.models import Classifier, freeze, norm_params, param_groups, unfreeze
+
+log = logging.getLogger(__name__)
+
+
+def cpu_has_bf16() -> bool:
+    """True when this CPU runs bf16 matrix math natively (AMX or AVX512-BF16)."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How the forward pass runs: autocast dtype (None: fp32) and whether to scale grads."""
+
+    name: str
+    dtype: torch.dtype | None
+    scaler: bool
+
+
+def resolve_precision(requested: str, device: torch.device) -> Precision:
+    """auto: bf16 on CPUs with AMX/AVX512-BF16 and on CUDA that supports it, else fp16 + grad
+    scaling on CUDA, fp32 otherwise. Forcing a precision the device cannot run is an error."""
+    cuda = device.type == "cuda"
+    if requested == "auto":
+        if cuda:
+            requested = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            requested = "bf16" if cpu_has_bf16() else "fp32"
+    if requested == "fp32":
+        return Precision("fp32", None, False)
+    if requested == "bf16":
+        return Precision("bf16", torch.bfloat16, False)
+    if requested == "fp16":
+        if not cuda:
+            raise ConfigError("--precision fp16 needs a CUDA GPU; on this CPU use auto, bf16 "
+                              "or fp32")
+        return Precision("fp16", torch.float16, True)
+    raise ConfigError(f"--precision must be one of auto, bf16, fp16, fp32; got {requested!r}")
+
+
+@dataclass
+class LRFindResult:
+    """A finder sweep: rates, smoothed losses, and the four suggestions."""
+
+    lrs: list[float]
+    losses: list[float]
+    suggestions: dict[str, float]
+
+
+def spread_lrs(lr: float | Sequence[float], n: int) -> list[float]:
+    """One rate for every group, or (low, high) spread log-evenly from first to last group."""
+    if isinstance(lr, int | float):
+        return [float(lr)] * n
+    lo, hi = float(lr[0]), float(lr[-1])
+    return [float(v) for v in np.geomspace(lo, hi, n)]
+
+
+class Learner:
+    """A model, its data, loss, optimiser and callbacks; the training loop lives here."""
+
+    def __init__(self, dls, model: Classifier, *, loss_func: LossFn | None = None,
+                 wd: float = 0.01, precision: str = "auto", label_smoothing: float = 0.0,
+                 cbs: Sequence[Callback] = (), device: torch.device | str | None = None,
+                 channels_last: bool = True) -> None:
+        self.dls = dls
+        self.device = torch.device(device or dls.train.device)
+        self.multi_label = bool(dls.multi_label)
+        self.loss_func = loss_func or make_loss(self.multi_label, label_smoothing)
+        self.precision = resolve_precision(precision, self.device)
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = model.to(self.device, memory_format=fmt)
+        self.groups = param_groups(self.model)
+        self.n_groups = len(self.groups)
+        self.wd = wd
+        self.opt = self._make_optimizer()
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.scaler)
+        self.cbs: list[Callback] = list(cbs)
+        self.history = History()
+        self._extra: list[Callback] = []
+        self.stop_training = False
+        self.epoch = 0
+        self.loss = torch.tensor(0.0)
+        self.batch_size = 0
+        self.last_validation: dict[str, float] = {}
+        self.train_seconds_epoch = 0.0
+        self.train_seconds = 0.0
+        self.train_images = 0
+        self.epochs_done = 0
+        log.info("precision %s on %s", self.precision.name, self.device)
+
+    # --- optimiser -------------------------------------------------------------------
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        """AdamW with one (decay, no-decay) pair of param groups per layer group: no weight
+        decay on normalisation weights and biases."""
+        norms = norm_params(self.model)
+        groups = []
+        for i, params in enumerate(self.groups):
+            decay = [p for p in params if id(p) not in norms and p.ndim > 1]
+            no_decay = [p for p in params if id(p) in norms or p.ndim <= 1]
+            groups.append({"params": decay, "weight_decay": self.wd, "layer": i})
+            groups.append({"params": no_decay, "weight_decay": 0.0, "layer": i})
+        return torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.99), eps=1e-5)
+
+    def set_lrs(self, lrs: Sequence[float]) -> None:
+        """Learning rate of each layer group (stem+early, late, head)."""
+        for g in self.opt.param_groups:
+            g["lr"] = lrs[g["layer"]]
+
+    def set_beta1(self, beta1: float) -> None:
+        """Adam's momentum term for every group."""
+        for g in self.opt.param_groups:
+            g["betas"] = (beta1, g["betas"][1])
+
+    def freeze(self) -> None:
+        """Train only the head (and the body's norm layers)."""
+        freeze(self.model)
+
+    def unfreeze(self) -> None:
+        """Train everything."""
+        unfreeze(self.model)
+
+    # --- the loop ----------------------------------------------------------------------
+    def _call(self, event: str) -> None:
+        for cb in sorted([*self.cbs, self.history, *self._extra], key=lambda c: c.order):
+            getattr(cb, event)(self)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Mixed precision context for forward passes."""
+        if self.precision.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.precision.dtype)
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """One optimisation step on a batch; override to change the step itself."""
+        with self.autocast():
+            out = self.model(x)
+        self.loss = self.loss_func(out, y)
+        self._call("after_loss")
+        self.scaler.scale(self.loss).backward()
+        self._call("before_step")
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.opt.zero_grad(set_to_none=True)
+
+    def _fit(self, epochs: int, extra: Sequence[Callback] = (), validate: bool = True) -> None:
+        self._extra = list(extra)
+        self.stop_training = False
+        self._call("on_fit_start")
+        try:
+            for _ in range(epochs):
+                self.model.train()
+                self.dls.train.set_epoch(self.epochs_done)
+                self._call("on_epoch_start")
+                t0, n = time.perf_counter(), 0
+                for x, y in self.dls.train:
+                    self.batch_size = x.shape[0]
+                    self._call("on_batch_start")
+                    self.train_step(x, y)
+                    n += self.batch_size
+                    self._call("on_batch_end")
+                    if self.stop_training:
+                        break
+                self.train_seconds_epoch = time.perf_counter() - t0
+                self.train_seconds += self.train_seconds_epoch
+                self.train_images += n
+                if validate and not (self.stop_training and not self.history.rows and not n):
+                    self.last_validation = self.validate()
+                    self._call("on_validation_end")
+                self.epochs_done += 1
+                self.epoch = self.epochs_done
+                self._call("on_epoch_end")
+                if self.stop_training:
+                    break
+        finally:
+            self._call("on_fit_end")
+            self._extra = []
+
+    @torch.no_grad()
+    def get_preds(self, loader=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits (N, C) float32, targets) over a loader, default the validation split."""
+        loader = loader or self.dls.valid
+        self.model.eval()
+        outs, ys = [], []
+        for x, y in loader:
+            with self.autocast():
+                outs.append(self.model(x).float())
+            ys.append(y)
+        return torch.cat(outs).cpu(), torch.cat(ys).cpu()
+
+    def validate(self) -> dict[str, float]:
+        """valid_loss and the metrics on the validation split."""
+        logits, y = self.get_preds()
+        out = {"valid_loss": float(self.loss_func(logits, y))}
+        return out | {f"valid_{k}" if k == "accuracy" else k: v
+                      for k, v in M.compute(logits, y, self.multi_label).items()}
+
+    # --- recipes -----------------------------------------------------------------------
+    def fit(self, epochs: int, lr: float | Sequence[float] = 1e-3) -> None:
+        """Train at a constant rate (one value, or a (low, high) range over the groups)."""
+        self.set_lrs(spread_lrs(lr, self.n_groups))
+        self._fit(epochs)
+
+    def fit_one_cycle(self, epochs: int, lr_max: float | Sequence[float] = 1e-3,
+                      div: float = 25.0, div_final: float = 1e5,
+                      pct_start: float = 0.25) -> None:
+        """fastai's one-cycle policy over `epochs`."""
+        steps = epochs * len(self.dls.train)
+        sched = OneCycle(spread_lrs(lr_max, self.n_groups), steps, div, div_final, pct_start)
+        self._fit(epochs, [sched])
+
+    def fine_tune(self, epochs: int, base_lr: float = 2e-3, freeze_epochs: int = 1,
+                  lr_mult: float = 100.0, pct_start: float = 0.3, div: float = 5.0) -> None:
+        """fastai's recipe: one-cycle on the frozen model (pct_start 0.99), then halve base_lr,
+        unfreeze and one-cycle over (base_lr/lr_mult, base_lr) with pct_start 0.3, div 5."""
+        self.freeze()
+        if freeze_epochs > 0:
+            self.fit_one_cycle(freeze_epochs, base_lr, pct_start=0.99)
+        base_lr /= 2
+        self.unfreeze()
+        if epochs > 0:
+            self.fit_one_cycle(epochs, (base_lr / lr_mult, base_lr), pct_start=pct_start,
+                               div=div)
+
+    def lr_find(self, start_lr: float = 1e-7, end_lr: float = 10.0,
+                num_it: int = 100) -> LRFindResult:
+        """Exponential sweep start→end over num_it batches, stopped when the smoothed loss
+        exceeds 4× its best; model, optimiser and RNG are restored afterwards, in memory."""
+        model_state = copy.deepcopy(self.model.state_dict())
+        opt_state = copy.deepcopy(self.opt.state_dict())
+        rng = torch.get_rng_state()
+        counters = (self.epochs_done, self.epoch, self.train_seconds, self.train_images)
+        rows = list(self.history.rows)
+        sweep = LRSweep(start_lr, end_lr, num_it)
+        try:
+            epochs = -(-num_it // max(len(self.dls.train), 1))
+            self._fit(epochs, [sweep], validate=False)
+        finally:
+            self.model.load_state_dict(model_state)
+            self.opt.load_state_dict(opt_state)
+            torch.set_rng_state(rng)
+            self.epochs_done, self.epoch, self.train_seconds, self.train_images = counters
+            self.history.rows = rows
+            self.history.batch_losses.clear()
+            self.history.batch_lrs.clear()
+        n = len(sweep.losses)
+        # the last points are the blow-up that stopped the sweep: not candidates
+        lrs, losses = sweep.lrs[:n], sweep.losses
+        keep = max(3, n - 1) if n > 5 else n
+        return LRFindResult(lrs, losses, suggest(lrs[:keep], losses[:keep]))
+
+
+def set_seed(seed: int) -> None:
+    """Seed torch and numpy's global generators (model init, dropout)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def is_frozen_body_except_norm(model: nn.Module) -> bool:
+    """True when only norm layers of the body are trainable (for checks and logs)."""
+    norms = norm_params(model.body)
+    return all(p.requires_grad == (id(p) in norms) for p in model.body.parameters())

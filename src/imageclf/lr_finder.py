@@ -1,0 +1,79 @@
+"""Learning-rate suggestions from a finder sweep (pure functions of the recorded curve)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def smooth(losses: Sequence[float], beta: float = 0.98) -> list[float]:
+    """Exponential moving average of raw losses, debiased (as fastai's Recorder)."""
+    avg, out = 0.0, []
+    for i, loss in enumerate(losses, 1):
+        avg = beta * avg + (1 - beta) * loss
+        out.append(avg / (1 - beta**i))
+    return out
+
+
+def should_stop(smoothed: float, best: float, factor: float = 4.0) -> bool:
+    """The sweep stops when the smoothed loss blows up beyond `factor` × the best, or NaN."""
+    return not math.isfinite(smoothed) or smoothed > factor * best
+
+
+def minimum(lrs: Sequence[float], losses: Sequence[float]) -> float:
+    """A tenth of the rate at the lowest loss."""
+    return float(lrs[int(np.argmin(losses))]) / 10
+
+
+def steep(lrs: Sequence[float], losses: Sequence[float]) -> float:
+    """The rate where the loss falls fastest against log(lr)."""
+    if len(losses) < 3:
+        return float(lrs[0])
+    grads = np.gradient(np.asarray(losses, float), np.log(np.asarray(lrs, float)))
+    return float(lrs[int(np.argmin(grads))])
+
+
+def valley(lrs: Sequence[float], losses: Sequence[float]) -> float:
+    """fastai's default: in the longest run of decreasing loss, the point half-way through
+    its middle third (start + 1/3 + 1/6 of its length)."""
+    n = len(losses)
+    if n < 3:
+        return float(lrs[0])
+    lds = [1] * n
+    max_start = max_end = 0
+    for i in range(1, n):
+        for j in range(i):
+            if losses[i] < losses[j] and lds[i] < lds[j] + 1:
+                lds[i] = lds[j] + 1
+            if lds[max_end] < lds[i]:
+                max_end, max_start = i, i - lds[i]
+    sections = (max_end - max_start) / 3
+    idx = max_start + int(sections) + int(sections / 2)
+    return float(lrs[min(max(idx, 0), n - 1)])
+
+
+def slide(lrs: Sequence[float], losses: Sequence[float], lr_diff: int = 15,
+          thresh: float = 0.005, adjust_value: float = 1.0) -> float:
+    """fastai's `slide`: walk left from the end until the log-loss slope flattens."""
+    lg = np.log(np.maximum(np.asarray(losses, float), 1e-12))
+    llr = np.log(np.asarray(lrs, float))
+    if len(lg) <= lr_diff + 1:
+        return minimum(lrs, losses)
+    grads = (lg[1:] - lg[:-1]) / (llr[1:] - llr[:-1])
+    r_idx, l_idx = -1, -1 - lr_diff
+    local_min_lr = lrs[l_idx]
+    while l_idx >= -len(grads) and abs(grads[r_idx] - grads[l_idx]) > thresh:
+        local_min_lr = lrs[l_idx]
+        r_idx -= 1
+        l_idx -= 1
+    return float(local_min_lr) * adjust_value
+
+
+SUGGESTIONS = {"valley": valley, "slide": slide, "minimum": minimum, "steep": steep}
+
+
+def suggest(lrs: Sequence[float], losses: Sequence[float]) -> dict[str, float]:
+    """All four suggestions for one sweep."""
+    return {name: fn(lrs, losses) for name, fn in SUGGESTIONS.items()}

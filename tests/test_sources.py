@@ -1,0 +1,79 @@
+from pathlib import Path
+
+import pytest
+
+from imageclf.config import ConfigError
+from imageclf.data.sources import find_items
+
+from .conftest import COLOURS, solid
+
+
+def test_folder_split_and_sorted_classes(folder_dataset: Path):
+    items = find_items(folder_dataset)
+    assert items.classes == ("blue", "green", "red")
+    counts = items.counts()
+    assert counts["train"] == {"blue": 6, "green": 6, "red": 6}
+    assert counts["valid"] == {"blue": 3, "green": 3, "red": 3}
+
+
+def test_val_folder_name_is_accepted(folder_dataset: Path):
+    (folder_dataset / "valid").rename(folder_dataset / "val")
+    assert sum(find_items(folder_dataset).is_valid) == 9
+
+
+def test_random_split_is_seeded(tmp_path: Path):
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(10):
+            solid((i * 20, 0, 0), (8, 8)).save(tmp_path / c / f"{i}.png")
+    a = find_items(tmp_path, valid_pct=0.3, seed=1)
+    b = find_items(tmp_path, valid_pct=0.3, seed=1)
+    c = find_items(tmp_path, valid_pct=0.3, seed=2)
+    assert a.is_valid == b.is_valid and sum(a.is_valid) == 6
+    assert a.is_valid != c.is_valid
+
+
+def test_regex_labels_pets_layout(tmp_path: Path):
+    d = tmp_path / "images"
+    d.mkdir()
+    for name in ("great_pyrenees_173.jpg", "great_pyrenees_2.jpg", "Abyssinian_1.jpg",
+                 "Abyssinian_20.jpg", "pug_3.jpg", "pug_4.jpg"):
+        solid((1, 2, 3), (8, 8)).save(d / name)
+    items = find_items(d, label_regex=r"^(.+)_\d+\.jpg$", valid_pct=0.34)
+    assert items.classes == ("Abyssinian", "great_pyrenees", "pug")
+    with pytest.raises(ConfigError, match="capture group"):
+        find_items(d, label_regex=r"\d+")
+
+
+def test_csv_single_multi_and_is_valid(tmp_path: Path):
+    for i, c in enumerate(COLOURS):
+        solid(COLOURS[c], (8, 8)).save(tmp_path / f"{i}.png")
+    (tmp_path / "labels.csv").write_text(
+        "filename,label,is_valid\n0.png,red,0\n1.png,green,1\n2.png,blue,0\n")
+    items = find_items(tmp_path / "labels.csv")
+    assert not items.multi_label and items.is_valid == (False, True, False)
+    (tmp_path / "multi.csv").write_text("fname,labels\n0.png,red warm\n1.png,green\n2.png,\n")
+    items = find_items(tmp_path / "multi.csv", valid_pct=0.34)
+    assert items.multi_label and items.classes == ("green", "red", "warm")
+    assert items.labels[0] == (1, 2) and items.labels[2] == ()
+
+
+def test_bad_layouts_are_clear_errors(tmp_path: Path, folder_dataset: Path):
+    (folder_dataset / "train" / "empty_class").mkdir()
+    with pytest.raises(ConfigError, match="no images.*empty_class"):
+        find_items(folder_dataset)
+    one = tmp_path / "one"
+    (one / "only").mkdir(parents=True)
+    solid((0, 0, 0), (8, 8)).save(one / "only" / "a.png")
+    solid((0, 0, 0), (8, 8)).save(one / "only" / "b.png")
+    with pytest.raises(ConfigError, match="at least 2"):
+        find_items(one)
+    (tmp_path / "missing.csv").write_text("f,l\nnope.png,a\nnope2.png,b\n")
+    with pytest.raises(ConfigError, match="do not exist"):
+        find_items(tmp_path / "missing.csv")
+    solid((0, 0, 0), (8, 8)).save(tmp_path / "x.png")
+    (tmp_path / "cols.csv").write_text("x.png\n")
+    with pytest.raises(ConfigError, match="columns"):
+        find_items(tmp_path / "cols.csv")
+    with pytest.raises(ConfigError, match="not a folder"):
+        find_items(tmp_path / "nothing")
