@@ -41,9 +41,10 @@ def main() -> None:
     s_ours, s_ref = summary(ours["epochs"]), summary(ref["epochs"])
     result = {"machine": machine(), "settings": vars(a) | {"data": str(data)},
               "imageclf": ours, "fastai": ref,
-              "summary": {"imageclf": s_ours, "fastai": s_ref,
-                          "cold_ratio": round(s_ours["cold_img_per_s"] / s_ref["cold_img_per_s"], 2),
-                          "warm_ratio": round(s_ours["warm_img_per_s"] / s_ref["warm_img_per_s"], 2)}}
+              "summary": {"imageclf": s_ours, "fastai": s_ref}}
+    for k in ("cold", "warm"):
+        ratio = s_ours[f"{k}_img_per_s"] / s_ref[f"{k}_img_per_s"]
+        result["summary"][f"{k}_ratio"] = round(ratio, 2)
     print(save("loader", result))
     print(result["summary"])
     render()

@@ -46,7 +46,7 @@ class History(Callback):
         self._images = 0
 
     def on_batch_end(self, learn: Learner) -> None:
-        loss = float(learn.loss)
+        loss = float(learn.loss.detach())
         self.batch_losses.append(loss)
         self.batch_lrs.append(learn.opt.param_groups[-1]["lr"])
         self._losses.append(loss)
@@ -101,7 +101,7 @@ class LRSweep(Callback):
         self.lrs.append(lr)
 
     def on_batch_end(self, learn: Learner) -> None:
-        loss = float(learn.loss)
+        loss = float(learn.loss.detach())
         self.raw.append(loss)
         i = len(self.raw)
         self._avg = self.beta * self._avg + (1 - self.beta) * loss

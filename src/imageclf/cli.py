@@ -181,3 +181,113 @@ def main() -> None:
             raise
         err.print(f"[red]error:[/red] {type(e).__name__}: {e}  (run with --debug for details)")
         sys.exit(1)
+
+
+ArchOpt = Annotated[str, typer.Option("--arch", help="Any timm architecture name.")]
+PretrainedOpt = Annotated[str, typer.Option(
+    "--pretrained", help="hub, none, a .safetensors/.pth file, or an imageclf model/ folder.")]
+PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto, bf16, fp16 or fp32.")]
+
+
+def _epoch_printer() -> object:
+    from imageclf.callbacks import Callback
+
+    class PrintEpochs(Callback):
+        """A table row per epoch, like fastai's, with images/s."""
+
+        def on_validation_end(self, learn) -> None:  # noqa: ANN001
+            row = learn.history.rows[-1] if learn.history.rows else {}
+            if not row:
+                return
+            cells = [f"{k}={v:.4f}" for k, v in row.items()
+                     if k not in ("epoch", "seconds", "img_per_s")]
+            console.print(f"epoch {row['epoch']}  " + "  ".join(cells)
+                          + f"  {row['seconds']:.1f}s  {row['img_per_s']:.0f} img/s")
+
+    return PrintEpochs()
+
+
+@app.command()
+def train(data: DataArg, arch: ArchOpt = "resnet18", pretrained: PretrainedOpt = "hub",
+          size: SizeOpt = 224, presize: PresizeOpt = 460,
+          epochs: Annotated[int, typer.Option("--epochs")] = 4,
+          freeze_epochs: Annotated[int, typer.Option("--freeze-epochs")] = 1,
+          lr: Annotated[str, typer.Option("--lr", help="auto (lr_find) or a number.")] = "auto",
+          bs: BsOpt = 64, precision: PrecisionOpt = "auto",
+          label_smoothing: Annotated[float, typer.Option("--label-smoothing")] = 0.0,
+          multi_label: MultiOpt = False, seed: SeedOpt = 0,
+          out: Annotated[str | None, typer.Option("--out", help="Run directory.")] = None,
+          head: Annotated[str, typer.Option("--head", help="concat or timm.")] = "concat",
+          csv: CsvOpt = None, label_regex: RegexOpt = None, valid_pct: ValidPctOpt = 0.2,
+          cache_dir: CacheOpt = None, resize_method: MethodOpt = "crop") -> None:
+    """Train: fine_tune when pretrained, fit_one_cycle from scratch; write a run directory."""
+    from imageclf.config import TrainConfig
+    from imageclf.runs import train_run
+
+    dcfg = _data_config(data, size, presize, bs, csv, label_regex, valid_pct, seed, cache_dir,
+                        resize_method, multi_label)
+    tcfg = TrainConfig(arch=arch, pretrained=pretrained, head=head, epochs=epochs,
+                       freeze_epochs=freeze_epochs, lr=lr, precision=precision,
+                       label_smoothing=label_smoothing, seed=seed, out=out)
+    res = train_run(dcfg, tcfg, cbs=[_epoch_printer()])
+    m = res.metrics
+    if res.lr_find is not None:
+        console.print(f"lr_find: valley {res.lr_find.suggestions['valley']:.2e}")
+    if m.get("skipped_files"):
+        console.print(f"[yellow]{len(m['skipped_files'])} unreadable file(s) skipped[/yellow]")
+    acc = m.get("valid_accuracy", m.get("accuracy_multi"))
+    console.print(f"precision {m['precision']} on {m['device']}; valid accuracy {acc:.3f}; "
+                  f"run directory: {res.out}")
+
+
+@app.command("lr-find")
+def lr_find_cmd(data: DataArg, arch: ArchOpt = "resnet18", pretrained: PretrainedOpt = "hub",
+                size: SizeOpt = 224, presize: PresizeOpt = 460, bs: BsOpt = 64,
+                precision: PrecisionOpt = "auto", seed: SeedOpt = 0,
+                output: Annotated[Path | None, typer.Option("-o", "--output")] = None,
+                csv: CsvOpt = None, label_regex: RegexOpt = None,
+                valid_pct: ValidPctOpt = 0.2, cache_dir: CacheOpt = None,
+                multi_label: MultiOpt = False,
+                as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Run the learning-rate finder and print its four suggestions."""
+    from imageclf.config import TrainConfig
+    from imageclf.plots import plot_lr_find
+    from imageclf.runs import build_learner
+
+    dcfg = _data_config(data, size, presize, bs, csv, label_regex, valid_pct, seed, cache_dir,
+                        "crop", multi_label)
+    tcfg = TrainConfig(arch=arch, pretrained=pretrained, precision=precision, seed=seed)
+    learn = build_learner(dcfg, tcfg)
+    res = learn.lr_find()
+    if output is not None:
+        plot_lr_find(res.lrs, res.losses, res.suggestions, output)
+    if as_json:
+        print(json.dumps({"suggestions": res.suggestions, "lrs": res.lrs,
+                          "losses": res.losses}))
+        return
+    for name, value in res.suggestions.items():
+        console.print(f"{name:8s} {value:.2e}")
+
+
+@app.command()
+def demo(out: Annotated[Path, typer.Option("--out")] = Path("runs/demo"),
+         epochs: Annotated[int, typer.Option("--epochs")] = 6) -> None:
+    """Draw a small shapes data set, then verify → lr_find → train → evaluate, offline."""
+    from imageclf.config import TrainConfig
+    from imageclf.demo import make_shapes_dataset
+    from imageclf.runs import train_run
+
+    data = out / "data"
+    if not (data / "train").is_dir():
+        console.print(f"drawing a shapes data set into {data} ...")
+        make_shapes_dataset(data, n_train=100, n_valid=30)
+    verify(data, None, None, 0.2, 0, False, False)
+    dcfg = _data_config(data, 64, 80, 32, None, None, 0.2, 0, None, "crop", False)
+    tcfg = TrainConfig(arch="resnet18", pretrained="none", epochs=epochs, lr="auto",
+                       out=str(out / "run"))
+    res = train_run(dcfg, tcfg, cbs=[_epoch_printer()])
+    console.print(f"lr_find suggested {res.lr_find.suggestions['valley']:.2e} (valley); "
+                  f"plot: {res.out / 'lr_find.png'}")
+    console.print(f"valid accuracy {res.metrics['valid_accuracy']:.3f} "
+                  f"({res.metrics['precision']} on {res.metrics['device']}); "
+                  f"run directory: {res.out}; model: {res.out / 'model'}")

@@ -108,3 +108,36 @@ def from_dict(cls: type, data: dict[str, Any]) -> Any:
 def save_json(obj: dict[str, Any], path: str | Path) -> None:
     """Write a dict as indented JSON."""
     Path(path).write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Model and training settings of one run."""
+
+    arch: str = "resnet18"
+    pretrained: str = "none"  # hub | none | PATH (weights file or an imageclf model/ folder)
+    head: str = "concat"
+    epochs: int = 4
+    freeze_epochs: int = 1
+    lr: str = "auto"  # auto (run lr_find first) or a number
+    wd: float = 0.01
+    precision: str = "auto"
+    label_smoothing: float = 0.0
+    seed: int = 0
+    out: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}; "
+                              f"got {self.precision!r}")
+        if self.lr != "auto":
+            try:
+                value = float(self.lr)
+            except ValueError:
+                raise ConfigError(f"--lr must be 'auto' or a number; got {self.lr!r}") from None
+            if not 0 < value < 10:
+                raise ConfigError(f"--lr must be between 0 and 10; got {self.lr}")
+        if self.epochs < 0 or self.freeze_epochs < 0:
+            raise ConfigError("--epochs and --freeze-epochs must be >= 0")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"--label-smoothing must be in [0, 1); got {self.label_smoothing}")

@@ -46,3 +46,39 @@ def show_batch(dls: object, path: str | Path, n: int = 16, train: bool = True,
     else:
         titles = [classes[int(i)] for i in y[:n]]
     return image_grid(x, titles, path)
+
+
+def plot_lr_find(lrs: Sequence[float], losses: Sequence[float],
+                 suggestions: dict[str, float], path: str | Path) -> Path:
+    """Smoothed loss against log learning rate, with each suggestion marked."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(lrs, losses)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("loss (smoothed)")
+    markers = {"valley": "o", "slide": "s", "minimum": "^", "steep": "v"}
+    for name, lr in suggestions.items():
+        i = min(range(len(lrs)), key=lambda k: abs(lrs[k] - lr))
+        ax.plot(lr, losses[i], markers.get(name, "x"), label=f"{name}: {lr:.2e}", ms=8)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_losses(batch_losses: Sequence[float], rows: Sequence[dict], batches_per_epoch: int,
+                path: str | Path) -> Path:
+    """Training loss per batch and validation loss per epoch."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(range(1, len(batch_losses) + 1), batch_losses, label="train", alpha=0.8)
+    if rows:
+        xs = [batches_per_epoch * (i + 1) for i in range(len(rows))]
+        ax.plot(xs, [r["valid_loss"] for r in rows], "o-", label="valid")
+    ax.set_xlabel("batch")
+    ax.set_ylabel("loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return Path(path)

@@ -224,8 +224,12 @@ class PresizeCache:
 _worker_out: np.ndarray | None = None
 
 
-def _init_worker(data_file: Path, shape: tuple[int, ...]) -> None:
+def _init_worker(data_file: Path, shape: tuple[int, ...], forked: bool = False) -> None:
     global _worker_out
+    if forked:
+        import torch
+
+        torch.set_num_threads(1)  # one decoder per core; torch's pool is not valid after fork
     _worker_out = np.memmap(data_file, dtype=np.uint8, mode="r+", shape=shape)
 
 
@@ -254,7 +258,7 @@ def _decode_pool(workers: int, data_file: Path, shape: tuple[int, ...], paths: l
     if use_fork:
         ctx = multiprocessing.get_context("fork")
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(data_file, shape)) as pool:
+                                 initargs=(data_file, shape, True)) as pool:
             yield from pool.map(_decode_chunk, jobs, repeat(presize), repeat(method))
     else:
         _init_worker(data_file, shape)

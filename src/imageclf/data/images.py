@@ -173,8 +173,23 @@ def presize_image(im: Image.Image, presize: int, method: str = "crop") -> Presiz
         box = (0.0, top, float(w), top + keep)
         out = im.resize((presize, limit), Image.Resampling.BILINEAR, box=box)
     else:
-        out = im.resize((nw, nh), Image.Resampling.BILINEAR)
-    a = np.asarray(out).transpose(2, 0, 1)  # (3, H, W)
+        return _orient(_resize_rgb(im, nw, nh))
+    return _orient(np.asarray(out).transpose(2, 0, 1))
+
+
+def _resize_rgb(im: Image.Image, w: int, h: int) -> np.ndarray:
+    """Antialiased bilinear resize to (3, h, w) uint8 with torch's vectorised uint8 kernel
+    (the same filter as Pillow's BILINEAR within 1 level, about 1.7x faster here)."""
+    import torch
+    import torch.nn.functional as F
+
+    a = torch.from_numpy(np.array(im)).permute(2, 0, 1).unsqueeze(0)  # (1, 3, H, W) HWC memory
+    out = F.interpolate(a, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
+    return out[0].numpy()
+
+
+def _orient(a: np.ndarray) -> Presized:
+    """(3, H, W) → a Presized slot (3, P, L), portrait images stored transposed."""
     if a.shape[1] > a.shape[2]:  # portrait: store as (3, W, H) so every slot is (3, P, L)
         return Presized(np.ascontiguousarray(a.transpose(0, 2, 1)), True)
     return Presized(np.ascontiguousarray(a), False)

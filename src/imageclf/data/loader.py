@@ -120,20 +120,24 @@ class BatchLoader:
         q: queue.Queue = queue.Queue(maxsize=2)
         stop = threading.Event()
 
+        def put(item: object) -> bool:
+            """Hand over one item unless the consumer has gone; False when it has."""
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
         def produce() -> None:
             try:
                 for item in self._batches(order, offsets):
-                    while not stop.is_set():
-                        try:
-                            q.put(item, timeout=0.1)
-                            break
-                        except queue.Full:
-                            continue
-                    if stop.is_set():
+                    if not put(item):
                         return
-                q.put(None)
+                put(None)
             except BaseException as e:  # noqa: BLE001 - handed to the consumer thread
-                q.put(e)
+                put(e)
 
         worker = threading.Thread(target=produce, daemon=True)
         worker.start()

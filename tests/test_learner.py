@@ -1,0 +1,129 @@
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from imageclf.config import ConfigError, DataConfig, TrainConfig
+from imageclf.export import load_model, save_model
+from imageclf.learner import resolve_precision, spread_lrs
+from imageclf.lr_finder import minimum, slide, smooth, steep, valley
+from imageclf.models import check_arch, norm_params
+from imageclf.runs import build_learner
+from imageclf.schedules import cos_anneal, exp_sweep, one_cycle_lr, one_cycle_mom
+
+
+def test_schedules_by_hand():
+    assert cos_anneal(1.0, 0.0, 0.0) == 1.0 and cos_anneal(1.0, 0.0, 1.0) == 0.0
+    assert math.isclose(cos_anneal(1.0, 0.0, 0.5), 0.5)
+    assert math.isclose(one_cycle_lr(0.0, 1.0), 1 / 25)
+    assert math.isclose(one_cycle_lr(0.25, 1.0), 1.0)
+    assert math.isclose(one_cycle_lr(1.0, 1.0), 1e-5)
+    assert math.isclose(one_cycle_mom(0.25), 0.85) and math.isclose(one_cycle_mom(1.0), 0.95)
+    assert math.isclose(exp_sweep(0, 100), 1e-7) and math.isclose(exp_sweep(99, 100), 10.0)
+    assert math.isclose(exp_sweep(50, 101, 1e-4, 1.0), 1e-2)
+
+
+def test_lr_suggestions_on_a_synthetic_curve():
+    lrs = [exp_sweep(i, 100) for i in range(100)]
+    # slowly rising, then falling between 1e-4 and 1e-2, then blowing up
+    losses = [2.5 + 1e-3 * i - 2.0 / (1 + math.exp(-3 * (math.log10(lr) + 3)))
+              for i, lr in enumerate(lrs)]
+    losses = [v + (50 * (math.log10(lr) + 1.5) ** 2 if lr > 10**-1.5 else 0)
+              for v, lr in zip(losses, lrs, strict=True)]
+    s = smooth(losses, beta=0.5)
+    assert 1e-4 < valley(lrs, s) < 1e-2
+    assert 1e-4 < steep(lrs, s) < 1e-2
+    assert 1e-3 < minimum(lrs, s) < 1e-1 / 10 * 10
+    assert lrs[0] <= slide(lrs, s) <= 10**-1.5  # left of the blow-up
+    assert spread_lrs((1e-4, 1e-2), 3) == pytest.approx([1e-4, 1e-3, 1e-2])
+    assert spread_lrs(3e-3, 3) == [3e-3] * 3
+
+
+@pytest.fixture
+def learn(folder_dataset: Path):
+    return build_learner(DataConfig(path=str(folder_dataset), size=32, presize=40, bs=6),
+                         TrainConfig(arch="resnet18", pretrained="none", precision="fp32"))
+
+
+def test_freeze_keeps_body_except_norm_layers_bit_identical(learn):
+    learn.freeze()
+    before = {k: v.clone() for k, v in learn.model.body.named_parameters()}
+    learn.fit(1, 1e-2)
+    norms = norm_params(learn.model.body)  # ids
+    changed_norm = 0
+    for name, p in learn.model.body.named_parameters():
+        if id(p) in norms:
+            changed_norm += not torch.equal(p, before[name])
+        else:
+            assert torch.equal(p, before[name]), name
+    assert changed_norm > 0  # BatchNorm stays trainable while frozen
+
+
+def test_param_groups_get_spread_rates_and_no_decay_on_norms(learn):
+    learn.set_lrs(spread_lrs((1e-5, 1e-3), learn.n_groups))
+    by_layer = {g["layer"]: g["lr"] for g in learn.opt.param_groups}
+    assert by_layer == pytest.approx({0: 1e-5, 1: 1e-4, 2: 1e-3})
+    norms = norm_params(learn.model)
+    for g in learn.opt.param_groups:
+        if any(id(p) in norms for p in g["params"]):
+            assert g["weight_decay"] == 0.0
+    assert learn.n_groups == 3 and all(len(g) for g in learn.groups)
+
+
+def test_lr_find_restores_state(learn):
+    before = {k: v.clone() for k, v in learn.model.state_dict().items()}
+    res = learn.lr_find(num_it=12)
+    after = learn.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert len(res.lrs) == len(res.losses) >= 3
+    assert set(res.suggestions) == {"valley", "slide", "minimum", "steep"}
+    assert not learn.opt.state  # the optimiser is as fresh as before
+
+
+def test_overfits_a_tiny_batch(learn):
+    x, y = next(iter(learn.dls.train))
+    learn.model.train()
+    learn.set_lrs([1e-3] * 3)
+    for _ in range(25):
+        learn.train_step(x, y)
+    assert float(learn.loss.detach()) < 0.2
+
+
+def test_export_round_trip_gives_identical_logits(learn, tmp_path: Path):
+    learn.fit(1, 1e-3)
+    learn.model.eval()
+    x, _ = next(iter(learn.dls.valid))
+    with torch.no_grad():
+        ref = learn.model(x)
+    save_model(learn.model, tmp_path / "model", {
+        "arch": "resnet18", "head": "concat", "classes": list(learn.dls.classes), "size": 32,
+        "presize": 40, "resize_method": "crop", "mean": [0.5] * 3, "std": [0.25] * 3,
+        "loss": "cross_entropy"})
+    model, meta = load_model(tmp_path / "model")
+    with torch.no_grad():
+        out = model(x.contiguous())
+    assert meta["classes"] == ["blue", "green", "red"]
+    assert torch.allclose(out, ref, atol=1e-5)
+    (tmp_path / "model" / "model.json").write_text("{broken")
+    with pytest.raises(ConfigError, match="model.json"):
+        load_model(tmp_path / "model")
+
+
+def test_same_seed_same_metrics(folder_dataset: Path):
+    runs = []
+    for _ in range(2):
+        lr = build_learner(DataConfig(path=str(folder_dataset), size=32, presize=40, bs=6),
+                           TrainConfig(pretrained="none", precision="fp32", seed=3))
+        lr.fit_one_cycle(1, 1e-3)
+        runs.append(lr.history.rows[-1]["valid_loss"])
+    assert runs[0] == runs[1]
+
+
+def test_bad_model_settings_are_clear():
+    with pytest.raises(ConfigError, match="did you mean resnet18"):
+        check_arch("resnet-18")
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA GPU"):
+        resolve_precision("fp16", torch.device("cpu"))
+    with pytest.raises(ConfigError, match="--lr"):
+        TrainConfig(lr="fast")
