@@ -24,7 +24,8 @@ def _loader(r: dict) -> str:
         f" {st['epochs']} epochs. imageclf: presize cache + one grid_sample per batch;"
         f" fastai {r['fastai'].get('version', '2.8.12')}: `Resize({st['presize']})` +"
         f" `aug_transforms(size={st['size']}, min_scale=0.75)`,"
-        f" {r['fastai']['num_workers']} workers. Measured {m['date']} on {m['cpu']}"
+        f" num_workers={r['fastai']['num_workers']} (its default here)."
+        f" Measured {m['date']} on {m['cpu']}"
         f" ({m['cores']} cores), commit {m['commit']}.",
         "",
         "| tool | cold epoch (img/s) | warm epochs, median (img/s) |",
@@ -37,6 +38,8 @@ def _loader(r: dict) -> str:
         "Per epoch (seconds): imageclf "
         + ", ".join(f"{e['seconds']:.1f}" for e in r["imageclf"]["epochs"])
         + "; fastai " + ", ".join(f"{e['seconds']:.1f}" for e in r["fastai"]["epochs"]) + ".",
+        "",
+        r.get("note", ""),
         "",
     ]
     return "\n".join(lines)
