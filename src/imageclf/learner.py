@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
 
 from imageclf import metrics as M
 from imageclf.callbacks import Callback, History, LRSweep, OneCycle
@@ -277,9 +276,3 @@ def set_seed(seed: int) -> None:
     """Seed torch and numpy's global generators (model init, dropout)."""
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
-
-
-def is_frozen_body_except_norm(model: nn.Module) -> bool:
-    """True when only norm layers of the body are trainable (for checks and logs)."""
-    norms = norm_params(model.body)
-    return all(p.requires_grad == (id(p) in norms) for p in model.body.parameters())
