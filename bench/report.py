@@ -45,7 +45,37 @@ def _loader(r: dict) -> str:
     return "\n".join(lines)
 
 
-SECTIONS = {"loader": _loader}
+def _train(r: dict) -> str:
+    m, st, o, f, s = r["machine"], r["settings"], r["imageclf"], r["fastai"], r["summary"]
+    lines = [
+        "## Training: resnet18 from scratch, whole run",
+        "",
+        f"Imagenette, presize {st['presize']}, size {st['size']}, batch {st['bs']},"
+        f" `fit_one_cycle({st['epochs']}, {st['lr']})`, same recipe in both tools; wall time is"
+        " the whole process from start to exit (imageclf with a cold presize cache, so its"
+        f" first epoch includes decoding). imageclf precision: {o['precision']}"
+        " (bf16 autocast + channels_last on this AMX CPU); fastai: fp32 (its mixed precision"
+        f" is CUDA-only). Measured {m['date']} on {m['cpu']} ({m['cores']} cores),"
+        f" commit {m['commit']}.",
+        "",
+        "| tool | valid accuracy | valid loss | wall (s) |",
+        "|---|---:|---:|---:|",
+        f"| imageclf | {o['valid_accuracy']:.1%} | {o['valid_loss']:.3f} |"
+        f" {o['wall_seconds']:.0f} |",
+        f"| fastai | {f['valid_accuracy']:.1%} | {f['valid_loss']:.3f} | {f['wall_seconds']:.0f} |",
+        f"| **imageclf / fastai** | **{s['accuracy_diff']*100:+.1f} points** | |"
+        f" **{s['wall_ratio']:.2f}×** |",
+        "",
+        f"imageclf trained at {o['train_img_per_s']:.0f} img/s"
+        f" ({o['train_seconds']:.0f} s in training steps).",
+        "",
+        r.get("note", ""),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+SECTIONS = {"loader": _loader, "train": _train}
 
 
 def render() -> None:

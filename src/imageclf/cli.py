@@ -190,12 +190,40 @@ PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto, bf16, fp16
 
 
 def _epoch_printer() -> object:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
     from imageclf.callbacks import Callback
 
     class PrintEpochs(Callback):
-        """A table row per epoch, like fastai's, with images/s."""
+        """A progress bar per epoch (on a terminal) and a table row per epoch, like fastai's,
+        with images/s (after History has added the epoch's row)."""
+
+        order = 20
+
+        def __init__(self) -> None:
+            self.bar: Progress | None = None
+
+        def on_epoch_start(self, learn) -> None:  # noqa: ANN001
+            if not console.is_terminal:
+                return
+            self.bar = Progress("epoch", "{task.fields[epoch]}", BarColumn(),
+                                MofNCompleteColumn(), "loss {task.fields[loss]}",
+                                TimeRemainingColumn(), console=console, transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task("", total=len(learn.dls.train), epoch=learn.epoch,
+                                          loss="-")
+
+        def on_batch_end(self, learn) -> None:  # noqa: ANN001
+            if self.bar is not None:
+                self.bar.update(self.task, advance=1, loss=f"{float(learn.loss):.3f}")
+
+        def _close(self) -> None:
+            if self.bar is not None:
+                self.bar.stop()
+                self.bar = None
 
         def on_validation_end(self, learn) -> None:  # noqa: ANN001
+            self._close()
             row = learn.history.rows[-1] if learn.history.rows else {}
             if not row:
                 return
@@ -203,6 +231,9 @@ def _epoch_printer() -> object:
                      if k not in ("epoch", "seconds", "img_per_s")]
             console.print(f"epoch {row['epoch']}  " + "  ".join(cells)
                           + f"  {row['seconds']:.1f}s  {row['img_per_s']:.0f} img/s")
+
+        def on_fit_end(self, learn) -> None:  # noqa: ANN001
+            self._close()
 
     return PrintEpochs()
 
