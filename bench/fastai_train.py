@@ -5,8 +5,14 @@ import sys
 import time
 
 t0 = time.perf_counter()
-from fastai.vision.all import (ImageDataLoaders, Resize, accuracy, aug_transforms,  # noqa: E402
-                               resnet18, vision_learner)
+from fastai.vision.all import (  # noqa: E402
+    ImageDataLoaders,
+    Resize,
+    accuracy,
+    aug_transforms,
+    resnet18,
+    vision_learner,
+)
 
 path, size, presize, bs, epochs, lr = sys.argv[1], *map(int, sys.argv[2:6]), float(sys.argv[6])
 dls = ImageDataLoaders.from_folder(path, train="train", valid="val", item_tfms=Resize(presize),

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220),
+           "yellow": (220, 210, 30), "cyan": (30, 200, 210), "magenta": (210, 30, 200)}
 
 
 def solid(colour: tuple[int, int, int], size: tuple[int, int] = (48, 40),

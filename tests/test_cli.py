@@ -50,3 +50,44 @@ def test_bad_setting_is_one_clear_line(folder_dataset: Path):
     assert r.returncode == 2
     assert "--presize (32) must be >= --size (64)" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_train_and_lr_find_cli(folder_dataset: Path, tmp_path: Path):
+    out = tmp_path / "run"
+    r = _run("train", str(folder_dataset), "--pretrained", "none", "--size", "32",
+             "--presize", "40", "--bs", "6", "--epochs", "2", "--lr", "auto", "--precision",
+             "fp32", "--out", str(out))
+    assert "epoch 0" in r.stdout and "epoch 1" in r.stdout and "img/s" in r.stdout
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["epochs"] == 2 and set(m["lr_find"]) == {"valley", "slide", "minimum", "steep"}
+    assert m["lr"] == m["lr_find"]["valley"]
+    assert (out / "lr_find.png").is_file() and (out / "report.html").is_file()
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["train"]["pretrained"] == "none" and cfg["data"]["size"] == 32
+    r = _run("lr-find", str(folder_dataset), "--pretrained", "none", "--size", "32",
+             "--presize", "40", "--bs", "6", "--json", "-o", str(tmp_path / "lr.png"))
+    res = json.loads(r.stdout)
+    assert set(res["suggestions"]) == {"valley", "slide", "minimum", "steep"}
+    assert len(res["lrs"]) == len(res["losses"]) > 3 and (tmp_path / "lr.png").is_file()
+    r = _run("report", str(out))
+    assert "report.html" in r.stdout
+
+
+def test_evaluate_cli_json(folder_dataset: Path, tmp_path: Path):
+    out = tmp_path / "run"
+    _run("train", str(folder_dataset), "--pretrained", "none", "--size", "32", "--presize",
+         "40", "--bs", "6", "--epochs", "1", "--lr", "1e-3", "--out", str(out))
+    r = _run("evaluate", str(out / "model"), str(folder_dataset), "--json", "-o",
+             str(tmp_path / "ev"))
+    res = json.loads(r.stdout)
+    for key in ("accuracy", "n", "per_class", "most_confused"):
+        assert key in res
+    assert res["n"] == 9 and (tmp_path / "ev" / "confusion_matrix.png").is_file()
+    r = _run("evaluate", str(out / "model"), str(folder_dataset / "valid"), "--tta")
+    assert "accuracy" in r.stdout and "(TTA)" in r.stdout
+
+
+def test_unknown_arch_and_hub_errors_are_one_line(folder_dataset: Path):
+    r = _run("train", str(folder_dataset), "--arch", "resnet-18", "--pretrained", "none",
+             ok=False)
+    assert r.returncode == 2 and "did you mean" in r.stderr and "Traceback" not in r.stderr

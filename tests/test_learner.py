@@ -127,3 +127,84 @@ def test_bad_model_settings_are_clear():
         resolve_precision("fp16", torch.device("cpu"))
     with pytest.raises(ConfigError, match="--lr"):
         TrainConfig(lr="fast")
+
+
+def test_hub_offline_fails_fast_with_a_way_out(monkeypatch: pytest.MonkeyPatch):
+    import socket
+    import time
+
+    from imageclf.models import create_body
+
+    def refuse(*_a, **_k):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match="--pretrained weights.safetensors") as e:
+        create_body("resnet18", "hub")
+    assert "model/ folder" in str(e.value) and "--pretrained none" in str(e.value)
+    assert time.perf_counter() - t0 < 10
+
+
+def test_pretrained_from_files_and_wrong_keys(tmp_path: Path):
+    import timm
+    from safetensors.torch import save_file
+
+    from imageclf.models import create_body
+
+    src = timm.create_model("resnet18", num_classes=7)
+    state = {k: v.contiguous() for k, v in src.state_dict().items()}
+    save_file(state, tmp_path / "w.safetensors")  # timm keys, with a 7-class classifier
+    torch.save({"state_dict": {"module." + k: v for k, v in state.items()}}, tmp_path / "w.pth")
+    for f in ("w.safetensors", "w.pth"):
+        body = create_body("resnet18", str(tmp_path / f))
+        assert torch.equal(body.conv1.weight, src.conv1.weight)
+    with pytest.raises(ConfigError, match="does not fit this architecture: missing keys"):
+        create_body("resnet34", str(tmp_path / "w.safetensors"))
+
+
+def test_pickle_payload_is_refused(tmp_path: Path):
+    """A .pth that would run code when unpickled is refused (weights_only=True)."""
+    import pickle
+
+    from imageclf.models import create_body
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (tmp_path / "evil.pth").write_bytes(pickle.dumps({"conv1.weight": Payload()}))
+    with pytest.raises(ConfigError, match="cannot read weights"):
+        create_body("resnet18", str(tmp_path / "evil.pth"))
+    assert not marker.exists()
+
+
+def test_transfer_beats_scratch(tmp_path: Path):
+    """A body trained on one generated set (colours), fine-tuned on a second (other colours),
+    ends with a lower validation loss than the same model trained from scratch for the same
+    number of steps."""
+    from .conftest import make_folder_dataset
+
+    a = make_folder_dataset(tmp_path / "a", n_train=16, n_valid=4)
+    b = make_folder_dataset(tmp_path / "b", n_train=4, n_valid=6,
+                            classes=("cyan", "magenta", "yellow"))
+    data_a = DataConfig(path=str(a), size=32, presize=40, bs=8)
+    pre = build_learner(data_a, TrainConfig(pretrained="none", precision="fp32", seed=1))
+    pre.fit_one_cycle(6, 3e-3)
+    from imageclf.export import save_model
+
+    save_model(pre.model, tmp_path / "pre" / "model", {
+        "arch": "resnet18", "head": "concat", "classes": list(pre.dls.classes), "size": 32,
+        "presize": 40, "resize_method": "crop", "mean": [0.5] * 3, "std": [0.25] * 3,
+        "loss": "cross_entropy"})
+    data_b = DataConfig(path=str(b), size=32, presize=40, bs=6)
+    results = {}
+    for name, pretrained in (("transfer", str(tmp_path / "pre" / "model")),
+                             ("scratch", "none")):
+        learn = build_learner(data_b, TrainConfig(pretrained=pretrained, precision="fp32",
+                                                  seed=2))
+        learn.fine_tune(2, 2e-3, freeze_epochs=1)
+        results[name] = learn.history.rows[-1]
+    assert results["transfer"]["valid_loss"] < results["scratch"]["valid_loss"], results

@@ -39,10 +39,30 @@ class History(Callback):
         self.batch_losses: list[float] = []
         self.batch_lrs: list[float] = []
         self.rows: list[dict[str, float]] = []
+        self._losses: list[float] = []
+        self._images = 0
+        self._resumed = False
+
+    def state(self) -> dict:
+        """Everything needed to continue the record after a resume (mid-epoch included)."""
+        return {"rows": self.rows, "batch_losses": self.batch_losses,
+                "batch_lrs": self.batch_lrs, "epoch_losses": self._losses,
+                "epoch_images": self._images}
+
+    def load_state(self, state: dict, mid_epoch: bool) -> None:
+        self.rows = list(state["rows"])
+        self.batch_losses = list(state["batch_losses"])
+        self.batch_lrs = list(state["batch_lrs"])
+        self._losses = list(state["epoch_losses"])
+        self._images = int(state["epoch_images"])
+        self._resumed = mid_epoch
 
     def on_epoch_start(self, learn: Learner) -> None:
         self._t0 = time.perf_counter()
-        self._losses: list[float] = []
+        if self._resumed:  # continue the interrupted epoch's record
+            self._resumed = False
+            return
+        self._losses = []
         self._images = 0
 
     def on_batch_end(self, learn: Learner) -> None:

@@ -21,8 +21,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Train, inspect and use image classifiers.")
 bench_app = typer.Typer(no_args_is_help=True, help="Measure parts of the pipeline.")
 app.add_typer(bench_app, name="bench")
-console = Console()
-err = Console(stderr=True)
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 _state = {"debug": False}
 
 DataArg = Annotated[Path, typer.Argument(help="A folder of class folders (train/ + valid/ or "
@@ -160,7 +160,9 @@ def bench_loader(data: DataArg, size: SizeOpt = 128, presize: PresizeOpt = 160, 
 def main() -> None:
     """Entry point: run the app; a bad setting is one clear line, not a traceback."""
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)  # a typer.Exit comes back as its exit code
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
     except ConfigError as e:
         if _state["debug"]:
             raise
@@ -168,8 +170,8 @@ def main() -> None:
         sys.exit(2)
     except typer.Exit as e:
         sys.exit(e.exit_code)
-    except typer.Abort:
-        err.print("aborted")
+    except (typer.Abort, KeyboardInterrupt):
+        err.print("interrupted")
         sys.exit(130)
     except Exception as e:  # click's usage errors carry their own message and exit code
         import click
@@ -239,7 +241,9 @@ def _epoch_printer() -> object:
 
 
 @app.command()
-def train(data: DataArg, arch: ArchOpt = "resnet18", pretrained: PretrainedOpt = "hub",
+def train(data: Annotated[Path | None, typer.Argument(
+              help="A folder of class folders, or a CSV (not needed with --resume).")] = None,
+          arch: ArchOpt = "resnet18", pretrained: PretrainedOpt = "hub",
           size: SizeOpt = 224, presize: PresizeOpt = 460,
           epochs: Annotated[int, typer.Option("--epochs")] = 4,
           freeze_epochs: Annotated[int, typer.Option("--freeze-epochs")] = 1,
@@ -250,20 +254,41 @@ def train(data: DataArg, arch: ArchOpt = "resnet18", pretrained: PretrainedOpt =
           out: Annotated[str | None, typer.Option("--out", help="Run directory.")] = None,
           head: Annotated[str, typer.Option("--head", help="concat or timm.")] = "concat",
           csv: CsvOpt = None, label_regex: RegexOpt = None, valid_pct: ValidPctOpt = 0.2,
-          cache_dir: CacheOpt = None, resize_method: MethodOpt = "crop") -> None:
-    """Train: fine_tune when pretrained, fit_one_cycle from scratch; write a run directory."""
+          cache_dir: CacheOpt = None, resize_method: MethodOpt = "crop",
+          resume: Annotated[Path | None, typer.Option(
+              "--resume", help="Continue this run directory from its last checkpoint.")] = None,
+          checkpoint_every: Annotated[float, typer.Option(
+              "--checkpoint-every", help="Minutes between checkpoints within an epoch "
+              "(0: only at epoch ends).")] = 0.0) -> None:
+    """Train: fine_tune when pretrained, fit_one_cycle from scratch; write a run directory.
+    Ctrl-C or SIGTERM stops after the current step with a checkpoint; --resume continues."""
     from imageclf.config import TrainConfig
-    from imageclf.runs import train_run
+    from imageclf.runs import Interrupted, resume_run, train_run
 
-    dcfg = _data_config(data, size, presize, bs, csv, label_regex, valid_pct, seed, cache_dir,
-                        resize_method, multi_label)
-    tcfg = TrainConfig(arch=arch, pretrained=pretrained, head=head, epochs=epochs,
-                       freeze_epochs=freeze_epochs, lr=lr, precision=precision,
-                       label_smoothing=label_smoothing, seed=seed, out=out)
-    res = train_run(dcfg, tcfg, cbs=[_epoch_printer()])
+    if checkpoint_every < 0:
+        raise ConfigError(f"--checkpoint-every must be >= 0 minutes; got {checkpoint_every}")
+    try:
+        if resume is not None:
+            res = resume_run(resume, cbs=[_epoch_printer()], checkpoint_every=checkpoint_every)
+        else:
+            if data is None:
+                raise ConfigError("DATA is missing: give a data folder or CSV (or --resume "
+                                  "RUN_DIR)")
+            dcfg = _data_config(data, size, presize, bs, csv, label_regex, valid_pct, seed,
+                                cache_dir, resize_method, multi_label)
+            tcfg = TrainConfig(arch=arch, pretrained=pretrained, head=head, epochs=epochs,
+                               freeze_epochs=freeze_epochs, lr=lr, precision=precision,
+                               label_smoothing=label_smoothing, seed=seed, out=out)
+            res = train_run(dcfg, tcfg, cbs=[_epoch_printer()],
+                            checkpoint_every=checkpoint_every)
+    except Interrupted as e:
+        err.print(f"[yellow]{e.signal_name}:[/yellow] stopped after the current step; "
+                  f"checkpoint written to {e.checkpoint}.\nResume with: imageclf train "
+                  f"--resume {e.out}")
+        raise typer.Exit(130 if e.signal_name == "SIGINT" else 143) from None
     m = res.metrics
     if res.lr_find is not None:
-        console.print(f"lr_find: valley {res.lr_find.suggestions['valley']:.2e}")
+        console.print(f"lr_find: valley {res.lr_find['valley']:.2e}")
     if m.get("skipped_files"):
         console.print(f"[yellow]{len(m['skipped_files'])} unreadable file(s) skipped[/yellow]")
     acc = m.get("valid_accuracy", m.get("accuracy_multi"))
@@ -317,8 +342,150 @@ def demo(out: Annotated[Path, typer.Option("--out")] = Path("runs/demo"),
     tcfg = TrainConfig(arch="resnet18", pretrained="none", epochs=epochs, lr="auto",
                        out=str(out / "run"))
     res = train_run(dcfg, tcfg, cbs=[_epoch_printer()])
-    console.print(f"lr_find suggested {res.lr_find.suggestions['valley']:.2e} (valley); "
+    console.print(f"lr_find suggested {res.lr_find['valley']:.2e} (valley); "
                   f"plot: {res.out / 'lr_find.png'}")
     console.print(f"valid accuracy {res.metrics['valid_accuracy']:.3f} "
                   f"({res.metrics['precision']} on {res.metrics['device']}); "
                   f"run directory: {res.out}; model: {res.out / 'model'}")
+
+
+ModelArg = Annotated[Path, typer.Argument(help="A model/ folder written by `imageclf train`.")]
+
+
+def _expand_inputs(inputs: list[Path]) -> list[Path]:
+    """Files as given; folders walked for image files (sorted)."""
+    from imageclf.data.sources import list_images
+
+    out: list[Path] = []
+    for p in inputs:
+        if p.is_dir():
+            out += list_images(p)
+        else:
+            out.append(p)
+    return out
+
+
+@app.command()
+def predict(model: ModelArg,
+            inputs: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
+            top_k: Annotated[int, typer.Option("--top-k")] = 3,
+            min_confidence: Annotated[float | None, typer.Option(
+                "--min-confidence", help="Answer 'none' when the top softmax probability is "
+                "below this (overrides model.json).")] = None,
+            tta: Annotated[bool, typer.Option("--tta", help="Average flipped/zoomed views.")
+                           ] = False,
+            bs: BsOpt = 32,
+            as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Top-k labels per image; unreadable files are reported per file, never a crash."""
+    from imageclf.predict import Predictor
+
+    pred = Predictor(model, min_confidence=min_confidence)
+    paths = _expand_inputs(inputs)
+    if not paths:
+        raise ConfigError("no image files found in the given inputs")
+    results = pred.predict(paths, top_k=top_k, bs=bs, tta=tta)
+    n_ok = 0
+    for r in results:
+        n_ok += r.error is None
+        if as_json:
+            print(json.dumps(r.to_dict()))
+        elif r.error is not None:
+            err.print(f"{r.path}: [yellow]unreadable[/yellow] ({r.error})")
+        else:
+            tops = "  ".join(f"{k} {p:.3f}" for k, p in r.top)
+            console.print(f"{r.path}: [bold]{';'.join(r.labels)}[/bold]  ({tops})",
+                          highlight=False)
+    if n_ok == 0:
+        err.print("[red]error:[/red] no image could be predicted")
+        raise typer.Exit(1)
+
+
+@app.command()
+def evaluate(model: ModelArg, data: DataArg,
+             output: Annotated[Path | None, typer.Option(
+                 "-o", "--output", help="Folder for confusion_matrix.png and top_losses.png."
+             )] = None,
+             csv: CsvOpt = None, label_regex: RegexOpt = None,
+             tta: Annotated[bool, typer.Option("--tta")] = False, bs: BsOpt = 32,
+             as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Accuracy, per-class table and most-confused pairs on DATA's validation split (or every
+    labelled image when DATA has no split)."""
+    from imageclf.evaluate import evaluate as run_evaluate
+    from imageclf.predict import Predictor
+
+    pred = Predictor(model)
+    interp = run_evaluate(pred, data, csv=csv, label_regex=label_regex, tta=tta, bs=bs,
+                          out_dir=output)
+    s = interp.summary()
+    if as_json:
+        print(json.dumps(s))
+        return
+    console.print(f"{s['n']} images; accuracy {s['accuracy']:.4f}; loss {s['loss']:.4f}"
+                  + ("  (TTA)" if tta else ""))
+    table = Table()
+    for c in ("class", "precision", "recall", "f1", "support"):
+        table.add_column(c, justify="left" if c == "class" else "right")
+    for r in s["per_class"]:
+        table.add_row(r["class"], f"{r['precision']:.3f}", f"{r['recall']:.3f}",
+                      f"{r['f1']:.3f}", str(r["support"]))
+    console.print(table)
+    if s["most_confused"]:
+        console.print("most confused (actual → predicted: count):")
+        for m in s["most_confused"][:10]:
+            console.print(f"  {m['actual']} → {m['predicted']}: {m['count']}")
+    if s["skipped_files"]:
+        console.print(f"[yellow]{len(s['skipped_files'])} unreadable file(s) skipped[/yellow]")
+        for b in s["skipped_files"]:
+            console.print(f"  {b['path']}: {b['reason']}")
+    if output is not None:
+        console.print(f"pictures in {output}")
+
+
+@app.command()
+def calibrate(model: ModelArg, data: DataArg,
+              keep: Annotated[float, typer.Option(
+                  "--keep", help="Share of in-distribution images that must keep a label.")
+              ] = 0.95,
+              csv: CsvOpt = None, label_regex: RegexOpt = None,
+              dry_run: Annotated[bool, typer.Option("--dry-run",
+                                                    help="Print, do not store.")] = False,
+              as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Choose the "none of these" thresholds on DATA's validation split; store them in
+    model.json (softmax: min_confidence; multi-label: per-class thresholds)."""
+    from imageclf.evaluate import calibrate as run_calibrate
+    from imageclf.evaluate import write_calibration
+    from imageclf.predict import Predictor
+
+    chosen = run_calibrate(Predictor(model), data, keep, csv=csv, label_regex=label_regex)
+    if not dry_run:
+        write_calibration(model, chosen)
+    if as_json:
+        print(json.dumps(chosen))
+        return
+    if "min_confidence" in chosen:
+        console.print(f"min_confidence {chosen['min_confidence']:.4f}: keeps {keep:.0%} of "
+                      f"{chosen['n']} validation images")
+    else:
+        console.print("per-class thresholds: " + ", ".join(f"{t:.3f}"
+                                                          for t in chosen["thresholds"]))
+    console.print("not stored (--dry-run)" if dry_run else f"stored in {model / 'model.json'}")
+
+
+@app.command()
+def export(model: ModelArg,
+           onnx: Annotated[bool, typer.Option("--onnx", help="Write an ONNX file.")] = False,
+           output: Annotated[Path | None, typer.Option("-o", "--output")] = None) -> None:
+    """Export a model/ folder (ONNX: normalisation inside, dynamic batch, probabilities out)."""
+    if not onnx:
+        raise ConfigError("choose an export format: --onnx")
+    from imageclf.export import export_onnx
+
+    console.print(f"wrote {export_onnx(model, output)}")
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) -> None:
+    """Rebuild RUN_DIR/report.html from the run's files."""
+    from imageclf.report import build_report
+
+    console.print(f"wrote {build_report(run_dir)}")

@@ -70,6 +70,34 @@ class LRFindResult:
     suggestions: dict[str, float]
 
 
+@dataclass
+class Phase:
+    """One stretch of a training recipe: epochs at one-cycle (or constant) rates, with the
+    body frozen (True), unfrozen (False) or left as it is (None). Serialisable: a checkpoint
+    stores the plan so that a resumed run follows the same schedule."""
+
+    epochs: int
+    lr_max: list[float]
+    pct_start: float = 0.25
+    div: float = 25.0
+    div_final: float = 1e5
+    frozen: bool | None = None
+    constant: bool = False
+
+
+def fine_tune_plan(epochs: int, base_lr: float, n_groups: int, freeze_epochs: int = 1,
+                   lr_mult: float = 100.0, pct_start: float = 0.3, div: float = 5.0
+                   ) -> list[Phase]:
+    """fastai's fine_tune as phases."""
+    plan = []
+    if freeze_epochs > 0:
+        plan.append(Phase(freeze_epochs, spread_lrs(base_lr, n_groups), 0.99, frozen=True))
+    base_lr /= 2
+    plan.append(Phase(epochs, spread_lrs((base_lr / lr_mult, base_lr), n_groups), pct_start,
+                      div, frozen=False))
+    return plan
+
+
 def spread_lrs(lr: float | Sequence[float], n: int) -> list[float]:
     """One rate for every group, or (low, high) spread log-evenly from first to last group."""
     if isinstance(lr, int | float):
@@ -109,6 +137,10 @@ class Learner:
         self.train_seconds = 0.0
         self.train_images = 0
         self.epochs_done = 0
+        self.batch_in_epoch = 0
+        self.interrupted: str | None = None  # set (to the signal's name) to stop mid-epoch
+        self.plan: list[Phase] = []
+        self.plan_epoch0 = 0
         log.info("precision %s on %s", self.precision.name, self.device)
 
     # --- optimiser -------------------------------------------------------------------
@@ -165,7 +197,8 @@ class Learner:
         self.scaler.update()
         self.opt.zero_grad(set_to_none=True)
 
-    def _fit(self, epochs: int, extra: Sequence[Callback] = (), validate: bool = True) -> None:
+    def _fit(self, epochs: int, extra: Sequence[Callback] = (), validate: bool = True,
+             start_batch: int = 0) -> None:
         self._extra = list(extra)
         self.stop_training = False
         self._call("on_fit_start")
@@ -173,19 +206,25 @@ class Learner:
             for _ in range(epochs):
                 self.model.train()
                 self.dls.train.set_epoch(self.epochs_done)
+                self.dls.train.skip = start_batch
+                self.batch_in_epoch = start_batch
                 self._call("on_epoch_start")
+                start_batch = 0
                 t0, n = time.perf_counter(), 0
                 for x, y in self.dls.train:
                     self.batch_size = x.shape[0]
                     self._call("on_batch_start")
                     self.train_step(x, y)
                     n += self.batch_size
+                    self.batch_in_epoch += 1
                     self._call("on_batch_end")
                     if self.stop_training:
                         break
                 self.train_seconds_epoch = time.perf_counter() - t0
                 self.train_seconds += self.train_seconds_epoch
                 self.train_images += n
+                if self.interrupted:  # mid-epoch stop: no validation, no epoch end
+                    break
                 if validate and not (self.stop_training and not self.history.rows and not n):
                     self.last_validation = self.validate()
                     self._call("on_validation_end")
@@ -220,29 +259,52 @@ class Learner:
     # --- recipes -----------------------------------------------------------------------
     def fit(self, epochs: int, lr: float | Sequence[float] = 1e-3) -> None:
         """Train at a constant rate (one value, or a (low, high) range over the groups)."""
-        self.set_lrs(spread_lrs(lr, self.n_groups))
-        self._fit(epochs)
+        self.run_plan([Phase(epochs, spread_lrs(lr, self.n_groups), constant=True)])
 
     def fit_one_cycle(self, epochs: int, lr_max: float | Sequence[float] = 1e-3,
                       div: float = 25.0, div_final: float = 1e5,
                       pct_start: float = 0.25) -> None:
         """fastai's one-cycle policy over `epochs`."""
-        steps = epochs * len(self.dls.train)
-        sched = OneCycle(spread_lrs(lr_max, self.n_groups), steps, div, div_final, pct_start)
-        self._fit(epochs, [sched])
+        self.run_plan([Phase(epochs, spread_lrs(lr_max, self.n_groups), pct_start, div,
+                             div_final)])
 
     def fine_tune(self, epochs: int, base_lr: float = 2e-3, freeze_epochs: int = 1,
                   lr_mult: float = 100.0, pct_start: float = 0.3, div: float = 5.0) -> None:
         """fastai's recipe: one-cycle on the frozen model (pct_start 0.99), then halve base_lr,
         unfreeze and one-cycle over (base_lr/lr_mult, base_lr) with pct_start 0.3, div 5."""
-        self.freeze()
-        if freeze_epochs > 0:
-            self.fit_one_cycle(freeze_epochs, base_lr, pct_start=0.99)
-        base_lr /= 2
-        self.unfreeze()
-        if epochs > 0:
-            self.fit_one_cycle(epochs, (base_lr / lr_mult, base_lr), pct_start=pct_start,
-                               div=div)
+        self.run_plan(fine_tune_plan(epochs, base_lr, self.n_groups, freeze_epochs, lr_mult,
+                                     pct_start, div))
+
+    def run_plan(self, plan: Sequence[Phase], start_epoch: int = 0, start_batch: int = 0
+                 ) -> None:
+        """Train through `plan`'s phases, optionally from (epoch, batch) within the plan:
+        a resumed run replays exactly the schedule an uninterrupted one would follow."""
+        self.plan = list(plan)
+        first = 0
+        for phase in self.plan:
+            if start_epoch >= first + phase.epochs:
+                first += phase.epochs
+                continue
+            if phase.frozen is True:
+                self.freeze()
+            elif phase.frozen is False:
+                self.unfreeze()
+            done = max(0, start_epoch - first)
+            self.plan_epoch0 = first
+            per_epoch = len(self.dls.train)
+            if phase.constant:
+                self.set_lrs(phase.lr_max)
+                extra: list[Callback] = []
+            else:
+                sched = OneCycle(phase.lr_max, phase.epochs * per_epoch, phase.div,
+                                 phase.div_final, phase.pct_start)
+                sched.step = done * per_epoch + start_batch
+                extra = [sched]
+            self._fit(phase.epochs - done, extra, start_batch=start_batch)
+            start_batch = 0
+            first += phase.epochs
+            if self.stop_training:
+                break
 
     def lr_find(self, start_lr: float = 1e-7, end_lr: float = 10.0,
                 num_it: int = 100) -> LRFindResult:

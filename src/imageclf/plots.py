@@ -82,3 +82,31 @@ def plot_losses(batch_losses: Sequence[float], rows: Sequence[dict], batches_per
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return Path(path)
+
+
+def plot_confusion_matrix(cm: torch.Tensor, classes: Sequence[str], path: str | Path) -> Path:
+    """Rows = actual, columns = predicted; colours normalised per row (recall), counts written
+    in the cells while they fit. Readable from 2 to 100+ classes: the figure grows with n."""
+    n = len(classes)
+    cmf = cm.float()
+    norm = cmf / cmf.sum(1, keepdim=True).clamp_min(1)
+    side = min(max(5.0, 0.32 * n + 2.5), 40.0)
+    fig, ax = plt.subplots(figsize=(side, side))
+    im = ax.imshow(norm.numpy(), cmap="Blues", vmin=0, vmax=1)
+    font = max(4.0, min(10.0, 160 / max(n, 1)))
+    ax.set_xticks(range(n), labels=list(classes), rotation=90, fontsize=font)
+    ax.set_yticks(range(n), labels=list(classes), fontsize=font)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    if n <= 40:
+        for i in range(n):
+            for j in range(n):
+                c = int(cm[i, j])
+                if c:
+                    ax.text(j, i, str(c), ha="center", va="center", fontsize=font * 0.9,
+                            color="white" if norm[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the actual class")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return Path(path)

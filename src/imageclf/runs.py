@@ -14,12 +14,23 @@ from pathlib import Path
 import torch
 
 from imageclf.callbacks import Callback
-from imageclf.config import ConfigError, DataConfig, TrainConfig, save_json, to_dict
+from imageclf.checkpoint import Checkpointer, graceful_stop, read_checkpoint, restore
+from imageclf.config import ConfigError, DataConfig, TrainConfig, from_dict, save_json, to_dict
 from imageclf.data.loader import DataLoaders
 from imageclf.export import save_model
-from imageclf.learner import Learner, LRFindResult, resolve_precision, set_seed
+from imageclf.interpret import Interpretation, write_pictures
+from imageclf.learner import (
+    Learner,
+    LRFindResult,
+    Phase,
+    fine_tune_plan,
+    resolve_precision,
+    set_seed,
+    spread_lrs,
+)
 from imageclf.models import check_arch, create_model
 from imageclf.plots import plot_losses, plot_lr_find
+from imageclf.report import build_report
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +60,7 @@ class RunResult:
 
     out: Path
     metrics: dict
-    lr_find: LRFindResult | None
+    lr_find: dict[str, float] | None  # lr_find suggestions when it ran
 
 
 def build_learner(data: DataConfig, train: TrainConfig, device: str | torch.device = "cpu",
@@ -60,37 +71,88 @@ def build_learner(data: DataConfig, train: TrainConfig, device: str | torch.devi
     dls = DataLoaders.from_config(data, device=device)
     set_seed(train.seed)
     model = create_model(train.arch, len(dls.classes), train.pretrained, train.head)
-    return Learner(dls, model, wd=train.wd, precision=train.precision,
-                   label_smoothing=train.label_smoothing, cbs=cbs, device=device)
+    learn = Learner(dls, model, wd=train.wd, precision=train.precision,
+                    label_smoothing=train.label_smoothing, cbs=cbs, device=device)
+    learn.arch, learn.head_kind = train.arch, train.head
+    return learn
 
 
 def run_lr_find(learn: Learner, out: Path | None = None) -> LRFindResult:
     """lr_find, and its plot when `out` is given."""
     res = learn.lr_find()
     if out is not None:
+        save_json({"lrs": res.lrs, "losses": res.losses, "suggestions": res.suggestions},
+                  out / "lr_find.json")
         plot_lr_find(res.lrs, res.losses, res.suggestions, out / "lr_find.png")
     return res
 
 
+class Interrupted(Exception):
+    """Training stopped on a signal after writing a checkpoint."""
+
+    def __init__(self, out: Path, signal_name: str, checkpoint: Path | None) -> None:
+        super().__init__(f"{signal_name}: training stopped; checkpoint {checkpoint}")
+        self.out, self.signal_name, self.checkpoint = out, signal_name, checkpoint
+
+
 def train_run(data: DataConfig, train: TrainConfig, device: str | torch.device = "cpu",
-              cbs: Sequence[Callback] = ()) -> RunResult:
+              cbs: Sequence[Callback] = (), checkpoint_every: float = 0.0) -> RunResult:
     """Train as configured (fine_tune when pretrained, fit_one_cycle from scratch) and write
-    config.json, metrics.csv, metrics.json, lr_find.png, losses.png and model/."""
+    config.json, metrics.csv, metrics.json, lr_find.png, losses.png, model/, the validation
+    interpretation (interpretation.json, confusion_matrix.png, top_losses.png), report.html
+    and checkpoints/ (each epoch end, every `checkpoint_every` minutes, and on Ctrl-C)."""
     out = prepare_out(train.out)
     learn = build_learner(data, train, device, cbs)
     save_json({"data": to_dict(data), "train": to_dict(train)}, out / "config.json")
     t0 = time.perf_counter()
     found = None
     if train.lr == "auto":
-        found = run_lr_find(learn, out)
-        lr = found.suggestions["valley"]
+        res = run_lr_find(learn, out)
+        found = res.suggestions
+        lr = found["valley"]
         log.info("lr_find suggests %.2e (valley)", lr)
     else:
         lr = float(train.lr)
     if train.pretrained != "none":
-        learn.fine_tune(train.epochs, lr, freeze_epochs=train.freeze_epochs)
+        plan = fine_tune_plan(train.epochs, lr, learn.n_groups, train.freeze_epochs)
     else:
-        learn.fit_one_cycle(train.epochs, lr)
+        plan = [Phase(train.epochs, spread_lrs(lr, learn.n_groups))]
+    return _train(learn, data, out, plan, lr, found, t0, checkpoint_every)
+
+
+def resume_run(run_dir: str | Path, device: str | torch.device = "cpu",
+               cbs: Sequence[Callback] = (), checkpoint_every: float = 0.0) -> RunResult:
+    """Continue RUN_DIR from its last checkpoint, with the settings in its config.json."""
+    run = Path(run_dir)
+    try:
+        cfg = json.loads((run / "config.json").read_text())
+        data = from_dict(DataConfig, cfg["data"])
+        train = from_dict(TrainConfig, cfg["train"])
+    except (OSError, ValueError, KeyError) as e:
+        raise ConfigError(f"--resume {run}: cannot read its config.json ({e})") from e
+    info, tensors = read_checkpoint(run / "checkpoints")
+    learn = build_learner(data, train, device, cbs)
+    keys = {"train": learn.dls.train.cache.key, "valid": learn.dls.valid.cache.key}
+    if keys != info["cache"]:
+        raise ConfigError(f"--resume {run}: the data or its presize settings changed since the "
+                          "checkpoint (cache key differs); start a new run instead")
+    restore(learn, info, tensors)
+    plan = [Phase(**p) for p in info["plan"]]
+    log.info("resuming %s at epoch %d, batch %d", run, info["epoch"], info["batch"])
+    return _train(learn, data, run, plan, info["lr"], info.get("lr_find"), time.perf_counter(),
+                  checkpoint_every, (info["epoch"], info["batch"]))
+
+
+def _train(learn: Learner, data: DataConfig, out: Path, plan: list[Phase], lr: float,
+           found: dict | None, t0: float, checkpoint_every: float,
+           start: tuple[int, int] = (0, 0)) -> RunResult:
+    ck = Checkpointer(out / "checkpoints", checkpoint_every,
+                      {"lr": lr, "lr_find": found})
+    learn.cbs.append(ck)
+    with graceful_stop():
+        learn.run_plan(plan, *start)
+    if learn.interrupted:
+        raise Interrupted(out, learn.interrupted, ck.last_path)
     wall = time.perf_counter() - t0
     rows = learn.history.rows
     with open(out / "metrics.csv", "w", newline="") as f:
@@ -107,14 +169,29 @@ def train_run(data: DataConfig, train: TrainConfig, device: str | torch.device =
                 "precision": learn.precision.name, "device": str(learn.device),
                 "skipped_files": learn.dls.skipped(), "history": rows}
     if found is not None:
-        metrics["lr_find"] = found.suggestions
+        metrics["lr_find"] = found
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     save_model(learn.model, out / "model", {
-        "arch": train.arch, "head": train.head, "classes": list(learn.dls.classes),
+        "arch": learn.arch, "head": learn.head_kind, "classes": list(learn.dls.classes),
         "size": data.size, "presize": data.presize, "resize_method": data.resize_method,
         "mean": learn.dls.valid.augment.mean.tolist(), "std": learn.dls.valid.augment.std.tolist(),
         "loss": "bce_multi_label" if learn.multi_label else "cross_entropy",
         "multi_label": learn.multi_label,
         "thresholds": [0.5] * len(learn.dls.classes) if learn.multi_label else None})
+    interpret_run(learn, data, out)
+    build_report(out)
     log.info("run written to %s", out)
     return RunResult(out, metrics, found)
+
+
+def interpret_run(learn: Learner, data: DataConfig, out: Path, k: int = 9) -> Interpretation:
+    """Validation-split interpretation of a trained learner: interpretation.json (accuracy,
+    per-class scores, most confused pairs), confusion_matrix.png and top_losses.png."""
+    logits, y = learn.get_preds()
+    valid = learn.dls.valid
+    paths = [valid.paths[i] for i in valid.index]
+    interp = Interpretation.from_logits(logits, y, learn.dls.classes, learn.multi_label, paths,
+                                        skipped=learn.dls.skipped())
+    save_json(interp.summary(), out / "interpretation.json")
+    write_pictures(interp, out, data.presize, data.resize_method, valid.augment, k)
+    return interp

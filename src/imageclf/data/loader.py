@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from imageclf.config import DataConfig
-from imageclf.data.augment import IMAGENET_MEAN, IMAGENET_STD, BatchAugment
+from imageclf.data.augment import IMAGENET_MEAN, IMAGENET_STD, BatchAugment, sample_params
 from imageclf.data.cache import PresizeCache
 from imageclf.data.sources import Items, find_items
 
@@ -46,6 +46,7 @@ class BatchLoader:
         self.bs = cfg.bs
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
+        self.skip = 0  # batches of the next pass to skip (resuming mid-epoch)
         self.index: np.ndarray | None = None  # usable cache slots
 
     def prepare(self) -> None:
@@ -117,6 +118,12 @@ class BatchLoader:
         else:
             offsets = room // 2
         targets = self.targets
+        skip, self.skip = self.skip, 0
+        if skip:  # resume mid-epoch: the same batches and augmentation draws as a full pass
+            order = order[skip * self.bs:]
+            if self.train:
+                for _ in range(skip):
+                    sample_params(self.bs, self.augment.aug, g_aug)
         q: queue.Queue = queue.Queue(maxsize=2)
         stop = threading.Event()
 

@@ -226,16 +226,19 @@ def _truthy(value: str, where: Path) -> bool:
 
 
 def _finish(paths: list[Path], names: list[list[str]], flags: list[bool], multi_label: bool,
-            where: Path) -> Items:
+            where: Path, need_split: bool = True) -> Items:
     classes = sorted({n for ns in names for n in ns})
-    if len(classes) < 2 and not multi_label:
+    if not need_split:
+        if not paths:
+            raise ConfigError(f"no labelled images found in {where}")
+    elif len(classes) < 2 and not multi_label:
         raise ConfigError(
             f"found {len(classes)} class(es) in {where} ({classes}); a classifier needs at least 2"
         )
-    if not any(flags):
+    elif not any(flags):
         raise ConfigError(f"no validation images in {where}: add a valid/ folder, an is_valid "
                           "column, or raise --valid-pct")
-    if all(flags):
+    elif all(flags):
         raise ConfigError(f"no training images in {where}")
     index = {c: i for i, c in enumerate(classes)}
     labels = tuple(tuple(sorted(index[n] for n in ns)) for ns in names)
@@ -255,3 +258,40 @@ def find_items(path: str | Path, *, csv_file: str | None = None, label_regex: st
     if label_regex is not None:
         return from_regex(root, label_regex, valid_pct, seed)
     return from_folders(root, valid_pct, seed)
+
+
+def find_eval_items(path: str | Path, *, csv_file: str | None = None,
+                    label_regex: str | None = None, multi_label: bool = False) -> Items:
+    """The labelled images to evaluate on: the validation split when DATA has one (a valid/
+    folder, a CSV is_valid column), otherwise every labelled image."""
+    root = Path(path)
+    if csv_file is not None or (root.is_file() and root.suffix.lower() == ".csv"):
+        csv_path = Path(csv_file) if csv_file is not None else root
+        with open(csv_path, newline="") as f:
+            rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+        has_split = len(rows) > 1 and all(len(r) >= 3 for r in rows)
+        items = from_csv(csv_path, 0.5, 0, multi_label or None,
+                         image_root=root if csv_file is not None else None) if has_split else None
+        if items is not None:
+            return items.subset(items.split_indices()[1])
+        # no split column: every row
+        image_root = root if csv_file is not None else csv_path.parent
+        if rows and not _resolve(image_root, rows[0][0]).exists():
+            rows = rows[1:]
+        paths = [_resolve(image_root, r[0].strip()) for r in rows if len(r) >= 2]
+        labels = [r[1].split() for r in rows if len(r) >= 2]
+        ml = multi_label or any(len(x) != 1 for x in labels)
+        return _finish(paths, labels, [True] * len(paths), ml, csv_path, need_split=False)
+    if not root.is_dir():
+        raise ConfigError(f"DATA {root} is not a folder or a .csv file")
+    if label_regex is not None:
+        items = from_regex(root, label_regex, 0.5, 0)
+        return Items(items.paths, items.labels, items.classes, (True,) * len(items),
+                     items.multi_label)
+    valid_dir = _find_split_dir(root, VALID_NAMES)
+    per_class = _class_folders(valid_dir if valid_dir is not None else root)
+    paths, names = [], []
+    for cls, files in per_class.items():
+        paths += files
+        names += [[cls]] * len(files)
+    return _finish(paths, names, [True] * len(paths), False, root, need_split=False)

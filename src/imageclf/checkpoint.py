@@ -1,0 +1,212 @@
+"""Checkpoints of a training run, graceful Ctrl-C / SIGTERM, and resume.
+
+A checkpoint is two files under RUN_DIR/checkpoints/: `ckpt-E-B.safetensors` (model,
+optimiser and RNG tensors) and `last.json` (where training stands: epoch, batch, the plan,
+history, RNG states that are not tensors, the tensor file's size and SHA-256). Both are
+written to a temporary file, fsynced and renamed; `last.json` is written last and names the
+tensor file, so a checkpoint cut short by a crash is never read: the previous one stays valid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import random
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from imageclf.callbacks import Callback
+from imageclf.config import ConfigError
+from imageclf.export import atomic_write
+
+if TYPE_CHECKING:
+    from imageclf.learner import Learner
+
+log = logging.getLogger(__name__)
+FORMAT = 1
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _opt_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"opt.{pid}.{k}"] = v.detach().cpu().contiguous()
+            else:
+                scalars[f"{pid}.{k}"] = v
+    groups = [{k: v for k, v in g.items()} for g in sd["param_groups"]]
+    return tensors, {"param_groups": groups, "scalars": scalars}
+
+
+def _load_opt(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], info: dict) -> None:
+    state: dict[int, dict] = {}
+    for name, v in tensors.items():
+        if name.startswith("opt."):
+            _, pid, k = name.split(".", 2)
+            state.setdefault(int(pid), {})[k] = v
+    for name, v in info["scalars"].items():
+        pid, k = name.split(".", 1)
+        state.setdefault(int(pid), {})[k] = v
+    groups = info["param_groups"]
+    for g in groups:
+        if "betas" in g:
+            g["betas"] = tuple(g["betas"])
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def save_checkpoint(learn: Learner, folder: Path, extra: dict | None = None) -> Path:
+    """Write a checkpoint of where `learn` stands now; return last.json's path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    epoch, batch = learn.epochs_done, learn.batch_in_epoch
+    tensors = {f"model.{k}": v.detach().cpu().contiguous()
+               for k, v in learn.model.state_dict().items()}
+    opt_t, opt_info = _opt_tensors(learn.opt)
+    tensors |= opt_t
+    tensors["rng.torch"] = torch.get_rng_state()
+    np_state = np.random.get_state()
+    tensors["rng.numpy"] = torch.from_numpy(np_state[1].astype(np.int64))
+    name = f"ckpt-{epoch:04d}-{batch:06d}.safetensors"
+    atomic_write(folder / name, lambda p: save_file(tensors, p))
+    py_state = random.getstate()
+    info = {
+        "format": FORMAT, "tensors": name, "size": (folder / name).stat().st_size,
+        "sha256": _sha256(folder / name), "epoch": epoch, "batch": batch,
+        "mid_epoch": batch > 0, "time": time.time(),
+        "plan": [dataclasses.asdict(p) for p in learn.plan],
+        "frozen": not all(p.requires_grad for p in learn.model.parameters()),
+        "optimizer": opt_info,
+        "rng": {"numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
+                "python": [py_state[0], list(py_state[1]), py_state[2]]},
+        "history": learn.history.state(),
+        "train_seconds": learn.train_seconds, "train_images": learn.train_images,
+        "cache": {"train": learn.dls.train.cache.key, "valid": learn.dls.valid.cache.key},
+    } | (extra or {})
+    text = json.dumps(info, indent=1) + "\n"
+    atomic_write(folder / "last.json", lambda p: Path(p).write_text(text))
+    for old in folder.glob("ckpt-*.safetensors"):  # only the newest is kept
+        if old.name != name:
+            old.unlink(missing_ok=True)
+    return folder / "last.json"
+
+
+def read_checkpoint(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(info, tensors) of the last complete checkpoint; a clear error when there is none."""
+    last = folder / "last.json"
+    if not last.exists():
+        raise ConfigError(f"--resume: no checkpoint in {folder} (last.json is missing); the run "
+                          "stopped before its first checkpoint")
+    try:
+        info = json.loads(last.read_text())
+        tensor_file = folder / info["tensors"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"--resume: {last} is damaged ({e})") from e
+    if Path(info["tensors"]).name != info["tensors"] or not tensor_file.exists():
+        raise ConfigError(f"--resume: {last} names {info['tensors']!r}, which is not in {folder}")
+    if tensor_file.stat().st_size != info["size"] or _sha256(tensor_file) != info["sha256"]:
+        raise ConfigError(f"--resume: {tensor_file} does not match its record in {last} "
+                          "(size or SHA-256); the checkpoint is damaged")
+    return info, load_file(tensor_file)
+
+
+def restore(learn: Learner, info: dict, tensors: dict[str, torch.Tensor]) -> None:
+    """Put model, optimiser, RNGs, counters and history back as the checkpoint had them."""
+    model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    learn.model.load_state_dict(model)
+    if info.get("frozen"):
+        learn.freeze()
+    else:
+        learn.unfreeze()
+    _load_opt(learn.opt, tensors, info["optimizer"])
+    torch.set_rng_state(tensors["rng.torch"])
+    kind, pos, has_gauss, gauss = info["rng"]["numpy"]
+    np.random.set_state((kind, tensors["rng.numpy"].numpy().astype(np.uint32), pos, has_gauss,
+                         gauss))
+    v, state, g = info["rng"]["python"]
+    random.setstate((v, tuple(state), g))
+    learn.epochs_done = learn.epoch = info["epoch"]
+    learn.train_seconds, learn.train_images = info["train_seconds"], info["train_images"]
+    learn.history.load_state(info["history"], info["mid_epoch"])
+
+
+class Checkpointer(Callback):
+    """Checkpoint at each epoch end and every `every_minutes` within an epoch; when a stop
+    was requested (Ctrl-C, SIGTERM), checkpoint after the current step and stop."""
+
+    order = 30  # after History has recorded the epoch
+
+    def __init__(self, folder: Path, every_minutes: float = 0.0, extra: dict | None = None
+                 ) -> None:
+        self.folder = folder
+        self.every = every_minutes * 60
+        self.extra = extra or {}
+        self.last_path: Path | None = None
+        self._last = time.monotonic()
+
+    def _save(self, learn: Learner) -> None:
+        self.last_path = save_checkpoint(learn, self.folder, self.extra)
+        self._last = time.monotonic()
+
+    def on_batch_end(self, learn: Learner) -> None:
+        if STOP.requested:
+            learn.interrupted = STOP.requested
+            learn.stop_training = True
+            self._save(learn)
+        elif self.every and time.monotonic() - self._last >= self.every:
+            self._save(learn)
+
+    def on_epoch_end(self, learn: Learner) -> None:
+        learn.batch_in_epoch = 0
+        self._save(learn)
+
+
+class _Stop:
+    requested: str | None = None
+
+
+STOP = _Stop()
+
+
+@contextlib.contextmanager
+def graceful_stop() -> Iterator[_Stop]:
+    """The first SIGINT/SIGTERM asks training to stop after the current step (and write a
+    checkpoint); a second SIGINT stops at once."""
+    STOP.requested = None
+
+    def handler(signum: int, _frame: object) -> None:
+        name = signal.Signals(signum).name
+        if STOP.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        STOP.requested = name
+        log.warning("%s: stopping after the current step", name)
+
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for s in old:
+            signal.signal(s, handler)
+    except ValueError:  # not the main thread: no handlers, nothing to restore
+        old = {}
+    try:
+        yield STOP
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        STOP.requested = None

@@ -1,0 +1,188 @@
+"""What the model gets wrong: confusion matrix, most confused pairs, per-class scores, top
+losses. Works on (probabilities, targets) from any source: a learner or a Predictor."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from imageclf.config import ConfigError
+
+
+def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, n: int) -> torch.Tensor:
+    """(n, n) int64 counts: row = actual class, column = predicted class."""
+    return torch.bincount(target.long() * n + pred.long(), minlength=n * n).view(n, n)
+
+
+def most_confused(cm: torch.Tensor, classes: Sequence[str], min_count: int = 1
+                  ) -> list[tuple[str, str, int]]:
+    """(actual, predicted, count) off-diagonal pairs, most frequent first."""
+    off = cm.clone()
+    off.fill_diagonal_(0)
+    pairs = [(classes[i], classes[j], int(off[i, j])) for i, j in torch.nonzero(off >= min_count)]
+    return sorted(pairs, key=lambda t: (-t[2], t[0], t[1]))
+
+
+def _prf(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    precision = tp / (tp + fp).clamp_min(1)
+    recall = tp / (tp + fn).clamp_min(1)
+    f1 = 2 * precision * recall / (precision + recall).clamp_min(1e-12)
+    return precision, recall, f1
+
+
+def per_class(classes: Sequence[str], tp: torch.Tensor, fp: torch.Tensor,
+              fn: torch.Tensor) -> list[dict]:
+    """Precision, recall, F1 and support of each class."""
+    p, r, f = _prf(tp.float(), fp.float(), fn.float())
+    return [{"class": c, "precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
+             "support": int(tp[i] + fn[i])} for i, c in enumerate(classes)]
+
+
+def sample_losses(logits: torch.Tensor, target: torch.Tensor, multi_label: bool
+                  ) -> torch.Tensor:
+    """Loss of each image (cross-entropy, or BCE summed over classes)."""
+    if multi_label:
+        return F.binary_cross_entropy_with_logits(logits.float(), target.float(),
+                                                  reduction="none").sum(1)
+    return F.cross_entropy(logits.float(), target.long(), reduction="none")
+
+
+@dataclass
+class Interpretation:
+    """Scores of a model on labelled images, and what it confuses."""
+
+    classes: list[str]
+    multi_label: bool
+    probs: torch.Tensor  # (N, C)
+    targets: torch.Tensor  # (N,) or (N, C) multi-hot
+    losses: torch.Tensor  # (N,)
+    paths: list[str]
+    thresholds: torch.Tensor | None = None
+    skipped: list[dict] = field(default_factory=list)
+
+    @classmethod
+    def from_logits(cls, logits: torch.Tensor, targets: torch.Tensor, classes: Sequence[str],
+                    multi_label: bool, paths: Sequence[str | Path],
+                    thresholds: Sequence[float] | None = None,
+                    skipped: Sequence[dict] = ()) -> Interpretation:
+        probs = logits.float().sigmoid() if multi_label else logits.float().softmax(1)
+        th = torch.tensor(list(thresholds)) if thresholds is not None else (
+            torch.full((len(classes),), 0.5) if multi_label else None)
+        return cls(list(classes), multi_label, probs, targets,
+                   sample_losses(logits, targets, multi_label), [str(p) for p in paths], th,
+                   list(skipped))
+
+    @property
+    def n(self) -> int:
+        return len(self.paths)
+
+    def predicted(self) -> torch.Tensor:
+        """Top class per image (single-label) or the multi-hot decision (multi-label)."""
+        if self.multi_label:
+            return (self.probs >= self.thresholds).long()
+        return self.probs.argmax(1)
+
+    def confusion_matrix(self) -> torch.Tensor:
+        if self.multi_label:
+            raise ConfigError("a confusion matrix needs a single-label model")
+        return confusion_matrix(self.predicted(), self.targets, len(self.classes))
+
+    def accuracy(self) -> float:
+        """Top-1 accuracy, or the share of right (image, class) decisions for multi-label."""
+        if self.multi_label:
+            return float((self.predicted() == self.targets.long()).float().mean())
+        return float((self.predicted() == self.targets).float().mean())
+
+    def per_class(self) -> list[dict]:
+        if self.multi_label:
+            pred, t = self.predicted().bool(), self.targets.bool()
+            return per_class(self.classes, (pred & t).sum(0), (pred & ~t).sum(0),
+                             (~pred & t).sum(0))
+        cm = self.confusion_matrix()
+        tp = cm.diag()
+        return per_class(self.classes, tp, cm.sum(0) - tp, cm.sum(1) - tp)
+
+    def most_confused(self, min_count: int = 1) -> list[tuple[str, str, int]]:
+        if self.multi_label:
+            return []
+        return most_confused(self.confusion_matrix(), self.classes, min_count)
+
+    def top_losses(self, k: int = 9) -> list[int]:
+        """Indices of the k images with the highest loss."""
+        k = min(k, self.n)
+        return self.losses.topk(k).indices.tolist() if k else []
+
+    def title(self, i: int) -> str:
+        """predicted / actual / loss / probability of the prediction."""
+        if self.multi_label:
+            pred = [self.classes[j] for j in torch.nonzero(self.predicted()[i]).flatten()]
+            act = [self.classes[j] for j in torch.nonzero(self.targets[i]).flatten()]
+            return (f"{';'.join(pred) or 'none'}/{';'.join(act) or 'none'}\n"
+                    f"{float(self.losses[i]):.2f}")
+        p = int(self.probs[i].argmax())
+        return (f"{self.classes[p]}/{self.classes[int(self.targets[i])]}\n"
+                f"{float(self.losses[i]):.2f} / {float(self.probs[i, p]):.2f}")
+
+    def summary(self) -> dict:
+        """The JSON of `imageclf evaluate`."""
+        out = {"n": self.n, "accuracy": self.accuracy(),
+               "loss": float(self.losses.mean()) if self.n else float("nan"),
+               "multi_label": self.multi_label, "classes": self.classes,
+               "per_class": self.per_class(),
+               "most_confused": [{"actual": a, "predicted": p, "count": c}
+                                 for a, p, c in self.most_confused()],
+               "skipped_files": self.skipped}
+        if not self.multi_label:
+            out["confusion_matrix"] = self.confusion_matrix().tolist()
+        return out
+
+
+def map_targets(labels: Sequence[Sequence[int]], data_classes: Sequence[str],
+                model_classes: Sequence[str], multi_label: bool) -> torch.Tensor:
+    """Targets in the model's class order; a label the model does not know is an error."""
+    index = {c: i for i, c in enumerate(model_classes)}
+    unknown = sorted({data_classes[j] for labs in labels for j in labs} - set(index))
+    if unknown:
+        raise ConfigError(f"the data has classes the model was not trained on: {unknown[:10]}; "
+                          f"the model knows {list(model_classes)[:20]}")
+    if multi_label:
+        t = torch.zeros(len(labels), len(model_classes))
+        for i, labs in enumerate(labels):
+            for j in labs:
+                t[i, index[data_classes[j]]] = 1.0
+        return t
+    return torch.tensor([index[data_classes[labs[0]]] for labs in labels], dtype=torch.long)
+
+
+def centre_views(paths: Sequence[str | Path], presize: int, method: str, augment) -> torch.Tensor:
+    """The images exactly as validation shows them to the model, as float RGB in [0, 1]."""
+    import numpy as np
+
+    from imageclf.data.images import load_presized, square_crop
+
+    x = torch.stack([torch.from_numpy(np.ascontiguousarray(square_crop(
+        load_presized(p, presize, method)))) for p in paths])
+    return augment.denormalize(augment(x, train=False))
+
+
+def write_pictures(interp: Interpretation, out_dir: str | Path, presize: int, method: str,
+                   augment, k: int = 9) -> dict[str, Path]:
+    """confusion_matrix.png (single-label) and top_losses.png into out_dir."""
+    from imageclf.plots import image_grid, plot_confusion_matrix
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = {}
+    if not interp.multi_label and interp.n:
+        written["confusion_matrix"] = plot_confusion_matrix(
+            interp.confusion_matrix(), interp.classes, out_dir / "confusion_matrix.png")
+    idx = interp.top_losses(k)
+    if idx:
+        views = centre_views([interp.paths[i] for i in idx], presize, method, augment)
+        written["top_losses"] = image_grid(views, [interp.title(i) for i in idx],
+                                           out_dir / "top_losses.png")
+    return written

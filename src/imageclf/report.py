@@ -1,0 +1,104 @@
+"""report.html: one self-contained page (images embedded) about a run directory."""
+
+from __future__ import annotations
+
+import base64
+import json
+from html import escape
+from pathlib import Path
+
+from imageclf.config import ConfigError
+
+CSS = """
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+h1{margin-bottom:.2em} h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
+table{border-collapse:collapse;margin:.5em 0;font-size:14px}
+td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
+th{background:#f3f3f3} td.l,th.l{text-align:left}
+img{max-width:100%;border:1px solid #eee} pre{background:#f7f7f7;padding:.8em;overflow:auto}
+.kpi{display:inline-block;margin:0 2em .5em 0} .kpi b{font-size:1.4em;display:block}
+.warn{color:#a15c00}
+"""
+
+
+def _read_json(path: Path) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from e
+
+
+def _img(path: Path, alt: str) -> str:
+    if not path.exists():
+        return f"<p><i>{escape(alt)}: not available</i></p>"
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _fmt(v: object) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}" if abs(v) < 1000 else f"{v:.0f}"
+    return escape(str(v))
+
+
+def _table(rows: list[dict], left: tuple[str, ...] = ()) -> str:
+    if not rows:
+        return "<p><i>none</i></p>"
+    cols = list(rows[0])
+    head = "".join(f'<th class="{"l" if c in left else ""}">{escape(c)}</th>' for c in cols)
+    body = "".join("<tr>" + "".join(f'<td class="{"l" if c in left else ""}">{_fmt(r.get(c))}'
+                                     "</td>" for c in cols) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def build_report(run_dir: str | Path) -> Path:
+    """Write RUN_DIR/report.html from the files a training run left there."""
+    run = Path(run_dir)
+    metrics = _read_json(run / "metrics.json")
+    if metrics is None:
+        raise ConfigError(f"{run} is not a run directory: metrics.json is missing")
+    config = _read_json(run / "config.json") or {}
+    interp = _read_json(run / "interpretation.json") or {}
+    acc = metrics.get("valid_accuracy", metrics.get("accuracy_multi"))
+    kpis = [("valid accuracy", f"{acc:.1%}" if isinstance(acc, float) else "-"),
+            ("valid loss", _fmt(metrics.get("valid_loss", "-"))),
+            ("epochs", _fmt(metrics.get("epochs", "-"))),
+            ("training time", f"{metrics.get('train_seconds', 0):.0f} s"),
+            ("images/s", f"{metrics.get('train_img_per_s', 0):.0f}"),
+            ("precision", _fmt(f"{metrics.get('precision')} on {metrics.get('device')}"))]
+    parts = [f"<h1>imageclf run: {escape(run.resolve().name)}</h1>",
+             "".join(f'<span class="kpi">{escape(k)}<b>{v}</b></span>' for k, v in kpis)]
+    lrf = metrics.get("lr_find")
+    parts.append("<h2>Learning-rate finder</h2>")
+    if lrf:
+        parts.append("<p>Suggestions: " + ", ".join(f"{escape(k)} {v:.2e}" for k, v in
+                                                     lrf.items())
+                     + f"; used {metrics.get('lr', 0):.2e}.</p>")
+        parts.append(_img(run / "lr_find.png", "lr_find plot"))
+    else:
+        parts.append(f"<p>Not run: the learning rate was given ({_fmt(metrics.get('lr'))}).</p>")
+    parts += ["<h2>Losses</h2>", _img(run / "losses.png", "loss curves"),
+              "<h2>Per epoch</h2>", _table(metrics.get("history", []))]
+    if interp:
+        parts.append("<h2>Confusion matrix</h2>")
+        parts.append(_img(run / "confusion_matrix.png", "confusion matrix")
+                     if not interp.get("multi_label") else
+                     "<p><i>multi-label model: see per-class scores</i></p>")
+        parts += ["<h2>Most confused (actual → predicted)</h2>",
+                  _table(interp.get("most_confused", [])[:30], ("actual", "predicted")),
+                  "<h2>Top losses</h2>",
+                  "<p>Titles: predicted/actual, then loss / probability.</p>",
+                  _img(run / "top_losses.png", "top losses"),
+                  "<h2>Per class</h2>", _table(interp.get("per_class", []), ("class",))]
+    skipped = metrics.get("skipped_files", [])
+    parts.append(f"<h2>Skipped files ({len(skipped)})</h2>")
+    parts.append(_table(skipped, ("path", "reason")) if skipped else
+                 "<p>None: every file was readable.</p>")
+    parts += ["<h2>Configuration</h2>", f"<pre>{escape(json.dumps(config, indent=2))}</pre>"]
+    html = ("<!doctype html><html><head><meta charset='utf-8'><title>imageclf report</title>"
+            f"<style>{CSS}</style></head><body>" + "\n".join(parts) + "</body></html>\n")
+    out = run / "report.html"
+    out.write_text(html)
+    return out

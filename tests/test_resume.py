@@ -1,0 +1,115 @@
+"""Interrupted runs: SIGTERM and kill -9 mid-epoch, then --resume; damaged checkpoints."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from imageclf.checkpoint import read_checkpoint
+from imageclf.config import ConfigError
+
+from .conftest import make_folder_dataset
+
+ARGS = ["--pretrained", "none", "--size", "32", "--presize", "40", "--bs", "4", "--epochs",
+        "3", "--lr", "2e-3", "--precision", "fp32", "--seed", "5"]
+
+
+def _start(*args: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "imageclf", "train", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
+
+
+def _wait_for_checkpoint(proc: subprocess.Popen, folder: Path, epoch: int,
+                         timeout: float = 120) -> dict:
+    """Poll last.json until it records a mid-epoch checkpoint in `epoch`."""
+    t0 = time.monotonic()
+    last = folder / "checkpoints" / "last.json"
+    while time.monotonic() - t0 < timeout:
+        assert proc.poll() is None, proc.communicate()
+        try:
+            info = json.loads(last.read_text())
+            if info["epoch"] == epoch and info["batch"] > 0:
+                return info
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.005)
+    raise AssertionError("no mid-epoch checkpoint appeared")
+
+
+def _final(run: Path) -> dict:
+    m = json.loads((run / "metrics.json").read_text())
+    return {k: m[k] for k in ("valid_loss", "valid_accuracy", "train_loss", "epochs")} | {
+        "rows": [{k: v for k, v in r.items() if k not in ("seconds", "img_per_s")}
+                 for r in m["history"]]}
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    return make_folder_dataset(tmp_path / "data", n_train=20, n_valid=4)
+
+
+def test_sigterm_then_kill9_then_resume_matches_an_uninterrupted_run(data: Path,
+                                                                    tmp_path: Path):
+    ref = tmp_path / "ref"
+    r = subprocess.run([sys.executable, "-m", "imageclf", "train", str(data), *ARGS, "--out",
+                        str(ref)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+
+    run = tmp_path / "run"
+    every = ["--checkpoint-every", "0.0005"]  # ~30 ms: a checkpoint every batch or two
+    # 1) SIGTERM in the middle of epoch 0: a checkpoint, a clear message, exit 143
+    p = _start(str(data), *ARGS, *every, "--out", str(run))
+    _wait_for_checkpoint(p, run, epoch=0)
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 143, err
+    assert f"imageclf train --resume {run}" in err and "Traceback" not in err
+    info, _ = read_checkpoint(run / "checkpoints")
+    assert info["batch"] > 0 or info["epoch"] > 0
+
+    # 2) resume, then kill -9 in the middle of epoch 1 (no chance to clean up)
+    p = _start("--resume", str(run), *every)
+    _wait_for_checkpoint(p, run, epoch=1)
+    p.kill()
+    p.communicate(timeout=60)
+    assert p.returncode == -signal.SIGKILL
+
+    # 3) resume to the end: the same metrics, bit for bit, as the run never interrupted
+    r = subprocess.run([sys.executable, "-m", "imageclf", "train", "--resume", str(run)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert _final(run) == _final(ref)
+    assert not list((run / "checkpoints").glob("*.tmp*"))
+
+
+def test_damaged_or_missing_checkpoint_is_never_used(data: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    short = ["--pretrained", "none", "--size", "32", "--presize", "40", "--bs", "4",
+             "--epochs", "1", "--lr", "1e-3"]
+    r = subprocess.run([sys.executable, "-m", "imageclf", "train", str(data), *short,
+                        "--out", str(run)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    folder = run / "checkpoints"
+    info, tensors = read_checkpoint(folder)
+    assert info["epoch"] == 1 and info["batch"] == 0 and tensors
+    # a half-written temp file beside it (a crash during a later write) changes nothing
+    (folder / "ckpt-0002-000003.safetensors.tmpabc").write_bytes(b"\0" * 100)
+    assert read_checkpoint(folder)[0]["epoch"] == 1
+    # a damaged tensor file is refused by its recorded size/hash
+    f = folder / info["tensors"]
+    f.write_bytes(f.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(ConfigError, match="damaged"):
+        read_checkpoint(folder)
+    r = subprocess.run([sys.executable, "-m", "imageclf", "train", "--resume", str(run)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "damaged" in r.stderr and "Traceback" not in r.stderr
+    (folder / "last.json").unlink()
+    with pytest.raises(ConfigError, match="no checkpoint"):
+        read_checkpoint(folder)
