@@ -23,8 +23,8 @@ with learn.no_bar(), learn.no_logging():
     learn.fit_one_cycle(epochs, lr)
 t2 = time.perf_counter()
 valid_loss, acc = learn.validate()
-rows = [dict(zip(learn.recorder.metric_names[1:-1], map(float, v), strict=False))
-        for v in learn.recorder.values]
+rows = {"names": list(learn.recorder.metric_names),
+        "values": [[float(x) for x in v] for v in learn.recorder.values]}
 print(json.dumps({"tool": "fastai", "valid_accuracy": float(acc), "valid_loss": float(valid_loss),
-                  "fit_seconds": t2 - t1, "setup_seconds": t1 - t0, "epochs": rows,
+                  "fit_seconds": t2 - t1, "setup_seconds": t1 - t0, "recorder": rows,
                   "num_workers": dls.train.num_workers}))

@@ -98,6 +98,7 @@ def test_predict_cli_json_agrees_with_predictor_and_reports_bad_files(run_dir: P
     for row in good:
         p = ours[row["path"]]
         assert row["labels"] == p.labels and len(row["top"]) == 2
+        assert row["none_rule"] is None  # an uncalibrated softmax model always picks a class
         assert row["top"][0]["prob"] == pytest.approx(p.top[0][1], abs=1e-5)
     # only unreadable files: non-zero exit, still a report per file
     r = _cli("predict", str(run_dir / "model"), str(folder / "bad" / "empty.jpg"))

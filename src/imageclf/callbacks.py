@@ -74,7 +74,8 @@ class History(Callback):
 
     def on_validation_end(self, learn: Learner) -> None:
         seconds = time.perf_counter() - self._t0
-        row = {"epoch": learn.epoch, "train_loss": sum(self._losses) / max(len(self._losses), 1)}
+        loss = learn.dist.mean(sum(self._losses) / max(len(self._losses), 1))
+        row = {"epoch": learn.epoch, "train_loss": loss}
         row |= learn.last_validation
         row |= {"seconds": seconds, "img_per_s": self._images / max(learn.train_seconds_epoch,
                                                                       1e-9)}

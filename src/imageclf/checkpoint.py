@@ -162,12 +162,14 @@ class Checkpointer(Callback):
         self._last = time.monotonic()
 
     def _save(self, learn: Learner) -> None:
-        self.last_path = save_checkpoint(learn, self.folder, self.extra)
+        if learn.dist.is_main:  # one writer; every rank holds the same weights
+            self.last_path = save_checkpoint(learn, self.folder, self.extra)
         self._last = time.monotonic()
 
     def on_batch_end(self, learn: Learner) -> None:
-        if STOP.requested:
-            learn.interrupted = STOP.requested
+        # several processes stop at the same step: a stop asked of any is a stop for all
+        if learn.dist.any(STOP.requested):
+            learn.interrupted = STOP.requested or "SIGTERM"
             learn.stop_training = True
             self._save(learn)
         elif self.every and time.monotonic() - self._last >= self.every:

@@ -259,17 +259,25 @@ def train(data: Annotated[Path | None, typer.Argument(
               "--resume", help="Continue this run directory from its last checkpoint.")] = None,
           checkpoint_every: Annotated[float, typer.Option(
               "--checkpoint-every", help="Minutes between checkpoints within an epoch "
-              "(0: only at epoch ends).")] = 0.0) -> None:
+              "(0: only at epoch ends).")] = 0.0,
+          device: Annotated[str, typer.Option(
+              "--device", help="auto (the GPU when there is one), cuda or cpu.")] = "auto",
+          ) -> None:
     """Train: fine_tune when pretrained, fit_one_cycle from scratch; write a run directory.
     Ctrl-C or SIGTERM stops after the current step with a checkpoint; --resume continues."""
     from imageclf.config import TrainConfig
+    from imageclf.distributed import from_env, shutdown
     from imageclf.runs import Interrupted, resume_run, train_run
 
     if checkpoint_every < 0:
         raise ConfigError(f"--checkpoint-every must be >= 0 minutes; got {checkpoint_every}")
+    if device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"--device must be auto, cpu or cuda; got {device!r}")
+    dist, dev = from_env(device)  # torchrun: join the process group
+    cbs = [_epoch_printer()] if dist.is_main else []
     try:
         if resume is not None:
-            res = resume_run(resume, cbs=[_epoch_printer()], checkpoint_every=checkpoint_every)
+            res = resume_run(resume, dev, cbs, checkpoint_every, dist)
         else:
             if data is None:
                 raise ConfigError("DATA is missing: give a data folder or CSV (or --resume "
@@ -279,13 +287,18 @@ def train(data: Annotated[Path | None, typer.Argument(
             tcfg = TrainConfig(arch=arch, pretrained=pretrained, head=head, epochs=epochs,
                                freeze_epochs=freeze_epochs, lr=lr, precision=precision,
                                label_smoothing=label_smoothing, seed=seed, out=out)
-            res = train_run(dcfg, tcfg, cbs=[_epoch_printer()],
-                            checkpoint_every=checkpoint_every)
+            res = train_run(dcfg, tcfg, dev, cbs, checkpoint_every, dist)
     except Interrupted as e:
+        if not dist.is_main:
+            raise typer.Exit(130 if e.signal_name == "SIGINT" else 143) from None
         err.print(f"[yellow]{e.signal_name}:[/yellow] stopped after the current step; "
                   f"checkpoint written to {e.checkpoint}.\nResume with: imageclf train "
                   f"--resume {e.out}")
         raise typer.Exit(130 if e.signal_name == "SIGINT" else 143) from None
+    finally:
+        shutdown()
+    if not dist.is_main:
+        return
     m = res.metrics
     if res.lr_find is not None:
         console.print(f"lr_find: valley {res.lr_find['valley']:.2e}")

@@ -25,7 +25,7 @@ class AugConfig:
     max_zoom: float = 1.1
     max_warp: float = 0.2
     min_scale: float = 0.75  # random-resized crop: smallest area fraction kept
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    ratio: tuple[float, float] = (1.0, 1.0)  # aspect range of the crop (fastai: square)
     max_lighting: float = 0.2
     p_affine: float = 0.75
     p_lighting: float = 0.75

@@ -15,6 +15,7 @@ import torch
 from imageclf import metrics as M
 from imageclf.callbacks import Callback, History, LRSweep, OneCycle
 from imageclf.config import ConfigError
+from imageclf.distributed import Dist
 from imageclf.losses import LossFn, make_loss
 from imageclf.lr_finder import suggest
 from imageclf.models import Classifier, freeze, norm_params, param_groups, unfreeze
@@ -112,7 +113,7 @@ class Learner:
     def __init__(self, dls, model: Classifier, *, loss_func: LossFn | None = None,
                  wd: float = 0.01, precision: str = "auto", label_smoothing: float = 0.0,
                  cbs: Sequence[Callback] = (), device: torch.device | str | None = None,
-                 channels_last: bool = True) -> None:
+                 channels_last: bool = True, dist: Dist | None = None) -> None:
         self.dls = dls
         self.device = torch.device(device or dls.train.device)
         self.multi_label = bool(dls.multi_label)
@@ -120,6 +121,9 @@ class Learner:
         self.precision = resolve_precision(precision, self.device)
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=fmt)
+        self.dist = dist or Dist()
+        self.train_model: torch.nn.Module = self.model
+        self._wrap()
         self.groups = param_groups(self.model)
         self.n_groups = len(self.groups)
         self.wd = wd
@@ -133,6 +137,7 @@ class Learner:
         self.loss = torch.tensor(0.0)
         self.batch_size = 0
         self.last_validation: dict[str, float] = {}
+        self.last_preds: tuple[torch.Tensor, torch.Tensor] | None = None
         self.train_seconds_epoch = 0.0
         self.train_seconds = 0.0
         self.train_images = 0
@@ -154,7 +159,9 @@ class Learner:
             no_decay = [p for p in params if id(p) in norms or p.ndim <= 1]
             groups.append({"params": decay, "weight_decay": self.wd, "layer": i})
             groups.append({"params": no_decay, "weight_decay": 0.0, "layer": i})
-        return torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.99), eps=1e-5)
+        # the fused kernel (one pass over all parameters) where PyTorch has it for the device
+        fused = self.device.type in ("cpu", "cuda")
+        return torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.99), eps=1e-5, fused=fused)
 
     def set_lrs(self, lrs: Sequence[float]) -> None:
         """Learning rate of each layer group (stem+early, late, head)."""
@@ -166,13 +173,26 @@ class Learner:
         for g in self.opt.param_groups:
             g["betas"] = (beta1, g["betas"][1])
 
+    def _wrap(self) -> None:
+        """Several processes: the training forward goes through DistributedDataParallel
+        (rebuilt whenever the set of trainable parameters changes)."""
+        if not self.dist.active:
+            self.train_model = self.model
+            return
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        self.train_model = DistributedDataParallel(self.model, device_ids=ids)
+
     def freeze(self) -> None:
         """Train only the head (and the body's norm layers)."""
         freeze(self.model)
+        self._wrap()
 
     def unfreeze(self) -> None:
         """Train everything."""
         unfreeze(self.model)
+        self._wrap()
 
     # --- the loop ----------------------------------------------------------------------
     def _call(self, event: str) -> None:
@@ -188,7 +208,7 @@ class Learner:
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """One optimisation step on a batch; override to change the step itself."""
         with self.autocast():
-            out = self.model(x)
+            out = self.train_model(x)
         self.loss = self.loss_func(out, y)
         self._call("after_loss")
         self.scaler.scale(self.loss).backward()
@@ -247,11 +267,16 @@ class Learner:
             with self.autocast():
                 outs.append(self.model(x).float())
             ys.append(y)
-        return torch.cat(outs).cpu(), torch.cat(ys).cpu()
+        logits, targets = torch.cat(outs).cpu(), torch.cat(ys).cpu()
+        if self.dist.active and not getattr(loader, "train", False):  # sharded: reassemble
+            logits = self.dist.gather_interleaved(logits)
+            targets = self.dist.gather_interleaved(targets)
+        return logits, targets
 
     def validate(self) -> dict[str, float]:
         """valid_loss and the metrics on the validation split."""
         logits, y = self.get_preds()
+        self.last_preds = (logits, y)  # the run's interpretation reuses the final pass
         out = {"valid_loss": float(self.loss_func(logits, y))}
         return out | {f"valid_{k}" if k == "accuracy" else k: v
                       for k, v in M.compute(logits, y, self.multi_label).items()}
@@ -316,6 +341,7 @@ class Learner:
         counters = (self.epochs_done, self.epoch, self.train_seconds, self.train_images)
         rows = list(self.history.rows)
         sweep = LRSweep(start_lr, end_lr, num_it)
+        self.train_model = self.model  # one process's sweep: no gradient exchange
         try:
             epochs = -(-num_it // max(len(self.dls.train), 1))
             self._fit(epochs, [sweep], validate=False)
@@ -327,6 +353,7 @@ class Learner:
             self.history.rows = rows
             self.history.batch_losses.clear()
             self.history.batch_lrs.clear()
+            self._wrap()
         n = len(sweep.losses)
         # the last points are the blow-up that stopped the sweep: not candidates
         lrs, losses = sweep.lrs[:n], sweep.losses

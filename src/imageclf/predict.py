@@ -33,12 +33,14 @@ class Prediction:
     labels: list[str] = field(default_factory=list)  # the decision; ["none"] when nothing fits
     probs: list[float] = field(default_factory=list)
     error: str | None = None
+    none_rule: str | None = None  # how `none` is decided for this model (None: never)
 
     def to_dict(self) -> dict:
         if self.error is not None:
             return {"path": self.path, "error": self.error}
         return {"path": self.path, "labels": self.labels,
-                "top": [{"label": k, "prob": round(p, 6)} for k, p in self.top]}
+                "top": [{"label": k, "prob": round(p, 6)} for k, p in self.top],
+                "none_rule": self.none_rule}
 
 
 def tta_params(n: int, zoom: float = 1.1) -> list[AugParams]:
@@ -189,6 +191,6 @@ class Predictor:
                 results.append(Prediction(
                     path, [(self.classes[int(i)], float(v)) for v, i in zip(vals, idx,
                                                                            strict=True)],
-                    decided[j], p.tolist()))
+                    decided[j], p.tolist(), none_rule=self.none_rule))
                 j += 1
         return results

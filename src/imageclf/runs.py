@@ -17,6 +17,7 @@ from imageclf.callbacks import Callback
 from imageclf.checkpoint import Checkpointer, graceful_stop, read_checkpoint, restore
 from imageclf.config import ConfigError, DataConfig, TrainConfig, from_dict, save_json, to_dict
 from imageclf.data.loader import DataLoaders
+from imageclf.distributed import Dist
 from imageclf.export import save_model
 from imageclf.interpret import Interpretation, write_pictures
 from imageclf.learner import (
@@ -64,15 +65,18 @@ class RunResult:
 
 
 def build_learner(data: DataConfig, train: TrainConfig, device: str | torch.device = "cpu",
-                  cbs: Sequence[Callback] = ()) -> Learner:
-    """Data loaders, model and learner for a run (no training)."""
+                  cbs: Sequence[Callback] = (), dist: Dist | None = None) -> Learner:
+    """Data loaders, model and learner for a run (no training). With several processes,
+    each loads its shard of both splits (`data.bs` is the batch size per process)."""
+    dist = dist or Dist()
     check_arch(train.arch)
     resolve_precision(train.precision, torch.device(device))  # bad settings fail before work
-    dls = DataLoaders.from_config(data, device=device)
+    dls = DataLoaders.from_config(data, device=device, rank=dist.rank,
+                                  world_size=dist.world_size)
     set_seed(train.seed)
     model = create_model(train.arch, len(dls.classes), train.pretrained, train.head)
     learn = Learner(dls, model, wd=train.wd, precision=train.precision,
-                    label_smoothing=train.label_smoothing, cbs=cbs, device=device)
+                    label_smoothing=train.label_smoothing, cbs=cbs, device=device, dist=dist)
     learn.arch, learn.head_kind = train.arch, train.head
     return learn
 
@@ -96,19 +100,23 @@ class Interrupted(Exception):
 
 
 def train_run(data: DataConfig, train: TrainConfig, device: str | torch.device = "cpu",
-              cbs: Sequence[Callback] = (), checkpoint_every: float = 0.0) -> RunResult:
+              cbs: Sequence[Callback] = (), checkpoint_every: float = 0.0,
+              dist: Dist | None = None) -> RunResult:
     """Train as configured (fine_tune when pretrained, fit_one_cycle from scratch) and write
     config.json, metrics.csv, metrics.json, lr_find.png, losses.png, model/, the validation
     interpretation (interpretation.json, confusion_matrix.png, top_losses.png), report.html
-    and checkpoints/ (each epoch end, every `checkpoint_every` minutes, and on Ctrl-C)."""
-    out = prepare_out(train.out)
-    learn = build_learner(data, train, device, cbs)
-    save_json({"data": to_dict(data), "train": to_dict(train)}, out / "config.json")
+    and checkpoints/ (each epoch end, every `checkpoint_every` minutes, and on Ctrl-C).
+    Several processes (torchrun): only rank 0 writes; lr_find runs on rank 0 and its choice
+    is broadcast."""
+    dist = dist or Dist()
+    out = Path(dist.broadcast(str(prepare_out(train.out)) if dist.is_main else None))
+    learn = build_learner(data, train, device, cbs, dist)
+    if dist.is_main:
+        save_json({"data": to_dict(data), "train": to_dict(train)}, out / "config.json")
     t0 = time.perf_counter()
     found = None
     if train.lr == "auto":
-        res = run_lr_find(learn, out)
-        found = res.suggestions
+        found = dist.broadcast(run_lr_find(learn, out).suggestions if dist.is_main else None)
         lr = found["valley"]
         log.info("lr_find suggests %.2e (valley)", lr)
     else:
@@ -121,7 +129,8 @@ def train_run(data: DataConfig, train: TrainConfig, device: str | torch.device =
 
 
 def resume_run(run_dir: str | Path, device: str | torch.device = "cpu",
-               cbs: Sequence[Callback] = (), checkpoint_every: float = 0.0) -> RunResult:
+               cbs: Sequence[Callback] = (), checkpoint_every: float = 0.0,
+               dist: Dist | None = None) -> RunResult:
     """Continue RUN_DIR from its last checkpoint, with the settings in its config.json."""
     run = Path(run_dir)
     try:
@@ -131,7 +140,7 @@ def resume_run(run_dir: str | Path, device: str | torch.device = "cpu",
     except (OSError, ValueError, KeyError) as e:
         raise ConfigError(f"--resume {run}: cannot read its config.json ({e})") from e
     info, tensors = read_checkpoint(run / "checkpoints")
-    learn = build_learner(data, train, device, cbs)
+    learn = build_learner(data, train, device, cbs, dist)
     keys = {"train": learn.dls.train.cache.key, "valid": learn.dls.valid.cache.key}
     if keys != info["cache"]:
         raise ConfigError(f"--resume {run}: the data or its presize settings changed since the "
@@ -153,6 +162,10 @@ def _train(learn: Learner, data: DataConfig, out: Path, plan: list[Phase], lr: f
         learn.run_plan(plan, *start)
     if learn.interrupted:
         raise Interrupted(out, learn.interrupted, ck.last_path)
+    # the last epoch's validation pass, or a new one (collective across processes)
+    preds = learn.last_preds if learn.last_preds is not None else learn.get_preds()
+    if not learn.dist.is_main:  # rank 0 writes the run
+        return RunResult(out, dict(learn.history.rows[-1]) if learn.history.rows else {}, found)
     wall = time.perf_counter() - t0
     rows = learn.history.rows
     with open(out / "metrics.csv", "w", newline="") as f:
@@ -178,18 +191,19 @@ def _train(learn: Learner, data: DataConfig, out: Path, plan: list[Phase], lr: f
         "loss": "bce_multi_label" if learn.multi_label else "cross_entropy",
         "multi_label": learn.multi_label,
         "thresholds": [0.5] * len(learn.dls.classes) if learn.multi_label else None})
-    interpret_run(learn, data, out)
+    interpret_run(learn, data, out, preds=preds)
     build_report(out)
     log.info("run written to %s", out)
     return RunResult(out, metrics, found)
 
 
-def interpret_run(learn: Learner, data: DataConfig, out: Path, k: int = 9) -> Interpretation:
+def interpret_run(learn: Learner, data: DataConfig, out: Path, k: int = 9,
+                  preds: tuple[torch.Tensor, torch.Tensor] | None = None) -> Interpretation:
     """Validation-split interpretation of a trained learner: interpretation.json (accuracy,
     per-class scores, most confused pairs), confusion_matrix.png and top_losses.png."""
-    logits, y = learn.get_preds()
+    logits, y = preds if preds is not None else learn.get_preds()
     valid = learn.dls.valid
-    paths = [valid.paths[i] for i in valid.index]
+    paths = [valid.paths[i] for i in valid.index]  # every rank's shard, in order
     interp = Interpretation.from_logits(logits, y, learn.dls.classes, learn.multi_label, paths,
                                         skipped=learn.dls.skipped())
     save_json(interp.summary(), out / "interpretation.json")

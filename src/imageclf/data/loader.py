@@ -13,7 +13,13 @@ import numpy as np
 import torch
 
 from imageclf.config import DataConfig
-from imageclf.data.augment import IMAGENET_MEAN, IMAGENET_STD, BatchAugment, sample_params
+from imageclf.data.augment import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    AugParams,
+    BatchAugment,
+    sample_params,
+)
 from imageclf.data.cache import PresizeCache
 from imageclf.data.sources import Items, find_items
 
@@ -69,7 +75,9 @@ class BatchLoader:
     def _order(self, g: torch.Generator) -> np.ndarray:
         n = self.n_items
         order = torch.randperm(n, generator=g).numpy() if self.train else np.arange(n)
-        if self.world_size > 1:  # every rank gets the same number of items
+        if self.world_size > 1 and not self.train:  # a shard each, every item exactly once
+            order = order[self.rank::self.world_size]
+        elif self.world_size > 1:  # every rank gets the same number of items
             per = -(-n // self.world_size)
             order = np.resize(order, per * self.world_size)[self.rank::self.world_size]
         if self.train and len(order) >= self.bs:
@@ -85,6 +93,16 @@ class BatchLoader:
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch whose shuffle, crops and augmentation the next pass replays."""
         self.epoch = epoch
+
+    def _params(self, n: int, g: torch.Generator) -> AugParams:
+        """Augmentation draws for this process's n images. With several processes the draws
+        are made for the global batch and each rank takes its interleaved share, so a job of
+        N processes augments every image exactly as one process with N× the batch would."""
+        if self.world_size == 1:
+            return sample_params(n, self.augment.aug, g)
+        p = sample_params(n * self.world_size, self.augment.aug, g)
+        r, w = self.rank, self.world_size
+        return AugParams(p.matrix[r::w], p.contrast[r::w], p.brightness[r::w])
 
     def _gather(self, slots: np.ndarray, offsets: np.ndarray) -> torch.Tensor:
         p = self.cfg.presize
@@ -123,7 +141,7 @@ class BatchLoader:
             order = order[skip * self.bs:]
             if self.train:
                 for _ in range(skip):
-                    sample_params(self.bs, self.augment.aug, g_aug)
+                    self._params(self.bs, g_aug)
         q: queue.Queue = queue.Queue(maxsize=2)
         stop = threading.Event()
 
@@ -158,7 +176,8 @@ class BatchLoader:
                 sel, xb = item
                 xb = xb.to(self.device, non_blocking=True)
                 yb = targets[torch.from_numpy(sel)].to(self.device, non_blocking=True)
-                yield self.augment(xb, train=self.train, generator=g_aug), yb
+                params = self._params(xb.shape[0], g_aug) if self.train else None
+                yield self.augment(xb, train=self.train, params=params), yb
         finally:
             stop.set()
             worker.join()
@@ -204,8 +223,7 @@ class DataLoaders:
 
         def make(idx: list[int], train: bool) -> BatchLoader:
             return BatchLoader([items.paths[i] for i in idx], targets[idx], cfg, train, device,
-                               mean=mean, std=std, rank=rank,
-                               world_size=world_size if train else 1)
+                               mean=mean, std=std, rank=rank, world_size=world_size)
 
         return cls(items, make(tr, True), make(va, False), cfg)
 

@@ -1,0 +1,100 @@
+"""Several processes on PyTorch's own engine (torch.distributed, started by torchrun).
+
+`torchrun --nproc_per_node N -m imageclf train ...` sets RANK / WORLD_SIZE / LOCAL_RANK;
+`from_env()` joins the process group (nccl on GPUs, gloo on CPUs) and returns who we are.
+One process alone needs none of this: `Dist()` is the single-process default.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as tdist
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in the job."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+    def broadcast(self, obj: object) -> object:
+        """Rank 0's `obj` on every rank."""
+        if not self.active:
+            return obj
+        box = [obj]
+        tdist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def mean(self, value: float) -> float:
+        """The average of `value` over the ranks."""
+        if not self.active:
+            return value
+        t = torch.tensor([float(value)], dtype=torch.float64)
+        tdist.all_reduce(t)
+        return float(t) / self.world_size
+
+    def any(self, flag: object) -> bool:
+        """True on every rank when any rank's flag is set."""
+        if not self.active:
+            return bool(flag)
+        t = torch.tensor([1.0 if flag else 0.0])
+        tdist.all_reduce(t)
+        return bool(t.item() > 0)
+
+    def gather_interleaved(self, t: torch.Tensor) -> torch.Tensor:
+        """Rows sharded as order[rank::world_size] on each rank → all rows in order."""
+        if not self.active:
+            return t
+        parts: list[torch.Tensor | None] = [None] * self.world_size
+        tdist.all_gather_object(parts, t.cpu())
+        n = sum(p.shape[0] for p in parts)
+        out = torch.empty((n, *t.shape[1:]), dtype=t.dtype)
+        for r, p in enumerate(parts):
+            out[r::self.world_size] = p
+        return out
+
+    def barrier(self) -> None:
+        if self.active:
+            tdist.barrier()
+
+
+def env_world() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from torchrun's environment, (0, 1, 0) without it."""
+    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+            int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def from_env(device: str = "auto") -> tuple[Dist, torch.device]:
+    """Join torchrun's process group when there is one; pick this process's device
+    (auto: its local GPU when CUDA is there, else the CPU)."""
+    rank, world, local = env_world()
+    cuda = torch.cuda.is_available() and device in ("auto", "cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        from imageclf.config import ConfigError
+
+        raise ConfigError("--device cuda: no CUDA GPU is visible; use --device cpu")
+    dev = torch.device(f"cuda:{local}" if cuda else "cpu")
+    if cuda:
+        torch.cuda.set_device(dev)
+    if world > 1 and not tdist.is_initialized():
+        tdist.init_process_group(backend="nccl" if cuda else "gloo")
+    return Dist(rank, world, local), dev
+
+
+def shutdown() -> None:
+    """Leave the process group (if joined)."""
+    if tdist.is_available() and tdist.is_initialized():
+        tdist.destroy_process_group()

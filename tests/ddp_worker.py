@@ -1,0 +1,25 @@
+"""Run by test_distributed under torchrun (or alone): train, then save this rank's weights
+and metrics. Usage: ddp_worker.py DATA BS OUT"""
+
+import json
+import sys
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+from imageclf.config import DataConfig, TrainConfig
+from imageclf.distributed import from_env, shutdown
+from imageclf.runs import build_learner
+
+data, bs, out = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
+dist, dev = from_env("cpu")
+learn = build_learner(DataConfig(path=data, size=32, presize=40, bs=bs, cache_dir=str(out / "c")),
+                      TrainConfig(pretrained="none", precision="fp32", seed=0), dev, dist=dist)
+learn.fit_one_cycle(2, 1e-3)
+params = {k: v.detach().contiguous() for k, v in learn.model.named_parameters()}
+save_file(params, out / f"rank{dist.rank}.safetensors")
+(out / f"rank{dist.rank}.json").write_text(json.dumps({
+    "rows": learn.history.rows, "world_size": dist.world_size,
+    "valid_shard": sum(x.shape[0] for x, _ in learn.dls.valid),
+    "valid_gathered": len(learn.get_preds()[1]), "n_train_batches": len(learn.dls.train)}))
+shutdown()

@@ -1,0 +1,58 @@
+"""Two CPU processes with gloo (torchrun) against one process with the same global batch."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from .conftest import make_folder_dataset
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
+
+
+def _env() -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    return env | {"OMP_NUM_THREADS": "1"}
+
+
+def test_two_gloo_processes_match_one_process(tmp_path: Path):
+    data = make_folder_dataset(tmp_path / "data", n_train=16, n_valid=5)  # 48 train, 15 valid
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    r = subprocess.run([sys.executable, str(WORKER), str(data), "16", str(one)],
+                       capture_output=True, text=True, timeout=300, env=_env())
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                        "--standalone", str(WORKER), str(data), "8", str(two)],
+                       capture_output=True, text=True, timeout=300, env=_env())
+    if r.returncode != 0 and "errno" in r.stderr.lower() and "socket" in r.stderr.lower():
+        pytest.skip(f"no local sockets for gloo: {r.stderr[-300:]}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    w0, w1 = load_file(two / "rank0.safetensors"), load_file(two / "rank1.safetensors")
+    for k in w0:  # DistributedDataParallel keeps the replicas identical
+        assert torch.equal(w0[k], w1[k]), k
+    m0, m1 = (json.loads((two / f"rank{r}.json").read_text()) for r in (0, 1))
+    ref = json.loads((one / "rank0.json").read_text())
+    assert m0["world_size"] == 2 and ref["world_size"] == 1
+    assert m0["n_train_batches"] == ref["n_train_batches"] == 3  # same global batches
+    assert (m0["valid_shard"], m1["valid_shard"]) == (8, 7)  # each rank validates its part
+    assert m0["valid_gathered"] == m1["valid_gathered"] == 15  # and the metrics see them all
+    for a, b in zip(m0["rows"], m1["rows"], strict=True):  # metrics reduced: same everywhere
+        assert a["valid_loss"] == b["valid_loss"] and a["train_loss"] == b["train_loss"]
+    # same images, same augmentation, same global batch; only BatchNorm's batch statistics
+    # (8 images per process instead of 16) and the order of the gradient sums differ
+    for a, b in zip(m0["rows"], ref["rows"], strict=True):
+        assert abs(a["valid_accuracy"] - b["valid_accuracy"]) <= 1 / 15 + 1e-6
+        assert a["valid_loss"] == pytest.approx(b["valid_loss"], rel=0.1, abs=0.02)
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=0.3, abs=0.05)
+    w = load_file(one / "rank0.safetensors")
+    diff = sum(float((w0[k] - w[k]).pow(2).sum()) for k in w) ** 0.5
+    norm = sum(float(w[k].pow(2).sum()) for k in w) ** 0.5
+    assert diff / norm < 0.05, diff / norm  # the weights went the same way
