@@ -75,7 +75,28 @@ def _train(r: dict) -> str:
     return "\n".join(lines)
 
 
-SECTIONS = {"loader": _loader, "train": _train}
+def _predict(r: dict) -> str:
+    m, st, o, f = r["machine"], r["settings"], r["imageclf"], r["fastai"]
+    lines = [
+        "## Prediction: single-image latency, file to probabilities",
+        "",
+        f"resnet18 at {st['size']} (presize {st['presize']}), one Imagenette validation JPEG"
+        f" per call, in process, {f['n']} calls after 5 warm-up calls; imageclf's"
+        " `Predictor.predict(path)` against fastai's `Learner.predict(path)`."
+        f" Measured {m['date']} on {m['cpu']} ({m['cores']} cores), commit {m['commit']}.",
+        "",
+        "| tool | precision | median (ms) | p90 (ms) | fastai / tool |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for p, v in o.items():
+        lines.append(f"| imageclf | {p} | {v['median_ms']:.1f} | {v['p90_ms']:.1f} |"
+                     f" **{r['summary'][p]:.2f}×** |")
+    lines += [f"| fastai | fp32 | {f['median_ms']:.1f} | {f['p90_ms']:.1f} | 1.00× |", "",
+              r.get("note", ""), ""]
+    return "\n".join(lines)
+
+
+SECTIONS = {"loader": _loader, "train": _train, "predict": _predict}
 
 
 def render() -> None:

@@ -1,0 +1,58 @@
+"""Single-image prediction latency, imageclf's Predictor vs fastai 2.8.12's Learner.predict:
+resnet18 at 224 (presize 460), file to probabilities, in process, median over files.
+
+    python bench/bench_predict.py [--data DIR] [--n 60]
+
+Latency does not depend on the weights, so both use a freshly initialised resnet18 with a
+10-class head. Writes bench/results/predict.json and regenerates docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from common import fastai_python, imagenette, machine, run_json, save
+from report import render
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data")
+    ap.add_argument("--n", type=int, default=60)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--presize", type=int, default=460)
+    a = ap.parse_args()
+    data = imagenette(a.data)
+    files = sorted(str(p) for p in (data / "val").rglob("*.JPEG"))[:: 37][: a.n + 5]
+    here = Path(__file__).parent
+    with tempfile.TemporaryDirectory() as tmp:
+        sys.path.insert(0, str(here.parent / "src"))
+        import torch
+
+        from imageclf.export import save_model
+        from imageclf.models import create_model
+
+        torch.manual_seed(0)
+        save_model(create_model("resnet18", 10, "none"), Path(tmp) / "model", {
+            "arch": "resnet18", "head": "concat", "classes": [f"c{i}" for i in range(10)],
+            "size": a.size, "presize": a.presize, "resize_method": "crop",
+            "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+            "loss": "cross_entropy"})
+        ours = {p: run_json([sys.executable, str(here / "imageclf_predict.py"),
+                             f"{tmp}/model", p, *files]) for p in ("fp32", "bf16")}
+    ref = run_json([str(fastai_python()), str(here / "fastai_predict.py"), str(data),
+                    str(a.size), str(a.presize), *files])
+    result = {"machine": machine(), "settings": vars(a) | {"data": str(data)},
+              "imageclf": ours, "fastai": ref,
+              "summary": {p: round(ref["median_ms"] / o["median_ms"], 2)
+                          for p, o in ours.items()}}
+    print(save("predict", result))
+    print(result["summary"], {p: o["median_ms"] for p, o in ours.items()}, ref["median_ms"])
+    render()
+
+
+if __name__ == "__main__":
+    main()
