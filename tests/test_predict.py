@@ -14,7 +14,7 @@ from PIL import Image
 
 from imageclf.config import ConfigError, DataConfig, TrainConfig
 from imageclf.evaluate import calibrate, evaluate, write_calibration
-from imageclf.export import export_onnx, load_model
+from imageclf.export import load_model
 from imageclf.predict import NONE_LABEL, Predictor
 from imageclf.runs import train_run
 
@@ -107,7 +107,9 @@ def test_predict_cli_json_agrees_with_predictor_and_reports_bad_files(run_dir: P
 
 def test_onnx_matches_pytorch(run_dir: Path, tmp_path: Path):
     ort = pytest.importorskip("onnxruntime")
-    out = export_onnx(run_dir / "model", tmp_path / "m.onnx")
+    out = tmp_path / "m.onnx"
+    r = _cli("export", str(run_dir / "model"), "--onnx", "-o", str(out))
+    assert r.returncode == 0 and out.is_file(), r.stderr
     pred = Predictor(run_dir / "model")
     data = Path(json.loads((run_dir / "config.json").read_text())["data"]["path"])
     paths = sorted((data / "valid").rglob("*.jpg"))[:5]
@@ -202,3 +204,35 @@ def _edit(folder: Path, **changes) -> None:
     meta = json.loads((folder / "model.json").read_text())
     meta.update(changes)
     (folder / "model.json").write_text(json.dumps(meta))
+
+
+def test_salted_folder_trains_and_every_bad_file_is_reported(tmp_path: Path):
+    """Every unreadable kind in train and valid: training completes, metrics.json and
+    report.html list them, readable oddities are used; evaluate reports them too."""
+    data = make_folder_dataset(tmp_path / "data", n_train=6, n_valid=3)
+    bad_train = add_bad_files(data / "train" / "red")
+    bad_valid = add_bad_files(data / "valid" / "green")
+    odd = data / "train" / "blue"
+    solid((30, 40, 220), (50, 40)).convert("L").save(odd / "gray.png")
+    solid((30, 40, 220), (50, 40)).convert("CMYK").save(odd / "cmyk.jpg")
+    solid((30, 40, 220), (50, 40)).convert("P").save(odd / "palette.gif")
+    solid((30, 40, 220), (50, 40)).save(odd / "png_named.jpg", format="PNG")
+    res = train_run(DataConfig(path=str(data), size=32, presize=40, bs=6),
+                    TrainConfig(pretrained="none", epochs=1, lr="1e-3", precision="fp32",
+                                out=str(tmp_path / "run")))
+    skipped = {Path(s["path"]).name for s in res.metrics["skipped_files"]}
+    assert len(res.metrics["skipped_files"]) == len(bad_train) + len(bad_valid)
+    assert skipped == set(bad_train)
+    assert all(s["reason"] for s in res.metrics["skipped_files"])
+    saved = json.loads((res.out / "metrics.json").read_text())
+    assert len(saved["skipped_files"]) == len(bad_train) + len(bad_valid)
+    html = (res.out / "report.html").read_text()
+    assert f"Skipped files ({len(bad_train) + len(bad_valid)})" in html
+    assert "truncated.jpg" in html and "bomb.png" in html
+    # 18 good + 4 oddities used for training; every unreadable one left out
+    from imageclf.data.loader import DataLoaders
+
+    dls = DataLoaders.from_config(DataConfig(path=str(data), size=32, presize=40, bs=6))
+    assert dls.train.n_items == 18 + 4 and dls.valid.n_items == 9
+    interp = evaluate(Predictor(res.out / "model"), data)
+    assert interp.n == 9 and {Path(s["path"]).name for s in interp.skipped} == set(bad_valid)

@@ -82,6 +82,8 @@ def save_checkpoint(learn: Learner, folder: Path, extra: dict | None = None) -> 
     opt_t, opt_info = _opt_tensors(learn.opt)
     tensors |= opt_t
     tensors["rng.torch"] = torch.get_rng_state()
+    if learn.device.type == "cuda":  # dropout on the GPU draws from the device's generator
+        tensors["rng.cuda"] = torch.cuda.get_rng_state(learn.device)
     np_state = np.random.get_state()
     tensors["rng.numpy"] = torch.from_numpy(np_state[1].astype(np.int64))
     name = f"ckpt-{epoch:04d}-{batch:06d}.safetensors"
@@ -137,6 +139,8 @@ def restore(learn: Learner, info: dict, tensors: dict[str, torch.Tensor]) -> Non
         learn.unfreeze()
     _load_opt(learn.opt, tensors, info["optimizer"])
     torch.set_rng_state(tensors["rng.torch"])
+    if "rng.cuda" in tensors and learn.device.type == "cuda":
+        torch.cuda.set_rng_state(tensors["rng.cuda"], learn.device)
     kind, pos, has_gauss, gauss = info["rng"]["numpy"]
     np.random.set_state((kind, tensors["rng.numpy"].numpy().astype(np.uint32), pos, has_gauss,
                          gauss))

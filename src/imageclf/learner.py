@@ -145,7 +145,6 @@ class Learner:
         self.batch_in_epoch = 0
         self.interrupted: str | None = None  # set (to the signal's name) to stop mid-epoch
         self.plan: list[Phase] = []
-        self.plan_epoch0 = 0
         log.info("precision %s on %s", self.precision.name, self.device)
 
     # --- optimiser -------------------------------------------------------------------
@@ -315,7 +314,6 @@ class Learner:
             elif phase.frozen is False:
                 self.unfreeze()
             done = max(0, start_epoch - first)
-            self.plan_epoch0 = first
             per_epoch = len(self.dls.train)
             if phase.constant:
                 self.set_lrs(phase.lr_max)
