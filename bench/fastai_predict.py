@@ -6,8 +6,7 @@ import statistics
 import sys
 import time
 
-from fastai.vision.all import (ImageDataLoaders, Resize, aug_transforms, resnet18,
-                               vision_learner)
+from fastai.vision.all import ImageDataLoaders, Resize, aug_transforms, resnet18, vision_learner
 
 path, size, presize, files = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
 dls = ImageDataLoaders.from_folder(path, train="train", valid="val", item_tfms=Resize(presize),
@@ -22,4 +21,5 @@ with learn.no_bar():
         learn.predict(f)
         times.append((time.perf_counter() - t0) * 1000)
 print(json.dumps({"tool": "fastai", "precision": "fp32", "n": len(times),
-                  "median_ms": statistics.median(times), "p90_ms": sorted(times)[int(0.9 * len(times))]}))
+                  "median_ms": statistics.median(times),
+                  "p90_ms": sorted(times)[int(0.9 * len(times))]}))

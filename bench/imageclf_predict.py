@@ -21,4 +21,5 @@ for f in files[5:]:
     pred.predict(f)
     times.append((time.perf_counter() - t0) * 1000)
 print(json.dumps({"tool": "imageclf", "precision": precision, "n": len(times),
-                  "median_ms": statistics.median(times), "p90_ms": sorted(times)[int(0.9 * len(times))]}))
+                  "median_ms": statistics.median(times),
+                  "p90_ms": sorted(times)[int(0.9 * len(times))]}))

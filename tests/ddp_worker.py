@@ -1,5 +1,5 @@
 """Run by test_distributed under torchrun (or alone): train, then save this rank's weights
-and metrics. Usage: ddp_worker.py DATA BS OUT"""
+and metrics. Usage: ddp_worker.py DATA BS OUT ARCH HEAD"""
 
 import json
 import sys
@@ -14,7 +14,8 @@ from imageclf.runs import build_learner
 data, bs, out = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
 dist, dev = from_env("cpu")
 learn = build_learner(DataConfig(path=data, size=32, presize=40, bs=bs, cache_dir=str(out / "c")),
-                      TrainConfig(pretrained="none", precision="fp32", seed=0), dev, dist=dist)
+                      TrainConfig(arch=sys.argv[4], head=sys.argv[5], pretrained="none",
+                                  precision="fp32", seed=0), dev, dist=dist)
 learn.fit_one_cycle(2, 1e-3)
 params = {k: v.detach().contiguous() for k, v in learn.model.named_parameters()}
 save_file(params, out / f"rank{dist.rank}.safetensors")

@@ -13,6 +13,9 @@ from safetensors.torch import load_file
 from .conftest import make_folder_dataset
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
+# LayerNorm body and a plain linear head: no BatchNorm, whose batch statistics would differ
+# between 8 images per process and 16 in one process. What remains is the order of sums.
+MODEL = ["convnext_atto", "timm"]
 
 
 def _env() -> dict:
@@ -26,11 +29,11 @@ def test_two_gloo_processes_match_one_process(tmp_path: Path):
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir()
     two.mkdir()
-    r = subprocess.run([sys.executable, str(WORKER), str(data), "16", str(one)],
+    r = subprocess.run([sys.executable, str(WORKER), str(data), "16", str(one), *MODEL],
                        capture_output=True, text=True, timeout=300, env=_env())
     assert r.returncode == 0, r.stderr
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                        "--standalone", str(WORKER), str(data), "8", str(two)],
+                        "--standalone", str(WORKER), str(data), "8", str(two), *MODEL],
                        capture_output=True, text=True, timeout=300, env=_env())
     if r.returncode != 0 and "errno" in r.stderr.lower() and "socket" in r.stderr.lower():
         pytest.skip(f"no local sockets for gloo: {r.stderr[-300:]}")
@@ -46,13 +49,12 @@ def test_two_gloo_processes_match_one_process(tmp_path: Path):
     assert m0["valid_gathered"] == m1["valid_gathered"] == 15  # and the metrics see them all
     for a, b in zip(m0["rows"], m1["rows"], strict=True):  # metrics reduced: same everywhere
         assert a["valid_loss"] == b["valid_loss"] and a["train_loss"] == b["train_loss"]
-    # same images, same augmentation, same global batch; only BatchNorm's batch statistics
-    # (8 images per process instead of 16) and the order of the gradient sums differ
+    # same images, same augmentation, same global batch, no batch statistics: the same run
     for a, b in zip(m0["rows"], ref["rows"], strict=True):
-        assert abs(a["valid_accuracy"] - b["valid_accuracy"]) <= 1 / 15 + 1e-6
-        assert a["valid_loss"] == pytest.approx(b["valid_loss"], rel=0.1, abs=0.02)
-        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=0.3, abs=0.05)
+        assert a["valid_accuracy"] == b["valid_accuracy"]
+        assert a["valid_loss"] == pytest.approx(b["valid_loss"], rel=1e-3)
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
     w = load_file(one / "rank0.safetensors")
     diff = sum(float((w0[k] - w[k]).pow(2).sum()) for k in w) ** 0.5
     norm = sum(float(w[k].pow(2).sum()) for k in w) ** 0.5
-    assert diff / norm < 0.05, diff / norm  # the weights went the same way
+    assert diff / norm < 1e-3, diff / norm

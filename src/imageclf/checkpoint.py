@@ -70,6 +70,15 @@ def _load_opt(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], info
     for g in groups:
         if "betas" in g:
             g["betas"] = tuple(g["betas"])
+    # moments take their parameter's memory layout (channels_last conv weights): the fused
+    # kernel walks tensors in memory order, so a contiguous moment beside a channels_last
+    # weight would pair the wrong elements
+    params = [p for g in opt.param_groups for p in g["params"]]
+    for pid, st in state.items():
+        p = params[pid]
+        for k, v in st.items():
+            if torch.is_tensor(v) and v.shape == p.shape:
+                st[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
     opt.load_state_dict({"state": state, "param_groups": groups})
 
 

@@ -364,3 +364,145 @@ def demo(out: Annotated[Path, typer.Option("--out")] = Path("runs/demo"),
     console.print(f"run directory: {res.out}; report: {res.out / 'report.html'}; "
                   f"model: {res.out / 'model'}")
     console.print(f"next: imageclf predict {res.out / 'model'} {data / 'valid'} --top-k 2")
+
+
+ModelArg = Annotated[Path, typer.Argument(help="A model/ folder written by `imageclf train`.")]
+
+
+def _expand_inputs(inputs: list[Path]) -> list[Path]:
+    """Files as given; folders walked for image files (sorted)."""
+    from imageclf.data.sources import list_images
+
+    out: list[Path] = []
+    for p in inputs:
+        if p.is_dir():
+            out += list_images(p)
+        else:
+            out.append(p)
+    return out
+
+
+@app.command()
+def predict(model: ModelArg,
+            inputs: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
+            top_k: Annotated[int, typer.Option("--top-k")] = 3,
+            min_confidence: Annotated[float | None, typer.Option(
+                "--min-confidence", help="Answer 'none' when the top softmax probability is "
+                "below this (overrides model.json).")] = None,
+            tta: Annotated[bool, typer.Option("--tta", help="Average flipped/zoomed views.")
+                           ] = False,
+            bs: BsOpt = 32,
+            as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Top-k labels per image; unreadable files are reported per file, never a crash."""
+    from imageclf.predict import Predictor
+
+    pred = Predictor(model, min_confidence=min_confidence)
+    paths = _expand_inputs(inputs)
+    if not paths:
+        raise ConfigError("no image files found in the given inputs")
+    results = pred.predict(paths, top_k=top_k, bs=bs, tta=tta)
+    n_ok = 0
+    for r in results:
+        n_ok += r.error is None
+        if as_json:
+            print(json.dumps(r.to_dict()))
+        elif r.error is not None:
+            err.print(f"{r.path}: [yellow]unreadable[/yellow] ({r.error})")
+        else:
+            tops = "  ".join(f"{k} {p:.3f}" for k, p in r.top)
+            console.print(f"{r.path}: [bold]{';'.join(r.labels)}[/bold]  ({tops})",
+                          highlight=False)
+    if n_ok == 0:
+        err.print("[red]error:[/red] no image could be predicted")
+        raise typer.Exit(1)
+
+
+@app.command()
+def evaluate(model: ModelArg, data: DataArg,
+             output: Annotated[Path | None, typer.Option(
+                 "-o", "--output", help="Folder for confusion_matrix.png and top_losses.png."
+             )] = None,
+             csv: CsvOpt = None, label_regex: RegexOpt = None,
+             tta: Annotated[bool, typer.Option("--tta")] = False, bs: BsOpt = 32,
+             as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Accuracy, per-class table and most-confused pairs on DATA's validation split (or every
+    labelled image when DATA has no split)."""
+    from imageclf.evaluate import evaluate as run_evaluate
+    from imageclf.predict import Predictor
+
+    pred = Predictor(model)
+    interp = run_evaluate(pred, data, csv=csv, label_regex=label_regex, tta=tta, bs=bs,
+                          out_dir=output)
+    s = interp.summary()
+    if as_json:
+        print(json.dumps(s))
+        return
+    console.print(f"{s['n']} images; accuracy {s['accuracy']:.4f}; loss {s['loss']:.4f}"
+                  + ("  (TTA)" if tta else ""))
+    table = Table()
+    for c in ("class", "precision", "recall", "f1", "support"):
+        table.add_column(c, justify="left" if c == "class" else "right")
+    for r in s["per_class"]:
+        table.add_row(r["class"], f"{r['precision']:.3f}", f"{r['recall']:.3f}",
+                      f"{r['f1']:.3f}", str(r["support"]))
+    console.print(table)
+    if s["most_confused"]:
+        console.print("most confused (actual → predicted: count):")
+        for m in s["most_confused"][:10]:
+            console.print(f"  {m['actual']} → {m['predicted']}: {m['count']}")
+    if s["skipped_files"]:
+        console.print(f"[yellow]{len(s['skipped_files'])} unreadable file(s) skipped[/yellow]")
+        for b in s["skipped_files"]:
+            console.print(f"  {b['path']}: {b['reason']}")
+    if output is not None:
+        console.print(f"pictures in {output}")
+
+
+@app.command()
+def calibrate(model: ModelArg, data: DataArg,
+              keep: Annotated[float, typer.Option(
+                  "--keep", help="Share of in-distribution images that must keep a label.")
+              ] = 0.95,
+              csv: CsvOpt = None, label_regex: RegexOpt = None,
+              dry_run: Annotated[bool, typer.Option("--dry-run",
+                                                    help="Print, do not store.")] = False,
+              as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Choose the "none of these" thresholds on DATA's validation split; store them in
+    model.json (softmax: min_confidence; multi-label: per-class thresholds)."""
+    from imageclf.evaluate import calibrate as run_calibrate
+    from imageclf.evaluate import write_calibration
+    from imageclf.predict import Predictor
+
+    chosen = run_calibrate(Predictor(model), data, keep, csv=csv, label_regex=label_regex)
+    if not dry_run:
+        write_calibration(model, chosen)
+    if as_json:
+        print(json.dumps(chosen))
+        return
+    if "min_confidence" in chosen:
+        console.print(f"min_confidence {chosen['min_confidence']:.4f}: keeps {keep:.0%} of "
+                      f"{chosen['n']} validation images")
+    else:
+        console.print("per-class thresholds: " + ", ".join(f"{t:.3f}"
+                                                          for t in chosen["thresholds"]))
+    console.print("not stored (--dry-run)" if dry_run else f"stored in {model / 'model.json'}")
+
+
+@app.command()
+def export(model: ModelArg,
+           onnx: Annotated[bool, typer.Option("--onnx", help="Write an ONNX file.")] = False,
+           output: Annotated[Path | None, typer.Option("-o", "--output")] = None) -> None:
+    """Export a model/ folder (ONNX: normalisation inside, dynamic batch, probabilities out)."""
+    if not onnx:
+        raise ConfigError("choose an export format: --onnx")
+    from imageclf.export import export_onnx
+
+    console.print(f"wrote {export_onnx(model, output)}")
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) -> None:
+    """Rebuild RUN_DIR/report.html from the run's files."""
+    from imageclf.report import build_report
+
+    console.print(f"wrote {build_report(run_dir)}")
