@@ -37,8 +37,11 @@ def draw_shape(kind: str, rng: np.random.Generator, size: tuple[int, int] = (160
                fill=tuple(int(v) for v in rng.integers(0, 256, 3)), width=2)
     fg = np.array(bg) + rng.choice([-1, 1], 3) * rng.integers(90, 160, 3)
     fg = tuple(int(v) for v in np.clip(fg, 0, 255))
-    r = rng.uniform(0.2, 0.38) * min(w, h)
-    cx, cy = rng.uniform(r, w - r), rng.uniform(r, h - r)
+    side = min(w, h)
+    r = rng.uniform(0.22, 0.36) * side
+    # centred enough that the square crops of presizing and augmentation keep the shape
+    room = (side / 2 - r) * 0.6
+    cx, cy = w / 2 + rng.uniform(-room, room), h / 2 + rng.uniform(-room, room)
     if kind == "circle":
         d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fg)
     else:

@@ -43,10 +43,10 @@ def _fmt(v: object) -> str:
     return escape(str(v))
 
 
-def _table(rows: list[dict], left: tuple[str, ...] = ()) -> str:
+def _table(rows: list[dict], left: tuple[str, ...] = (), cols: list[str] | None = None) -> str:
     if not rows:
         return "<p><i>none</i></p>"
-    cols = list(rows[0])
+    cols = cols or list(rows[0])
     head = "".join(f'<th class="{"l" if c in left else ""}">{escape(c)}</th>' for c in cols)
     body = "".join("<tr>" + "".join(f'<td class="{"l" if c in left else ""}">{_fmt(r.get(c))}'
                                      "</td>" for c in cols) + "</tr>" for r in rows)
@@ -87,11 +87,13 @@ def build_report(run_dir: str | Path) -> Path:
                      if not interp.get("multi_label") else
                      "<p><i>multi-label model: see per-class scores</i></p>")
         parts += ["<h2>Most confused (actual → predicted)</h2>",
-                  _table(interp.get("most_confused", [])[:30], ("actual", "predicted")),
+                  _table(interp.get("most_confused", [])[:30], ("actual", "predicted"),
+                         ["actual", "predicted", "count"]),
                   "<h2>Top losses</h2>",
                   "<p>Titles: predicted/actual, then loss / probability.</p>",
                   _img(run / "top_losses.png", "top losses"),
-                  "<h2>Per class</h2>", _table(interp.get("per_class", []), ("class",))]
+                  "<h2>Per class</h2>", _table(interp.get("per_class", []), ("class",),
+                                                 ["class", "precision", "recall", "f1", "support"])]
     skipped = metrics.get("skipped_files", [])
     parts.append(f"<h2>Skipped files ({len(skipped)})</h2>")
     parts.append(_table(skipped, ("path", "reason")) if skipped else
