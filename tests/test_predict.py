@@ -69,7 +69,7 @@ def test_evaluate_matches_the_training_run(run_dir: Path):
     """Predictor's decode/presize/centre-resize is the validation path: same loss, same
     accuracy as the learner measured on the same images."""
     data = Path(json.loads((run_dir / "config.json").read_text())["data"]["path"])
-    pred = Predictor(run_dir / "model")
+    pred = Predictor(run_dir / "model", precision="fp32")  # as the run was trained
     interp = evaluate(pred, data, out_dir=run_dir / "eval")
     m = json.loads((run_dir / "metrics.json").read_text())
     assert interp.n == 12
@@ -110,7 +110,7 @@ def test_onnx_matches_pytorch(run_dir: Path, tmp_path: Path):
     out = tmp_path / "m.onnx"
     r = _cli("export", str(run_dir / "model"), "--onnx", "-o", str(out))
     assert r.returncode == 0 and out.is_file(), r.stderr
-    pred = Predictor(run_dir / "model")
+    pred = Predictor(run_dir / "model", precision="fp32")  # ONNX runs in fp32
     data = Path(json.loads((run_dir / "config.json").read_text())["data"]["path"])
     paths = sorted((data / "valid").rglob("*.jpg"))[:5]
     x = torch.stack([pred.load(p) for p in paths])

@@ -393,12 +393,12 @@ def predict(model: ModelArg,
                 "below this (overrides model.json).")] = None,
             tta: Annotated[bool, typer.Option("--tta", help="Average flipped/zoomed views.")
                            ] = False,
-            bs: BsOpt = 32,
+            bs: BsOpt = 32, precision: PrecisionOpt = "auto",
             as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Top-k labels per image; unreadable files are reported per file, never a crash."""
     from imageclf.predict import Predictor
 
-    pred = Predictor(model, min_confidence=min_confidence)
+    pred = Predictor(model, min_confidence=min_confidence, precision=precision)
     paths = _expand_inputs(inputs)
     if not paths:
         raise ConfigError("no image files found in the given inputs")
@@ -426,13 +426,14 @@ def evaluate(model: ModelArg, data: DataArg,
              )] = None,
              csv: CsvOpt = None, label_regex: RegexOpt = None,
              tta: Annotated[bool, typer.Option("--tta")] = False, bs: BsOpt = 32,
+             precision: PrecisionOpt = "auto",
              as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Accuracy, per-class table and most-confused pairs on DATA's validation split (or every
     labelled image when DATA has no split)."""
     from imageclf.evaluate import evaluate as run_evaluate
     from imageclf.predict import Predictor
 
-    pred = Predictor(model)
+    pred = Predictor(model, precision=precision)
     interp = run_evaluate(pred, data, csv=csv, label_regex=label_regex, tta=tta, bs=bs,
                           out_dir=output)
     s = interp.summary()

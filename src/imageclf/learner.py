@@ -16,20 +16,12 @@ from imageclf import metrics as M
 from imageclf.callbacks import Callback, History, LRSweep, OneCycle
 from imageclf.config import ConfigError
 from imageclf.distributed import Dist
+from imageclf.hardware import cpu_has_bf16
 from imageclf.losses import LossFn, make_loss
 from imageclf.lr_finder import suggest
 from imageclf.models import Classifier, freeze, norm_params, param_groups, unfreeze
 
 log = logging.getLogger(__name__)
-
-
-def cpu_has_bf16() -> bool:
-    """True when this CPU runs bf16 matrix math natively (AMX or AVX512-BF16)."""
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from imageclf.config import ConfigError
 from imageclf.data.augment import AugParams, BatchAugment, flip_matrix, zoom_matrix
 from imageclf.data.images import UnreadableImage, load_presized, square_crop
 from imageclf.export import load_model
+from imageclf.hardware import cpu_has_bf16
 
 NONE_LABEL = "none"
 
@@ -70,14 +71,18 @@ class Predictor:
     """
 
     def __init__(self, folder: str | Path, device: str | torch.device = "cpu",
-                 precision: str = "fp32", min_confidence: float | None = None,
+                 precision: str = "auto", min_confidence: float | None = None,
                  threads: int | None = None) -> None:
         self.folder = Path(folder)
         model, meta = load_model(self.folder)
         self.meta = meta
         self.device = torch.device(device)
+        if precision == "auto":  # bf16 where the CPU (AMX/AVX512-BF16) or GPU runs it natively
+            cuda = self.device.type == "cuda"
+            precision = "bf16" if (torch.cuda.is_bf16_supported() if cuda
+                                   else cpu_has_bf16()) else "fp32"
         if precision not in ("fp32", "bf16", "fp16"):
-            raise ConfigError(f"--precision must be fp32, bf16 or fp16; got {precision!r}")
+            raise ConfigError(f"--precision must be auto, fp32, bf16 or fp16; got {precision!r}")
         self.precision = precision
         self.model = model.to(self.device, memory_format=torch.channels_last).eval()
         self.classes: list[str] = list(meta["classes"])
