@@ -96,7 +96,28 @@ def _predict(r: dict) -> str:
     return "\n".join(lines)
 
 
-SECTIONS = {"loader": _loader, "train": _train, "predict": _predict}
+def _lr_find(r: dict) -> str:
+    m, st, o, f = r["machine"], r["settings"], r["imageclf"], r["fastai"]
+
+    def sugg(d: dict) -> str:
+        return ", ".join(f"{k} {v:.1e}" for k, v in d["suggestions"].items())
+
+    return "\n".join([
+        "## Learning-rate finder: cost of one sweep",
+        "",
+        f"resnet18 from scratch, Imagenette, presize {st['presize']}, size {st['size']},"
+        f" batch {st['bs']}; whole process from start to exit (imageclf with a cold cache)."
+        f" Measured {m['date']} on {m['cpu']} ({m['cores']} cores), commit {m['commit']}.",
+        "",
+        "| tool | iterations | wall (s) | suggestions |",
+        "|---|---:|---:|---|",
+        f"| imageclf | {o['iterations']} | {o['wall_seconds']:.0f} | {sugg(o)} |",
+        f"| fastai | {f['iterations']} | {f['wall_seconds']:.0f} | {sugg(f)} |",
+        f"| **imageclf / fastai** | | **{r['summary']['wall_ratio']:.2f}×** | |",
+        "", r.get("note", ""), ""])
+
+
+SECTIONS = {"loader": _loader, "train": _train, "predict": _predict, "lr_find": _lr_find}
 
 
 def render() -> None:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-SCRIPTS = ["bench_loader.py", "bench_train.py", "bench_predict.py"]
+SCRIPTS = ["bench_loader.py", "bench_train.py", "bench_predict.py", "bench_lr_find.py"]
 
 if __name__ == "__main__":
     for script in SCRIPTS:

@@ -1,0 +1,55 @@
+"""The cost of lr_find, imageclf vs fastai 2.8.12: resnet18 from scratch on Imagenette,
+size 128, presize 160, batch 64, the 100-iteration sweep; whole-process wall time (imageclf
+with a cold presize cache) and the suggestions.
+
+    python bench/bench_lr_find.py [--data DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import fastai_python, imagenette, machine, run_json, save
+from report import render
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data")
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--presize", type=int, default=160)
+    ap.add_argument("--bs", type=int, default=64)
+    a = ap.parse_args()
+    data = imagenette(a.data)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        r = subprocess.run([sys.executable, "-m", "imageclf", "lr-find", str(data),
+                            "--pretrained", "none", "--size", str(a.size), "--presize",
+                            str(a.presize), "--bs", str(a.bs), "--cache-dir", tmp, "--json"],
+                           capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise SystemExit(r.stderr[-3000:])
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    ours = {"tool": "imageclf", "wall_seconds": wall, "iterations": len(res["lrs"]),
+            "suggestions": res["suggestions"]}
+    t0 = time.perf_counter()
+    ref = run_json([str(fastai_python()), str(Path(__file__).parent / "fastai_lr_find.py"),
+                    str(data), str(a.size), str(a.presize), str(a.bs)])
+    ref["wall_seconds"] = time.perf_counter() - t0
+    result = {"machine": machine(), "settings": vars(a) | {"data": str(data)},
+              "imageclf": ours, "fastai": ref,
+              "summary": {"wall_ratio": round(wall / ref["wall_seconds"], 3)}}
+    print(save("lr_find", result))
+    print(ours, ref)
+    render()
+
+
+if __name__ == "__main__":
+    main()
