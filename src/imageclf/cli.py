@@ -498,6 +498,12 @@ def export(model: ModelArg,
     """Export a model/ folder (ONNX: normalisation inside, dynamic batch, probabilities out)."""
     if not onnx:
         raise ConfigError("choose an export format: --onnx")
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as e:
+        raise ConfigError(f"--onnx needs the ONNX exporter ({e.name} is not installed): "
+                          "pip install 'imageclf[onnx]'") from e
     from imageclf.export import export_onnx
 
     console.print(f"wrote {export_onnx(model, output)}")

@@ -24,6 +24,9 @@ def atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as a plain open() would create it, not mkstemp's 0600
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -136,7 +139,7 @@ class _WithNormalisation(torch.nn.Module):
         return out.sigmoid() if self.multi_label else out.softmax(1)
 
 
-def export_onnx(folder: str | Path, out: str | Path | None = None, opset: int = 17) -> Path:
+def export_onnx(folder: str | Path, out: str | Path | None = None, opset: int = 18) -> Path:
     """ONNX of a model/ folder: input `image` float32 RGB in [0, 1] (batch, 3, size, size),
     dynamic batch; output `probs`; classes, size and presize in the metadata."""
     import onnx
