@@ -189,7 +189,6 @@ class Checkpointer(Callback):
             self._save(learn)
 
     def on_epoch_end(self, learn: Learner) -> None:
-        learn.batch_in_epoch = 0
         self._save(learn)
 
 

@@ -289,11 +289,10 @@ def train(data: Annotated[Path | None, typer.Argument(
                                label_smoothing=label_smoothing, seed=seed, out=out)
             res = train_run(dcfg, tcfg, dev, cbs, checkpoint_every, dist)
     except Interrupted as e:
-        if not dist.is_main:
-            raise typer.Exit(130 if e.signal_name == "SIGINT" else 143) from None
-        err.print(f"[yellow]{e.signal_name}:[/yellow] stopped after the current step; "
-                  f"checkpoint written to {e.checkpoint}.\nResume with: imageclf train "
-                  f"--resume {e.out}")
+        if dist.is_main:
+            err.print(f"[yellow]{e.signal_name}:[/yellow] stopped after the current step; "
+                      f"checkpoint written to {e.checkpoint}.\nResume with: imageclf train "
+                      f"--resume {e.out}")
         raise typer.Exit(130 if e.signal_name == "SIGINT" else 143) from None
     finally:
         shutdown()

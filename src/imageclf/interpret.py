@@ -160,12 +160,9 @@ def map_targets(labels: Sequence[Sequence[int]], data_classes: Sequence[str],
 
 def centre_views(paths: Sequence[str | Path], presize: int, method: str, augment) -> torch.Tensor:
     """The images exactly as validation shows them to the model, as float RGB in [0, 1]."""
-    import numpy as np
+    from imageclf.data.images import load_centre_square
 
-    from imageclf.data.images import load_presized, square_crop
-
-    x = torch.stack([torch.from_numpy(np.ascontiguousarray(square_crop(
-        load_presized(p, presize, method)))) for p in paths])
+    x = torch.stack([torch.from_numpy(load_centre_square(p, presize, method)) for p in paths])
     return augment.denormalize(augment(x, train=False))
 
 

@@ -241,6 +241,7 @@ class Learner:
                     self._call("on_validation_end")
                 self.epochs_done += 1
                 self.epoch = self.epochs_done
+                self.batch_in_epoch = 0
                 self._call("on_epoch_end")
                 if self.stop_training:
                     break

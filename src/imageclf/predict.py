@@ -13,12 +13,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from imageclf.config import ConfigError
 from imageclf.data.augment import AugParams, BatchAugment, flip_matrix, zoom_matrix
-from imageclf.data.images import UnreadableImage, load_presized, square_crop
+from imageclf.data.images import UnreadableImage, load_centre_square
 from imageclf.export import load_model
 from imageclf.hardware import cpu_has_bf16
 
@@ -109,8 +108,7 @@ class Predictor:
     # --- images → tensors ------------------------------------------------------------
     def load(self, path: str | Path) -> torch.Tensor:
         """(3, P, P) uint8: the validation decode + presize + centre square."""
-        p = load_presized(path, self.presize, self.method)
-        return torch.from_numpy(np.ascontiguousarray(square_crop(p)))
+        return torch.from_numpy(load_centre_square(path, self.presize, self.method))
 
     def _load_many(self, paths: Sequence[str | Path]) -> list[torch.Tensor | str]:
         def one(path: str | Path) -> torch.Tensor | str:

@@ -209,3 +209,8 @@ def square_crop(p: Presized, offset: int | None = None) -> np.ndarray:
     off = (length - size) // 2 if offset is None else offset
     crop = a[:, :, off:off + size]
     return crop.transpose(0, 2, 1) if p.transposed else crop
+
+
+def load_centre_square(path: str | Path, presize: int, method: str = "crop") -> np.ndarray:
+    """(3, P, P) uint8, contiguous: the image as validation sees it before the final resize."""
+    return np.ascontiguousarray(square_crop(load_presized(path, presize, method)))

@@ -175,8 +175,11 @@ def from_regex(root: Path, pattern: str, valid_pct: float = 0.2, seed: int = 0) 
 
 
 def from_csv(csv_path: Path, valid_pct: float = 0.2, seed: int = 0,
-             multi_label: bool | None = None, image_root: Path | None = None) -> Items:
-    """A CSV of `filename,label[,is_valid]`; space-separated labels mean multi-label."""
+             multi_label: bool | None = None, image_root: Path | None = None,
+             evaluate: bool = False) -> Items:
+    """A CSV of `filename,label[,is_valid]`; space-separated labels mean multi-label.
+    `evaluate`: only the rows to evaluate on (the is_valid rows, or every row without that
+    column), all flagged valid."""
     image_root = image_root or csv_path.parent
     try:
         with open(csv_path, newline="") as f:
@@ -206,8 +209,17 @@ def from_csv(csv_path: Path, valid_pct: float = 0.2, seed: int = 0,
                           "pass --multi-label")
     if all(len(r) >= 3 for r in rows):
         flags = [_truthy(r[2], csv_path) for r in rows]
+    elif evaluate:
+        flags = [True] * len(paths)
     else:
         flags = _random_split(len(paths), valid_pct, seed)
+    if evaluate:
+        keep = [i for i, f in enumerate(flags) if f]
+        if not keep:
+            raise ConfigError(f"no validation rows in {csv_path} (its is_valid column is "
+                              "false everywhere)")
+        return _finish([paths[i] for i in keep], [labels[i] for i in keep], [True] * len(keep),
+                       multi_label=ml, where=csv_path, need_split=False)
     return _finish(paths, labels, flags, multi_label=ml, where=csv_path)
 
 
@@ -265,23 +277,11 @@ def find_eval_items(path: str | Path, *, csv_file: str | None = None,
     """The labelled images to evaluate on: the validation split when DATA has one (a valid/
     folder, a CSV is_valid column), otherwise every labelled image."""
     root = Path(path)
-    if csv_file is not None or (root.is_file() and root.suffix.lower() == ".csv"):
-        csv_path = Path(csv_file) if csv_file is not None else root
-        with open(csv_path, newline="") as f:
-            rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
-        has_split = len(rows) > 1 and all(len(r) >= 3 for r in rows)
-        items = from_csv(csv_path, 0.5, 0, multi_label or None,
-                         image_root=root if csv_file is not None else None) if has_split else None
-        if items is not None:
-            return items.subset(items.split_indices()[1])
-        # no split column: every row
-        image_root = root if csv_file is not None else csv_path.parent
-        if rows and not _resolve(image_root, rows[0][0]).exists():
-            rows = rows[1:]
-        paths = [_resolve(image_root, r[0].strip()) for r in rows if len(r) >= 2]
-        labels = [r[1].split() for r in rows if len(r) >= 2]
-        ml = multi_label or any(len(x) != 1 for x in labels)
-        return _finish(paths, labels, [True] * len(paths), ml, csv_path, need_split=False)
+    if csv_file is not None:
+        return from_csv(Path(csv_file), multi_label=multi_label or None, image_root=root,
+                        evaluate=True)
+    if root.is_file() and root.suffix.lower() == ".csv":
+        return from_csv(root, multi_label=multi_label or None, evaluate=True)
     if not root.is_dir():
         raise ConfigError(f"DATA {root} is not a folder or a .csv file")
     if label_regex is not None:
