@@ -23,4 +23,4 @@ save_file(params, out / f"rank{dist.rank}.safetensors")
     "rows": learn.history.rows, "world_size": dist.world_size,
     "valid_shard": sum(x.shape[0] for x, _ in learn.dls.valid),
     "valid_gathered": len(learn.get_preds()[1]), "n_train_batches": len(learn.dls.train)}))
-shutdown()
+shutdown(wait=True)

@@ -58,3 +58,20 @@ def test_two_gloo_processes_match_one_process(tmp_path: Path):
     diff = sum(float((w0[k] - w[k]).pow(2).sum()) for k in w) ** 0.5
     norm = sum(float(w[k].pow(2).sum()) for k in w) ** 0.5
     assert diff / norm < 1e-3, diff / norm
+
+
+def test_torchrun_train_cli_with_lr_find_on_rank_0(tmp_path: Path):
+    """The README's command: rank 0 runs lr_find alone and broadcasts the rate (the other
+    rank waits), only rank 0 prints and writes the run directory."""
+    data = make_folder_dataset(tmp_path / "data", n_train=8, n_valid=3)
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                        "--nproc_per_node", "2", "-m", "imageclf", "train", str(data),
+                        "--pretrained", "none", "--size", "32", "--presize", "40", "--bs", "4",
+                        "--epochs", "1", "--lr", "auto", "--out", str(out)],
+                       capture_output=True, text=True, timeout=300, env=_env())
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("epoch 0 ") == 1 and r.stdout.count("lr_find: valley") == 1
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["lr"] == m["lr_find"]["valley"] and m["epochs"] == 1
+    assert (out / "report.html").is_file() and (out / "model" / "model.safetensors").is_file()

@@ -288,6 +288,7 @@ def train(data: Annotated[Path | None, typer.Argument(
                                freeze_epochs=freeze_epochs, lr=lr, precision=precision,
                                label_smoothing=label_smoothing, seed=seed, out=out)
             res = train_run(dcfg, tcfg, dev, cbs, checkpoint_every, dist)
+        shutdown(wait=True)
     except Interrupted as e:
         if dist.is_main:
             err.print(f"[yellow]{e.signal_name}:[/yellow] stopped after the current step; "

@@ -94,7 +94,12 @@ def from_env(device: str = "auto") -> tuple[Dist, torch.device]:
     return Dist(rank, world, local), dev
 
 
-def shutdown() -> None:
-    """Leave the process group (if joined)."""
+def shutdown(wait: bool = False) -> None:
+    """Leave the process group (if joined). `wait`: first meet the other processes at a
+    barrier, so none tears its connections down while a peer is still using them (gloo can
+    abort the process then). Only when every process got this far: a barrier after one
+    failed would wait for its timeout."""
     if tdist.is_available() and tdist.is_initialized():
+        if wait:
+            tdist.barrier()
         tdist.destroy_process_group()

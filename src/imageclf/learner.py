@@ -332,7 +332,7 @@ class Learner:
         counters = (self.epochs_done, self.epoch, self.train_seconds, self.train_images)
         rows = list(self.history.rows)
         sweep = LRSweep(start_lr, end_lr, num_it)
-        self.train_model = self.model  # one process's sweep: no gradient exchange
+        wrapped, self.train_model = self.train_model, self.model  # rank 0 alone: no DDP
         try:
             epochs = -(-num_it // max(len(self.dls.train), 1))
             self._fit(epochs, [sweep], validate=False)
@@ -344,7 +344,7 @@ class Learner:
             self.history.rows = rows
             self.history.batch_losses.clear()
             self.history.batch_lrs.clear()
-            self._wrap()
+            self.train_model = wrapped  # not rebuilt: building DDP is collective
         n = len(sweep.losses)
         # the last points are the blow-up that stopped the sweep: not candidates
         lrs, losses = sweep.lrs[:n], sweep.losses
