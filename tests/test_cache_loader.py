@@ -13,8 +13,8 @@ from imageclf.data.loader import DataLoaders
 from .conftest import add_bad_files, solid
 
 
-def _cfg(path: Path, **kw) -> DataConfig:
-    return DataConfig(path=str(path), size=24, presize=32, bs=4, **kw)
+def _cfg(path: Path, bs: int = 4, **kw) -> DataConfig:
+    return DataConfig(path=str(path), size=24, presize=32, bs=bs, **kw)
 
 
 def test_cache_dir_precedence(monkeypatch, tmp_path: Path):
@@ -167,3 +167,36 @@ def test_concurrent_builders_do_not_corrupt(folder_dataset: Path, _cache_dir: Pa
         c.wait()
     assert sorted(c.stats.decoded for c in caches) == [0, 18]
     assert np.array_equal(np.asarray(caches[0].data), np.asarray(caches[1].data))
+
+
+def _interleave(parts: list[torch.Tensor]) -> torch.Tensor:
+    out = torch.empty((sum(len(p) for p in parts), *parts[0].shape[1:]), dtype=parts[0].dtype)
+    for r, p in enumerate(parts):
+        out[r::len(parts)] = p
+    return out
+
+
+def test_two_ranks_see_one_process_batches(folder_dataset: Path):
+    """DistributedSampler shards: rank r's batch b, interleaved with the other rank's, is the
+    one-process batch b of twice the size, augmentation included; validation covers every
+    image once after the sampler's padding is cut off."""
+    one = DataLoaders.from_config(_cfg(folder_dataset, bs=8))
+    ranks = [DataLoaders.from_config(_cfg(folder_dataset, bs=4), rank=r, world_size=2)
+             for r in (0, 1)]
+    for epoch in (0, 1):
+        for d in (one, *ranks):
+            d.train.set_epoch(epoch)
+        ref = list(one.train)
+        shards = [list(d.train) for d in ranks]
+        assert len(ref) == len(shards[0]) == len(shards[1]) == len(one.train) == 2
+        for b, (x, y) in enumerate(ref):
+            assert torch.equal(_interleave([s[b][1] for s in shards]), y)
+            torch.testing.assert_close(_interleave([s[b][0] for s in shards]), x)
+    assert [len(d.valid) for d in ranks] == [2, 2]  # 9 images: 5 each, one repeated
+    vx = [torch.cat([x for x, _ in d.valid]) for d in ranks]
+    vy = [torch.cat([y for _, y in d.valid]) for d in ranks]
+    assert [len(v) for v in vy] == [5, 5]
+    ref_x = torch.cat([x for x, _ in one.valid])
+    ref_y = torch.cat([y for _, y in one.valid])
+    assert torch.equal(_interleave(vy)[:9], ref_y)
+    torch.testing.assert_close(_interleave(vx)[:9], ref_x)

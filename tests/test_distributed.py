@@ -45,7 +45,7 @@ def test_two_gloo_processes_match_one_process(tmp_path: Path):
     ref = json.loads((one / "rank0.json").read_text())
     assert m0["world_size"] == 2 and ref["world_size"] == 1
     assert m0["n_train_batches"] == ref["n_train_batches"] == 3  # same global batches
-    assert (m0["valid_shard"], m1["valid_shard"]) == (8, 7)  # each rank validates its part
+    assert (m0["valid_shard"], m1["valid_shard"]) == (8, 8)  # 15 images, one repeated (sampler)
     assert m0["valid_gathered"] == m1["valid_gathered"] == 15  # and the metrics see them all
     for a, b in zip(m0["rows"], m1["rows"], strict=True):  # metrics reduced: same everywhere
         assert a["valid_loss"] == b["valid_loss"] and a["train_loss"] == b["train_loss"]

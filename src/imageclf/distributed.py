@@ -54,17 +54,18 @@ class Dist:
         tdist.all_reduce(t)
         return bool(t.item() > 0)
 
-    def gather_interleaved(self, t: torch.Tensor) -> torch.Tensor:
-        """Rows sharded as order[rank::world_size] on each rank → all rows in order."""
+    def gather_interleaved(self, t: torch.Tensor, n: int) -> torch.Tensor:
+        """Rows sharded as order[rank::world_size] on each rank (DistributedSampler without
+        shuffling, padded to equal shares) → the first n rows in order, padding dropped."""
         if not self.active:
-            return t
+            return t[:n]
         parts: list[torch.Tensor | None] = [None] * self.world_size
         tdist.all_gather_object(parts, t.cpu())
-        n = sum(p.shape[0] for p in parts)
-        out = torch.empty((n, *t.shape[1:]), dtype=t.dtype)
+        total = sum(p.shape[0] for p in parts)
+        out = torch.empty((total, *t.shape[1:]), dtype=t.dtype)
         for r, p in enumerate(parts):
             out[r::self.world_size] = p
-        return out
+        return out[:n]
 
     def barrier(self) -> None:
         if self.active:

@@ -261,8 +261,8 @@ class Learner:
             ys.append(y)
         logits, targets = torch.cat(outs).cpu(), torch.cat(ys).cpu()
         if self.dist.active and not getattr(loader, "train", False):  # sharded: reassemble
-            logits = self.dist.gather_interleaved(logits)
-            targets = self.dist.gather_interleaved(targets)
+            logits = self.dist.gather_interleaved(logits, loader.n_items)
+            targets = self.dist.gather_interleaved(targets, loader.n_items)
         return logits, targets
 
     def validate(self) -> dict[str, float]:

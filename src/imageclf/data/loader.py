@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import DistributedSampler
 
 from imageclf.config import DataConfig
 from imageclf.data.augment import (
@@ -72,22 +73,30 @@ class BatchLoader:
         self.prepare()
         return self.all_targets[torch.from_numpy(self.index)]
 
-    def _order(self, g: torch.Generator) -> np.ndarray:
-        n = self.n_items
-        order = torch.randperm(n, generator=g).numpy() if self.train else np.arange(n)
-        if self.world_size > 1 and not self.train:  # a shard each, every item exactly once
-            order = order[self.rank::self.world_size]
-        elif self.world_size > 1:  # every rank gets the same number of items
-            per = -(-n // self.world_size)
-            order = np.resize(order, per * self.world_size)[self.rank::self.world_size]
+    def sampler(self) -> DistributedSampler:
+        """This process's share of the split for the current epoch (PyTorch's own sampler).
+
+        One process is the case num_replicas=1. Training: shuffled by (seed, epoch), padded
+        by repeating the first items so every rank has as many. Validation: in order, rank r
+        taking items r, r+N, ...; the padding it adds at the end is cut off again when the
+        predictions are gathered (`Dist.gather_interleaved(t, n)`), so no image counts
+        twice in the metrics."""
+        s = DistributedSampler(range(self.n_items), num_replicas=self.world_size,
+                               rank=self.rank, shuffle=self.train, seed=self.cfg.seed,
+                               drop_last=False)
+        s.set_epoch(self.epoch)
+        return s
+
+    def _order(self) -> np.ndarray:
+        order = np.fromiter(iter(self.sampler()), dtype=np.int64)
         if self.train and len(order) >= self.bs:
             order = order[: len(order) // self.bs * self.bs]  # drop the last partial batch
         return order
 
     def __len__(self) -> int:
-        n = len(self._order(torch.Generator().manual_seed(0))) if self.world_size > 1 else (
-            self.n_items // self.bs * self.bs if self.train and self.n_items >= self.bs
-            else self.n_items)
+        n = -(-self.n_items // self.world_size)  # the sampler's per-rank count
+        if self.train and n >= self.bs:
+            n = n // self.bs * self.bs
         return -(-n // self.bs)
 
     def set_epoch(self, epoch: int) -> None:
@@ -125,13 +134,13 @@ class BatchLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.prepare()
         seed = self.cfg.seed
-        g_order = epoch_generator(seed, self.epoch, 0)
+        g_crop = epoch_generator(seed, self.epoch, 0)
         g_aug = epoch_generator(seed, self.epoch, 1)
-        order = self._order(g_order)
+        order = self._order()
         lengths = self.cache.lengths[self.index]
         room = np.maximum(lengths - self.cfg.presize, 0)
         if self.train:  # random square crop position along the long side, per epoch
-            u = torch.rand(len(room), generator=g_order, dtype=torch.float64).numpy()
+            u = torch.rand(len(room), generator=g_crop, dtype=torch.float64).numpy()
             offsets = np.floor(u * (room + 1)).astype(np.int64)
         else:
             offsets = room // 2
