@@ -208,3 +208,37 @@ def test_transfer_beats_scratch(tmp_path: Path):
         learn.fine_tune(2, 2e-3, freeze_epochs=1)
         results[name] = learn.history.rows[-1]
     assert results["transfer"]["valid_loss"] < results["scratch"]["valid_loss"], results
+
+
+def test_compiled_training_matches_eager(folder_dataset: Path):
+    """--compile: torch.compile (inductor) runs the training forward, recompiled after
+    unfreezing; the run follows the eager one and the model keeps its plain keys."""
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    from imageclf.learner import fine_tune_plan
+
+    rows = {}
+    for comp in (False, True):
+        learn = build_learner(DataConfig(path=str(folder_dataset), size=32, presize=40, bs=6),
+                              TrainConfig(arch="test_resnet", head="timm", pretrained="none",
+                                          precision="fp32", compile=comp))
+        learn.run_plan(fine_tune_plan(1, 1e-3, learn.n_groups))  # frozen, then unfrozen
+        assert isinstance(learn.train_model, OptimizedModule) == comp
+        assert not any("_orig_mod" in k for k in learn.model.state_dict())
+        rows[comp] = learn.history.rows
+    assert len(rows[True]) == len(rows[False]) == 2
+    for a, b in zip(rows[True], rows[False], strict=True):
+        for k in ("train_loss", "valid_loss"):
+            assert a[k] == pytest.approx(b[k], rel=1e-4), k
+
+
+def test_compile_without_a_cpp_compiler_is_refused_early(monkeypatch: pytest.MonkeyPatch):
+    import shutil
+
+    from imageclf.learner import check_compiler
+
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(ConfigError, match="C\\+\\+ compiler"):
+        check_compiler(torch.device("cpu"))
+    check_compiler(torch.device("cuda"))  # GPUs compile with Triton: nothing to check here

@@ -262,6 +262,9 @@ def train(data: Annotated[Path | None, typer.Argument(
               "(0: only at epoch ends).")] = 0.0,
           device: Annotated[str, typer.Option(
               "--device", help="auto (the GPU when there is one), cuda or cpu.")] = "auto",
+          compile: Annotated[bool, typer.Option(
+              "--compile", help="torch.compile the training step: a slower start (compiling, "
+              "again after unfreezing), faster steps after; for GPUs and long runs.")] = False,
           ) -> None:
     """Train: fine_tune when pretrained, fit_one_cycle from scratch; write a run directory.
     Ctrl-C or SIGTERM stops after the current step with a checkpoint; --resume continues."""
@@ -286,7 +289,8 @@ def train(data: Annotated[Path | None, typer.Argument(
                                 cache_dir, resize_method, multi_label)
             tcfg = TrainConfig(arch=arch, pretrained=pretrained, head=head, epochs=epochs,
                                freeze_epochs=freeze_epochs, lr=lr, precision=precision,
-                               label_smoothing=label_smoothing, seed=seed, out=out)
+                               label_smoothing=label_smoothing, seed=seed, out=out,
+                               compile=compile)
             res = train_run(dcfg, tcfg, dev, cbs, checkpoint_every, dist)
         shutdown(wait=True)
     except Interrupted as e:

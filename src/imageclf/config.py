@@ -125,6 +125,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     seed: int = 0
     out: str | None = None
+    compile: bool = False  # torch.compile the training forward (inductor)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:

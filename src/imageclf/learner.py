@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import os
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -52,6 +54,17 @@ def resolve_precision(requested: str, device: torch.device) -> Precision:
                               "or fp32")
         return Precision("fp16", torch.float16, True)
     raise ConfigError(f"--precision must be one of auto, bf16, fp16, fp32; got {requested!r}")
+
+
+def check_compiler(device: torch.device) -> None:
+    """torch.compile's CPU backend (inductor) builds C++ at run time: without a compiler it
+    would fail at the first step, after the data were prepared. Fail now instead."""
+    if device.type != "cpu":
+        return
+    cxx = os.environ.get("CXX")
+    if not any(shutil.which(c) for c in ([cxx] if cxx else ["g++", "clang++"])):
+        raise ConfigError("--compile on the CPU needs a C++ compiler (g++ or clang++, or $CXX); "
+                          "install one (e.g. apt install g++) or train without --compile")
 
 
 @dataclass
@@ -105,7 +118,8 @@ class Learner:
     def __init__(self, dls, model: Classifier, *, loss_func: LossFn | None = None,
                  wd: float = 0.01, precision: str = "auto", label_smoothing: float = 0.0,
                  cbs: Sequence[Callback] = (), device: torch.device | str | None = None,
-                 channels_last: bool = True, dist: Dist | None = None) -> None:
+                 channels_last: bool = True, dist: Dist | None = None,
+                 compile: bool = False) -> None:
         self.dls = dls
         self.device = torch.device(device or dls.train.device)
         self.multi_label = bool(dls.multi_label)
@@ -114,6 +128,9 @@ class Learner:
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=fmt)
         self.dist = dist or Dist()
+        self.compile = compile
+        if compile:
+            check_compiler(self.device)
         self.train_model: torch.nn.Module = self.model
         self._wrap()
         self.groups = param_groups(self.model)
@@ -165,15 +182,19 @@ class Learner:
             g["betas"] = (beta1, g["betas"][1])
 
     def _wrap(self) -> None:
-        """Several processes: the training forward goes through DistributedDataParallel
-        (rebuilt whenever the set of trainable parameters changes)."""
-        if not self.dist.active:
-            self.train_model = self.model
-            return
-        from torch.nn.parallel import DistributedDataParallel
+        """The module the training forward goes through, rebuilt whenever the set of
+        trainable parameters changes: DistributedDataParallel with several processes, then
+        torch.compile when asked (compiling the DDP wrapper lets Dynamo split the graph at
+        DDP's gradient buckets, so communication still overlaps the backward pass).
+        `self.model` stays the plain module: its state_dict keys, validation, lr_find and
+        export never see the wrappers."""
+        wrapped: torch.nn.Module = self.model
+        if self.dist.active:
+            from torch.nn.parallel import DistributedDataParallel
 
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        self.train_model = DistributedDataParallel(self.model, device_ids=ids)
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            wrapped = DistributedDataParallel(self.model, device_ids=ids)
+        self.train_model = torch.compile(wrapped) if self.compile else wrapped
 
     def freeze(self) -> None:
         """Train only the head (and the body's norm layers)."""

@@ -76,7 +76,8 @@ def build_learner(data: DataConfig, train: TrainConfig, device: str | torch.devi
     set_seed(train.seed)
     model = create_model(train.arch, len(dls.classes), train.pretrained, train.head)
     learn = Learner(dls, model, wd=train.wd, precision=train.precision,
-                    label_smoothing=train.label_smoothing, cbs=cbs, device=device, dist=dist)
+                    label_smoothing=train.label_smoothing, cbs=cbs, device=device, dist=dist,
+                    compile=train.compile)
     learn.arch, learn.head_kind = train.arch, train.head
     return learn
 
