@@ -45,11 +45,16 @@ MultiOpt = Annotated[bool, typer.Option("--multi-label", help="Several labels pe
 
 def _data_config(data: Path, size: int, presize: int, bs: int, csv: str | None,
                  label_regex: str | None, valid_pct: float, seed: int, cache_dir: str | None,
-                 resize_method: str, multi_label: bool) -> DataConfig:
+                 resize_method: str, multi_label: bool, decode: str = "cpu") -> DataConfig:
     return DataConfig(path=str(data), size=size, presize=presize, bs=bs, csv=csv,
                       label_regex=label_regex, valid_pct=valid_pct, seed=seed,
                       cache_dir=cache_dir, resize_method=resize_method, multi_label=multi_label,
-                      aug=AugConfig())
+                      decode=decode, aug=AugConfig())
+
+
+def _check_device(device: str) -> None:
+    if device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"--device must be auto, cpu or cuda; got {device!r}")
 
 
 @app.callback()
@@ -121,19 +126,25 @@ def bench_loader(data: DataArg, size: SizeOpt = 128, presize: PresizeOpt = 160, 
                  epochs: Annotated[int, typer.Option("--epochs")] = 3,
                  csv: CsvOpt = None, label_regex: RegexOpt = None, valid_pct: ValidPctOpt = 0.2,
                  seed: SeedOpt = 0, cache_dir: CacheOpt = None,
-                 resize_method: MethodOpt = "crop",
+                 resize_method: MethodOpt = "crop", device: DeviceOpt = "auto",
+                 decode: DecodeOpt = "cpu",
                  as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Iterate the training loader E times with full augmentation; images/s per epoch.
 
     The first epoch is cold (decodes into the cache) unless the cache already holds the
     data; pass a fresh --cache-dir for a cold start.
     """
-    from imageclf.data.loader import DataLoaders
+    import torch
 
+    from imageclf.data.loader import DataLoaders
+    from imageclf.distributed import from_env
+
+    _check_device(device)
+    _, dev = from_env(device)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = _data_config(data, size, presize, bs, csv, label_regex, valid_pct, seed,
-                           cache_dir or tmp, resize_method, False)
-        dls = DataLoaders.from_config(cfg)
+                           cache_dir or tmp, resize_method, False, decode)
+        dls = DataLoaders.from_config(cfg, device=dev)
         rows = []
         for epoch in range(epochs):
             t0 = time.perf_counter()
@@ -141,6 +152,8 @@ def bench_loader(data: DataArg, size: SizeOpt = 128, presize: PresizeOpt = 160, 
             dls.train.set_epoch(epoch)
             for x, _y in dls.train:
                 n += x.shape[0]
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)  # the last batch's augmentation has finished
             dt = time.perf_counter() - t0
             rows.append({"epoch": epoch, "images": n, "seconds": round(dt, 3),
                          "img_per_s": round(n / dt, 1),
@@ -148,6 +161,7 @@ def bench_loader(data: DataArg, size: SizeOpt = 128, presize: PresizeOpt = 160, 
                          else "warm"})
         dls.train.cache.wait()
     result = {"tool": "imageclf", "size": size, "presize": presize, "bs": bs, "epochs": rows,
+              "device": str(dev), "decode": decode,
               "decoded": dls.train.cache.stats.decoded}
     if as_json:
         print(json.dumps(result))
@@ -189,6 +203,12 @@ ArchOpt = Annotated[str, typer.Option("--arch", help="Any timm architecture name
 PretrainedOpt = Annotated[str, typer.Option(
     "--pretrained", help="hub, none, a .safetensors/.pth file, or an imageclf model/ folder.")]
 PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto, bf16, fp16 or fp32.")]
+DecodeOpt = Annotated[str, typer.Option(
+    "--decode", help="How the first pass decodes: cpu (Pillow, JPEG draft mode, one process "
+    "per core) or device (JPEGs decoded and presized on the training device: nvJPEG on a "
+    "GPU; other formats still by Pillow).")]
+DeviceOpt = Annotated[str, typer.Option(
+    "--device", help="auto (the GPU when there is one), cuda or cpu.")]
 
 
 def _epoch_printer() -> object:
@@ -260,8 +280,7 @@ def train(data: Annotated[Path | None, typer.Argument(
           checkpoint_every: Annotated[float, typer.Option(
               "--checkpoint-every", help="Minutes between checkpoints within an epoch "
               "(0: only at epoch ends).")] = 0.0,
-          device: Annotated[str, typer.Option(
-              "--device", help="auto (the GPU when there is one), cuda or cpu.")] = "auto",
+          device: DeviceOpt = "auto", decode: DecodeOpt = "cpu",
           compile: Annotated[bool, typer.Option(
               "--compile", help="torch.compile the training step: a slower start (compiling, "
               "again after unfreezing), faster steps after; for GPUs and long runs.")] = False,
@@ -274,8 +293,7 @@ def train(data: Annotated[Path | None, typer.Argument(
 
     if checkpoint_every < 0:
         raise ConfigError(f"--checkpoint-every must be >= 0 minutes; got {checkpoint_every}")
-    if device not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"--device must be auto, cpu or cuda; got {device!r}")
+    _check_device(device)
     dist, dev = from_env(device)  # torchrun: join the process group
     cbs = [_epoch_printer()] if dist.is_main else []
     try:
@@ -286,7 +304,7 @@ def train(data: Annotated[Path | None, typer.Argument(
                 raise ConfigError("DATA is missing: give a data folder or CSV (or --resume "
                                   "RUN_DIR)")
             dcfg = _data_config(data, size, presize, bs, csv, label_regex, valid_pct, seed,
-                                cache_dir, resize_method, multi_label)
+                                cache_dir, resize_method, multi_label, decode)
             tcfg = TrainConfig(arch=arch, pretrained=pretrained, head=head, epochs=epochs,
                                freeze_epochs=freeze_epochs, lr=lr, precision=precision,
                                label_smoothing=label_smoothing, seed=seed, out=out,

@@ -58,6 +58,7 @@ class DataConfig:
     multi_label: bool = False
     cache_dir: str | None = None
     decode_workers: int = 0  # 0: one per CPU core
+    decode: str = "cpu"  # cpu: Pillow in worker processes; device: JPEGs on the training device
     aug: AugConfig = field(default_factory=AugConfig)
 
     def __post_init__(self) -> None:
@@ -75,6 +76,8 @@ class DataConfig:
             )
         if self.bs < 1:
             raise ConfigError(f"--bs must be at least 1; got {self.bs}")
+        if self.decode not in ("cpu", "device"):
+            raise ConfigError(f"--decode must be cpu or device; got {self.decode!r}")
         if not 0 < self.valid_pct < 1:
             raise ConfigError(f"--valid-pct must be between 0 and 1; got {self.valid_pct}")
 

@@ -19,7 +19,9 @@ from itertools import repeat
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from imageclf.data.device_decode import decode_chunk
 from imageclf.data.images import UnreadableImage, load_presized, slot_length, verify_file
 
 log = logging.getLogger(__name__)
@@ -64,13 +66,14 @@ class PresizeCache:
 
     def __init__(self, paths: Sequence[Path], presize: int, method: str = "crop",
                  cache_dir: str | Path | None = None, workers: int = 0,
-                 role: str = "") -> None:
+                 role: str = "", decode_device: torch.device | None = None) -> None:
         self.paths = [Path(p) for p in paths]
         self.presize = presize
         self.method = method
         self.length = slot_length(presize, method)
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.workers = workers or (os.cpu_count() or 1)
+        self.decode_device = decode_device  # None: Pillow in worker processes
         root = os.path.commonpath([str(p.absolute()) for p in self.paths]) if self.paths else ""
         key_src = json.dumps([CACHE_VERSION, presize, method, root, role])
         self.key = hashlib.sha256(key_src.encode()).hexdigest()[:20]
@@ -170,8 +173,13 @@ class PresizeCache:
         done = 0
         if todo:
             chunks = [todo[s:s + 32] for s in range(0, len(todo), 32)]
-            for results in _decode_pool(self.workers, tmp, shape, self.paths, self.presize,
-                                        self.method, chunks):
+            if self.decode_device is not None:
+                decoded = (decode_chunk([(i, self.paths[i]) for i in c], self.presize,
+                                        self.method, self.decode_device, out) for c in chunks)
+            else:
+                decoded = _decode_pool(self.workers, tmp, shape, self.paths, self.presize,
+                                       self.method, chunks)
+            for results in decoded:
                 for i, ok, length, transposed, reason in results:
                     entries[i][3:7] = [ok, length, transposed, reason]
                     n_bad += not ok

@@ -138,6 +138,14 @@ def slot_length(presize: int, method: str) -> int:
     return _long_side(presize) if method == "crop" else presize
 
 
+def crop_geometry(w: int, h: int, presize: int) -> tuple[float, int, int, int]:
+    """The crop method's (scale, resized width, resized height, long side kept) for a w×h
+    image: short side → presize, long side kept up to CROP_MARGIN × presize."""
+    scale = presize / min(w, h)
+    return (scale, max(presize, round(w * scale)), max(presize, round(h * scale)),
+            _long_side(presize))
+
+
 def presize_image(im: Image.Image, presize: int, method: str = "crop") -> Presized:
     """ONE antialiased resize of an RGB image for the cache.
 
@@ -158,9 +166,7 @@ def presize_image(im: Image.Image, presize: int, method: str = "crop") -> Presiz
         return Presized(np.asarray(canvas).transpose(2, 0, 1).copy(), False)
     if method != "crop":
         raise ValueError(f"unknown resize method {method!r}")
-    scale = presize / min(w, h)
-    nw, nh = max(presize, round(w * scale)), max(presize, round(h * scale))
-    limit = _long_side(presize)
+    scale, nw, nh, limit = crop_geometry(w, h, presize)
     # resize only the centre part that the cache keeps: one resample, less work
     if nw > limit:
         keep = limit / scale
@@ -173,8 +179,8 @@ def presize_image(im: Image.Image, presize: int, method: str = "crop") -> Presiz
         box = (0.0, top, float(w), top + keep)
         out = im.resize((presize, limit), Image.Resampling.BILINEAR, box=box)
     else:
-        return _orient(_resize_rgb(im, nw, nh))
-    return _orient(np.asarray(out).transpose(2, 0, 1))
+        return to_slot(_resize_rgb(im, nw, nh))
+    return to_slot(np.asarray(out).transpose(2, 0, 1))
 
 
 def _resize_rgb(im: Image.Image, w: int, h: int) -> np.ndarray:
@@ -188,7 +194,7 @@ def _resize_rgb(im: Image.Image, w: int, h: int) -> np.ndarray:
     return out[0].numpy()
 
 
-def _orient(a: np.ndarray) -> Presized:
+def to_slot(a: np.ndarray) -> Presized:
     """(3, H, W) → a Presized slot (3, P, L), portrait images stored transposed."""
     if a.shape[1] > a.shape[2]:  # portrait: store as (3, W, H) so every slot is (3, P, L)
         return Presized(np.ascontiguousarray(a.transpose(0, 2, 1)), True)

@@ -48,7 +48,8 @@ class BatchLoader:
         self.device = torch.device(device)
         self.cache = PresizeCache(paths, cfg.presize, cfg.resize_method,
                                   cache_dir or cfg.cache_dir, cfg.decode_workers,
-                                  role=role or ("train" if train else "valid"))
+                                  role=role or ("train" if train else "valid"),
+                                  decode_device=self.device if cfg.decode == "device" else None)
         self.augment = BatchAugment(cfg.size, cfg.aug, mean, std)
         self.bs = cfg.bs
         self.rank, self.world_size = rank, world_size
