@@ -117,18 +117,98 @@ def _lr_find(r: dict) -> str:
         "", r.get("note", ""), ""])
 
 
+def _device(results: list[dict]) -> str:
+    """bench_device.py runs: training images/s end to end against the step's ceiling."""
+    lines = [
+        "## Training device: end to end vs the training step's ceiling",
+        "",
+        "`bench/bench_device.py`: the ceiling is the same Learner's `train_step` on one"
+        " synthetic batch already on the device; end to end is `fit_one_cycle` on Imagenette"
+        " from a fresh presize cache (first epoch cold: decoding; later epochs warm), images/s"
+        " of the training loop. Goal on a GPU: warm >= 90% of the ceiling.",
+        "",
+        "| device | date, commit | model | size / presize | batch | precision | decode |"
+        " compile | ceiling (img/s) | cold (img/s) | warm (img/s) | warm / ceiling |",
+        "|---|---|---|---|---:|---|---|---|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        m, st = r["machine"], r["settings"]
+        warm = r.get("warm_img_per_s")
+        frac = r.get("warm_fraction_of_ceiling")
+        lines.append(
+            f"| {m['device']} | {m['date']}, {m['commit']} | {st['arch']} |"
+            f" {st['size']} / {st['presize']} | {st['bs']} | {st['precision']} |"
+            f" {st['decode']} | {'yes' if st['compile'] else 'no'} |"
+            f" {r['ceiling_img_per_s']:.0f} | {r['cold_img_per_s']:.0f} |"
+            f" {warm:.0f} | **{frac:.0%}** |" if warm is not None else
+            f"| {m['device']} | {m['date']}, {m['commit']} | {st['arch']} | ... | | | | |"
+            f" {r['ceiling_img_per_s']:.0f} | {r['cold_img_per_s']:.0f} | | |")
+    notes = [r["note"] for r in results if r.get("note")]
+    return "\n".join([*lines, "", *notes, ""])
+
+
+def plot_images_per_s(loader: dict | None, train: dict | None, path) -> bool:
+    """A bar chart of images/s per tool: loader cold and warm, training over the whole run.
+    False when there is nothing to plot."""
+    groups: dict[str, dict[str, float]] = {}
+    if loader:
+        s = loader["summary"]
+        groups["loader, cold epoch"] = {t: s[t]["cold_img_per_s"] for t in ("imageclf", "fastai")}
+        groups["loader, warm epochs"] = {t: s[t]["warm_img_per_s"] for t in ("imageclf", "fastai")}
+    if train:
+        # images trained (the same drop-last epochs in both tools) / whole-process seconds
+        n = train["imageclf"]["train_img_per_s"] * train["imageclf"]["train_seconds"]
+        groups["training, whole run"] = {t: n / train[t]["wall_seconds"]
+                                         for t in ("imageclf", "fastai")}
+    if not groups:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(groups), figsize=(3.2 * len(groups), 3.4))
+    axes = [axes] if len(groups) == 1 else list(axes)
+    for ax, (title, vals) in zip(axes, groups.items(), strict=True):
+        bars = ax.bar(list(vals), list(vals.values()), color=["#2b6cb0", "#a0aec0"])
+        ax.bar_label(bars, fmt="%.0f")
+        ax.set_title(title, fontsize=10)
+        ax.set_ylabel("images/s")
+        ax.margins(y=0.15)
+    fig.suptitle("images/s per tool (higher is better)", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 SECTIONS = {"loader": _loader, "train": _train, "predict": _predict, "lr_find": _lr_find}
 
 
+def _read(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def render() -> None:
-    """Write docs/benchmarks.md from whatever results exist."""
+    """Write docs/benchmarks.md (and docs/images_per_s.png) from whatever results exist."""
     parts = [HEADER]
+    docs = ROOT / "docs"
+    docs.mkdir(exist_ok=True)
+    if plot_images_per_s(_read("loader"), _read("train"), docs / "images_per_s.png"):
+        parts.append("![images/s per tool](images_per_s.png)\n")
     for name, fn in SECTIONS.items():
-        path = RESULTS / f"{name}.json"
-        if path.exists():
-            parts.append(fn(json.loads(path.read_text())))
-    (ROOT / "docs").mkdir(exist_ok=True)
-    (ROOT / "docs" / "benchmarks.md").write_text("\n".join(parts))
+        r = _read(name)
+        if r is not None:
+            parts.append(fn(r))
+    device = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("device*.json"))]
+    if device:
+        parts.append(_device(device))
+    else:
+        parts.append("## Training device\n\nNo `bench/bench_device.py` figures yet: the GPU"
+                     " benchmark (resnet50 at 224, batch 128, end to end vs the training"
+                     " step's ceiling) waits for a machine with a GPU.\n")
+    (docs / "benchmarks.md").write_text("\n".join(parts))
 
 
 if __name__ == "__main__":

@@ -252,6 +252,8 @@ class Learner:
                     self._call("on_batch_end")
                     if self.stop_training:
                         break
+                if self.device.type == "cuda":  # queued kernels belong to this epoch's time
+                    torch.cuda.synchronize(self.device)
                 self.train_seconds_epoch = time.perf_counter() - t0
                 self.train_seconds += self.train_seconds_epoch
                 self.train_images += n
