@@ -91,3 +91,16 @@ def test_unknown_arch_and_hub_errors_are_one_line(folder_dataset: Path):
     r = _run("train", str(folder_dataset), "--arch", "resnet-18", "--pretrained", "none",
              ok=False)
     assert r.returncode == 2 and "did you mean" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_demo_runs_end_to_end_offline(tmp_path: Path):
+    """The README's first command, small: draws shapes, verifies, runs lr_find, trains at
+    its `minimum` suggestion, writes the run with model and report."""
+    r = _run("demo", "--out", str(tmp_path / "demo"), "--epochs", "1", "--n-train", "12")
+    assert "(minimum; valley" in r.stdout
+    run = tmp_path / "demo" / "run"
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["train"]["lr"] == "minimum"
+    for name in ("report.html", "lr_find.json", "model/model.json", "metrics.json"):
+        assert (run / name).is_file(), name
+    assert 0.0 <= json.loads((run / "metrics.json").read_text())["valid_accuracy"] <= 1.0

@@ -125,8 +125,10 @@ def test_bad_model_settings_are_clear():
         check_arch("resnet-18")
     with pytest.raises(ConfigError, match="fp16 needs a CUDA GPU"):
         resolve_precision("fp16", torch.device("cpu"))
-    with pytest.raises(ConfigError, match="--lr"):
+    with pytest.raises(ConfigError, match="--lr must be a number or one of auto, valley"):
         TrainConfig(lr="fast")
+    assert [TrainConfig(lr=v).lr_rule for v in ("auto", "minimum", "3e-3")] == \
+        ["valley", "minimum", None]
 
 
 def test_hub_offline_fails_fast_with_a_way_out(monkeypatch: pytest.MonkeyPatch):

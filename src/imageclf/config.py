@@ -10,6 +10,7 @@ from typing import Any
 
 RESIZE_METHODS = ("crop", "squish", "pad")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+LR_RULES = ("auto", "valley", "slide", "minimum", "steep")  # --lr values that run lr_find
 
 
 class ConfigError(ValueError):
@@ -122,7 +123,7 @@ class TrainConfig:
     head: str = "concat"
     epochs: int = 4
     freeze_epochs: int = 1
-    lr: str = "auto"  # auto (run lr_find first) or a number
+    lr: str = "auto"  # a number, or a finder rule (auto = valley, slide, minimum, steep)
     wd: float = 0.01
     precision: str = "auto"
     label_smoothing: float = 0.0
@@ -130,15 +131,23 @@ class TrainConfig:
     out: str | None = None
     compile: bool = False  # torch.compile the training forward (inductor)
 
+    @property
+    def lr_rule(self) -> str | None:
+        """The lr_find suggestion that sets the rate (auto means valley), None for a number."""
+        if self.lr not in LR_RULES:
+            return None
+        return "valley" if self.lr == "auto" else self.lr
+
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}; "
                               f"got {self.precision!r}")
-        if self.lr != "auto":
+        if self.lr_rule is None:
             try:
                 value = float(self.lr)
             except ValueError:
-                raise ConfigError(f"--lr must be 'auto' or a number; got {self.lr!r}") from None
+                raise ConfigError(f"--lr must be a number or one of {', '.join(LR_RULES)} "
+                                  f"(lr_find's suggestions); got {self.lr!r}") from None
             if not 0 < value < 10:
                 raise ConfigError(f"--lr must be between 0 and 10; got {self.lr}")
         if self.epochs < 0 or self.freeze_epochs < 0:

@@ -116,10 +116,10 @@ def train_run(data: DataConfig, train: TrainConfig, device: str | torch.device =
         save_json({"data": to_dict(data), "train": to_dict(train)}, out / "config.json")
     t0 = time.perf_counter()
     found = None
-    if train.lr == "auto":
+    if train.lr_rule is not None:
         found = dist.broadcast(run_lr_find(learn, out).suggestions if dist.is_main else None)
-        lr = found["valley"]
-        log.info("lr_find suggests %.2e (valley)", lr)
+        lr = found[train.lr_rule]
+        log.info("lr_find suggests %.2e (%s)", lr, train.lr_rule)
     else:
         lr = float(train.lr)
     if train.pretrained != "none":
