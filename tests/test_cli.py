@@ -43,6 +43,12 @@ def test_bench_loader_json(folder_dataset: Path):
     assert [e["epoch"] for e in out["epochs"]] == [0, 1]
     assert out["epochs"][0]["images"] == 16 and out["epochs"][0]["img_per_s"] > 0
     assert out["decoded"] == 18
+    r = _run("bench", "loader", str(folder_dataset), "--size", "24", "--presize", "32",
+             "--bs", "4", "--epochs", "1", "--device", "cpu", "--decode", "device", "--json")
+    out = json.loads(r.stdout)
+    assert (out["device"], out["decode"], out["decoded"]) == ("cpu", "device", 18)
+    r = _run("bench", "loader", str(folder_dataset), "--decode", "gpu", ok=False)
+    assert r.returncode == 2 and "--decode must be cpu or device" in r.stderr
 
 
 def test_bad_setting_is_one_clear_line(folder_dataset: Path):
