@@ -18,7 +18,7 @@ from imageclf import metrics as M
 from imageclf.callbacks import Callback, History, LRSweep, OneCycle
 from imageclf.config import ConfigError
 from imageclf.distributed import Dist
-from imageclf.hardware import cpu_has_bf16
+from imageclf.hardware import native_bf16
 from imageclf.losses import LossFn, make_loss
 from imageclf.lr_finder import suggest
 from imageclf.models import Classifier, freeze, norm_params, param_groups, unfreeze
@@ -40,10 +40,7 @@ def resolve_precision(requested: str, device: torch.device) -> Precision:
     scaling on CUDA, fp32 otherwise. Forcing a precision the device cannot run is an error."""
     cuda = device.type == "cuda"
     if requested == "auto":
-        if cuda:
-            requested = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        else:
-            requested = "bf16" if cpu_has_bf16() else "fp32"
+        requested = "bf16" if native_bf16(device) else ("fp16" if cuda else "fp32")
     if requested == "fp32":
         return Precision("fp32", None, False)
     if requested == "bf16":

@@ -19,7 +19,7 @@ from imageclf.config import ConfigError
 from imageclf.data.augment import AugParams, BatchAugment, flip_matrix, zoom_matrix
 from imageclf.data.images import UnreadableImage, load_centre_square
 from imageclf.export import load_model
-from imageclf.hardware import cpu_has_bf16
+from imageclf.hardware import native_bf16
 
 NONE_LABEL = "none"
 
@@ -77,9 +77,7 @@ class Predictor:
         self.meta = meta
         self.device = torch.device(device)
         if precision == "auto":  # bf16 where the CPU (AMX/AVX512-BF16) or GPU runs it natively
-            cuda = self.device.type == "cuda"
-            precision = "bf16" if (torch.cuda.is_bf16_supported() if cuda
-                                   else cpu_has_bf16()) else "fp32"
+            precision = "bf16" if native_bf16(self.device) else "fp32"
         if precision not in ("fp32", "bf16", "fp16"):
             raise ConfigError(f"--precision must be auto, fp32, bf16 or fp16; got {precision!r}")
         self.precision = precision

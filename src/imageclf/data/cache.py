@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from imageclf.data.device_decode import decode_chunk
-from imageclf.data.images import UnreadableImage, load_presized, slot_length, verify_file
+from imageclf.data.images import presize_into, slot_length, verify_file
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1
@@ -244,17 +244,7 @@ def _init_worker(data_file: Path, shape: tuple[int, ...], forked: bool = False) 
 def _decode_chunk(paths: list[tuple[int, Path]], presize: int,
                   method: str) -> list[tuple[int, bool, int, bool, str]]:
     """Decode files into their slots of the worker's memmap; return their index entries."""
-    out = []
-    for i, path in paths:
-        try:
-            pre = load_presized(path, presize, method)
-        except UnreadableImage as e:
-            out.append((i, False, 0, False, str(e)))
-            continue
-        a = pre.array  # (3, P, L_i)
-        _worker_out[i, :, :, : a.shape[2]] = a
-        out.append((i, True, int(a.shape[2]), bool(pre.transposed), ""))
-    return out
+    return [presize_into(_worker_out, i, path, presize, method) for i, path in paths]
 
 
 def _decode_pool(workers: int, data_file: Path, shape: tuple[int, ...], paths: list[Path],

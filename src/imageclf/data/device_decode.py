@@ -24,10 +24,9 @@ from PIL import Image
 from imageclf.data.images import (
     MAX_PIXELS,
     Presized,
-    UnreadableImage,
     crop_geometry,
-    load_presized,
     precheck,
+    presize_into,
     to_slot,
 )
 
@@ -134,23 +133,10 @@ def decode_chunk(paths: list[tuple[int, Path]], presize: int, method: str,
                  ) -> list[tuple[int, bool, int, bool, str]]:
     """Presize files into their slots of `out` (N, 3, P, L); return their cache entries
     (index, ok, used length, transposed, reason). JPEGs are decoded on `device`."""
-    found = [(i, p, read_jpeg(p)) for i, p in paths]
-    jpegs = [(i, p, r) for i, p, r in found if r is not None]
-    decoded = _decode([r[0] for _, _, r in jpegs], device) if jpegs else []
-    slots: dict[int, Presized | None] = {}
-    for (i, _, (_, orientation)), x in zip(jpegs, decoded, strict=True):
-        slots[i] = presize_tensor(exif_upright(x, orientation), presize, method) \
-            if x is not None else None
-    results = []
-    for i, path in paths:
-        pre = slots.get(i)
-        if pre is None:  # not a JPEG for the device, or refused by it: Pillow decides
-            try:
-                pre = load_presized(path, presize, method)
-            except UnreadableImage as e:
-                results.append((i, False, 0, False, str(e)))
-                continue
-        a = pre.array  # (3, P, L_i)
-        out[i, :, :, : a.shape[2]] = a
-        results.append((i, True, int(a.shape[2]), bool(pre.transposed), ""))
-    return results
+    found = [(i, read_jpeg(p)) for i, p in paths]
+    jpegs = [(i, r) for i, r in found if r is not None]
+    decoded = _decode([data for _, (data, _) in jpegs], device) if jpegs else []
+    slots = {i: presize_tensor(exif_upright(x, orientation), presize, method)
+             for (i, (_, orientation)), x in zip(jpegs, decoded, strict=True) if x is not None}
+    # not a JPEG for the device, or refused by it (no slot): Pillow decides
+    return [presize_into(out, i, path, presize, method, slots.get(i)) for i, path in paths]

@@ -208,6 +208,21 @@ def load_presized(path: str | Path, presize: int, method: str = "crop") -> Presi
     return presize_image(im, presize, method)
 
 
+def presize_into(out: np.ndarray, i: int, path: str | Path, presize: int, method: str,
+                 pre: Presized | None = None) -> tuple[int, bool, int, bool, str]:
+    """Write one file's presized image into slot `i` of `out` (N, 3, P, L), decoding it with
+    Pillow unless `pre` is given; return its cache entry (i, ok, used length, transposed,
+    reason)."""
+    if pre is None:
+        try:
+            pre = load_presized(path, presize, method)
+        except UnreadableImage as e:
+            return i, False, 0, False, str(e)
+    a = pre.array  # (3, P, L_i)
+    out[i, :, :, : a.shape[2]] = a
+    return i, True, int(a.shape[2]), bool(pre.transposed), ""
+
+
 def square_crop(p: Presized, offset: int | None = None) -> np.ndarray:
     """A (3, P, P) square from a presized slot at `offset` along the long side (None: centre)."""
     a = p.array
