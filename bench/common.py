@@ -59,6 +59,7 @@ def machine() -> dict:
         cpu = platform.processor()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True, cwd=ROOT).stdout.strip()
+    commit = commit or os.environ.get("BENCH_COMMIT", "")  # a copy of the tree without git
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
             "date": dt.date.today().isoformat(), "commit": commit}
 

@@ -125,7 +125,9 @@ def _device(results: list[dict]) -> str:
         "`bench/bench_device.py`: the ceiling is the same Learner's `train_step` on one"
         " synthetic batch already on the device; end to end is `fit_one_cycle` on Imagenette"
         " from a fresh presize cache (first epoch cold: decoding; later epochs warm), images/s"
-        " of the training loop. Goal on a GPU: warm >= 90% of the ceiling.",
+        " of the training loop. Goal on a GPU: warm >= 90% of the ceiling. On a machine"
+        " with a CUDA GPU, `bash bench/gpu_checks.sh DATA` runs the CUDA tests and the three"
+        " GPU rows (default, `--decode device`, `--compile`) in under ten minutes.",
         "",
         "| device | date, commit | model | size / presize | batch | precision | decode |"
         " compile | ceiling (img/s) | cold (img/s) | warm (img/s) | warm / ceiling |",

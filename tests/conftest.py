@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -66,3 +70,29 @@ def _cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     d = tmp_path / "cache"
     monkeypatch.setenv("IMAGECLF_CACHE_DIR", str(d))
     return d
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args: str) -> CliResult:
+    """`imageclf ARGS` through the console script's own main(), in this process: the same
+    parsing, error handling and exit codes, without a new interpreter importing torch each
+    time. (The entry point as a separate process has its own tests.)"""
+    from imageclf import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    argv, sys.argv = sys.argv, ["imageclf", *args]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            cli.main()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.argv = argv
+    return CliResult(code, out.getvalue(), err.getvalue())

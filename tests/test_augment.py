@@ -7,6 +7,7 @@ from torch.overrides import TorchFunctionMode
 
 from imageclf.config import AugConfig
 from imageclf.data.augment import (
+    AugParams,
     BatchAugment,
     apply_matrix,
     crop_matrix,
@@ -187,3 +188,15 @@ def test_sampled_params_stay_within_fastai_defaults(seed):
     assert ((p.contrast >= 0.8 - 1e-6) & (p.contrast <= 1.25 + 1e-6)).all()
     assert (p.brightness.abs() <= 0.1 + 1e-6).all()
     assert 0.3 < (p.matrix[:, 0, 0] < 0).float().mean() < 0.7  # about half flipped
+
+
+def test_params_travel_packed_and_come_back_unchanged():
+    """On a GPU the draws go over in one pinned copy (AugParams.to): the packing loses
+    nothing, and an augmentation from unpacked draws is the same image."""
+    p = sample_params(4, AugConfig(), torch.Generator().manual_seed(3))
+    q = AugParams.unpack(p.packed().clone())
+    assert torch.equal(q.matrix, p.matrix) and torch.equal(q.contrast, p.contrast)
+    assert torch.equal(q.brightness, p.brightness)
+    assert p.to(torch.device("cpu")) is p  # already there: no copy
+    aug, x = BatchAugment(24), _batch()
+    assert torch.equal(aug.apply(x, p), aug.apply(x, q))

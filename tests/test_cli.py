@@ -5,12 +5,11 @@ from pathlib import Path
 
 from PIL import Image
 
-from .conftest import add_bad_files
+from .conftest import CliResult, add_bad_files, run_cli
 
 
-def _run(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
-    r = subprocess.run([sys.executable, "-m", "imageclf", *args], capture_output=True, text=True,
-                       timeout=300)
+def _run(*args: str, ok: bool = True) -> CliResult:
+    r = run_cli(*args)
     if ok:
         assert r.returncode == 0, r.stderr
     return r
@@ -52,7 +51,10 @@ def test_bench_loader_json(folder_dataset: Path):
 
 
 def test_bad_setting_is_one_clear_line(folder_dataset: Path):
-    r = _run("show-batch", str(folder_dataset), "--size", "64", "--presize", "32", ok=False)
+    """Through the installed entry point, in a process of its own."""
+    r = subprocess.run([sys.executable, "-m", "imageclf", "show-batch", str(folder_dataset),
+                        "--size", "64", "--presize", "32"], capture_output=True, text=True,
+                       timeout=300)
     assert r.returncode == 2
     assert "--presize (32) must be >= --size (64)" in r.stderr
     assert "Traceback" not in r.stderr
@@ -62,7 +64,7 @@ def test_train_and_lr_find_cli(folder_dataset: Path, tmp_path: Path):
     out = tmp_path / "run"
     r = _run("train", str(folder_dataset), "--pretrained", "none", "--size", "32",
              "--presize", "40", "--bs", "6", "--epochs", "2", "--lr", "auto", "--precision",
-             "fp32", "--out", str(out))
+             "fp32", "--out", str(out), "--lr-find-steps", "30")
     assert "epoch 0" in r.stdout and "epoch 1" in r.stdout and "img/s" in r.stdout
     m = json.loads((out / "metrics.json").read_text())
     assert m["epochs"] == 2 and set(m["lr_find"]) == {"valley", "slide", "minimum", "steep"}
@@ -71,10 +73,14 @@ def test_train_and_lr_find_cli(folder_dataset: Path, tmp_path: Path):
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["train"]["pretrained"] == "none" and cfg["data"]["size"] == 32
     r = _run("lr-find", str(folder_dataset), "--pretrained", "none", "--size", "32",
-             "--presize", "40", "--bs", "6", "--json", "-o", str(tmp_path / "lr.png"))
+             "--presize", "40", "--bs", "6", "--json", "-o", str(tmp_path / "lr.png"),
+             "--lr-find-steps", "25")
     res = json.loads(r.stdout)
     assert set(res["suggestions"]) == {"valley", "slide", "minimum", "steep"}
-    assert len(res["lrs"]) == len(res["losses"]) > 3 and (tmp_path / "lr.png").is_file()
+    assert 3 < len(res["lrs"]) == len(res["losses"]) <= 25 and (tmp_path / "lr.png").is_file()
+    assert len(json.loads((out / "lr_find.json").read_text())["lrs"]) <= 30
+    r = _run("lr-find", str(folder_dataset), "--lr-find-steps", "5", ok=False)
+    assert r.returncode == 2 and "--lr-find-steps must be at least 10" in r.stderr
     r = _run("report", str(out))
     assert "report.html" in r.stdout
 
@@ -102,7 +108,8 @@ def test_unknown_arch_and_hub_errors_are_one_line(folder_dataset: Path):
 def test_demo_runs_end_to_end_offline(tmp_path: Path):
     """The README's first command, small: draws shapes, verifies, runs lr_find, trains at
     its `minimum` suggestion, writes the run with model and report."""
-    r = _run("demo", "--out", str(tmp_path / "demo"), "--epochs", "1", "--n-train", "12")
+    r = _run("demo", "--out", str(tmp_path / "demo"), "--epochs", "1", "--n-train", "12",
+             "--lr-find-steps", "30")
     assert "(minimum; valley" in r.stdout
     run = tmp_path / "demo" / "run"
     cfg = json.loads((run / "config.json").read_text())

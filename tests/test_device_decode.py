@@ -1,5 +1,5 @@
-"""--decode device: JPEGs decoded and presized on the training device (here the CPU, the same
-code that runs nvJPEG on a GPU) give the cache the same slots as the Pillow path."""
+"""--decode device: JPEGs decoded and presized on the training device (the CPU here, nvJPEG
+where a CUDA GPU is visible) give the cache the same slots as the Pillow path."""
 
 from pathlib import Path
 
@@ -45,8 +45,13 @@ def test_exif_orientations_match_pillow():
         assert got.shape == ref.shape and np.array_equal(got, ref), o
 
 
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA GPU (nvJPEG)"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("method", ["crop", "squish", "pad"])
-def test_device_decode_fills_the_cache_like_pillow(tmp_path: Path, method: str):
+def test_device_decode_fills_the_cache_like_pillow(tmp_path: Path, method: str, device: str):
     d = tmp_path / "imgs"
     d.mkdir()
     files = [
@@ -64,7 +69,7 @@ def test_device_decode_fills_the_cache_like_pillow(tmp_path: Path, method: str):
     assert read_jpeg(d / "cmyk.jpg") is None and read_jpeg(d / "image.png") is None
     assert read_jpeg(d / "exif6.jpg")[1] == 6
     caches = {}
-    for how, dev in (("pil", None), ("device", torch.device("cpu"))):
+    for how, dev in (("pil", None), ("device", torch.device(device))):
         c = PresizeCache(files, 32, method, tmp_path / how, decode_device=dev)
         c.build()
         c.wait()

@@ -68,7 +68,8 @@ def test_torchrun_train_cli_with_lr_find_on_rank_0(tmp_path: Path):
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                         "--nproc_per_node", "2", "-m", "imageclf", "train", str(data),
                         "--pretrained", "none", "--size", "32", "--presize", "40", "--bs", "4",
-                        "--epochs", "1", "--lr", "auto", "--out", str(out)],
+                        "--epochs", "1", "--lr", "auto", "--lr-find-steps", "30", "--out",
+                        str(out)],
                        capture_output=True, text=True, timeout=300, env=_env())
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("epoch 0 ") == 1 and r.stdout.count("lr_find: valley") == 1

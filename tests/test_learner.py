@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from imageclf.callbacks import Callback
 from imageclf.config import ConfigError, DataConfig, TrainConfig
 from imageclf.export import load_model, save_model
 from imageclf.learner import resolve_precision, spread_lrs
@@ -44,6 +45,33 @@ def test_lr_suggestions_on_a_synthetic_curve():
 def learn(folder_dataset: Path):
     return build_learner(DataConfig(path=str(folder_dataset), size=32, presize=40, bs=6),
                          TrainConfig(arch="resnet18", pretrained="none", precision="fp32"))
+
+
+class ReadEachLoss(Callback):
+    """Reads every batch's loss at once: what History must end up with."""
+
+    def __init__(self):
+        self.losses = []
+
+    def on_batch_end(self, learn):
+        self.losses.append(float(learn.loss.detach()))
+
+
+def test_history_reads_the_losses_in_bulk_and_misses_none(learn):
+    """History keeps each step's loss on the device and reads them in bulk (a read per
+    step would make the host wait for the device every step); nothing is lost or reordered,
+    mid-epoch (flush_every) or at the epoch's end, and each epoch's train_loss is the mean
+    of its own batches."""
+    seen = ReadEachLoss()
+    learn.cbs.append(seen)
+    learn.history.flush_every = 2  # 3 batches an epoch: a flush within, the rest at the end
+    learn.fit(2, 1e-3)
+    per_epoch = len(learn.dls.train)
+    assert per_epoch == 3 and len(seen.losses) == 2 * per_epoch
+    assert learn.history.batch_losses == pytest.approx(seen.losses, rel=1e-6)
+    for e, row in enumerate(learn.history.rows):
+        mine = seen.losses[e * per_epoch:(e + 1) * per_epoch]
+        assert row["train_loss"] == pytest.approx(sum(mine) / per_epoch, rel=1e-6)
 
 
 def test_freeze_keeps_body_except_norm_layers_bit_identical(learn):

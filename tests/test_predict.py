@@ -18,12 +18,11 @@ from imageclf.export import load_model
 from imageclf.predict import NONE_LABEL, Predictor
 from imageclf.runs import train_run
 
-from .conftest import add_bad_files, make_folder_dataset, solid
+from .conftest import CliResult, add_bad_files, make_folder_dataset, run_cli, solid
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "imageclf", *args], capture_output=True,
-                          text=True, timeout=300)
+def _cli(*args: str) -> CliResult:
+    return run_cli(*args)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 from imageclf.checkpoint import read_checkpoint
 from imageclf.config import ConfigError
 
-from .conftest import make_folder_dataset
+from .conftest import make_folder_dataset, run_cli
 
 ARGS = ["--pretrained", "none", "--size", "32", "--presize", "40", "--bs", "4", "--epochs",
         "3", "--lr", "2e-3", "--precision", "fp32", "--seed", "5"]
@@ -57,8 +57,7 @@ def data(tmp_path: Path) -> Path:
 def test_sigterm_then_kill9_then_resume_matches_an_uninterrupted_run(data: Path,
                                                                     tmp_path: Path):
     ref = tmp_path / "ref"
-    r = subprocess.run([sys.executable, "-m", "imageclf", "train", str(data), *ARGS, "--out",
-                        str(ref)], capture_output=True, text=True, timeout=300)
+    r = run_cli("train", str(data), *ARGS, "--out", str(ref))
     assert r.returncode == 0, r.stderr
 
     run = tmp_path / "run"
@@ -81,8 +80,7 @@ def test_sigterm_then_kill9_then_resume_matches_an_uninterrupted_run(data: Path,
     assert p.returncode == -signal.SIGKILL
 
     # 3) resume to the end: the same metrics, bit for bit, as the run never interrupted
-    r = subprocess.run([sys.executable, "-m", "imageclf", "train", "--resume", str(run)],
-                       capture_output=True, text=True, timeout=300)
+    r = run_cli("train", "--resume", str(run))
     assert r.returncode == 0, r.stderr
     assert _final(run) == _final(ref)
     assert not list((run / "checkpoints").glob("*.tmp*"))
@@ -92,9 +90,7 @@ def test_damaged_or_missing_checkpoint_is_never_used(data: Path, tmp_path: Path)
     run = tmp_path / "run"
     short = ["--pretrained", "none", "--size", "32", "--presize", "40", "--bs", "4",
              "--epochs", "1", "--lr", "1e-3"]
-    r = subprocess.run([sys.executable, "-m", "imageclf", "train", str(data), *short,
-                        "--out", str(run)],
-                       capture_output=True, text=True, timeout=300)
+    r = run_cli("train", str(data), *short, "--out", str(run))
     assert r.returncode == 0, r.stderr
     folder = run / "checkpoints"
     info, tensors = read_checkpoint(folder)
@@ -107,8 +103,7 @@ def test_damaged_or_missing_checkpoint_is_never_used(data: Path, tmp_path: Path)
     f.write_bytes(f.read_bytes()[:-10] + b"0123456789")
     with pytest.raises(ConfigError, match="damaged"):
         read_checkpoint(folder)
-    r = subprocess.run([sys.executable, "-m", "imageclf", "train", "--resume", str(run)],
-                       capture_output=True, text=True, timeout=300)
+    r = run_cli("train", "--resume", str(run))
     assert r.returncode == 2 and "damaged" in r.stderr and "Traceback" not in r.stderr
     (folder / "last.json").unlink()
     with pytest.raises(ConfigError, match="no checkpoint"):

@@ -6,6 +6,8 @@ import math
 import time
 from typing import TYPE_CHECKING
 
+import torch
+
 from imageclf.lr_finder import should_stop
 from imageclf.schedules import exp_sweep, one_cycle_lr, one_cycle_mom
 
@@ -35,23 +37,50 @@ class History(Callback):
 
     order = 10
 
+    flush_every = 256  # batches whose losses may wait on the device before one read
+
     def __init__(self) -> None:
-        self.batch_losses: list[float] = []
+        self._batch_losses: list[float] = []
         self.batch_lrs: list[float] = []
         self.rows: list[dict[str, float]] = []
         self._losses: list[float] = []
+        self._pending: list[torch.Tensor] = []
         self._images = 0
         self._resumed = False
 
+    @property
+    def batch_losses(self) -> list[float]:
+        """The training loss of every batch so far."""
+        self._flush()
+        return self._batch_losses
+
+    def _flush(self) -> None:
+        """Read the losses still on the device in one transfer. Reading each batch's loss as
+        it comes (float()) would make the host wait for the device at every step, so it
+        could no longer queue the next step's work while the device runs this one."""
+        if self._pending:
+            values = torch.stack(self._pending).float().cpu().tolist()
+            self._pending.clear()
+            self._batch_losses.extend(values)
+            self._losses.extend(values)
+
     def state(self) -> dict:
         """Everything needed to continue the record after a resume (mid-epoch included)."""
-        return {"rows": self.rows, "batch_losses": self.batch_losses,
+        self._flush()
+        return {"rows": self.rows, "batch_losses": self._batch_losses,
                 "batch_lrs": self.batch_lrs, "epoch_losses": self._losses,
                 "epoch_images": self._images}
 
+    def clear_batches(self) -> None:
+        """Forget the per-batch record (the lr finder's sweep is not part of training)."""
+        self._pending.clear()
+        self._batch_losses.clear()
+        self.batch_lrs.clear()
+
     def load_state(self, state: dict, mid_epoch: bool) -> None:
         self.rows = list(state["rows"])
-        self.batch_losses = list(state["batch_losses"])
+        self._pending.clear()
+        self._batch_losses = list(state["batch_losses"])
         self.batch_lrs = list(state["batch_lrs"])
         self._losses = list(state["epoch_losses"])
         self._images = int(state["epoch_images"])
@@ -62,17 +91,19 @@ class History(Callback):
         if self._resumed:  # continue the interrupted epoch's record
             self._resumed = False
             return
+        self._flush()
         self._losses = []
         self._images = 0
 
     def on_batch_end(self, learn: Learner) -> None:
-        loss = float(learn.loss.detach())
-        self.batch_losses.append(loss)
+        self._pending.append(learn.loss.detach())
+        if len(self._pending) >= self.flush_every:
+            self._flush()
         self.batch_lrs.append(learn.opt.param_groups[-1]["lr"])
-        self._losses.append(loss)
         self._images += learn.batch_size
 
     def on_validation_end(self, learn: Learner) -> None:
+        self._flush()
         seconds = time.perf_counter() - self._t0
         loss = learn.dist.mean(sum(self._losses) / max(len(self._losses), 1))
         row = {"epoch": learn.epoch, "train_loss": loss}

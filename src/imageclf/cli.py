@@ -209,6 +209,9 @@ DecodeOpt = Annotated[str, typer.Option(
     "GPU; other formats still by Pillow).")]
 DeviceOpt = Annotated[str, typer.Option(
     "--device", help="auto (the GPU when there is one), cuda or cpu.")]
+LrFindStepsOpt = Annotated[int, typer.Option(
+    "--lr-find-steps", help="Batches in the learning-rate finder's sweep (fewer: faster, "
+    "coarser curve).")]
 
 
 def _epoch_printer() -> object:
@@ -234,10 +237,17 @@ def _epoch_printer() -> object:
             self.bar.start()
             self.task = self.bar.add_task("", total=len(learn.dls.train), epoch=learn.epoch,
                                           loss="-")
+            self._shown = 0.0
 
         def on_batch_end(self, learn) -> None:  # noqa: ANN001
-            if self.bar is not None:
-                self.bar.update(self.task, advance=1, loss=f"{float(learn.loss):.3f}")
+            if self.bar is None:
+                return
+            # reading the loss waits for the device: twice a second, not at every step
+            now = time.monotonic()
+            if now - self._shown >= 0.5:
+                self._shown = now
+                self.bar.update(self.task, loss=f"{float(learn.loss.detach()):.3f}")
+            self.bar.update(self.task, advance=1)
 
         def _close(self) -> None:
             if self.bar is not None:
@@ -286,6 +296,7 @@ def train(data: Annotated[Path | None, typer.Argument(
           compile: Annotated[bool, typer.Option(
               "--compile", help="torch.compile the training step: a slower start (compiling, "
               "again after unfreezing), faster steps after; for GPUs and long runs.")] = False,
+          lr_find_steps: LrFindStepsOpt = 100,
           ) -> None:
     """Train: fine_tune when pretrained, fit_one_cycle from scratch; write a run directory.
     Ctrl-C or SIGTERM stops after the current step with a checkpoint; --resume continues."""
@@ -310,7 +321,7 @@ def train(data: Annotated[Path | None, typer.Argument(
             tcfg = TrainConfig(arch=arch, pretrained=pretrained, head=head, epochs=epochs,
                                freeze_epochs=freeze_epochs, lr=lr, precision=precision,
                                label_smoothing=label_smoothing, seed=seed, out=out,
-                               compile=compile)
+                               compile=compile, lr_find_steps=lr_find_steps)
             res = train_run(dcfg, tcfg, dev, cbs, checkpoint_every, dist)
         shutdown(wait=True)
     except Interrupted as e:
@@ -343,7 +354,7 @@ def lr_find_cmd(data: DataArg, arch: ArchOpt = "resnet18", pretrained: Pretraine
                 output: Annotated[Path | None, typer.Option("-o", "--output")] = None,
                 csv: CsvOpt = None, label_regex: RegexOpt = None,
                 valid_pct: ValidPctOpt = 0.2, cache_dir: CacheOpt = None,
-                multi_label: MultiOpt = False,
+                multi_label: MultiOpt = False, lr_find_steps: LrFindStepsOpt = 100,
                 as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Run the learning-rate finder and print its four suggestions."""
     from imageclf.config import TrainConfig
@@ -352,9 +363,10 @@ def lr_find_cmd(data: DataArg, arch: ArchOpt = "resnet18", pretrained: Pretraine
 
     dcfg = _data_config(data, size, presize, bs, csv, label_regex, valid_pct, seed, cache_dir,
                         "crop", multi_label)
-    tcfg = TrainConfig(arch=arch, pretrained=pretrained, precision=precision, seed=seed)
+    tcfg = TrainConfig(arch=arch, pretrained=pretrained, precision=precision, seed=seed,
+                       lr_find_steps=lr_find_steps)
     learn = build_learner(dcfg, tcfg)
-    res = learn.lr_find()
+    res = learn.lr_find(num_it=tcfg.lr_find_steps)
     if output is not None:
         plot_lr_find(res.lrs, res.losses, res.suggestions, output)
     if as_json:
@@ -369,7 +381,8 @@ def lr_find_cmd(data: DataArg, arch: ArchOpt = "resnet18", pretrained: Pretraine
 def demo(out: Annotated[Path, typer.Option("--out")] = Path("runs/demo"),
          epochs: Annotated[int, typer.Option("--epochs")] = 10,
          n_train: Annotated[int, typer.Option("--n-train", help="Training images per class.")
-                            ] = 250) -> None:
+                            ] = 250,
+         lr_find_steps: LrFindStepsOpt = 100) -> None:
     """Draw a shapes data set, then verify → lr_find → train → evaluate, offline."""
     from imageclf.config import TrainConfig
     from imageclf.demo import make_shapes_dataset
@@ -386,7 +399,7 @@ def demo(out: Annotated[Path, typer.Option("--out")] = Path("runs/demo"),
     # The rate: lr_find's `minimum`; its valley (3.0e-4 on one draw) reached 47.5% valid,
     # 1e-3 68.5%, 3e-3 90.5% (10 epochs each): valley is cautious when training from scratch
     tcfg = TrainConfig(arch="resnet18", pretrained="none", head="timm", epochs=epochs,
-                       lr="minimum", out=str(out / "run"))
+                       lr="minimum", out=str(out / "run"), lr_find_steps=lr_find_steps)
     res = train_run(dcfg, tcfg, cbs=[_epoch_printer()])
     console.print(f"lr_find suggested {res.lr_find['minimum']:.2e} (minimum; valley "
                   f"{res.lr_find['valley']:.2e}); plot: {res.out / 'lr_find.png'}")

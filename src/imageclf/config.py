@@ -130,6 +130,7 @@ class TrainConfig:
     seed: int = 0
     out: str | None = None
     compile: bool = False  # torch.compile the training forward (inductor)
+    lr_find_steps: int = 100  # the finder's sweep: at most this many batches
 
     @property
     def lr_rule(self) -> str | None:
@@ -150,6 +151,8 @@ class TrainConfig:
                                   f"(lr_find's suggestions); got {self.lr!r}") from None
             if not 0 < value < 10:
                 raise ConfigError(f"--lr must be between 0 and 10; got {self.lr}")
+        if self.lr_find_steps < 10:
+            raise ConfigError(f"--lr-find-steps must be at least 10; got {self.lr_find_steps}")
         if self.epochs < 0 or self.freeze_epochs < 0:
             raise ConfigError("--epochs and --freeze-epochs must be >= 0")
         if not 0 <= self.label_smoothing < 1:

@@ -91,8 +91,19 @@ def from_env(device: str = "auto") -> tuple[Dist, torch.device]:
     if cuda:
         torch.cuda.set_device(dev)
     if world > 1 and not tdist.is_initialized():
-        tdist.init_process_group(backend="nccl" if cuda else "gloo")
+        if cuda:
+            tdist.init_process_group(backend=backend_for(dev), device_id=dev)
+        else:
+            tdist.init_process_group(backend=backend_for(dev))
     return Dist(rank, world, local), dev
+
+
+def backend_for(dev: torch.device) -> str:
+    """gloo on CPUs. On GPUs nccl for the device's tensors (DDP's gradients), with gloo
+    beside it for the small CPU tensors the loop exchanges (the stop flag each step, the
+    epoch's mean loss, gathered predictions): nccl alone refuses CPU tensors, and moving
+    them to the GPU would make every step wait for the device."""
+    return "cpu:gloo,cuda:nccl" if dev.type == "cuda" else "gloo"
 
 
 def shutdown(wait: bool = False) -> None:

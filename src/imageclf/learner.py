@@ -18,7 +18,7 @@ from imageclf import metrics as M
 from imageclf.callbacks import Callback, History, LRSweep, OneCycle
 from imageclf.config import ConfigError
 from imageclf.distributed import Dist
-from imageclf.hardware import native_bf16
+from imageclf.hardware import native_bf16, tune_for_training
 from imageclf.losses import LossFn, make_loss
 from imageclf.lr_finder import suggest
 from imageclf.models import Classifier, freeze, norm_params, param_groups, unfreeze
@@ -122,6 +122,7 @@ class Learner:
         self.multi_label = bool(dls.multi_label)
         self.loss_func = loss_func or make_loss(self.multi_label, label_smoothing)
         self.precision = resolve_precision(precision, self.device)
+        tune_for_training(self.device)
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=fmt)
         self.dist = dist or Dist()
@@ -362,8 +363,7 @@ class Learner:
             torch.set_rng_state(rng)
             self.epochs_done, self.epoch, self.train_seconds, self.train_images = counters
             self.history.rows = rows
-            self.history.batch_losses.clear()
-            self.history.batch_lrs.clear()
+            self.history.clear_batches()
             self.train_model = wrapped  # not rebuilt: building DDP is collective
         n = len(sweep.losses)
         # the last points are the blow-up that stopped the sweep: not candidates

@@ -82,9 +82,9 @@ def build_learner(data: DataConfig, train: TrainConfig, device: str | torch.devi
     return learn
 
 
-def run_lr_find(learn: Learner, out: Path | None = None) -> LRFindResult:
-    """lr_find, and its plot when `out` is given."""
-    res = learn.lr_find()
+def run_lr_find(learn: Learner, out: Path | None = None, steps: int = 100) -> LRFindResult:
+    """lr_find (a sweep of at most `steps` batches), and its plot when `out` is given."""
+    res = learn.lr_find(num_it=steps)
     if out is not None:
         save_json({"lrs": res.lrs, "losses": res.losses, "suggestions": res.suggestions},
                   out / "lr_find.json")
@@ -117,7 +117,8 @@ def train_run(data: DataConfig, train: TrainConfig, device: str | torch.device =
     t0 = time.perf_counter()
     found = None
     if train.lr_rule is not None:
-        found = dist.broadcast(run_lr_find(learn, out).suggestions if dist.is_main else None)
+        mine = run_lr_find(learn, out, train.lr_find_steps).suggestions if dist.is_main else None
+        found = dist.broadcast(mine)
         lr = found[train.lr_rule]
         log.info("lr_find suggests %.2e (%s)", lr, train.lr_rule)
     else:

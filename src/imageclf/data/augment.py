@@ -134,13 +134,20 @@ def output_points(size: int, device: torch.device | str = "cpu") -> torch.Tensor
     return pts
 
 
-def sampling_grid(m: torch.Tensor, size: int) -> torch.Tensor:
-    """The grid_sample grid (B, size, size, 2) of projective matrices m (B, 3, 3)."""
+def is_projective(m: torch.Tensor) -> bool:
+    """Whether any of the maps m (B, 3, 3) has a perspective row (reads m: on a GPU tensor
+    that waits for the device, so ask it of the host copy)."""
+    return bool((m[:, 2, :2] != 0).any())
+
+
+def sampling_grid(m: torch.Tensor, size: int, projective: bool | None = None) -> torch.Tensor:
+    """The grid_sample grid (B, size, size, 2) of projective matrices m (B, 3, 3).
+    `projective`: `is_projective(m)` when already known."""
     b = m.shape[0]
     pts = output_points(size, m.device).expand(b, -1, -1)  # (B, N, 3), no copy
     # bmm writes the grid contiguously: grid_sample is twice as slow on a strided grid
     grid = torch.bmm(pts, m[:, :2].transpose(1, 2))  # (B, N, 2)
-    if bool((m[:, 2, :2] != 0).any()):  # projective: divide by z
+    if is_projective(m) if projective is None else projective:  # divide by z
         grid = grid.div_(torch.bmm(pts, m[:, 2:].transpose(1, 2)))
     return grid.view(b, size, size, 2)
 
@@ -158,6 +165,27 @@ class AugParams:
     matrix: torch.Tensor  # (B, 3, 3) output → source
     contrast: torch.Tensor  # (B,)
     brightness: torch.Tensor  # (B,)
+
+    def to(self, dev: torch.device) -> AugParams:
+        """The draws on `dev` in ONE host→device copy (pinned and non-blocking on a GPU):
+        a plain `.to(dev)` of each tensor would wait for the device's queue every time."""
+        if self.matrix.device == dev:
+            return self
+        packed = self.packed()
+        if dev.type == "cuda":
+            packed = packed.pin_memory()
+        return AugParams.unpack(packed.to(dev, non_blocking=True))
+
+    def packed(self) -> torch.Tensor:
+        """(B, 11) float32 rows: the matrix's 9 entries, contrast, brightness."""
+        b = self.matrix.shape[0]
+        return torch.cat([self.matrix.reshape(b, 9).float(), self.contrast.view(b, 1).float(),
+                          self.brightness.view(b, 1).float()], 1)
+
+    @staticmethod
+    def unpack(packed: torch.Tensor) -> AugParams:
+        """The inverse of `packed` (views into it)."""
+        return AugParams(packed[:, :9].view(-1, 3, 3), packed[:, 9], packed[:, 10])
 
 
 def _uniform(n: int, lo: float, hi: float, g: torch.Generator | None) -> torch.Tensor:
@@ -218,6 +246,13 @@ class BatchAugment:
         self.mean = torch.tensor(mean, dtype=torch.float32)
         self.std = torch.tensor(std, dtype=torch.float32)
         self.channels_last = channels_last
+        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _stats(self, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """mean and std on `dev`, copied there once."""
+        if dev not in self._on_device:
+            self._on_device[dev] = (self.mean.to(dev), self.std.to(dev))
+        return self._on_device[dev]
 
     def __call__(self, x: torch.Tensor, train: bool = True,
                  generator: torch.Generator | None = None,
@@ -231,7 +266,7 @@ class BatchAugment:
     def apply(self, x: torch.Tensor, params: AugParams, clamp: bool = True) -> torch.Tensor:
         """Resample x (B, 3, P, P) uint8 with `params` and normalise: (B, 3, S, S) float32."""
         dev, b = x.device, x.shape[0]
-        m = params.matrix.to(dev, non_blocking=True)
+        on_dev = params.to(dev)
         xf = x.float()  # (B, 3, P, P) float32, values 0..255
         shrink = float(source_scale(params.matrix).min()) * x.shape[-1] / self.size
         if shrink >= 2.0:
@@ -240,13 +275,13 @@ class BatchAugment:
                 xf = F.avg_pool2d(xf, f)
             else:
                 xf = F.adaptive_avg_pool2d(xf, x.shape[-1] // f)
-        grid = sampling_grid(m, self.size)  # (B, S, S, 2)
+        grid = sampling_grid(on_dev.matrix, self.size, is_projective(params.matrix))
         pad = self.aug.pad_mode
         out = F.grid_sample(xf, grid, mode="bilinear", padding_mode=pad, align_corners=False)
         # lighting and normalisation fused into one per-(image, channel) affine map
-        mean, std = self.mean.to(dev), self.std.to(dev)
-        con = params.contrast.to(dev).view(b, 1)
-        bri = params.brightness.to(dev).view(b, 1)
+        mean, std = self._stats(dev)
+        con = on_dev.contrast.view(b, 1)
+        bri = on_dev.brightness.view(b, 1)
         scale = (con / (255.0 * std)).view(b, 3, 1, 1)
         shift = ((0.5 - 0.5 * con + bri - mean) / std).view(b, 3, 1, 1)
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format

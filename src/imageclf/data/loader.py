@@ -125,12 +125,15 @@ class BatchLoader:
             dst[j] = crop.transpose(0, 2, 1) if self.cache.transposed[i] else crop
         return out
 
-    def _batches(self, order: np.ndarray, offsets: np.ndarray) -> Iterator[tuple[np.ndarray,
-                                                                                torch.Tensor]]:
+    def _batches(self, order: np.ndarray, offsets: np.ndarray, targets: torch.Tensor
+                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(uint8 images, targets) on the host; pinned when they go to a GPU, so that the
+        copies can be non-blocking."""
+        pin = self.device.type == "cuda"
         for s in range(0, len(order), self.bs):
             sel = order[s:s + self.bs]
-            slots = self.index[sel]
-            yield sel, self._gather(slots, offsets[sel])
+            yb = targets[torch.from_numpy(sel)]
+            yield self._gather(self.index[sel], offsets[sel]), yb.pin_memory() if pin else yb
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.prepare()
@@ -167,7 +170,9 @@ class BatchLoader:
 
         def produce() -> None:
             try:
-                for item in self._batches(order, offsets):
+                if self.device.type == "cuda":  # pin on this process's GPU, not on cuda:0
+                    torch.cuda.set_device(self.device)
+                for item in self._batches(order, offsets, targets):
                     if not put(item):
                         return
                 put(None)
@@ -183,9 +188,9 @@ class BatchLoader:
                     break
                 if isinstance(item, BaseException):
                     raise item
-                sel, xb = item
+                xb, yb = item
                 xb = xb.to(self.device, non_blocking=True)
-                yb = targets[torch.from_numpy(sel)].to(self.device, non_blocking=True)
+                yb = yb.to(self.device, non_blocking=True)
                 params = self._params(xb.shape[0], g_aug) if self.train else None
                 yield self.augment(xb, train=self.train, params=params), yb
         finally:
