@@ -5,6 +5,9 @@ from pathlib import Path
 
 from PIL import Image
 
+from imageclf.config import DataConfig
+from imageclf.data.loader import DataLoaders
+
 from .conftest import CliResult, add_bad_files, run_cli
 
 
@@ -24,7 +27,14 @@ def test_verify_json_lists_unreadable(folder_dataset: Path):
     assert names == set(expected) - {"truncated.jpg"}
     assert all(u["reason"] for u in out["unreadable"])
     assert out["counts"]["train"]["green"] == 7  # 6 good + the truncated one (header ok)
-    assert out["classes"] == ["blue", "green", "red"]
+    assert out["classes"] == ["blue", "green", "red"] and out["checked"] == "header"
+    # --full decodes: the truncated file is found too, with the reason training gives
+    full = json.loads(_run("verify", str(folder_dataset), "--json", "--full").stdout)
+    found = {Path(u["path"]).name: u["reason"] for u in full["unreadable"]}
+    assert set(found) == set(expected) and full["checked"] == "decode"
+    assert full["counts"]["train"]["green"] == 6
+    dls = DataLoaders.from_config(DataConfig(path=str(folder_dataset), size=24, presize=32))
+    assert found == {Path(u["path"]).name: u["reason"] for u in dls.skipped()}
 
 
 def test_show_batch_writes_png(folder_dataset: Path, tmp_path: Path):

@@ -30,6 +30,9 @@ class Presized:
     transposed: bool  # True: the image was portrait and is stored with H and W swapped
 
 
+VERIFY_SIDE = 256  # `verify --full` decodes JPEGs at no less than this short side
+
+
 def precheck(path: str | Path) -> str | None:
     """File-system check before opening: None, or why the path is not a usable file."""
     p = Path(path)
@@ -45,8 +48,17 @@ def precheck(path: str | Path) -> str | None:
     return None
 
 
-def verify_file(path: str | Path) -> str | None:
-    """Header check of one file: None if it looks usable, else the reason it is not."""
+def verify_file(path: str | Path, full: bool = False) -> str | None:
+    """None if the file looks usable, else the reason it is not. By default only the header
+    is read; `full` decodes the whole image as training would (JPEGs in draft mode, which
+    still reads every byte of the data), so truncated or corrupt data are found too, with
+    the reasons training gives."""
+    if full:
+        try:
+            open_rgb(path, min_short_side=VERIFY_SIDE)
+        except UnreadableImage as e:
+            return str(e)
+        return None
     p = Path(path)
     reason = precheck(p)
     if reason is not None:
