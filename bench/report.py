@@ -153,15 +153,22 @@ def plot_images_per_s(loader: dict | None, train: dict | None, path) -> bool:
     """A bar chart of images/s per tool: loader cold and warm, training over the whole run.
     False when there is nothing to plot."""
     groups: dict[str, dict[str, float]] = {}
+
+    def where(r: dict) -> str:  # each panel says which machine measured it
+        m = r.get("machine", {})
+        return f"\n{m.get('cpu', '?')}, {m.get('date', '?')}"
+
     if loader:
         s = loader["summary"]
-        groups["loader, cold epoch"] = {t: s[t]["cold_img_per_s"] for t in ("imageclf", "fastai")}
-        groups["loader, warm epochs"] = {t: s[t]["warm_img_per_s"] for t in ("imageclf", "fastai")}
+        groups["loader, cold epoch" + where(loader)] = {
+            t: s[t]["cold_img_per_s"] for t in ("imageclf", "fastai")}
+        groups["loader, warm epochs" + where(loader)] = {
+            t: s[t]["warm_img_per_s"] for t in ("imageclf", "fastai")}
     if train:
         # images trained (the same drop-last epochs in both tools) / whole-process seconds
         n = train["imageclf"]["train_img_per_s"] * train["imageclf"]["train_seconds"]
-        groups["training, whole run"] = {t: n / train[t]["wall_seconds"]
-                                         for t in ("imageclf", "fastai")}
+        groups["training, whole run" + where(train)] = {t: n / train[t]["wall_seconds"]
+                                                        for t in ("imageclf", "fastai")}
     if not groups:
         return False
     import matplotlib
@@ -174,7 +181,7 @@ def plot_images_per_s(loader: dict | None, train: dict | None, path) -> bool:
     for ax, (title, vals) in zip(axes, groups.items(), strict=True):
         bars = ax.bar(list(vals), list(vals.values()), color=["#2b6cb0", "#a0aec0"])
         ax.bar_label(bars, fmt="%.0f")
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title, fontsize=8)
         ax.set_ylabel("images/s")
         ax.margins(y=0.15)
     fig.suptitle("images/s per tool (higher is better)", fontsize=11)

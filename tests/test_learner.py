@@ -272,3 +272,20 @@ def test_compile_without_a_cpp_compiler_is_refused_early(monkeypatch: pytest.Mon
     with pytest.raises(ConfigError, match="C\\+\\+ compiler"):
         check_compiler(torch.device("cpu"))
     check_compiler(torch.device("cuda"))  # GPUs compile with Triton: nothing to check here
+
+
+def test_forced_bf16_without_native_support_warns(monkeypatch: pytest.MonkeyPatch, caplog):
+    """auto never picks bf16 where it would run emulated; asked for by hand, it says so."""
+    import imageclf.learner as L
+
+    monkeypatch.setattr(L, "native_bf16", lambda device: False)
+    assert resolve_precision("auto", torch.device("cpu")).name == "fp32"
+    with caplog.at_level("WARNING", logger="imageclf.learner"):
+        assert resolve_precision("bf16", torch.device("cpu")).name == "bf16"
+    assert "no native bf16" in caplog.text
+    monkeypatch.setattr(L, "native_bf16", lambda device: True)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="imageclf.learner"):
+        assert resolve_precision("auto", torch.device("cpu")).name == "bf16"
+        resolve_precision("bf16", torch.device("cpu"))
+    assert "no native bf16" not in caplog.text

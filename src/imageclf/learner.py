@@ -44,6 +44,9 @@ def resolve_precision(requested: str, device: torch.device) -> Precision:
     if requested == "fp32":
         return Precision("fp32", None, False)
     if requested == "bf16":
+        if not native_bf16(device):
+            log.warning("--precision bf16 on %s, which has no native bf16 math (AMX or "
+                        "AVX512-BF16 on a CPU): it runs emulated, slower than fp32", device)
         return Precision("bf16", torch.bfloat16, False)
     if requested == "fp16":
         if not cuda:
