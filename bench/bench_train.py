@@ -41,7 +41,9 @@ def main() -> None:
     ap.add_argument("--bs", type=int, default=64)
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--skip-fastai", action="store_true",
-                    help="Reuse the fastai figures already in bench/results/train.json.")
+                    help="Reuse the fastai figures already in bench/results/NAME.json.")
+    ap.add_argument("--name", default="train",
+                    help="Results file bench/results/NAME.json (train*: one section each).")
     a = ap.parse_args()
     data = imagenette(a.data)
     with tempfile.TemporaryDirectory() as tmp:
@@ -56,7 +58,7 @@ def main() -> None:
             "train_img_per_s": m["train_img_per_s"], "precision": m["precision"],
             "epochs": m["history"]}
     print("imageclf", {k: v for k, v in ours.items() if k != "epochs"}, flush=True)
-    prev = Path(__file__).parent / "results" / "train.json"
+    prev = Path(__file__).parent / "results" / f"{a.name}.json"
     if a.skip_fastai and prev.exists():
         ref = json.loads(prev.read_text())["fastai"]
     else:
@@ -71,7 +73,7 @@ def main() -> None:
               "summary": {"wall_ratio": round(ours["wall_seconds"] / ref["wall_seconds"], 3),
                           "accuracy_diff": round(ours["valid_accuracy"]
                                                  - ref["valid_accuracy"], 4)}}
-    print(save("train", result))
+    print(save(a.name, result))
     print(result["summary"])
     render()
 

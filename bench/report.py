@@ -54,7 +54,9 @@ def _train(r: dict) -> str:
         f" `fit_one_cycle({st['epochs']}, {st['lr']})`, same recipe in both tools; wall time is"
         " the whole process from start to exit (imageclf with a cold presize cache, so its"
         f" first epoch includes decoding). imageclf precision: {o['precision']}"
-        " (bf16 autocast + channels_last on this AMX CPU); fastai: fp32 (its mixed precision"
+        + (" (bf16 autocast + channels_last: this CPU has AMX)" if o["precision"] == "bf16"
+           else " (+ channels_last: this CPU has no native bf16, so auto chose fp32)")
+        + "; fastai: fp32 (its mixed precision"
         f" is CUDA-only). Measured {m['date']} on {m['cpu']} ({m['cores']} cores),"
         f" commit {m['commit']}.",
         "",
@@ -210,6 +212,9 @@ def render() -> None:
         r = _read(name)
         if r is not None:
             parts.append(fn(r))
+        if name == "train":  # further training runs (other machines): one section each
+            for path in sorted(RESULTS.glob("train-*.json")):
+                parts.append(fn(json.loads(path.read_text())))
     device = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("device*.json"))]
     if device:
         parts.append(_device(device))
