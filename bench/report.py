@@ -48,7 +48,7 @@ def _loader(r: dict) -> str:
 def _train(r: dict) -> str:
     m, st, o, f, s = r["machine"], r["settings"], r["imageclf"], r["fastai"], r["summary"]
     lines = [
-        "## Training: resnet18 from scratch, whole run",
+        f"## Training: resnet18 from scratch, whole run ({m['cpu']})",
         "",
         f"Imagenette, presize {st['presize']}, size {st['size']}, batch {st['bs']},"
         f" `fit_one_cycle({st['epochs']}, {st['lr']})`, same recipe in both tools; wall time is"
