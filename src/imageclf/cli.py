@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from imageclf.config import AugConfig, ConfigError, DataConfig
+from imageclf.config import LR_FIND_STEPS, AugConfig, ConfigError, DataConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Train, inspect and use image classifiers.")
@@ -307,7 +307,7 @@ def train(data: Annotated[Path | None, typer.Argument(
           compile: Annotated[bool, typer.Option(
               "--compile", help="torch.compile the training step: a slower start (compiling, "
               "again after unfreezing), faster steps after; for GPUs and long runs.")] = False,
-          lr_find_steps: LrFindStepsOpt = 100,
+          lr_find_steps: LrFindStepsOpt = LR_FIND_STEPS,
           ) -> None:
     """Train: fine_tune when pretrained, fit_one_cycle from scratch; write a run directory.
     Ctrl-C or SIGTERM stops after the current step with a checkpoint; --resume continues."""
@@ -365,7 +365,7 @@ def lr_find_cmd(data: DataArg, arch: ArchOpt = "resnet18", pretrained: Pretraine
                 output: Annotated[Path | None, typer.Option("-o", "--output")] = None,
                 csv: CsvOpt = None, label_regex: RegexOpt = None,
                 valid_pct: ValidPctOpt = 0.2, cache_dir: CacheOpt = None,
-                multi_label: MultiOpt = False, lr_find_steps: LrFindStepsOpt = 100,
+                multi_label: MultiOpt = False, lr_find_steps: LrFindStepsOpt = LR_FIND_STEPS,
                 as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Run the learning-rate finder and print its four suggestions."""
     from imageclf.config import TrainConfig
@@ -393,7 +393,7 @@ def demo(out: Annotated[Path, typer.Option("--out")] = Path("runs/demo"),
          epochs: Annotated[int, typer.Option("--epochs")] = 10,
          n_train: Annotated[int, typer.Option("--n-train", help="Training images per class.")
                             ] = 250,
-         lr_find_steps: LrFindStepsOpt = 100) -> None:
+         lr_find_steps: LrFindStepsOpt = LR_FIND_STEPS) -> None:
     """Draw a shapes data set, then verify → lr_find → train → evaluate, offline."""
     from imageclf.config import TrainConfig
     from imageclf.demo import make_shapes_dataset

@@ -114,6 +114,9 @@ def save_json(obj: dict[str, Any], path: str | Path) -> None:
     Path(path).write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+LR_FIND_STEPS = 100  # batches in the learning-rate finder's sweep, by default
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Model and training settings of one run."""
@@ -130,7 +133,7 @@ class TrainConfig:
     seed: int = 0
     out: str | None = None
     compile: bool = False  # torch.compile the training forward (inductor)
-    lr_find_steps: int = 100  # the finder's sweep: at most this many batches
+    lr_find_steps: int = LR_FIND_STEPS  # the finder's sweep: at most this many batches
 
     @property
     def lr_rule(self) -> str | None:

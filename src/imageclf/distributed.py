@@ -91,10 +91,7 @@ def from_env(device: str = "auto") -> tuple[Dist, torch.device]:
     if cuda:
         torch.cuda.set_device(dev)
     if world > 1 and not tdist.is_initialized():
-        if cuda:
-            tdist.init_process_group(backend=backend_for(dev), device_id=dev)
-        else:
-            tdist.init_process_group(backend=backend_for(dev))
+        tdist.init_process_group(backend=backend_for(dev), device_id=dev if cuda else None)
     return Dist(rank, world, local), dev
 
 

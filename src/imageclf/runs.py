@@ -15,7 +15,15 @@ import torch
 
 from imageclf.callbacks import Callback
 from imageclf.checkpoint import Checkpointer, graceful_stop, read_checkpoint, restore
-from imageclf.config import ConfigError, DataConfig, TrainConfig, from_dict, save_json, to_dict
+from imageclf.config import (
+    LR_FIND_STEPS,
+    ConfigError,
+    DataConfig,
+    TrainConfig,
+    from_dict,
+    save_json,
+    to_dict,
+)
 from imageclf.data.loader import DataLoaders
 from imageclf.distributed import Dist
 from imageclf.export import save_model
@@ -82,7 +90,8 @@ def build_learner(data: DataConfig, train: TrainConfig, device: str | torch.devi
     return learn
 
 
-def run_lr_find(learn: Learner, out: Path | None = None, steps: int = 100) -> LRFindResult:
+def run_lr_find(learn: Learner, out: Path | None = None, steps: int = LR_FIND_STEPS
+                ) -> LRFindResult:
     """lr_find (a sweep of at most `steps` batches), and its plot when `out` is given."""
     res = learn.lr_find(num_it=steps)
     if out is not None:
