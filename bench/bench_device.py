@@ -19,33 +19,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 
-from common import HERE, imagenette, machine, save
+from common import imagenette, machine, save, subset
 from imageclf.config import DataConfig, TrainConfig
 from imageclf.distributed import from_env
 from imageclf.runs import build_learner
 from report import render
-
-
-def subset(data: Path, per_class: int) -> Path:
-    """A copy of `data` with the first `per_class` files of every class folder of each split."""
-    out = HERE / "work" / f"subset-{per_class}"
-    if out.is_dir():
-        return out
-    for split in sorted(p for p in data.iterdir() if p.is_dir()):
-        for cls in sorted(p for p in split.iterdir() if p.is_dir()):
-            dst = out / split.name / cls.name
-            dst.mkdir(parents=True)
-            for f in sorted(cls.iterdir())[:per_class]:
-                shutil.copy2(f, dst / f.name)
-    return out
 
 
 def sync(dev: torch.device) -> None:

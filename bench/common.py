@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -38,6 +39,20 @@ def imagenette(data: str | None) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         with tarfile.open(DEFAULT_TAR) as tar:
             tar.extractall(out, filter="data")
+    return out
+
+
+def subset(data: Path, per_class: int) -> Path:
+    """A copy of `data` with the first `per_class` files of every class folder of each split."""
+    out = HERE / "work" / f"subset-{per_class}"
+    if out.is_dir():
+        return out
+    for split in sorted(p for p in data.iterdir() if p.is_dir()):
+        for cls in sorted(p for p in split.iterdir() if p.is_dir()):
+            dst = out / split.name / cls.name
+            dst.mkdir(parents=True)
+            for f in sorted(cls.iterdir())[:per_class]:
+                shutil.copy2(f, dst / f.name)
     return out
 
 

@@ -119,6 +119,29 @@ def _lr_find(r: dict) -> str:
         "", r.get("note", ""), ""])
 
 
+def _lr_rules(r: dict) -> str:
+    m, st, runs = r["machine"], r["settings"], r["runs"]
+    seeds = sorted({x["seed"] for x in runs})
+    lines = [
+        "## Learning-rate finder: which suggestion trains best",
+        "",
+        f"`bench/bench_lr_rules.py`: {st['arch']} (pretrained: {st['pretrained']}),"
+        f" {st['subset'] or 'all'} Imagenette images per class, presize {st['presize']},"
+        f" size {st['size']}, batch {st['bs']}, {st['epochs']} epochs; per seed one finder"
+        " sweep, then one run per suggestion with that seed (only the rate differs)."
+        f" Measured {m['date']} on {m['cpu']} ({m['cores']} cores), commit {m['commit']}.",
+        "",
+        "| rule | " + " | ".join(f"seed {s}: rate, valid accuracy" for s in seeds)
+        + " | median accuracy |",
+        "|---|" + "---:|" * (len(seeds) + 1),
+    ]
+    for rule, med in r["summary"]["median_valid_accuracy"].items():
+        cells = [next((f"{x['lr']:.1e}, {x['valid_accuracy']:.1%}" for x in runs
+                       if x["rule"] == rule and x["seed"] == s), "") for s in seeds]
+        lines.append(f"| {rule} | " + " | ".join(cells) + f" | **{med:.1%}** |")
+    return "\n".join([*lines, "", r.get("note", ""), ""])
+
+
 def _device(results: list[dict]) -> str:
     """bench_device.py runs: training images/s end to end against the step's ceiling."""
     lines = [
@@ -193,7 +216,8 @@ def plot_images_per_s(loader: dict | None, train: dict | None, path) -> bool:
     return True
 
 
-SECTIONS = {"loader": _loader, "train": _train, "predict": _predict, "lr_find": _lr_find}
+SECTIONS = {"loader": _loader, "train": _train, "predict": _predict, "lr_find": _lr_find,
+            "lr_rules": _lr_rules}
 
 
 def _read(name: str) -> dict | None:

@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-SCRIPTS = ["bench_loader.py", "bench_train.py", "bench_predict.py", "bench_lr_find.py"]
+SCRIPTS = ["bench_loader.py", "bench_train.py", "bench_predict.py", "bench_lr_find.py",
+           "bench_lr_rules.py"]
 
 if __name__ == "__main__":
     import torch

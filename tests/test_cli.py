@@ -78,7 +78,9 @@ def test_train_and_lr_find_cli(folder_dataset: Path, tmp_path: Path):
     assert "epoch 0" in r.stdout and "epoch 1" in r.stdout and "img/s" in r.stdout
     m = json.loads((out / "metrics.json").read_text())
     assert m["epochs"] == 2 and set(m["lr_find"]) == {"valley", "slide", "minimum", "steep"}
-    assert m["lr"] == m["lr_find"]["valley"]
+    # auto from scratch trains at minimum (valley when fine-tuning), and says so
+    assert m["lr_rule"] == "minimum" and m["lr"] == m["lr_find"]["minimum"]
+    assert f"trained at minimum {m['lr']:.2e}" in r.stdout
     assert (out / "lr_find.png").is_file() and (out / "report.html").is_file()
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["train"]["pretrained"] == "none" and cfg["data"]["size"] == 32
@@ -87,6 +89,7 @@ def test_train_and_lr_find_cli(folder_dataset: Path, tmp_path: Path):
              "--lr-find-steps", "25")
     res = json.loads(r.stdout)
     assert set(res["suggestions"]) == {"valley", "slide", "minimum", "steep"}
+    assert res["auto"] == "minimum"
     assert 3 < len(res["lrs"]) == len(res["losses"]) <= 25 and (tmp_path / "lr.png").is_file()
     assert len(json.loads((out / "lr_find.json").read_text())["lrs"]) <= 30
     r = _run("lr-find", str(folder_dataset), "--lr-find-steps", "5", ok=False)
@@ -117,13 +120,15 @@ def test_unknown_arch_and_hub_errors_are_one_line(folder_dataset: Path):
 
 def test_demo_runs_end_to_end_offline(tmp_path: Path):
     """The README's first command, small: draws shapes, verifies, runs lr_find, trains at
-    its `minimum` suggestion, writes the run with model and report."""
+    its `minimum` suggestion (--lr auto from scratch), writes the run with model and report."""
     r = _run("demo", "--out", str(tmp_path / "demo"), "--epochs", "1", "--n-train", "12",
              "--lr-find-steps", "30")
     assert "(minimum; valley" in r.stdout
     run = tmp_path / "demo" / "run"
     cfg = json.loads((run / "config.json").read_text())
-    assert cfg["train"]["lr"] == "minimum"
+    m = json.loads((run / "metrics.json").read_text())
+    assert cfg["train"]["lr"] == "auto" and m["lr_rule"] == "minimum"
+    assert m["lr"] == m["lr_find"]["minimum"]
     for name in ("report.html", "lr_find.json", "model/model.json", "metrics.json"):
         assert (run / name).is_file(), name
-    assert 0.0 <= json.loads((run / "metrics.json").read_text())["valid_accuracy"] <= 1.0
+    assert 0.0 <= m["valid_accuracy"] <= 1.0

@@ -155,8 +155,10 @@ def test_bad_model_settings_are_clear():
         resolve_precision("fp16", torch.device("cpu"))
     with pytest.raises(ConfigError, match="--lr must be a number or one of auto, valley"):
         TrainConfig(lr="fast")
-    assert [TrainConfig(lr=v).lr_rule for v in ("auto", "minimum", "3e-3")] == \
-        ["valley", "minimum", None]
+    assert [TrainConfig(lr=v).lr_rule for v in ("auto", "valley", "minimum", "3e-3")] == \
+        ["minimum", "valley", "minimum", None]  # from scratch, auto is minimum
+    assert [TrainConfig(lr="auto", pretrained=p).lr_rule for p in ("hub", "runs/x/model")] == \
+        ["valley", "valley"]  # fine-tuning: valley
 
 
 def test_hub_offline_fails_fast_with_a_way_out(monkeypatch: pytest.MonkeyPatch):

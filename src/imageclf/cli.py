@@ -289,8 +289,9 @@ def train(data: Annotated[Path | None, typer.Argument(
           epochs: Annotated[int, typer.Option("--epochs")] = 4,
           freeze_epochs: Annotated[int, typer.Option("--freeze-epochs")] = 1,
           lr: Annotated[str, typer.Option(
-              "--lr", help="A number, or run lr_find and take its suggestion: auto (= valley), "
-              "slide, minimum (a tenth of the rate at the lowest loss) or steep.")] = "auto",
+              "--lr", help="A number, or run lr_find and take its suggestion: valley, slide, "
+              "minimum (a tenth of the rate at the lowest loss) or steep; auto: valley when "
+              "pretrained, minimum from scratch.")] = "auto",
           bs: BsOpt = 64, precision: PrecisionOpt = "auto",
           label_smoothing: Annotated[float, typer.Option("--label-smoothing")] = 0.0,
           multi_label: MultiOpt = False, seed: SeedOpt = 0,
@@ -347,7 +348,7 @@ def train(data: Annotated[Path | None, typer.Argument(
         return
     m = res.metrics
     if res.lr_find is not None:
-        rule = TrainConfig(lr=lr).lr_rule if resume is None else None
+        rule = m.get("lr_rule")
         picked = f"; trained at {rule} {res.lr_find[rule]:.2e}" if rule else ""
         console.print("lr_find: " + ", ".join(f"{k} {v:.2e}" for k, v in res.lr_find.items())
                       + picked)
@@ -380,12 +381,13 @@ def lr_find_cmd(data: DataArg, arch: ArchOpt = "resnet18", pretrained: Pretraine
     res = learn.lr_find(num_it=tcfg.lr_find_steps)
     if output is not None:
         plot_lr_find(res.lrs, res.losses, res.suggestions, output)
+    auto = tcfg.lr_rule  # what `train --lr auto` would take with these settings
     if as_json:
-        print(json.dumps({"suggestions": res.suggestions, "lrs": res.lrs,
+        print(json.dumps({"suggestions": res.suggestions, "auto": auto, "lrs": res.lrs,
                           "losses": res.losses}))
         return
     for name, value in res.suggestions.items():
-        console.print(f"{name:8s} {value:.2e}")
+        console.print(f"{name:8s} {value:.2e}" + ("  <- --lr auto" if name == auto else ""))
 
 
 @app.command()
@@ -407,10 +409,10 @@ def demo(out: Annotated[Path, typer.Option("--out")] = Path("runs/demo"),
     dcfg = _data_config(data, 64, 80, 32, None, None, 0.2, 0, None, "crop", False)
     # from scratch on 1000 small images, timm's plain head learns much sooner than the
     # concat head with its dropout (measured: 82% vs 32% valid after 8 vs 4 epochs).
-    # The rate: lr_find's `minimum`; its valley (3.0e-4 on one draw) reached 47.5% valid,
-    # 1e-3 68.5%, 3e-3 90.5% (10 epochs each): valley is cautious when training from scratch
+    # The rate: auto, from scratch lr_find's `minimum`; its valley (3.0e-4 on one draw)
+    # reached 47.5% valid, 1e-3 68.5%, 3e-3 90.5% (10 epochs each)
     tcfg = TrainConfig(arch="resnet18", pretrained="none", head="timm", epochs=epochs,
-                       lr="minimum", out=str(out / "run"), lr_find_steps=lr_find_steps)
+                       lr="auto", out=str(out / "run"), lr_find_steps=lr_find_steps)
     res = train_run(dcfg, tcfg, cbs=[_epoch_printer()])
     console.print(f"lr_find suggested {res.lr_find['minimum']:.2e} (minimum; valley "
                   f"{res.lr_find['valley']:.2e}); plot: {res.out / 'lr_find.png'}")

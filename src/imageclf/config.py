@@ -126,7 +126,7 @@ class TrainConfig:
     head: str = "concat"
     epochs: int = 4
     freeze_epochs: int = 1
-    lr: str = "auto"  # a number, or a finder rule (auto = valley, slide, minimum, steep)
+    lr: str = "auto"  # a number, or a finder rule (auto, valley, slide, minimum, steep)
     wd: float = 0.01
     precision: str = "auto"
     label_smoothing: float = 0.0
@@ -137,10 +137,14 @@ class TrainConfig:
 
     @property
     def lr_rule(self) -> str | None:
-        """The lr_find suggestion that sets the rate (auto means valley), None for a number."""
+        """The lr_find suggestion that sets the rate, None for a number. auto: valley when
+        fine-tuning pretrained weights, minimum from scratch, where valley's rate is too
+        cautious (bench/bench_lr_rules.py; the shapes demo: 47.5% vs 89.5% valid)."""
         if self.lr not in LR_RULES:
             return None
-        return "valley" if self.lr == "auto" else self.lr
+        if self.lr == "auto":
+            return "valley" if self.pretrained != "none" else "minimum"
+        return self.lr
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:

@@ -136,7 +136,7 @@ def train_run(data: DataConfig, train: TrainConfig, device: str | torch.device =
         plan = fine_tune_plan(train.epochs, lr, learn.n_groups, train.freeze_epochs)
     else:
         plan = [Phase(train.epochs, spread_lrs(lr, learn.n_groups))]
-    return _train(learn, data, out, plan, lr, found, t0, checkpoint_every)
+    return _train(learn, data, out, plan, lr, found, train.lr_rule, t0, checkpoint_every)
 
 
 def resume_run(run_dir: str | Path, device: str | torch.device = "cpu",
@@ -159,15 +159,15 @@ def resume_run(run_dir: str | Path, device: str | torch.device = "cpu",
     restore(learn, info, tensors)
     plan = [Phase(**p) for p in info["plan"]]
     log.info("resuming %s at epoch %d, batch %d", run, info["epoch"], info["batch"])
-    return _train(learn, data, run, plan, info["lr"], info.get("lr_find"), time.perf_counter(),
-                  checkpoint_every, (info["epoch"], info["batch"]))
+    return _train(learn, data, run, plan, info["lr"], info.get("lr_find"), info.get("lr_rule"),
+                  time.perf_counter(), checkpoint_every, (info["epoch"], info["batch"]))
 
 
 def _train(learn: Learner, data: DataConfig, out: Path, plan: list[Phase], lr: float,
-           found: dict | None, t0: float, checkpoint_every: float,
+           found: dict | None, rule: str | None, t0: float, checkpoint_every: float,
            start: tuple[int, int] = (0, 0)) -> RunResult:
     ck = Checkpointer(out / "checkpoints", checkpoint_every,
-                      {"lr": lr, "lr_find": found})
+                      {"lr": lr, "lr_find": found, "lr_rule": rule})
     learn.cbs.append(ck)
     with graceful_stop():
         learn.run_plan(plan, *start)
@@ -194,6 +194,7 @@ def _train(learn: Learner, data: DataConfig, out: Path, plan: list[Phase], lr: f
                 "skipped_files": learn.dls.skipped(), "history": rows}
     if found is not None:
         metrics["lr_find"] = found
+        metrics["lr_rule"] = rule  # the suggestion trained at (None: the rate was a number)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     save_model(learn.model, out / "model", {
         "arch": learn.arch, "head": learn.head_kind, "classes": list(learn.dls.classes),
