@@ -78,9 +78,10 @@ def test_train_and_lr_find_cli(folder_dataset: Path, tmp_path: Path):
     assert "epoch 0" in r.stdout and "epoch 1" in r.stdout and "img/s" in r.stdout
     m = json.loads((out / "metrics.json").read_text())
     assert m["epochs"] == 2 and set(m["lr_find"]) == {"valley", "slide", "minimum", "steep"}
-    # auto from scratch trains at minimum (valley when fine-tuning), and says so
-    assert m["lr_rule"] == "minimum" and m["lr"] == m["lr_find"]["minimum"]
-    assert f"trained at minimum {m['lr']:.2e}" in r.stdout
+    # auto from scratch trains at minimum (valley when minimum lies below it), and says so
+    rule = "minimum" if m["lr_find"]["minimum"] >= m["lr_find"]["valley"] else "valley"
+    assert m["lr_rule"] == rule and m["lr"] == m["lr_find"][rule]
+    assert f"trained at {rule} {m['lr']:.2e}" in r.stdout
     assert (out / "lr_find.png").is_file() and (out / "report.html").is_file()
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["train"]["pretrained"] == "none" and cfg["data"]["size"] == 32
@@ -89,7 +90,8 @@ def test_train_and_lr_find_cli(folder_dataset: Path, tmp_path: Path):
              "--lr-find-steps", "25")
     res = json.loads(r.stdout)
     assert set(res["suggestions"]) == {"valley", "slide", "minimum", "steep"}
-    assert res["auto"] == "minimum"
+    s = res["suggestions"]
+    assert res["auto"] == ("minimum" if s["minimum"] >= s["valley"] else "valley")
     assert 3 < len(res["lrs"]) == len(res["losses"]) <= 25 and (tmp_path / "lr.png").is_file()
     assert len(json.loads((out / "lr_find.json").read_text())["lrs"]) <= 30
     r = _run("lr-find", str(folder_dataset), "--lr-find-steps", "5", ok=False)
@@ -123,12 +125,12 @@ def test_demo_runs_end_to_end_offline(tmp_path: Path):
     its `minimum` suggestion (--lr auto from scratch), writes the run with model and report."""
     r = _run("demo", "--out", str(tmp_path / "demo"), "--epochs", "1", "--n-train", "12",
              "--lr-find-steps", "30")
-    assert "(minimum; valley" in r.stdout
     run = tmp_path / "demo" / "run"
     cfg = json.loads((run / "config.json").read_text())
     m = json.loads((run / "metrics.json").read_text())
-    assert cfg["train"]["lr"] == "auto" and m["lr_rule"] == "minimum"
-    assert m["lr"] == m["lr_find"]["minimum"]
+    assert cfg["train"]["lr"] == "auto" and m["lr_rule"] in ("minimum", "valley")
+    assert m["lr"] == m["lr_find"][m["lr_rule"]]
+    assert f"trained at {m['lr_rule']} {m['lr']:.2e}" in r.stdout
     for name in ("report.html", "lr_find.json", "model/model.json", "metrics.json"):
         assert (run / name).is_file(), name
     assert 0.0 <= m["valid_accuracy"] <= 1.0

@@ -74,5 +74,5 @@ def test_torchrun_train_cli_with_lr_find_on_rank_0(tmp_path: Path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("epoch 0 ") == 1 and r.stdout.count("lr_find: valley") == 1
     m = json.loads((out / "metrics.json").read_text())
-    assert m["lr"] == m["lr_find"]["minimum"] and m["epochs"] == 1  # auto, from scratch
+    assert m["lr"] == m["lr_find"][m["lr_rule"]] and m["epochs"] == 1
     assert (out / "report.html").is_file() and (out / "model" / "model.safetensors").is_file()

@@ -8,7 +8,7 @@ from imageclf.callbacks import Callback
 from imageclf.config import ConfigError, DataConfig, TrainConfig
 from imageclf.export import load_model, save_model
 from imageclf.learner import resolve_precision, spread_lrs
-from imageclf.lr_finder import minimum, slide, smooth, steep, valley
+from imageclf.lr_finder import minimum, resolve_rule, slide, smooth, steep, valley
 from imageclf.models import check_arch, norm_params
 from imageclf.runs import build_learner
 from imageclf.schedules import cos_anneal, exp_sweep, one_cycle_lr, one_cycle_mom
@@ -155,10 +155,18 @@ def test_bad_model_settings_are_clear():
         resolve_precision("fp16", torch.device("cpu"))
     with pytest.raises(ConfigError, match="--lr must be a number or one of auto, valley"):
         TrainConfig(lr="fast")
-    assert [TrainConfig(lr=v).lr_rule for v in ("auto", "valley", "minimum", "3e-3")] == \
-        ["minimum", "valley", "minimum", None]  # from scratch, auto is minimum
-    assert [TrainConfig(lr="auto", pretrained=p).lr_rule for p in ("hub", "runs/x/model")] == \
-        ["valley", "valley"]  # fine-tuning: valley
+    assert [TrainConfig(lr=v).lr_rule for v in ("auto", "minimum", "3e-3")] == \
+        ["auto", "minimum", None]
+
+
+def test_auto_rate_rule():
+    found = {"valley": 4e-4, "slide": 2e-3, "minimum": 4e-3, "steep": 1e-7}
+    assert resolve_rule("auto", found, pretrained=False) == "minimum"  # from scratch
+    assert resolve_rule("auto", found, pretrained=True) == "valley"  # fine-tuning
+    assert resolve_rule("steep", found, pretrained=False) == "steep"  # asked for by name
+    # a flat, noisy start: the lowest loss came before the descent, minimum is 1e-8
+    flat = {"valley": 1.6e-3, "slide": 2.6e-7, "minimum": 7e-8, "steep": 1e-7}
+    assert resolve_rule("auto", flat, pretrained=False) == "valley"
 
 
 def test_hub_offline_fails_fast_with_a_way_out(monkeypatch: pytest.MonkeyPatch):
@@ -291,3 +299,21 @@ def test_forced_bf16_without_native_support_warns(monkeypatch: pytest.MonkeyPatc
         assert resolve_precision("auto", torch.device("cpu")).name == "bf16"
         resolve_precision("bf16", torch.device("cpu"))
     assert "no native bf16" not in caplog.text
+
+
+def test_a_tiny_auto_rate_is_reported(folder_dataset: Path, tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch, caplog):
+    """A sweep whose loss never fell: every suggestion is near its 1e-7 start. The run goes
+    on at what was asked for, and the log says the rate is suspect and what to do."""
+    import imageclf.runs as runs
+    from imageclf.learner import LRFindResult
+
+    tiny = {"valley": 2e-7, "slide": 1e-7, "minimum": 1e-8, "steep": 1e-7}
+    monkeypatch.setattr(runs, "run_lr_find",
+                        lambda learn, out, steps: LRFindResult([1e-7], [1.0], tiny))
+    data = DataConfig(path=str(folder_dataset), size=32, presize=40, bs=6)
+    train = TrainConfig(pretrained="none", precision="fp32", epochs=0, out=str(tmp_path / "r"))
+    with caplog.at_level("WARNING", logger="imageclf.runs"):
+        res = runs.train_run(data, train)
+    assert res.metrics["lr_rule"] == "valley" and res.metrics["lr"] == 2e-7
+    assert "is tiny" in caplog.text and "--lr-find-steps" in caplog.text

@@ -370,6 +370,7 @@ def lr_find_cmd(data: DataArg, arch: ArchOpt = "resnet18", pretrained: Pretraine
                 as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Run the learning-rate finder and print its four suggestions."""
     from imageclf.config import TrainConfig
+    from imageclf.lr_finder import resolve_rule
     from imageclf.plots import plot_lr_find
     from imageclf.runs import build_learner
 
@@ -381,7 +382,8 @@ def lr_find_cmd(data: DataArg, arch: ArchOpt = "resnet18", pretrained: Pretraine
     res = learn.lr_find(num_it=tcfg.lr_find_steps)
     if output is not None:
         plot_lr_find(res.lrs, res.losses, res.suggestions, output)
-    auto = tcfg.lr_rule  # what `train --lr auto` would take with these settings
+    # what `train --lr auto` would take with these settings
+    auto = resolve_rule("auto", res.suggestions, tcfg.pretrained != "none")
     if as_json:
         print(json.dumps({"suggestions": res.suggestions, "auto": auto, "lrs": res.lrs,
                           "losses": res.losses}))
@@ -414,8 +416,10 @@ def demo(out: Annotated[Path, typer.Option("--out")] = Path("runs/demo"),
     tcfg = TrainConfig(arch="resnet18", pretrained="none", head="timm", epochs=epochs,
                        lr="auto", out=str(out / "run"), lr_find_steps=lr_find_steps)
     res = train_run(dcfg, tcfg, cbs=[_epoch_printer()])
-    console.print(f"lr_find suggested {res.lr_find['minimum']:.2e} (minimum; valley "
-                  f"{res.lr_find['valley']:.2e}); plot: {res.out / 'lr_find.png'}")
+    rule = res.metrics["lr_rule"]
+    console.print(f"lr_find: trained at {rule} {res.lr_find[rule]:.2e} (valley "
+                  f"{res.lr_find['valley']:.2e}, minimum {res.lr_find['minimum']:.2e}); "
+                  f"plot: {res.out / 'lr_find.png'}")
     console.print(f"valid accuracy {res.metrics['valid_accuracy']:.3f} "
                   f"({res.metrics['precision']} on {res.metrics['device']})")
     console.print(f"run directory: {res.out}; report: {res.out / 'report.html'}; "

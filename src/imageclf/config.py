@@ -137,14 +137,9 @@ class TrainConfig:
 
     @property
     def lr_rule(self) -> str | None:
-        """The lr_find suggestion that sets the rate, None for a number. auto: valley when
-        fine-tuning pretrained weights, minimum from scratch, where valley's rate is too
-        cautious (bench/bench_lr_rules.py; the shapes demo: 47.5% vs 89.5% valid)."""
-        if self.lr not in LR_RULES:
-            return None
-        if self.lr == "auto":
-            return "valley" if self.pretrained != "none" else "minimum"
-        return self.lr
+        """The lr_find rule that sets the rate (lr_finder.resolve_rule turns auto into a
+        suggestion once the sweep has run), None for a number."""
+        return self.lr if self.lr in LR_RULES else None
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:

@@ -37,6 +37,7 @@ from imageclf.learner import (
     set_seed,
     spread_lrs,
 )
+from imageclf.lr_finder import resolve_rule
 from imageclf.models import check_arch, create_model
 from imageclf.plots import plot_losses, plot_lr_find
 from imageclf.report import build_report
@@ -128,15 +129,20 @@ def train_run(data: DataConfig, train: TrainConfig, device: str | torch.device =
     if train.lr_rule is not None:
         mine = run_lr_find(learn, out, train.lr_find_steps).suggestions if dist.is_main else None
         found = dist.broadcast(mine)
-        lr = found[train.lr_rule]
-        log.info("lr_find suggests %.2e (%s)", lr, train.lr_rule)
+        rule = resolve_rule(train.lr_rule, found, train.pretrained != "none")
+        lr = found[rule]
+        log.info("lr_find suggests %.2e (%s)", lr, rule)
+        if lr < 1e-5:
+            log.warning("lr_find's pick %.2e (%s) is tiny: the sweep's loss barely fell. "
+                        "Look at %s and pass --lr, or sweep longer with --lr-find-steps",
+                        lr, rule, out / "lr_find.png")
     else:
-        lr = float(train.lr)
+        lr, rule = float(train.lr), None
     if train.pretrained != "none":
         plan = fine_tune_plan(train.epochs, lr, learn.n_groups, train.freeze_epochs)
     else:
         plan = [Phase(train.epochs, spread_lrs(lr, learn.n_groups))]
-    return _train(learn, data, out, plan, lr, found, train.lr_rule, t0, checkpoint_every)
+    return _train(learn, data, out, plan, lr, found, rule, t0, checkpoint_every)
 
 
 def resume_run(run_dir: str | Path, device: str | torch.device = "cpu",
