@@ -76,3 +76,29 @@ def test_torchrun_train_cli_with_lr_find_on_rank_0(tmp_path: Path):
     m = json.loads((out / "metrics.json").read_text())
     assert m["lr"] == m["lr_find"][m["lr_rule"]] and m["epochs"] == 1
     assert (out / "report.html").is_file() and (out / "model" / "model.safetensors").is_file()
+
+
+def test_two_nodes_with_c10d_rendezvous_share_one_cache(tmp_path: Path):
+    """The README's several-machines command, as two one-process "nodes" on this machine
+    meeting through a c10d rendezvous, with --cache-dir on storage both see: one of them
+    builds each split's cache under the file lock, the other reuses it; one run directory."""
+    import socket
+
+    data = make_folder_dataset(tmp_path / "data", n_train=8, n_valid=3)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node",
+           "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id",
+           "two-nodes", "-m", "imageclf", "train", str(data), "--pretrained", "none", "--size",
+           "32", "--presize", "40", "--bs", "4", "--epochs", "1", "--lr", "1e-3",
+           "--cache-dir", str(tmp_path / "shared-cache"), "--out", str(tmp_path / "run")]
+    nodes = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=_env(), cwd=tmp_path) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in nodes]
+    for p, (_, err) in zip(nodes, outs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    assert sum(o.count("epoch 0 ") for o, _ in outs) == 1  # only global rank 0 prints
+    assert len(list((tmp_path / "shared-cache").glob("*.u8"))) == 2  # train + valid, once
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert m["epochs"] == 1 and (tmp_path / "run" / "model" / "model.safetensors").is_file()
