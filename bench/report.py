@@ -158,20 +158,23 @@ def _device(results: list[dict]) -> str:
         " compile | ceiling (img/s) | cold (img/s) | warm (img/s) | warm / ceiling |",
         "|---|---|---|---|---:|---|---|---|---:|---:|---:|---:|",
     ]
+    def where(m: dict) -> str:  # a GPU's name, or which CPU
+        return f"cpu ({m['cpu']})" if m["device"] == "cpu" else m["device"]
+
     for r in results:
         m, st = r["machine"], r["settings"]
         warm = r.get("warm_img_per_s")
         frac = r.get("warm_fraction_of_ceiling")
         lines.append(
-            f"| {m['device']} | {m['date']}, {m['commit']} | {st['arch']} |"
+            f"| {where(m)} | {m['date']}, {m['commit']} | {st['arch']} |"
             f" {st['size']} / {st['presize']} | {st['bs']} | {st['precision']} |"
             f" {st['decode']} | {'yes' if st['compile'] else 'no'} |"
             f" {r['ceiling_img_per_s']:.0f} | {r['cold_img_per_s']:.0f} |"
             f" {warm:.0f} | **{frac:.0%}** |" if warm is not None else
-            f"| {m['device']} | {m['date']}, {m['commit']} | {st['arch']} | ... | | | | |"
+            f"| {where(m)} | {m['date']}, {m['commit']} | {st['arch']} | ... | | | | |"
             f" {r['ceiling_img_per_s']:.0f} | {r['cold_img_per_s']:.0f} | | |")
     notes = [r["note"] for r in results if r.get("note")]
-    return "\n".join([*lines, "", *notes, ""])
+    return "\n".join([*lines, "", "\n\n".join(notes), ""])
 
 
 def plot_images_per_s(loader: dict | None, train: dict | None, path) -> bool:

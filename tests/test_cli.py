@@ -82,6 +82,7 @@ def test_train_and_lr_find_cli(folder_dataset: Path, tmp_path: Path):
     rule = "minimum" if m["lr_find"]["minimum"] >= m["lr_find"]["valley"] else "valley"
     assert m["lr_rule"] == rule and m["lr"] == m["lr_find"][rule]
     assert f"trained at {rule} {m['lr']:.2e}" in r.stdout
+    assert f"used {m['lr']:.2e} ({rule})." in (out / "report.html").read_text()
     assert (out / "lr_find.png").is_file() and (out / "report.html").is_file()
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["train"]["pretrained"] == "none" and cfg["data"]["size"] == 32

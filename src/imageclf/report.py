@@ -75,7 +75,9 @@ def build_report(run_dir: str | Path) -> Path:
     if lrf:
         parts.append("<p>Suggestions: " + ", ".join(f"{escape(k)} {v:.2e}" for k, v in
                                                      lrf.items())
-                     + f"; used {metrics.get('lr', 0):.2e}.</p>")
+                     + f"; used {metrics.get('lr', 0):.2e}"
+                     + (f" ({escape(str(metrics['lr_rule']))})" if metrics.get("lr_rule") else "")
+                     + ".</p>")
         parts.append(_img(run / "lr_find.png", "lr_find plot"))
     else:
         parts.append(f"<p>Not run: the learning rate was given ({_fmt(metrics.get('lr'))}).</p>")
