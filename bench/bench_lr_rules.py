@@ -3,12 +3,15 @@ each rule's rate, from the same sweep, per seed.
 
     python bench/bench_lr_rules.py [--data DIR] [--subset 250] [--size 64] [--presize 80]
         [--bs 64] [--epochs 5] [--rules valley,slide,minimum] [--seeds 0,1]
-        [--pretrained none]
+        [--pretrained none] [--transfer [--pretrain-epochs 4]] [--name lr_rules]
 
 For each seed: one `imageclf lr-find --json`, then one `imageclf train --lr RATE` per rule
 with that seed (same split, initialisation and augmentation draws; only the rate differs).
 Default: resnet18 from scratch on 250 Imagenette images per class at 64 px, a few minutes a
-run on two CPU cores. Writes bench/results/lr_rules.json and regenerates docs/benchmarks.md.
+run on two CPU cores. --transfer measures fine-tuning instead, with a body this script
+trains itself (no hub weights are needed): resnet18 from scratch on the first half of the
+classes (all their images), then each rule fine-tunes it on the other half (--subset images
+per class). Writes bench/results/NAME.json and regenerates docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -46,15 +49,33 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--rules", default="valley,slide,minimum")
     ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--transfer", action="store_true")
+    ap.add_argument("--pretrain-epochs", type=int, default=4)
+    ap.add_argument("--name", default="lr_rules")
     a = ap.parse_args()
-    data = imagenette(a.data)
+    full = data = imagenette(a.data)
     if a.subset:
-        data = subset(data, a.subset)
-    common = ["--arch", a.arch, "--pretrained", a.pretrained, "--size", str(a.size),
-              "--presize", str(a.presize), "--bs", str(a.bs)]
-    runs = []
+        data = subset(full, a.subset)
+    runs, pretrain = [], None
     with tempfile.TemporaryDirectory() as tmp:
         cache = ["--cache-dir", f"{tmp}/cache"]  # decoded once, shared by every run
+        size = ["--size", str(a.size), "--presize", str(a.presize), "--bs", str(a.bs)]
+        if a.transfer:
+            classes = sorted(p.name for p in (full / "train").iterdir() if p.is_dir())
+            half = len(classes) // 2
+            for split in (p.name for p in full.iterdir() if p.is_dir()):
+                for i, c in enumerate(classes):
+                    src, dst = (full, "pre") if i < half else (data, "fine")
+                    (Path(tmp) / dst / split).mkdir(parents=True, exist_ok=True)
+                    (Path(tmp) / dst / split / c).symlink_to((src / split / c).resolve())
+            imageclf("train", f"{tmp}/pre", "--arch", a.arch, "--pretrained", "none", *size,
+                     *cache, "--epochs", str(a.pretrain_epochs), "--out", f"{tmp}/pre-run")
+            m = json.loads(Path(f"{tmp}/pre-run/metrics.json").read_text())
+            pretrain = {"classes": classes[:half], "epochs": a.pretrain_epochs,
+                        "valid_accuracy": m["valid_accuracy"], "lr": m["lr"]}
+            print("pretrained body:", pretrain, flush=True)
+            data, a.pretrained = Path(f"{tmp}/fine"), f"{tmp}/pre-run/model"
+        common = ["--arch", a.arch, "--pretrained", a.pretrained, *size]
         for seed in (int(s) for s in a.seeds.split(",")):
             out = imageclf("lr-find", str(data), *common, *cache, "--seed", str(seed),
                            "--json")
@@ -73,9 +94,10 @@ def main() -> None:
                 runs.append(row)
     by_rule = {rule: statistics.median(r["valid_accuracy"] for r in runs if r["rule"] == rule)
                for rule in a.rules.split(",")}
-    result = {"machine": machine(), "settings": vars(a) | {"data": str(data)},
-              "runs": runs, "summary": {"median_valid_accuracy": by_rule}}
-    print(save("lr_rules", result))
+    result = {"machine": machine(), "settings": vars(a) | {"data": str(full)},
+              "pretrain": pretrain, "runs": runs,
+              "summary": {"median_valid_accuracy": by_rule}}
+    print(save(a.name, result))
     print(result["summary"])
     render()
 

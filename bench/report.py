@@ -122,10 +122,17 @@ def _lr_find(r: dict) -> str:
 def _lr_rules(r: dict) -> str:
     m, st, runs = r["machine"], r["settings"], r["runs"]
     seeds = sorted({x["seed"] for x in runs})
+    pre = r.get("pretrain")
+    body = (f"fine-tuning a body the script trained from scratch on the other"
+            f" {len(pre['classes'])} classes ({pre['epochs']} epochs,"
+            f" {pre['valid_accuracy']:.1%} valid there), on the second half of the classes"
+            if pre else f"pretrained: {st['pretrained']}")
     lines = [
-        "## Learning-rate finder: which suggestion trains best",
+        "## Learning-rate finder: which suggestion trains best"
+        + (" (fine-tuning)" if pre else " (from scratch)" if st["pretrained"] == "none"
+           else ""),
         "",
-        f"`bench/bench_lr_rules.py`: {st['arch']} (pretrained: {st['pretrained']}),"
+        f"`bench/bench_lr_rules.py`: {st['arch']} ({body}),"
         f" {st['subset'] or 'all'} Imagenette images per class, presize {st['presize']},"
         f" size {st['size']}, batch {st['bs']}, {st['epochs']} epochs; per seed one finder"
         " sweep, then one run per suggestion with that seed (only the rate differs)."
@@ -239,8 +246,8 @@ def render() -> None:
         r = _read(name)
         if r is not None:
             parts.append(fn(r))
-        if name == "train":  # further training runs (other machines): one section each
-            for path in sorted(RESULTS.glob("train-*.json")):
+        if name in ("train", "lr_rules"):  # further runs (other machines, settings)
+            for path in sorted(RESULTS.glob(f"{name}-*.json")):
                 parts.append(fn(json.loads(path.read_text())))
     device = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("device*.json"))]
     if device:
