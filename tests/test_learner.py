@@ -1,3 +1,4 @@
+import json
 import math
 from pathlib import Path
 
@@ -317,3 +318,34 @@ def test_a_tiny_auto_rate_is_reported(folder_dataset: Path, tmp_path: Path,
         res = runs.train_run(data, train)
     assert res.metrics["lr_rule"] == "valley" and res.metrics["lr"] == 2e-7
     assert "is tiny" in caplog.text and "--lr-find-steps" in caplog.text
+
+
+def test_fine_tuning_sweeps_the_rate_with_the_body_frozen(folder_dataset: Path,
+                                                          tmp_path: Path):
+    """fastai's order: lr_find sees the frozen model when fine-tuning (its first phase trains
+    at the rate found), the whole model from scratch."""
+    import imageclf.runs as runs
+
+    class BodyTrainable(Callback):
+        def __init__(self):
+            self.seen = []
+
+        def on_batch_end(self, learn):
+            self.seen.append(sum(p.numel() for p in learn.model.body.parameters()
+                                 if p.requires_grad))
+
+    data = DataConfig(path=str(folder_dataset), size=32, presize=40, bs=6)
+    scratch = BodyTrainable()
+    runs.train_run(data, TrainConfig(pretrained="none", precision="fp32", epochs=0,
+                                     lr_find_steps=10, out=str(tmp_path / "a")), cbs=[scratch])
+    tune = BodyTrainable()
+    res = runs.train_run(data, TrainConfig(pretrained=str(tmp_path / "a" / "model"),
+                                           precision="fp32", epochs=0, freeze_epochs=1,
+                                           lr_find_steps=10, out=str(tmp_path / "b")),
+                         cbs=[tune])
+    n_body = sum(p.numel() for p in build_learner(data, TrainConfig()).model.body.parameters())
+    sweep = len(json.loads((tmp_path / "b" / "lr_find.json").read_text())["lrs"])
+    assert scratch.seen and set(scratch.seen) == {n_body}  # every body weight in the sweep
+    assert len(tune.seen) > sweep and set(tune.seen[:sweep]) == {max(tune.seen)}
+    assert 0 < max(tune.seen) < n_body / 100  # only the norm layers' scales and shifts
+    assert res.metrics["lr_rule"] == "valley"
