@@ -123,18 +123,19 @@ def _lr_rules(r: dict) -> str:
     m, st, runs = r["machine"], r["settings"], r["runs"]
     seeds = sorted({x["seed"] for x in runs})
     pre = r.get("pretrain")
-    body = (f"fine-tuning a body the script trained from scratch on the other"
-            f" {len(pre['classes'])} classes ({pre['epochs']} epochs,"
-            f" {pre['valid_accuracy']:.1%} valid there), on the second half of the classes"
-            if pre else f"pretrained: {st['pretrained']}")
+    body = (f"fine-tuned (`fine_tune`: 1 frozen + {st['epochs']} epochs) on the second half of"
+            f" the classes from a body the script trained from scratch on the first"
+            f" {len(pre['classes'])} ({pre['epochs']} epochs, {pre['valid_accuracy']:.1%} valid"
+            " there)" if pre else
+            f"pretrained: {st['pretrained']}, {st['epochs']} epochs")
     lines = [
         "## Learning-rate finder: which suggestion trains best"
         + (" (fine-tuning)" if pre else " (from scratch)" if st["pretrained"] == "none"
            else ""),
         "",
-        f"`bench/bench_lr_rules.py`: {st['arch']} ({body}),"
+        f"`bench/bench_lr_rules.py`: {st['arch']}, {body};"
         f" {st['subset'] or 'all'} Imagenette images per class, presize {st['presize']},"
-        f" size {st['size']}, batch {st['bs']}, {st['epochs']} epochs; per seed one finder"
+        f" size {st['size']}, batch {st['bs']}; per seed one finder"
         " sweep, then one run per suggestion with that seed (only the rate differs)."
         f" Measured {m['date']} on {m['cpu']} ({m['cores']} cores), commit {m['commit']}.",
         "",
