@@ -8,8 +8,6 @@ with a cold presize cache) and the suggestions.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,14 +27,10 @@ def main() -> None:
     data = imagenette(a.data)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        r = subprocess.run([sys.executable, "-m", "imageclf", "lr-find", str(data),
-                            "--pretrained", "none", "--size", str(a.size), "--presize",
-                            str(a.presize), "--bs", str(a.bs), "--cache-dir", tmp, "--json"],
-                           capture_output=True, text=True)
+        res = run_json([sys.executable, "-m", "imageclf", "lr-find", str(data),
+                        "--pretrained", "none", "--size", str(a.size), "--presize",
+                        str(a.presize), "--bs", str(a.bs), "--cache-dir", tmp, "--json"])
         wall = time.perf_counter() - t0
-    if r.returncode != 0:
-        raise SystemExit(r.stderr[-3000:])
-    res = json.loads(r.stdout.strip().splitlines()[-1])
     ours = {"tool": "imageclf", "wall_seconds": wall, "iterations": len(res["lrs"]),
             "suggestions": res["suggestions"]}
     t0 = time.perf_counter()

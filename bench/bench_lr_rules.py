@@ -19,22 +19,17 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import imagenette, machine, save, subset
+from common import imagenette, machine, run, save, subset
 from report import render
 
 
 def imageclf(*args: str) -> str:
-    r = subprocess.run([sys.executable, "-m", "imageclf", *args], capture_output=True,
-                       text=True)
-    if r.returncode != 0:
-        raise SystemExit(f"imageclf {args[0]} failed:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}")
-    return r.stdout
+    return run([sys.executable, "-m", "imageclf", *args])
 
 
 def main() -> None:

@@ -12,23 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import fastai_python, imagenette, machine, run_json, save
+from common import fastai_python, imagenette, machine, run, run_json, save
 from report import render
-
-
-def timed(cmd: list[str]) -> tuple[float, subprocess.CompletedProcess]:
-    t0 = time.perf_counter()
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if r.returncode != 0:
-        raise SystemExit(f"{cmd[:4]} failed:\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}")
-    return wall, r
 
 
 def main() -> None:
@@ -47,11 +37,12 @@ def main() -> None:
     a = ap.parse_args()
     data = imagenette(a.data)
     with tempfile.TemporaryDirectory() as tmp:
-        wall, _ = timed([sys.executable, "-m", "imageclf", "train", str(data),
-                         "--pretrained", "none", "--size", str(a.size), "--presize",
-                         str(a.presize), "--bs", str(a.bs), "--epochs", str(a.epochs),
-                         "--lr", str(a.lr), "--precision", a.precision,
-                         "--cache-dir", f"{tmp}/cache", "--out", f"{tmp}/run"])
+        t0 = time.perf_counter()
+        run([sys.executable, "-m", "imageclf", "train", str(data), "--pretrained", "none",
+             "--size", str(a.size), "--presize", str(a.presize), "--bs", str(a.bs),
+             "--epochs", str(a.epochs), "--lr", str(a.lr), "--precision", a.precision,
+             "--cache-dir", f"{tmp}/cache", "--out", f"{tmp}/run"])
+        wall = time.perf_counter() - t0
         m = json.loads(Path(f"{tmp}/run/metrics.json").read_text())
     ours = {"tool": "imageclf", "wall_seconds": wall, "valid_accuracy": m["valid_accuracy"],
             "valid_loss": m["valid_loss"], "train_seconds": m["train_seconds"],

@@ -56,13 +56,19 @@ def subset(data: Path, per_class: int) -> Path:
     return out
 
 
-def run_json(cmd: list[str], env: dict[str, str] | None = None) -> dict:
-    """Run one tool in its own process and parse the JSON object of its last output line."""
+def run(cmd: list[str], env: dict[str, str] | None = None) -> str:
+    """Run one tool in its own process and return its stdout; stop the benchmark with the
+    tail of its output when it fails."""
     full_env = {**os.environ, **(env or {})}
     r = subprocess.run(cmd, capture_output=True, text=True, env=full_env)
     if r.returncode != 0:
-        raise SystemExit(f"{cmd[:3]} failed:\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
+        raise SystemExit(f"{cmd[:4]} failed:\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}")
+    return r.stdout
+
+
+def run_json(cmd: list[str], env: dict[str, str] | None = None) -> dict:
+    """Run one tool in its own process and parse the JSON object of its last output line."""
+    return json.loads(run(cmd, env).strip().splitlines()[-1])
 
 
 def machine() -> dict:

@@ -166,6 +166,7 @@ def _device(results: list[dict]) -> str:
         " compile | ceiling (img/s) | cold (img/s) | warm (img/s) | warm / ceiling |",
         "|---|---|---|---|---:|---|---|---|---:|---:|---:|---:|",
     ]
+
     def where(m: dict) -> str:  # a GPU's name, or which CPU
         return f"cpu ({m['cpu']})" if m["device"] == "cpu" else m["device"]
 
