@@ -372,20 +372,20 @@ def lr_find_cmd(data: DataArg, arch: ArchOpt = "resnet18", pretrained: Pretraine
     from imageclf.config import TrainConfig
     from imageclf.lr_finder import resolve_rule
     from imageclf.plots import plot_lr_find
-    from imageclf.runs import build_learner, sweeps_frozen
+    from imageclf.runs import build_learner
 
     dcfg = _data_config(data, size, presize, bs, csv, label_regex, valid_pct, seed, cache_dir,
                         "crop", multi_label)
     tcfg = TrainConfig(arch=arch, pretrained=pretrained, precision=precision, seed=seed,
                        lr_find_steps=lr_find_steps)
     learn = build_learner(dcfg, tcfg)
-    if sweeps_frozen(tcfg):
+    if tcfg.sweeps_frozen:
         learn.freeze()  # what `train` sweeps when fine-tuning
     res = learn.lr_find(num_it=tcfg.lr_find_steps)
     if output is not None:
         plot_lr_find(res.lrs, res.losses, res.suggestions, output)
     # what `train --lr auto` would take with these settings
-    auto = resolve_rule("auto", res.suggestions, tcfg.pretrained != "none")
+    auto = resolve_rule("auto", res.suggestions, tcfg.fine_tunes)
     if as_json:
         print(json.dumps({"suggestions": res.suggestions, "auto": auto, "lrs": res.lrs,
                           "losses": res.losses}))

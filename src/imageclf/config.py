@@ -136,6 +136,19 @@ class TrainConfig:
     lr_find_steps: int = LR_FIND_STEPS  # the finder's sweep: at most this many batches
 
     @property
+    def fine_tunes(self) -> bool:
+        """Pretrained weights: fine_tune (frozen, then unfrozen) rather than fit_one_cycle."""
+        return self.pretrained != "none"
+
+    @property
+    def sweeps_frozen(self) -> bool:
+        """Fine-tuning sweeps the learning rate with the body frozen, as fastai's
+        vision_learner does: the rate it picks is first used on the frozen model (fine_tune's
+        first phase), and a sweep through the whole pretrained body blows up sooner, for a
+        smaller rate."""
+        return self.fine_tunes and self.freeze_epochs > 0
+
+    @property
     def lr_rule(self) -> str | None:
         """The lr_find rule that sets the rate (lr_finder.resolve_rule turns auto into a
         suggestion once the sweep has run), None for a number."""

@@ -91,13 +91,6 @@ def build_learner(data: DataConfig, train: TrainConfig, device: str | torch.devi
     return learn
 
 
-def sweeps_frozen(train: TrainConfig) -> bool:
-    """Fine-tuning sweeps the learning rate with the body frozen, as fastai's vision_learner
-    does: the rate it picks is first used on the frozen model (fine_tune's first phase), and
-    a sweep through the whole pretrained body blows up sooner, for a smaller rate."""
-    return train.pretrained != "none" and train.freeze_epochs > 0
-
-
 def run_lr_find(learn: Learner, out: Path | None = None, steps: int = LR_FIND_STEPS
                 ) -> LRFindResult:
     """lr_find (a sweep of at most `steps` batches), and its plot when `out` is given."""
@@ -134,11 +127,11 @@ def train_run(data: DataConfig, train: TrainConfig, device: str | torch.device =
     t0 = time.perf_counter()
     found = None
     if train.lr_rule is not None:
-        if sweeps_frozen(train):
+        if train.sweeps_frozen:
             learn.freeze()  # on every rank: rebuilding the DDP wrapper is collective
         mine = run_lr_find(learn, out, train.lr_find_steps).suggestions if dist.is_main else None
         found = dist.broadcast(mine)
-        rule = resolve_rule(train.lr_rule, found, train.pretrained != "none")
+        rule = resolve_rule(train.lr_rule, found, train.fine_tunes)
         lr = found[rule]
         log.info("lr_find suggests %.2e (%s)", lr, rule)
         if lr < 1e-5:
@@ -147,7 +140,7 @@ def train_run(data: DataConfig, train: TrainConfig, device: str | torch.device =
                         lr, rule, out / "lr_find.png")
     else:
         lr, rule = float(train.lr), None
-    if train.pretrained != "none":
+    if train.fine_tunes:
         plan = fine_tune_plan(train.epochs, lr, learn.n_groups, train.freeze_epochs)
     else:
         plan = [Phase(train.epochs, spread_lrs(lr, learn.n_groups))]
