@@ -7,6 +7,7 @@ from PIL import Image
 
 from imageclf.config import DataConfig
 from imageclf.data.loader import DataLoaders
+from imageclf.lr_finder import resolve_rule
 
 from .conftest import CliResult, add_bad_files, run_cli
 
@@ -79,7 +80,7 @@ def test_train_and_lr_find_cli(folder_dataset: Path, tmp_path: Path):
     m = json.loads((out / "metrics.json").read_text())
     assert m["epochs"] == 2 and set(m["lr_find"]) == {"valley", "slide", "minimum", "steep"}
     # auto from scratch trains at minimum (valley when minimum lies below it), and says so
-    rule = "minimum" if m["lr_find"]["minimum"] >= m["lr_find"]["valley"] else "valley"
+    rule = resolve_rule("auto", m["lr_find"], pretrained=False)
     assert m["lr_rule"] == rule and m["lr"] == m["lr_find"][rule]
     assert f"trained at {rule} {m['lr']:.2e}" in r.stdout
     assert f"used {m['lr']:.2e} ({rule})." in (out / "report.html").read_text()
@@ -91,8 +92,7 @@ def test_train_and_lr_find_cli(folder_dataset: Path, tmp_path: Path):
              "--lr-find-steps", "25")
     res = json.loads(r.stdout)
     assert set(res["suggestions"]) == {"valley", "slide", "minimum", "steep"}
-    s = res["suggestions"]
-    assert res["auto"] == ("minimum" if s["minimum"] >= s["valley"] else "valley")
+    assert res["auto"] == resolve_rule("auto", res["suggestions"], pretrained=False)
     assert 3 < len(res["lrs"]) == len(res["losses"]) <= 25 and (tmp_path / "lr.png").is_file()
     assert len(json.loads((out / "lr_find.json").read_text())["lrs"]) <= 30
     r = _run("lr-find", str(folder_dataset), "--lr-find-steps", "5", ok=False)

@@ -10,7 +10,7 @@ from imageclf.config import ConfigError, DataConfig, TrainConfig
 from imageclf.export import load_model, save_model
 from imageclf.learner import resolve_precision, spread_lrs
 from imageclf.lr_finder import minimum, resolve_rule, slide, smooth, steep, valley
-from imageclf.models import check_arch, norm_params
+from imageclf.models import check_arch, create_model, norm_params
 from imageclf.runs import build_learner
 from imageclf.schedules import cos_anneal, exp_sweep, one_cycle_lr, one_cycle_mom
 
@@ -343,7 +343,7 @@ def test_fine_tuning_sweeps_the_rate_with_the_body_frozen(folder_dataset: Path,
                                            precision="fp32", epochs=0, freeze_epochs=1,
                                            lr_find_steps=10, out=str(tmp_path / "b")),
                          cbs=[tune])
-    n_body = sum(p.numel() for p in build_learner(data, TrainConfig()).model.body.parameters())
+    n_body = sum(p.numel() for p in create_model("resnet18", 3, "none").body.parameters())
     sweep = len(json.loads((tmp_path / "b" / "lr_find.json").read_text())["lrs"])
     assert scratch.seen and set(scratch.seen) == {n_body}  # every body weight in the sweep
     assert len(tune.seen) > sweep and set(tune.seen[:sweep]) == {max(tune.seen)}
