@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -96,3 +97,11 @@ def run_cli(*args: str) -> CliResult:
     finally:
         sys.argv = argv
     return CliResult(code, out.getvalue(), err.getvalue())
+
+
+def final_metrics(run: Path) -> dict:
+    """A finished run's metrics and history, without the timings."""
+    m = json.loads((run / "metrics.json").read_text())
+    return {k: m[k] for k in ("valid_loss", "valid_accuracy", "train_loss", "epochs")} | {
+        "rows": [{k: v for k, v in r.items() if k not in ("seconds", "img_per_s")}
+                 for r in m["history"]]}

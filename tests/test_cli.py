@@ -135,3 +135,28 @@ def test_demo_runs_end_to_end_offline(tmp_path: Path):
     for name in ("report.html", "lr_find.json", "model/model.json", "metrics.json"):
         assert (run / name).is_file(), name
     assert 0.0 <= m["valid_accuracy"] <= 1.0
+
+
+def test_a_new_run_never_replaces_an_earlier_one(folder_dataset: Path, tmp_path: Path):
+    """train into an --out that holds a run: refused, nothing touched; --auto-resume with
+    the same settings finds it finished and trains nothing, with others it is refused.
+    The brackets in the folder's name print as they are (no console markup)."""
+    out = tmp_path / "[v2] run"
+
+    def train(*extra: str, epochs: str = "1", ok: bool = True) -> CliResult:
+        return _run("train", str(folder_dataset), "--pretrained", "none", "--size", "32",
+                    "--presize", "40", "--bs", "6", "--epochs", epochs, "--lr", "1e-3",
+                    "--out", str(out), *extra, ok=ok)
+
+    assert f"run directory: {out}" in train().stdout
+    files = {f: (f.stat().st_mtime_ns, f.read_bytes()) for f in out.rglob("*") if f.is_file()}
+    r = train(ok=False)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"--out {out} already holds a run" in r.stderr
+    assert f"imageclf train --resume {out}" in r.stderr
+    r = train("--auto-resume")
+    assert f"{out} is already trained (--auto-resume); nothing to do" in r.stdout
+    r = train("--auto-resume", epochs="2", ok=False)
+    assert r.returncode == 2 and "train.epochs: 1 there, 2 now" in r.stderr
+    assert {f: (f.stat().st_mtime_ns, f.read_bytes()) for f in out.rglob("*")
+            if f.is_file()} == files

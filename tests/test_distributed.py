@@ -10,9 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from .conftest import make_folder_dataset
+from .conftest import final_metrics, make_folder_dataset
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
+ELASTIC = Path(__file__).with_name("elastic_worker.py")
 # LayerNorm body and a plain linear head: no BatchNorm, whose batch statistics would differ
 # between 8 images per process and 16 in one process. What remains is the order of sums.
 MODEL = ["convnext_atto", "timm"]
@@ -102,3 +103,45 @@ def test_two_nodes_with_c10d_rendezvous_share_one_cache(tmp_path: Path):
     assert len(list((tmp_path / "shared-cache").glob("*.u8"))) == 2  # train + valid, once
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert m["epochs"] == 1 and (tmp_path / "run" / "model" / "model.safetensors").is_file()
+
+    # --resume where only rank 0's machine sees the run directory (node 1 runs in a folder
+    # without it; static rendezvous makes node 0 rank 0): rank 0 reads the checkpoint and
+    # sends it to the other. The run is finished: both only validate, and agree.
+    (tmp_path / "elsewhere").mkdir()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    nodes = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node",
+         "1", "--node-rank", str(i), "--master-addr", "127.0.0.1", "--master-port", str(port),
+         "-m", "imageclf", "train", "--resume", "run"], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, env=_env(), cwd=cwd)
+        for i, cwd in enumerate((tmp_path, tmp_path / "elsewhere"))]
+    outs = [p.communicate(timeout=300) for p in nodes]
+    for p, (_, err) in zip(nodes, outs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    again = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert again["valid_loss"] == m["valid_loss"] and again["epochs"] == 1
+    assert not (tmp_path / "elsewhere" / "run").exists()
+
+
+def test_a_job_restarted_by_torchrun_continues_from_its_checkpoint(tmp_path: Path):
+    """torchrun --max-restarts with --auto-resume: a process dies in the middle of epoch 1,
+    torchrun restarts both, and the job goes on from the checkpoint of epoch 0's end to the
+    same end as a job never interrupted."""
+    data = make_folder_dataset(tmp_path / "data", n_train=8, n_valid=3)
+    args = ["train", str(data), "--pretrained", "none", "--size", "32", "--presize", "40",
+            "--bs", "4", "--epochs", "2", "--lr", "2e-3", "--precision", "fp32",
+            "--auto-resume", "--out"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node", "2"]
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    r = subprocess.run([*torchrun, "-m", "imageclf", *args, str(ref)], capture_output=True,
+                       text=True, timeout=300, env=_env())
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = subprocess.run([*torchrun, "--max-restarts", "1", str(ELASTIC), "-v", *args, str(run)],
+                       capture_output=True, text=True, timeout=300, env=_env())
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"resuming {run} at epoch 1, batch 0" in r.stderr, r.stderr[-3000:]
+    assert r.stdout.count("epoch 0 ") == 1 and r.stdout.count("epoch 1 ") == 1  # none twice
+    assert final_metrics(run) == final_metrics(ref)

@@ -13,7 +13,7 @@ import pytest
 from imageclf.checkpoint import read_checkpoint
 from imageclf.config import ConfigError
 
-from .conftest import make_folder_dataset, run_cli
+from .conftest import final_metrics, make_folder_dataset, run_cli
 
 ARGS = ["--pretrained", "none", "--size", "32", "--presize", "40", "--bs", "4", "--epochs",
         "3", "--lr", "2e-3", "--precision", "fp32", "--seed", "5"]
@@ -42,13 +42,6 @@ def _wait_for_checkpoint(proc: subprocess.Popen, folder: Path, epoch: int,
     raise AssertionError("no mid-epoch checkpoint appeared")
 
 
-def _final(run: Path) -> dict:
-    m = json.loads((run / "metrics.json").read_text())
-    return {k: m[k] for k in ("valid_loss", "valid_accuracy", "train_loss", "epochs")} | {
-        "rows": [{k: v for k, v in r.items() if k not in ("seconds", "img_per_s")}
-                 for r in m["history"]]}
-
-
 @pytest.fixture
 def data(tmp_path: Path) -> Path:
     return make_folder_dataset(tmp_path / "data", n_train=20, n_valid=4)
@@ -72,8 +65,9 @@ def test_sigterm_then_kill9_then_resume_matches_an_uninterrupted_run(data: Path,
     info, _ = read_checkpoint(run / "checkpoints")
     assert info["batch"] > 0 or info["epoch"] > 0
 
-    # 2) resume, then kill -9 in the middle of epoch 1 (no chance to clean up)
-    p = _start("--resume", str(run), *every)
+    # 2) the same command again with --auto-resume (a restarted job): it continues the run;
+    # then kill -9 in the middle of epoch 1 (no chance to clean up)
+    p = _start(str(data), *ARGS, *every, "--out", str(run), "--auto-resume")
     _wait_for_checkpoint(p, run, epoch=1)
     p.kill()
     p.communicate(timeout=60)
@@ -82,7 +76,7 @@ def test_sigterm_then_kill9_then_resume_matches_an_uninterrupted_run(data: Path,
     # 3) resume to the end: the same metrics, bit for bit, as the run never interrupted
     r = run_cli("train", "--resume", str(run))
     assert r.returncode == 0, r.stderr
-    assert _final(run) == _final(ref)
+    assert final_metrics(run) == final_metrics(ref)
     assert not list((run / "checkpoints").glob("*.tmp*"))
 
 

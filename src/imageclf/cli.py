@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from imageclf.config import LR_FIND_STEPS, AugConfig, ConfigError, DataConfig
 
@@ -21,8 +22,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Train, inspect and use image classifiers.")
 bench_app = typer.Typer(no_args_is_help=True, help="Measure parts of the pipeline.")
 app.add_typer(bench_app, name="bench")
-console = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+# no markup or emoji codes in what is printed: paths, class names and error messages are
+# the user's text ("runs/[v2]", a gloo error naming "[pair.cc:152]") and print as they are
+console = Console(soft_wrap=True, markup=False, emoji=False)
+err = Console(stderr=True, soft_wrap=True, markup=False, emoji=False)
 _state = {"debug": False}
 
 DataArg = Annotated[Path, typer.Argument(help="A folder of class folders (train/ + valid/ or "
@@ -102,7 +105,7 @@ def verify(data: DataArg, csv: CsvOpt = None, label_regex: RegexOpt = None,
         table.add_row(c, str(counts["train"][c]), str(counts["valid"][c]))
     console.print(table)
     if bad:
-        console.print(f"[yellow]{len(bad)} unreadable file(s), left out:[/yellow]")
+        console.print(f"{len(bad)} unreadable file(s), left out:", style="yellow")
         for b in bad:
             console.print(f"  {b['path']}: {b['reason']}")
     else:
@@ -191,7 +194,7 @@ def main() -> None:
     except ConfigError as e:
         if _state["debug"]:
             raise
-        err.print(f"[red]error:[/red] {e}")
+        err.print(Text.assemble(("error:", "red"), f" {e}"))
         sys.exit(2)
     except typer.Exit as e:
         sys.exit(e.exit_code)
@@ -206,7 +209,8 @@ def main() -> None:
             sys.exit(e.exit_code)
         if _state["debug"]:
             raise
-        err.print(f"[red]error:[/red] {type(e).__name__}: {e}  (run with --debug for details)")
+        err.print(Text.assemble(("error:", "red"),
+                                f" {type(e).__name__}: {e}  (run with --debug for details)"))
         sys.exit(1)
 
 
@@ -301,6 +305,10 @@ def train(data: Annotated[Path | None, typer.Argument(
           cache_dir: CacheOpt = None, resize_method: MethodOpt = "crop",
           resume: Annotated[Path | None, typer.Option(
               "--resume", help="Continue this run directory from its last checkpoint.")] = None,
+          auto_resume: Annotated[bool, typer.Option(
+              "--auto-resume", help="For jobs that may be restarted (torchrun --max-restarts, "
+              "preemptible machines): continue --out's run from its last checkpoint when it "
+              "has one, start it otherwise; a finished run is left as it is.")] = False,
           checkpoint_every: Annotated[float, typer.Option(
               "--checkpoint-every", help="Minutes between checkpoints within an epoch "
               "(0: only at epoch ends).")] = 0.0,
@@ -311,14 +319,18 @@ def train(data: Annotated[Path | None, typer.Argument(
           lr_find_steps: LrFindStepsOpt = LR_FIND_STEPS,
           ) -> None:
     """Train: fine_tune when pretrained, fit_one_cycle from scratch; write a run directory.
-    Ctrl-C or SIGTERM stops after the current step with a checkpoint; --resume continues."""
+    Ctrl-C or SIGTERM stops after the current step with a checkpoint; --resume continues.
+    An --out that already holds a run is refused (--resume or --auto-resume continue it)."""
     from imageclf.config import TrainConfig
     from imageclf.distributed import from_env, shutdown
-    from imageclf.runs import Interrupted, resume_run, train_run
+    from imageclf.runs import Interrupted, auto_run, resume_run, train_run
 
     if checkpoint_every < 0:
         raise ConfigError(f"--checkpoint-every must be >= 0 minutes; got {checkpoint_every}")
     _check_device(device)
+    if auto_resume and resume is not None:
+        raise ConfigError("--resume RUN_DIR continues that run; --auto-resume continues --out's "
+                          "run: give one of them")
     dist, dev = from_env(device)  # torchrun: join the process group
     cbs = [_epoch_printer()] if dist.is_main else []
     try:
@@ -334,26 +346,29 @@ def train(data: Annotated[Path | None, typer.Argument(
                                freeze_epochs=freeze_epochs, lr=lr, precision=precision,
                                label_smoothing=label_smoothing, seed=seed, out=out,
                                compile=compile, lr_find_steps=lr_find_steps)
-            res = train_run(dcfg, tcfg, dev, cbs, checkpoint_every, dist)
+            start = auto_run if auto_resume else train_run
+            res = start(dcfg, tcfg, dev, cbs, checkpoint_every, dist)
         shutdown(wait=True)
     except Interrupted as e:
         if dist.is_main:
-            err.print(f"[yellow]{e.signal_name}:[/yellow] stopped after the current step; "
-                      f"checkpoint written to {e.checkpoint}.\nResume with: imageclf train "
-                      f"--resume {e.out}")
+            err.print(Text.assemble((f"{e.signal_name}:", "yellow"), " stopped after the "
+                                    f"current step; checkpoint written to {e.checkpoint}.\n"
+                                    f"Resume with: imageclf train --resume {e.out}"))
         raise typer.Exit(130 if e.signal_name == "SIGINT" else 143) from None
     finally:
         shutdown()
     if not dist.is_main:
         return
     m = res.metrics
+    if res.already_done:
+        console.print(f"{res.out} is already trained (--auto-resume); nothing to do")
     if res.lr_find is not None:
         rule = m.get("lr_rule")
         picked = f"; trained at {rule} {res.lr_find[rule]:.2e}" if rule else ""
         console.print("lr_find: " + ", ".join(f"{k} {v:.2e}" for k, v in res.lr_find.items())
                       + picked)
     if m.get("skipped_files"):
-        console.print(f"[yellow]{len(m['skipped_files'])} unreadable file(s) skipped[/yellow]")
+        console.print(f"{len(m['skipped_files'])} unreadable file(s) skipped", style="yellow")
     acc = m.get("valid_accuracy", m.get("accuracy_multi"))
     console.print(f"precision {m['precision']} on {m['device']}; valid accuracy {acc:.3f}; "
                   f"run directory: {res.out}")
@@ -417,7 +432,7 @@ def demo(out: Annotated[Path, typer.Option("--out")] = Path("runs/demo"),
     # reached 47.5% valid, 1e-3 68.5%, 3e-3 90.5% (10 epochs each)
     tcfg = TrainConfig(arch="resnet18", pretrained="none", head="timm", epochs=epochs,
                        lr="auto", out=str(out / "run"), lr_find_steps=lr_find_steps)
-    res = train_run(dcfg, tcfg, cbs=[_epoch_printer()])
+    res = train_run(dcfg, tcfg, cbs=[_epoch_printer()], overwrite=True)  # the last demo's run
     rule = res.metrics["lr_rule"]
     console.print(f"lr_find: trained at {rule} {res.lr_find[rule]:.2e} (valley "
                   f"{res.lr_find['valley']:.2e}, minimum {res.lr_find['minimum']:.2e}); "
@@ -470,13 +485,13 @@ def predict(model: ModelArg,
         if as_json:
             print(json.dumps(r.to_dict()))
         elif r.error is not None:
-            err.print(f"{r.path}: [yellow]unreadable[/yellow] ({r.error})")
+            err.print(Text.assemble(f"{r.path}: ", ("unreadable", "yellow"), f" ({r.error})"))
         else:
             tops = "  ".join(f"{k} {p:.3f}" for k, p in r.top)
-            console.print(f"{r.path}: [bold]{';'.join(r.labels)}[/bold]  ({tops})",
-                          highlight=False)
+            console.print(Text.assemble(f"{r.path}: ", (";".join(r.labels), "bold"),
+                                        f"  ({tops})"))
     if n_ok == 0:
-        err.print("[red]error:[/red] no image could be predicted")
+        err.print(Text.assemble(("error:", "red"), " no image could be predicted"))
         raise typer.Exit(1)
 
 
@@ -515,7 +530,7 @@ def evaluate(model: ModelArg, data: DataArg,
         for m in s["most_confused"][:10]:
             console.print(f"  {m['actual']} → {m['predicted']}: {m['count']}")
     if s["skipped_files"]:
-        console.print(f"[yellow]{len(s['skipped_files'])} unreadable file(s) skipped[/yellow]")
+        console.print(f"{len(s['skipped_files'])} unreadable file(s) skipped", style="yellow")
         for b in s["skipped_files"]:
             console.print(f"  {b['path']}: {b['reason']}")
     if output is not None:

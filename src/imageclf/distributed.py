@@ -8,10 +8,16 @@ One process alone needs none of this: `Dist()` is the single-process default.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as tdist
+
+from imageclf.config import ConfigError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,23 @@ class Dist:
             out[r::self.world_size] = p
         return out[:n]
 
+    def decide(self, fn: Callable[[], T]) -> T:
+        """fn() on rank 0 and its result on every rank. A ConfigError it raises is raised on
+        every rank, so a refusal (a run directory in use, a damaged checkpoint) stops the
+        whole job with rank 0's message instead of leaving the others waiting."""
+        if not self.active:
+            return fn()
+        box: tuple[bool, object] | None = None
+        if self.is_main:
+            try:
+                box = (True, fn())
+            except ConfigError as e:
+                box = (False, str(e))
+        ok, value = self.broadcast(box)  # type: ignore[misc]
+        if not ok:
+            raise ConfigError(str(value))
+        return value  # type: ignore[return-value]
+
     def barrier(self) -> None:
         if self.active:
             tdist.barrier()
@@ -84,15 +107,25 @@ def from_env(device: str = "auto") -> tuple[Dist, torch.device]:
     rank, world, local = env_world()
     cuda = torch.cuda.is_available() and device in ("auto", "cuda")
     if device == "cuda" and not torch.cuda.is_available():
-        from imageclf.config import ConfigError
-
         raise ConfigError("--device cuda: no CUDA GPU is visible; use --device cpu")
     dev = torch.device(f"cuda:{local}" if cuda else "cpu")
     if cuda:
         torch.cuda.set_device(dev)
     if world > 1 and not tdist.is_initialized():
-        tdist.init_process_group(backend=backend_for(dev), device_id=dev if cuda else None)
+        tdist.init_process_group(backend=backend_for(dev), store=attempt_store(rank, world),
+                                 rank=rank, world_size=world, device_id=dev if cuda else None)
     return Dist(rank, world, local), dev
+
+
+def attempt_store(rank: int, world: int) -> tdist.Store:
+    """torchrun's key-value store (env://), with keys of this attempt's own. torchrun
+    --max-restarts restarts every process of a failed job against the same store, where
+    the previous attempt's processes left their addresses under the same keys: a restarted
+    rank 0 could read a dead process's address there before the new one wrote its own,
+    and the job would fail connecting (seen with gloo, torch 2.14)."""
+    store, _, _ = next(tdist.rendezvous("env://", rank, world))
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return tdist.PrefixStore(f"imageclf/attempt-{attempt}", store)
 
 
 def backend_for(dev: torch.device) -> str:

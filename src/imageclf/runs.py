@@ -46,13 +46,34 @@ log = logging.getLogger(__name__)
 
 
 def default_run_dir() -> Path:
-    """runs/<timestamp>."""
-    return Path("runs") / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    """runs/<timestamp>, with -2, -3... when a run started in the same second."""
+    base = Path("runs") / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
 
 
-def prepare_out(out: str | Path | None) -> Path:
-    """Create the run directory, failing early with a clear message if it is not writable."""
+# what a run writes into its directory: finding one of them there means a run is there
+RUN_FILES = ("config.json", "checkpoints", "model", "metrics.json")
+
+
+def run_files(path: Path) -> list[str]:
+    """The names of RUN_FILES that `path` holds."""
+    return [n for n in RUN_FILES if (path / n).exists()]
+
+
+def prepare_out(out: str | Path | None, overwrite: bool = False) -> Path:
+    """Create the run directory, failing early with a clear message if it is not writable,
+    or if it already holds a run (unless `overwrite`): a new run never replaces an earlier
+    one's model and checkpoints."""
     path = Path(out) if out else default_run_dir()
+    found = [] if overwrite else run_files(path)
+    if found:
+        raise ConfigError(f"--out {path} already holds a run ({', '.join(found)}); nothing was "
+                          f"changed. Continue it with `imageclf train --resume {path}`, or give "
+                          "another --out")
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".write-test"
@@ -71,6 +92,7 @@ class RunResult:
     out: Path
     metrics: dict
     lr_find: dict[str, float] | None  # lr_find suggestions when it ran
+    already_done: bool = False  # --auto-resume found the run finished: nothing was trained
 
 
 def build_learner(data: DataConfig, train: TrainConfig, device: str | torch.device = "cpu",
@@ -112,15 +134,15 @@ class Interrupted(Exception):
 
 def train_run(data: DataConfig, train: TrainConfig, device: str | torch.device = "cpu",
               cbs: Sequence[Callback] = (), checkpoint_every: float = 0.0,
-              dist: Dist | None = None) -> RunResult:
+              dist: Dist | None = None, overwrite: bool = False) -> RunResult:
     """Train as configured (fine_tune when pretrained, fit_one_cycle from scratch) and write
     config.json, metrics.csv, metrics.json, lr_find.png, losses.png, model/, the validation
     interpretation (interpretation.json, confusion_matrix.png, top_losses.png), report.html
     and checkpoints/ (each epoch end, every `checkpoint_every` minutes, and on Ctrl-C).
     Several processes (torchrun): only rank 0 writes; lr_find runs on rank 0 and its choice
-    is broadcast."""
+    is broadcast. An --out that already holds a run is refused unless `overwrite`."""
     dist = dist or Dist()
-    out = Path(dist.broadcast(str(prepare_out(train.out)) if dist.is_main else None))
+    out = Path(dist.decide(lambda: str(prepare_out(train.out, overwrite))))
     learn = build_learner(data, train, device, cbs, dist)
     if dist.is_main:
         save_json({"data": to_dict(data), "train": to_dict(train)}, out / "config.json")
@@ -150,15 +172,12 @@ def train_run(data: DataConfig, train: TrainConfig, device: str | torch.device =
 def resume_run(run_dir: str | Path, device: str | torch.device = "cpu",
                cbs: Sequence[Callback] = (), checkpoint_every: float = 0.0,
                dist: Dist | None = None) -> RunResult:
-    """Continue RUN_DIR from its last checkpoint, with the settings in its config.json."""
+    """Continue RUN_DIR from its last checkpoint, with the settings in its config.json.
+    Several processes: rank 0 reads the run directory and sends the others what it holds,
+    so only rank 0's machine needs to see it (as only rank 0 writes it)."""
+    dist = dist or Dist()
     run = Path(run_dir)
-    try:
-        cfg = json.loads((run / "config.json").read_text())
-        data = from_dict(DataConfig, cfg["data"])
-        train = from_dict(TrainConfig, cfg["train"])
-    except (OSError, ValueError, KeyError) as e:
-        raise ConfigError(f"--resume {run}: cannot read its config.json ({e})") from e
-    info, tensors = read_checkpoint(run / "checkpoints")
+    data, train, info, tensors = dist.decide(lambda: _read_run(run))
     learn = build_learner(data, train, device, cbs, dist)
     keys = {"train": learn.dls.train.cache.key, "valid": learn.dls.valid.cache.key}
     if keys != info["cache"]:
@@ -169,6 +188,79 @@ def resume_run(run_dir: str | Path, device: str | torch.device = "cpu",
     log.info("resuming %s at epoch %d, batch %d", run, info["epoch"], info["batch"])
     return _train(learn, data, run, plan, info["lr"], info.get("lr_find"), info.get("lr_rule"),
                   time.perf_counter(), checkpoint_every, (info["epoch"], info["batch"]))
+
+
+def _read_config(run: Path) -> tuple[DataConfig, TrainConfig]:
+    try:
+        cfg = json.loads((run / "config.json").read_text())
+        return from_dict(DataConfig, cfg["data"]), from_dict(TrainConfig, cfg["train"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"--resume {run}: cannot read its config.json ({e})") from e
+
+
+def _read_run(run: Path) -> tuple[DataConfig, TrainConfig, dict, dict[str, torch.Tensor]]:
+    data, train = _read_config(run)
+    return (data, train, *read_checkpoint(run / "checkpoints"))
+
+
+def auto_run(data: DataConfig, train: TrainConfig, device: str | torch.device = "cpu",
+             cbs: Sequence[Callback] = (), checkpoint_every: float = 0.0,
+             dist: Dist | None = None) -> RunResult:
+    """`train --auto-resume`: the same command run again (a job restarted by torchrun
+    --max-restarts, a scheduler, a preempted machine) carries on where it stopped. --out
+    with a checkpoint: resume it; finished: report it and train nothing; a run that stopped
+    before its first checkpoint: start it again; empty or absent: start. A run there with
+    other settings is refused, never mixed with this one."""
+    dist = dist or Dist()
+    if not train.out:
+        raise ConfigError("--auto-resume needs --out: the run directory a restarted job finds "
+                          "again")
+    out = Path(train.out)
+    state, metrics = dist.decide(lambda: _auto_state(out, data, train))
+    if state == "done":
+        log.info("%s is already trained; nothing to do", out)
+        return RunResult(out, metrics, metrics.get("lr_find"), already_done=True)
+    if state == "resume":
+        return resume_run(out, device, cbs, checkpoint_every, dist)
+    if state == "restart":
+        log.warning("%s stopped before its first checkpoint: starting it again", out)
+    return train_run(data, train, device, cbs, checkpoint_every, dist, overwrite=True)
+
+
+def _auto_state(out: Path, data: DataConfig, train: TrainConfig) -> tuple[str, dict | None]:
+    """What --auto-resume does with --out: start, restart, resume or done (see auto_run),
+    with the finished run's metrics."""
+    if not run_files(out):
+        return "start", None
+    if (out / "config.json").exists():
+        old_data, old_train = _read_config(out)
+        changed = [f"{scope}.{k}: {a[k]!r} there, {b[k]!r} now"
+                   for scope, a, b in (("data", _flat(old_data), _flat(data)),
+                                       ("train", _flat(old_train), _flat(train)))
+                   for k in a if k != "out" and a[k] != b.get(k)]
+        if changed:
+            raise ConfigError(f"--auto-resume: {out} holds a run with other settings ("
+                              + "; ".join(changed) + "); give another --out, or the same "
+                              "settings to continue it")
+    if all((out / n).exists() for n in ("metrics.json", "model", "report.html")):
+        try:
+            return "done", json.loads((out / "metrics.json").read_text())
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"--auto-resume: {out / 'metrics.json'} is damaged ({e})") from e
+    if (out / "checkpoints" / "last.json").exists():
+        return "resume", None
+    if (out / "model").exists():  # a model and no checkpoint: not a run this job stopped
+        raise ConfigError(f"--auto-resume: {out} holds a model but no checkpoint to continue "
+                          "from; give another --out")
+    return "restart", None
+
+
+def _flat(cfg: object) -> dict:
+    """A settings dataclass as flat JSON values (nested ones as aug.x), as config.json
+    reads back."""
+    d = json.loads(json.dumps(to_dict(cfg)))
+    return {f"{k}.{kk}" if isinstance(v, dict) else k: vv
+            for k, v in d.items() for kk, vv in (v.items() if isinstance(v, dict) else [(k, v)])}
 
 
 def _train(learn: Learner, data: DataConfig, out: Path, plan: list[Phase], lr: float,
