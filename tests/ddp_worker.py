@@ -1,5 +1,6 @@
 """Run by test_distributed under torchrun (or alone): train, then save this rank's weights
-and metrics. Usage: ddp_worker.py DATA BS OUT ARCH HEAD"""
+and metrics. Usage: ddp_worker.py DATA BS OUT ARCH HEAD [ACCUM-STEPS]; with ACCUM-STEPS,
+without augmentation."""
 
 import json
 import sys
@@ -7,15 +8,18 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from imageclf.config import DataConfig, TrainConfig
+from imageclf.config import AugConfig, DataConfig, TrainConfig
 from imageclf.distributed import from_env, shutdown
 from imageclf.runs import build_learner
 
 data, bs, out = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
+accum = int(sys.argv[6]) if len(sys.argv) > 6 else 0
+aug = AugConfig(flip_p=0.0, p_affine=0.0, p_lighting=0.0, min_scale=1.0) if accum else AugConfig()
 dist, dev = from_env("cpu")
-learn = build_learner(DataConfig(path=data, size=32, presize=40, bs=bs, cache_dir=str(out / "c")),
+learn = build_learner(DataConfig(path=data, size=32, presize=40, bs=bs, cache_dir=str(out / "c"),
+                                 aug=aug),
                       TrainConfig(arch=sys.argv[4], head=sys.argv[5], pretrained="none",
-                                  precision="fp32", seed=0), dev, dist=dist)
+                                  precision="fp32", seed=0, accum=max(accum, 1)), dev, dist=dist)
 learn.fit_one_cycle(2, 1e-3)
 params = {k: v.detach().contiguous() for k, v in learn.model.named_parameters()}
 save_file(params, out / f"rank{dist.rank}.safetensors")

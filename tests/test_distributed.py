@@ -61,6 +61,32 @@ def test_two_gloo_processes_match_one_process(tmp_path: Path):
     assert diff / norm < 1e-3, diff / norm
 
 
+def test_two_processes_accumulating_match_one_large_batch(tmp_path: Path):
+    """2 gloo processes x bs 4 x --accum-steps 2 (gradients exchanged once per step) against
+    1 process at bs 16: the same 16 images and rate per step. No augmentation, so only the
+    order of sums differs."""
+    data = make_folder_dataset(tmp_path / "data", n_train=16, n_valid=5)  # 48 train, 15 valid
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    for out, launch, bs in ((one, [], "16"), (two, ["-m", "torch.distributed.run",
+                            "--nproc_per_node", "2", "--standalone"], "4")):
+        r = subprocess.run([sys.executable, *launch, str(WORKER), str(data), bs, str(out),
+                            *MODEL, "1" if out == one else "2"],
+                           capture_output=True, text=True, timeout=300, env=_env())
+        assert r.returncode == 0, r.stderr[-3000:]
+    w = load_file(one / "rank0.safetensors")
+    w0, w1 = load_file(two / "rank0.safetensors"), load_file(two / "rank1.safetensors")
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    m0, ref = (json.loads((d / "rank0.json").read_text()) for d in (two, one))
+    assert (m0["n_train_batches"], ref["n_train_batches"]) == (6, 3)  # 3 steps an epoch
+    for a, b in zip(m0["rows"], ref["rows"], strict=True):
+        assert a["valid_loss"] == pytest.approx(b["valid_loss"], rel=1e-3)
+    diff = sum(float((w0[k] - w[k]).pow(2).sum()) for k in w) ** 0.5
+    norm = sum(float(w[k].pow(2).sum()) for k in w) ** 0.5
+    assert diff / norm < 1e-4, diff / norm
+
+
 def test_torchrun_train_cli_with_lr_find_on_rank_0(tmp_path: Path):
     """The README's command: rank 0 runs lr_find alone and broadcasts the rate (the other
     rank waits), only rank 0 prints and writes the run directory."""

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -6,7 +7,7 @@ import pytest
 import torch
 
 from imageclf.callbacks import Callback
-from imageclf.config import ConfigError, DataConfig, TrainConfig
+from imageclf.config import AugConfig, ConfigError, DataConfig, TrainConfig
 from imageclf.export import load_model, save_model
 from imageclf.learner import resolve_precision, spread_lrs
 from imageclf.lr_finder import minimum, resolve_rule, slide, smooth, steep, valley
@@ -349,3 +350,69 @@ def test_fine_tuning_sweeps_the_rate_with_the_body_frozen(folder_dataset: Path,
     assert len(tune.seen) > sweep and set(tune.seen[:sweep]) == {max(tune.seen)}
     assert 0 < max(tune.seen) < n_body / 100  # only the norm layers' scales and shifts
     assert res.metrics["lr_rule"] == "valley"
+
+
+PLAIN = AugConfig(flip_p=0.0, p_affine=0.0, p_lighting=0.0, min_scale=1.0)  # no random draw
+
+
+def test_accumulated_batches_step_like_one_batch_of_their_size(tmp_path: Path):
+    """--accum-steps 2 at bs 8 against bs 16: the same images per step, the same rates per
+    step (the schedule counts steps), so the same weights. A LayerNorm model with a plain
+    head and no augmentation: nothing differs but the order of sums."""
+    from .conftest import make_folder_dataset
+
+    data = make_folder_dataset(tmp_path / "data", n_train=17, n_valid=2)  # 51 train images
+
+    def run(bs: int, accum: int):
+        learn = build_learner(DataConfig(path=str(data), size=32, presize=40, bs=bs, aug=PLAIN),
+                              TrainConfig(arch="convnext_atto", head="timm", precision="fp32",
+                                          accum=accum))
+        learn.fit_one_cycle(2, 2e-3)
+        return learn
+
+    one, acc = run(16, 1), run(8, 2)
+    assert len(one.dls.train) == 3 and len(acc.dls.train) == 6  # 3 steps an epoch each
+    w1, w2 = one.model.state_dict(), acc.model.state_dict()
+    diff = sum(float((w1[k] - w2[k]).float().pow(2).sum()) for k in w1) ** 0.5
+    norm = sum(float(w1[k].float().pow(2).sum()) for k in w1) ** 0.5
+    moved = sum(float((w1[k] - create_model("convnext_atto", 3, "none", "timm").state_dict()[k])
+                      .float().pow(2).sum()) for k in w1) ** 0.5
+    assert diff / norm < 1e-4 and moved > 100 * diff  # trained, and to the same place
+    for a, b in zip(one.history.rows, acc.history.rows, strict=True):
+        assert a["valid_loss"] == pytest.approx(b["valid_loss"], rel=1e-3)
+    # the epoch's last group may be short: 5 batches of 10 in groups of 2 make 3 steps
+    short = build_learner(DataConfig(path=str(data), size=32, presize=40, bs=10, aug=PLAIN),
+                          TrainConfig(arch="convnext_atto", head="timm", precision="fp32",
+                                      accum=2))
+    steps = []
+    short.opt.register_step_post_hook(lambda opt, args, kwargs: steps.append(1))
+    short.fit_one_cycle(1, 1e-3)
+    assert len(short.dls.train) == 5 and len(steps) == 3
+
+
+def test_a_stop_inside_an_accumulation_group_waits_for_its_step(folder_dataset: Path,
+                                                               tmp_path: Path):
+    """SIGTERM (as the handler records it) after batch 3 with --accum-steps 2: training
+    stops after batch 4, where the group's step is taken and a checkpoint can hold
+    everything; resuming ends exactly as a run never stopped."""
+    import imageclf.runs as runs
+    from imageclf.checkpoint import STOP
+
+    class StopAt(Callback):
+        def on_batch_end(self, learn):
+            if learn.epochs_done == 0 and learn.batch_in_epoch == 3:
+                STOP.requested = "SIGTERM"
+
+    data = DataConfig(path=str(folder_dataset), size=32, presize=40, bs=3)
+    train = TrainConfig(pretrained="none", precision="fp32", epochs=2, lr="2e-3", accum=2)
+    ref = runs.train_run(data, dataclasses.replace(train, out=str(tmp_path / "ref")))
+    with pytest.raises(runs.Interrupted):
+        runs.train_run(data, dataclasses.replace(train, out=str(tmp_path / "run")),
+                       cbs=[StopAt()])
+    info = json.loads((tmp_path / "run" / "checkpoints" / "last.json").read_text())
+    assert (info["epoch"], info["batch"]) == (0, 4)
+    res = runs.resume_run(tmp_path / "run")
+    assert res.metrics["history"] == [
+        r | {k: res.metrics["history"][i][k] for k in ("seconds", "img_per_s")}
+        for i, r in enumerate(ref.metrics["history"])]
+    assert res.metrics["global_batch"] == 6

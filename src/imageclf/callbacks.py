@@ -126,6 +126,8 @@ class OneCycle(Callback):
         self.step = 0
 
     def on_batch_start(self, learn: Learner) -> None:
+        if not learn.group_start:  # the schedule counts optimiser steps
+            return
         pct = min(self.step / self.total, 1.0)
         learn.set_lrs([one_cycle_lr(pct, lr, self.div, self.div_final, self.pct_start)
                        for lr in self.lr_max])
@@ -148,12 +150,18 @@ class LRSweep(Callback):
         self._avg, self.best = 0.0, math.inf
 
     def on_batch_start(self, learn: Learner) -> None:
+        if not learn.group_start:  # one rate per optimiser step
+            return
         lr = exp_sweep(len(self.lrs), self.num_it, self.start, self.end)
         learn.set_lrs([lr] * learn.n_groups)
         self.lrs.append(lr)
+        self._group: list[float] = []
 
     def on_batch_end(self, learn: Learner) -> None:
-        loss = float(learn.loss.detach())
+        self._group.append(float(learn.loss.detach()))
+        if not learn.stepped:
+            return
+        loss = sum(self._group) / len(self._group)  # the step's batches, as it saw them
         self.raw.append(loss)
         i = len(self.raw)
         self._avg = self.beta * self._avg + (1 - self.beta) * loss

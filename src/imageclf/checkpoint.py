@@ -180,6 +180,8 @@ class Checkpointer(Callback):
         self._last = time.monotonic()
 
     def on_batch_end(self, learn: Learner) -> None:
+        if not learn.stepped:  # in an accumulation group: its gradients are not saved
+            return
         # several processes stop at the same step: a stop asked of any is a stop for all
         if learn.dist.any(STOP.requested):
             learn.interrupted = STOP.requested or "SIGTERM"

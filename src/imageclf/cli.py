@@ -225,8 +225,11 @@ DecodeOpt = Annotated[str, typer.Option(
 DeviceOpt = Annotated[str, typer.Option(
     "--device", help="auto (the GPU when there is one), cuda or cpu.")]
 LrFindStepsOpt = Annotated[int, typer.Option(
-    "--lr-find-steps", help="Batches in the learning-rate finder's sweep (fewer: faster, "
-    "coarser curve).")]
+    "--lr-find-steps", help="Optimiser steps in the learning-rate finder's sweep (fewer: "
+    "faster, coarser curve).")]
+AccumOpt = Annotated[int, typer.Option(
+    "--accum-steps", help="Batches whose gradients add up to one optimiser step: each step "
+    "sees bs x N images per process, for a larger batch than memory holds.")]
 
 
 def _epoch_printer() -> object:
@@ -316,7 +319,7 @@ def train(data: Annotated[Path | None, typer.Argument(
           compile: Annotated[bool, typer.Option(
               "--compile", help="torch.compile the training step: a slower start (compiling, "
               "again after unfreezing), faster steps after; for GPUs and long runs.")] = False,
-          lr_find_steps: LrFindStepsOpt = LR_FIND_STEPS,
+          lr_find_steps: LrFindStepsOpt = LR_FIND_STEPS, accum_steps: AccumOpt = 1,
           ) -> None:
     """Train: fine_tune when pretrained, fit_one_cycle from scratch; write a run directory.
     Ctrl-C or SIGTERM stops after the current step with a checkpoint; --resume continues.
@@ -345,7 +348,8 @@ def train(data: Annotated[Path | None, typer.Argument(
             tcfg = TrainConfig(arch=arch, pretrained=pretrained, head=head, epochs=epochs,
                                freeze_epochs=freeze_epochs, lr=lr, precision=precision,
                                label_smoothing=label_smoothing, seed=seed, out=out,
-                               compile=compile, lr_find_steps=lr_find_steps)
+                               compile=compile, lr_find_steps=lr_find_steps,
+                               accum=accum_steps)
             start = auto_run if auto_resume else train_run
             res = start(dcfg, tcfg, dev, cbs, checkpoint_every, dist)
         shutdown(wait=True)
@@ -382,6 +386,7 @@ def lr_find_cmd(data: DataArg, arch: ArchOpt = "resnet18", pretrained: Pretraine
                 csv: CsvOpt = None, label_regex: RegexOpt = None,
                 valid_pct: ValidPctOpt = 0.2, cache_dir: CacheOpt = None,
                 multi_label: MultiOpt = False, lr_find_steps: LrFindStepsOpt = LR_FIND_STEPS,
+                accum_steps: AccumOpt = 1,
                 as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Run the learning-rate finder and print its four suggestions."""
     from imageclf.config import TrainConfig
@@ -392,7 +397,7 @@ def lr_find_cmd(data: DataArg, arch: ArchOpt = "resnet18", pretrained: Pretraine
     dcfg = _data_config(data, size, presize, bs, csv, label_regex, valid_pct, seed, cache_dir,
                         "crop", multi_label)
     tcfg = TrainConfig(arch=arch, pretrained=pretrained, precision=precision, seed=seed,
-                       lr_find_steps=lr_find_steps)
+                       lr_find_steps=lr_find_steps, accum=accum_steps)
     learn = build_learner(dcfg, tcfg)
     if tcfg.sweeps_frozen:
         learn.freeze()  # what `train` sweeps when fine-tuning

@@ -133,7 +133,8 @@ class TrainConfig:
     seed: int = 0
     out: str | None = None
     compile: bool = False  # torch.compile the training forward (inductor)
-    lr_find_steps: int = LR_FIND_STEPS  # the finder's sweep: at most this many batches
+    lr_find_steps: int = LR_FIND_STEPS  # the finder's sweep: at most this many steps
+    accum: int = 1  # batches per optimiser step (gradient accumulation)
 
     @property
     def fine_tunes(self) -> bool:
@@ -166,6 +167,8 @@ class TrainConfig:
                                   f"(lr_find's suggestions); got {self.lr!r}") from None
             if not 0 < value < 10:
                 raise ConfigError(f"--lr must be between 0 and 10; got {self.lr}")
+        if self.accum < 1:
+            raise ConfigError(f"--accum-steps must be at least 1; got {self.accum}")
         if self.lr_find_steps < 10:
             raise ConfigError(f"--lr-find-steps must be at least 10; got {self.lr_find_steps}")
         if self.epochs < 0 or self.freeze_epochs < 0:

@@ -119,8 +119,11 @@ class Learner:
                  wd: float = 0.01, precision: str = "auto", label_smoothing: float = 0.0,
                  cbs: Sequence[Callback] = (), device: torch.device | str | None = None,
                  channels_last: bool = True, dist: Dist | None = None,
-                 compile: bool = False) -> None:
+                 compile: bool = False, accum: int = 1) -> None:
+        if accum < 1:
+            raise ConfigError(f"--accum-steps must be at least 1; got {accum}")
         self.dls = dls
+        self.accum = accum  # batches whose gradients add up to one optimiser step
         self.device = torch.device(device or dls.train.device)
         self.multi_label = bool(dls.multi_label)
         self.loss_func = loss_func or make_loss(self.multi_label, label_smoothing)
@@ -154,6 +157,7 @@ class Learner:
         self.epochs_done = 0
         self.batch_in_epoch = 0
         self.interrupted: str | None = None  # set (to the signal's name) to stop mid-epoch
+        self.stepped = True  # the last batch ended with an optimiser step
         self.plan: list[Phase] = []
         log.info("precision %s on %s", self.precision.name, self.device)
 
@@ -190,11 +194,12 @@ class Learner:
         `self.model` stays the plain module: its state_dict keys, validation, lr_find and
         export never see the wrappers."""
         wrapped: torch.nn.Module = self.model
+        self._ddp = None
         if self.dist.active:
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [self.device.index] if self.device.type == "cuda" else None
-            wrapped = DistributedDataParallel(self.model, device_ids=ids)
+            wrapped = self._ddp = DistributedDataParallel(self.model, device_ids=ids)
         self.train_model = torch.compile(wrapped) if self.compile else wrapped
 
     def freeze(self) -> None:
@@ -218,13 +223,38 @@ class Learner:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.precision.dtype)
 
+    @property
+    def group_start(self) -> bool:
+        """This batch starts an accumulation group (every batch does when accum is 1)."""
+        return self.batch_in_epoch % self.accum == 0
+
+    def _group(self) -> tuple[int, bool]:
+        """(batches in this batch's accumulation group, whether it is the group's last).
+        Groups are `accum` batches from the epoch's start; the epoch's last group may be
+        shorter, and its batches then count for more: each batch's loss is divided by its
+        group's size, so every step averages the gradients of the batches it saw."""
+        if self.accum == 1:
+            return 1, True
+        b, n = self.batch_in_epoch, len(self.dls.train)
+        start = b - b % self.accum
+        size = max(1, min(self.accum, n - start))
+        return size, b + 1 >= start + size
+
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """One optimisation step on a batch; override to change the step itself."""
-        with self.autocast():
-            out = self.train_model(x)
-        self.loss = self.loss_func(out, y)
-        self._call("after_loss")
-        self.scaler.scale(self.loss).backward()
+        """Forward and backward on a batch, then the optimiser step once the gradients are
+        in: after every batch, or with accum > 1 after every accum-th (and the epoch's
+        last). With several processes, gradients are exchanged only for the batch before a
+        step. Override to change the step itself."""
+        size, self.stepped = self._group()
+        sync = self.stepped or self._ddp is None
+        with contextlib.nullcontext() if sync else self._ddp.no_sync():
+            with self.autocast():
+                out = self.train_model(x)
+            self.loss = self.loss_func(out, y)
+            self._call("after_loss")
+            self.scaler.scale(self.loss / size if size > 1 else self.loss).backward()
+        if not self.stepped:
+            return
         self._call("before_step")
         self.scaler.step(self.opt)
         self.scaler.update()
@@ -270,6 +300,9 @@ class Learner:
                 if self.stop_training:
                     break
         finally:
+            # a stop in the middle of an accumulation group: its gradients never step
+            self.opt.zero_grad(set_to_none=True)
+            self.stepped = True
             self._call("on_fit_end")
             self._extra = []
 
@@ -331,14 +364,14 @@ class Learner:
             elif phase.frozen is False:
                 self.unfreeze()
             done = max(0, start_epoch - first)
-            per_epoch = len(self.dls.train)
+            per_epoch = -(-len(self.dls.train) // self.accum)  # optimiser steps
             if phase.constant:
                 self.set_lrs(phase.lr_max)
                 extra: list[Callback] = []
             else:
                 sched = OneCycle(phase.lr_max, phase.epochs * per_epoch, phase.div,
                                  phase.div_final, phase.pct_start)
-                sched.step = done * per_epoch + start_batch
+                sched.step = done * per_epoch + start_batch // self.accum
                 extra = [sched]
             self._fit(phase.epochs - done, extra, start_batch=start_batch)
             start_batch = 0
@@ -348,8 +381,9 @@ class Learner:
 
     def lr_find(self, start_lr: float = 1e-7, end_lr: float = 10.0,
                 num_it: int = 100) -> LRFindResult:
-        """Exponential sweep start→end over num_it batches, stopped when the smoothed loss
-        exceeds 4× its best; model, optimiser and RNG are restored afterwards, in memory."""
+        """Exponential sweep start→end over num_it optimiser steps (of `accum` batches
+        each), stopped when the smoothed loss exceeds 4× its best; model, optimiser and RNG
+        are restored afterwards, in memory."""
         model_state = copy.deepcopy(self.model.state_dict())
         opt_state = copy.deepcopy(self.opt.state_dict())
         rng = torch.get_rng_state()
@@ -358,7 +392,8 @@ class Learner:
         sweep = LRSweep(start_lr, end_lr, num_it)
         wrapped, self.train_model = self.train_model, self.model  # rank 0 alone: no DDP
         try:
-            epochs = -(-num_it // max(len(self.dls.train), 1))
+            steps = -(-len(self.dls.train) // self.accum)  # optimiser steps per epoch
+            epochs = -(-num_it // max(steps, 1))
             self._fit(epochs, [sweep], validate=False)
         finally:
             self.model.load_state_dict(model_state)

@@ -108,7 +108,7 @@ def build_learner(data: DataConfig, train: TrainConfig, device: str | torch.devi
     model = create_model(train.arch, len(dls.classes), train.pretrained, train.head)
     learn = Learner(dls, model, wd=train.wd, precision=train.precision,
                     label_smoothing=train.label_smoothing, cbs=cbs, device=device, dist=dist,
-                    compile=train.compile)
+                    compile=train.compile, accum=train.accum)
     learn.arch, learn.head_kind = train.arch, train.head
     return learn
 
@@ -289,6 +289,7 @@ def _train(learn: Learner, data: DataConfig, out: Path, plan: list[Phase], lr: f
     metrics = {k: v for k, v in last.items() if k not in ("epoch", "seconds", "img_per_s")}
     metrics |= {"epochs": len(rows), "lr": lr, "train_seconds": learn.train_seconds,
                 "wall_seconds": wall,
+                "global_batch": data.bs * learn.accum * learn.dist.world_size,
                 "train_img_per_s": learn.train_images / max(learn.train_seconds, 1e-9),
                 "precision": learn.precision.name, "device": str(learn.device),
                 "skipped_files": learn.dls.skipped(), "history": rows}
