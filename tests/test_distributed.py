@@ -171,3 +171,37 @@ def test_a_job_restarted_by_torchrun_continues_from_its_checkpoint(tmp_path: Pat
     assert f"resuming {run} at epoch 1, batch 0" in r.stderr, r.stderr[-3000:]
     assert r.stdout.count("epoch 0 ") == 1 and r.stdout.count("epoch 1 ") == 1  # none twice
     assert final_metrics(run) == final_metrics(ref)
+
+
+def test_resume_with_another_number_of_processes(tmp_path: Path):
+    """A checkpoint from 1 process, mid-epoch, resumed by 2 (a lost GPU given back, a
+    job re-run with other --nproc_per_node): the batches are dealt out differently, so the
+    interrupted epoch starts again from its beginning, and the log says so."""
+    import imageclf.runs as runs
+    from imageclf.callbacks import Callback
+    from imageclf.checkpoint import STOP
+    from imageclf.config import DataConfig, TrainConfig
+
+    class StopAt(Callback):
+        def on_batch_end(self, learn):
+            if learn.epochs_done == 1 and learn.batch_in_epoch == 2:
+                STOP.requested = "SIGTERM"
+
+    data = make_folder_dataset(tmp_path / "data", n_train=8, n_valid=3)
+    run = tmp_path / "run"
+    train = TrainConfig(pretrained="none", precision="fp32", epochs=2, lr="2e-3", out=str(run))
+    with pytest.raises(runs.Interrupted):
+        runs.train_run(DataConfig(path=str(data), size=32, presize=40, bs=4), train,
+                       cbs=[StopAt()])
+    info = json.loads((run / "checkpoints" / "last.json").read_text())
+    assert (info["epoch"], info["batch"], info["world_size"]) == (1, 2, 1)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                        "--nproc_per_node", "2", "-m", "imageclf", "-v", "train", "--resume",
+                        str(run)], capture_output=True, text=True, timeout=300, env=_env())
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "written by 1 process(es) and this job has 2: each step now sees 8 images " \
+           "instead of 4, and epoch 1 starts again from its beginning" in r.stderr
+    assert f"resuming {run} at epoch 1, batch 0" in r.stderr
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["epochs"] == 2 and [row["epoch"] for row in m["history"]] == [0, 1]
+    assert m["global_batch"] == 8

@@ -101,7 +101,7 @@ def save_checkpoint(learn: Learner, folder: Path, extra: dict | None = None) -> 
     info = {
         "format": FORMAT, "tensors": name, "size": (folder / name).stat().st_size,
         "sha256": _sha256(folder / name), "epoch": epoch, "batch": batch,
-        "mid_epoch": batch > 0, "time": time.time(),
+        "mid_epoch": batch > 0, "time": time.time(), "world_size": learn.dist.world_size,
         "plan": [dataclasses.asdict(p) for p in learn.plan],
         "frozen": not all(p.requires_grad for p in learn.model.parameters()),
         "optimizer": opt_info,
@@ -138,8 +138,11 @@ def read_checkpoint(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     return info, load_file(tensor_file)
 
 
-def restore(learn: Learner, info: dict, tensors: dict[str, torch.Tensor]) -> None:
-    """Put model, optimiser, RNGs, counters and history back as the checkpoint had them."""
+def restore(learn: Learner, info: dict, tensors: dict[str, torch.Tensor],
+            restart_epoch: bool = False) -> None:
+    """Put model, optimiser, RNGs, counters and history back as the checkpoint had them.
+    `restart_epoch`: a mid-epoch checkpoint continues from its epoch's start, the record of
+    that epoch's first batches dropped."""
     model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     learn.model.load_state_dict(model)
     if info.get("frozen"):
@@ -157,7 +160,11 @@ def restore(learn: Learner, info: dict, tensors: dict[str, torch.Tensor]) -> Non
     random.setstate((v, tuple(state), g))
     learn.epochs_done = learn.epoch = info["epoch"]
     learn.train_seconds, learn.train_images = info["train_seconds"], info["train_images"]
-    learn.history.load_state(info["history"], info["mid_epoch"])
+    history = dict(info["history"])
+    if restart_epoch and info["batch"]:
+        history["batch_losses"] = history["batch_losses"][:-info["batch"]]
+        history["batch_lrs"] = history["batch_lrs"][:-info["batch"]]
+    learn.history.load_state(history, info["mid_epoch"] and not restart_epoch)
 
 
 class Checkpointer(Callback):

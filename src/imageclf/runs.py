@@ -183,11 +183,20 @@ def resume_run(run_dir: str | Path, device: str | torch.device = "cpu",
     if keys != info["cache"]:
         raise ConfigError(f"--resume {run}: the data or its presize settings changed since the "
                           "checkpoint (cache key differs); start a new run instead")
-    restore(learn, info, tensors)
+    was, now = info.get("world_size", 1), learn.dist.world_size
+    restart_epoch = was != now and info["batch"] > 0
+    if was != now and dist.is_main:
+        per = data.bs * train.accum
+        log.warning("%s: its checkpoint was written by %d process(es) and this job has %d: "
+                    "each step now sees %d images instead of %d%s", run, was, now, per * now,
+                    per * was, f", and epoch {info['epoch']} starts again from its beginning "
+                    "(its batches are dealt out differently)" if restart_epoch else "")
+    restore(learn, info, tensors, restart_epoch)
     plan = [Phase(**p) for p in info["plan"]]
-    log.info("resuming %s at epoch %d, batch %d", run, info["epoch"], info["batch"])
+    start = (info["epoch"], 0 if restart_epoch else info["batch"])
+    log.info("resuming %s at epoch %d, batch %d", run, *start)
     return _train(learn, data, run, plan, info["lr"], info.get("lr_find"), info.get("lr_rule"),
-                  time.perf_counter(), checkpoint_every, (info["epoch"], info["batch"]))
+                  time.perf_counter(), checkpoint_every, start)
 
 
 def _read_config(run: Path) -> tuple[DataConfig, TrainConfig]:
