@@ -147,6 +147,7 @@ class LRSweep(Callback):
         self.lrs: list[float] = []
         self.losses: list[float] = []  # smoothed
         self.raw: list[float] = []
+        self._group: list[float] = []  # losses of the batches of the current step
         self._avg, self.best = 0.0, math.inf
 
     def on_batch_start(self, learn: Learner) -> None:
@@ -155,7 +156,7 @@ class LRSweep(Callback):
         lr = exp_sweep(len(self.lrs), self.num_it, self.start, self.end)
         learn.set_lrs([lr] * learn.n_groups)
         self.lrs.append(lr)
-        self._group: list[float] = []
+        self._group.clear()
 
     def on_batch_end(self, learn: Learner) -> None:
         self._group.append(float(learn.loss.detach()))
