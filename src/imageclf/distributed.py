@@ -60,6 +60,14 @@ class Dist:
         tdist.all_reduce(t)
         return bool(t.item() > 0)
 
+    def gather(self, obj: T) -> list[T]:
+        """Every rank's `obj`, in rank order, on every rank."""
+        if not self.active:
+            return [obj]
+        box: list = [None] * self.world_size
+        tdist.all_gather_object(box, obj)
+        return box
+
     def gather_interleaved(self, t: torch.Tensor, n: int) -> torch.Tensor:
         """Rows sharded as order[rank::world_size] on each rank (DistributedSampler without
         shuffling, padded to equal shares) → the first n rows in order, padding dropped."""

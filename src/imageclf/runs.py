@@ -226,6 +226,16 @@ def auto_run(data: DataConfig, train: TrainConfig, device: str | torch.device = 
                           "again")
     out = Path(train.out)
     state, metrics = dist.decide(lambda: _auto_state(out, data, train))
+    # Only rank 0 reads and writes the run. If its machine sees no checkpoint where another
+    # machine holds one (--out on a machine's own disk, and an elastic job's new node made
+    # rank 0), starting afresh would silently drop the training done so far: refuse.
+    views = dist.gather(_checkpoint_view(out))
+    if state in ("start", "restart") and any(views[1:]):
+        rank, view = next((r, v) for r, v in enumerate(views) if v)
+        raise ConfigError(
+            f"--auto-resume: rank 0's machine has no checkpoint in {out}, but rank {rank}'s "
+            f"has one ({view}). Only rank 0 reads and writes the run directory: put --out on "
+            "storage every machine sees, or start the job with that machine as rank 0")
     if state == "done":
         log.info("%s is already trained; nothing to do", out)
         return RunResult(out, metrics, metrics.get("lr_find"), already_done=True)
@@ -234,6 +244,19 @@ def auto_run(data: DataConfig, train: TrainConfig, device: str | torch.device = 
     if state == "restart":
         log.warning("%s stopped before its first checkpoint: starting it again", out)
     return train_run(data, train, device, cbs, checkpoint_every, dist, overwrite=True)
+
+
+def _checkpoint_view(out: Path) -> str | None:
+    """What this machine holds at `out`: a finished run, a checkpoint (where), or nothing."""
+    if (out / "metrics.json").exists():
+        return "a finished run"
+    try:
+        info = json.loads((out / "checkpoints" / "last.json").read_text())
+        return f"epoch {info['epoch']}, batch {info['batch']}"
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return "an unreadable one"
 
 
 def _auto_state(out: Path, data: DataConfig, train: TrainConfig) -> tuple[str, dict | None]:
