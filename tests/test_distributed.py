@@ -238,6 +238,7 @@ def test_an_elastic_job_grown_from_one_process_to_two(tmp_path: Path):
         assert p.returncode == 0, err[-3000:]
     out, err = "".join(o for o, _ in outs), "".join(e for _, e in outs)
     assert "SIGTERM: stopped after the current step" in err
+    assert "Resume with: the same command (--auto-resume)" in err
     assert "written by 1 process(es) and this job has 2: each step now sees 8 images " \
            "instead of 4, and epoch 1 starts again from its beginning" in err
     assert err.count(f"resuming {run} at epoch 1, batch 0") == 2  # both processes

@@ -357,7 +357,9 @@ def train(data: Annotated[Path | None, typer.Argument(
         if dist.is_main:
             err.print(Text.assemble((f"{e.signal_name}:", "yellow"), " stopped after the "
                                     f"current step; checkpoint written to {e.checkpoint}.\n"
-                                    f"Resume with: imageclf train --resume {e.out}"))
+                                    "Resume with: " + ("the same command (--auto-resume)"
+                                                       if auto_resume else
+                                                       f"imageclf train --resume {e.out}")))
         raise typer.Exit(130 if e.signal_name == "SIGINT" else 143) from None
     finally:
         shutdown()
