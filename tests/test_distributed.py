@@ -210,11 +210,13 @@ def _wait_for(mark: Path, *procs: subprocess.Popen) -> None:
         time.sleep(0.1)
 
 
-def test_an_elastic_job_grown_from_one_process_to_two(tmp_path: Path):
-    """`torchrun --nnodes 1:2` starts alone; a second node joins in epoch 1; torchrun stops
-    the first process (SIGTERM: a checkpoint after the current step) and starts both, and
-    --auto-resume goes on with 2. The batches are dealt out differently, so the interrupted
-    epoch starts again from its beginning, and the log says so."""
+def test_an_elastic_job_grows_and_shrinks(tmp_path: Path):
+    """`torchrun --nnodes 1:2` starts alone. A second node joins in epoch 1: torchrun stops
+    the first process (SIGTERM: a checkpoint after the current step), starts both, and
+    --auto-resume goes on with 2; the batches are dealt out differently, so the interrupted
+    epoch starts again from its beginning. In epoch 2 the second node is lost (torchrun and
+    its process killed): the first fails its next exchange, torchrun restarts it alone, and
+    it goes on from the checkpoint of epoch 1's end. The log says each change."""
     data = make_folder_dataset(tmp_path / "data", n_train=8, n_valid=3)  # 24 train images
     mark, run = tmp_path / "waiting", tmp_path / "run"
     # torch 2.14's shared rendezvous store loses a joining node (it waits for keys the
@@ -226,27 +228,35 @@ def test_an_elastic_job_grown_from_one_process_to_two(tmp_path: Path):
             f"127.0.0.1:{_free_port()}", "--rdzv-id", "grow", "--rdzv-conf",
             "last_call_timeout=1", "--max-restarts", "1", str(ELASTIC), "-v", "train",
             str(data), "--pretrained", "none", "--size", "32", "--presize", "40", "--bs", "4",
-            "--epochs", "2", "--lr", "2e-3", "--precision", "fp32", "--out", str(run),
+            "--epochs", "3", "--lr", "2e-3", "--precision", "fp32", "--out", str(run),
             "--auto-resume"]
     first = subprocess.Popen(node, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True)
     _wait_for(mark, first)  # alone, it waits at batch 2 of epoch 1
-    second = subprocess.Popen(node, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True)
+    second = subprocess.Popen(node, env=env | {"IMAGECLF_TEST_DOOMED": "1"},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    doomed = mark.with_suffix(".doomed")
+    _wait_for(doomed, first, second)  # at batch 1 of epoch 2, the second node waits
+    for pid in doomed.read_text().split():  # its process and its torchrun
+        os.kill(int(pid), 9)
     outs = [p.communicate(timeout=300) for p in (first, second)]
-    for p, (_, err) in zip((first, second), outs, strict=True):
-        assert p.returncode == 0, err[-3000:]
+    assert first.returncode == 0, outs[0][1][-3000:]
+    assert second.returncode == -9
     out, err = "".join(o for o, _ in outs), "".join(e for _, e in outs)
     assert "SIGTERM: stopped after the current step" in err
     assert "Resume with: the same command (--auto-resume)" in err
     assert "written by 1 process(es) and this job has 2: each step now sees 8 images " \
            "instead of 4, and epoch 1 starts again from its beginning" in err
     assert err.count(f"resuming {run} at epoch 1, batch 0") == 2  # both processes
-    assert out.count("epoch 0 ") == 1 and out.count("epoch 1 ") == 1  # none twice
+    assert "written by 2 process(es) and this job has 1: each step now sees 4 images " \
+           "instead of 8\n" in err
+    assert err.count(f"resuming {run} at epoch 2, batch 0") == 1
+    for e in range(3):  # each epoch's line once: none lost, none twice
+        assert out.count(f"epoch {e} ") == 1, out
     m = json.loads((run / "metrics.json").read_text())
-    assert m["epochs"] == 2 and [row["epoch"] for row in m["history"]] == [0, 1]
-    assert m["global_batch"] == 8
-    # the step losses: 6 batches of 4 in epoch 0, then epoch 1's 3 of 8, without the 2
-    # steps taken alone before the restart
+    assert m["epochs"] == 3 and [row["epoch"] for row in m["history"]] == [0, 1, 2]
+    assert m["global_batch"] == 4
+    # the step losses: epoch 0's 6 batches of 4, epoch 1's 3 of 8 (without the 2 steps taken
+    # alone before the restart), epoch 2's 6 of 4
     info = json.loads((run / "checkpoints" / "last.json").read_text())
-    assert len(info["history"]["batch_losses"]) == 6 + 3
+    assert len(info["history"]["batch_losses"]) == 6 + 3 + 6
