@@ -87,24 +87,6 @@ def test_two_processes_accumulating_match_one_large_batch(tmp_path: Path):
     assert diff / norm < 1e-4, diff / norm
 
 
-def test_torchrun_train_cli_with_lr_find_on_rank_0(tmp_path: Path):
-    """The README's command: rank 0 runs lr_find alone and broadcasts the rate (the other
-    rank waits), only rank 0 prints and writes the run directory."""
-    data = make_folder_dataset(tmp_path / "data", n_train=8, n_valid=3)
-    out = tmp_path / "run"
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                        "--nproc_per_node", "2", "-m", "imageclf", "train", str(data),
-                        "--pretrained", "none", "--size", "32", "--presize", "40", "--bs", "4",
-                        "--epochs", "1", "--lr", "auto", "--lr-find-steps", "30", "--out",
-                        str(out)],
-                       capture_output=True, text=True, timeout=300, env=_env())
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stdout.count("epoch 0 ") == 1 and r.stdout.count("lr_find: valley") == 1
-    m = json.loads((out / "metrics.json").read_text())
-    assert m["lr"] == m["lr_find"][m["lr_rule"]] and m["epochs"] == 1
-    assert (out / "report.html").is_file() and (out / "model" / "model.safetensors").is_file()
-
-
 def test_two_nodes_with_c10d_rendezvous_share_one_cache(tmp_path: Path):
     """The README's several-machines command, as two one-process "nodes" on this machine
     meeting through a c10d rendezvous, with --cache-dir on storage both see: one of them
@@ -168,24 +150,33 @@ def test_two_nodes_with_c10d_rendezvous_share_one_cache(tmp_path: Path):
     assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == again
 
 
-def test_a_job_restarted_by_torchrun_continues_from_its_checkpoint(tmp_path: Path):
-    """torchrun --max-restarts with --auto-resume: a process dies in the middle of epoch 1,
-    torchrun restarts both, and the job goes on from the checkpoint of epoch 0's end to the
-    same end as a job never interrupted."""
+def test_torchrun_cli_and_a_job_restarted_from_its_checkpoint(tmp_path: Path):
+    """1) The README's command: rank 0 runs lr_find alone and broadcasts the rate (the other
+    rank waits), only rank 0 prints and writes the run directory.
+    2) The same with torchrun --max-restarts: a process dies in the middle of epoch 1,
+    torchrun restarts both, and --auto-resume goes on from the checkpoint of epoch 0's end
+    (without a second lr_find) to the same end as the job never interrupted."""
     data = make_folder_dataset(tmp_path / "data", n_train=8, n_valid=3)
     args = ["train", str(data), "--pretrained", "none", "--size", "32", "--presize", "40",
-            "--bs", "4", "--epochs", "2", "--lr", "2e-3", "--precision", "fp32",
-            "--auto-resume", "--out"]
+            "--bs", "4", "--epochs", "2", "--lr", "auto", "--lr-find-steps", "30",
+            "--precision", "fp32", "--auto-resume", "--out"]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 "--nproc_per_node", "2"]
     ref, run = tmp_path / "ref", tmp_path / "run"
     r = subprocess.run([*torchrun, "-m", "imageclf", *args, str(ref)], capture_output=True,
                        text=True, timeout=300, env=_env())
     assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("lr_find: valley") == 1
+    assert r.stdout.count("epoch 0 ") == 1 and r.stdout.count("epoch 1 ") == 1
+    m = json.loads((ref / "metrics.json").read_text())
+    assert m["lr"] == m["lr_find"][m["lr_rule"]] and m["epochs"] == 2
+    assert (ref / "report.html").is_file() and (ref / "model" / "model.safetensors").is_file()
+
     r = subprocess.run([*torchrun, "--max-restarts", "1", str(ELASTIC), "-v", *args, str(run)],
                        capture_output=True, text=True, timeout=300, env=_env())
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"resuming {run} at epoch 1, batch 0" in r.stderr, r.stderr[-3000:]
+    assert r.stdout.count("lr_find: valley") == 1  # not again after the restart
     assert r.stdout.count("epoch 0 ") == 1 and r.stdout.count("epoch 1 ") == 1  # none twice
     assert final_metrics(run) == final_metrics(ref)
 
