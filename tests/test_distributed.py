@@ -251,3 +251,18 @@ def test_an_elastic_job_grows_and_shrinks(tmp_path: Path):
     # alone before the restart), epoch 2's 6 of 4
     info = json.loads((run / "checkpoints" / "last.json").read_text())
     assert len(info["history"]["batch_losses"]) == 6 + 3 + 6
+
+
+def test_more_processes_than_gpus_is_one_clear_error(monkeypatch: pytest.MonkeyPatch):
+    """torchrun --nproc_per_node 2 on a machine with one GPU: the second process says what
+    is wrong before touching the device (nccl would fail later, less clearly)."""
+    from imageclf.config import ConfigError
+    from imageclf.distributed import from_env
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(ConfigError, match="LOCAL_RANK 1, but only 1 CUDA GPU"):
+        from_env("auto")

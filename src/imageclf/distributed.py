@@ -116,6 +116,11 @@ def from_env(device: str = "auto") -> tuple[Dist, torch.device]:
     cuda = torch.cuda.is_available() and device in ("auto", "cuda")
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda: no CUDA GPU is visible; use --device cpu")
+    if cuda and local >= torch.cuda.device_count():
+        raise ConfigError(
+            f"this process has LOCAL_RANK {local}, but only {torch.cuda.device_count()} CUDA "
+            "GPU(s) are visible here: start at most one process per GPU (torchrun "
+            "--nproc_per_node <= the GPU count), or train on the CPU with --device cpu")
     dev = torch.device(f"cuda:{local}" if cuda else "cpu")
     if cuda:
         torch.cuda.set_device(dev)
