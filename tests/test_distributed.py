@@ -251,6 +251,8 @@ def test_an_elastic_job_grows_and_shrinks(tmp_path: Path):
     # alone before the restart), epoch 2's 6 of 4
     info = json.loads((run / "checkpoints" / "last.json").read_text())
     assert len(info["history"]["batch_losses"]) == 6 + 3 + 6
+    # images/s count the whole job's images: 24 an epoch, whatever the number of processes
+    assert info["train_images"] == 3 * 24
 
 
 def test_more_processes_than_gpus_is_one_clear_error(monkeypatch: pytest.MonkeyPatch):

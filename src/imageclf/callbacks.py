@@ -100,7 +100,7 @@ class History(Callback):
         if len(self._pending) >= self.flush_every:
             self._flush()
         self.batch_lrs.append(learn.opt.param_groups[-1]["lr"])
-        self._images += learn.batch_size
+        self._images += learn.batch_size * learn.dist.world_size  # every process's share
 
     def on_validation_end(self, learn: Learner) -> None:
         self._flush()

@@ -278,7 +278,7 @@ class Learner:
                     self.batch_size = x.shape[0]
                     self._call("on_batch_start")
                     self.train_step(x, y)
-                    n += self.batch_size
+                    n += self.batch_size * self.dist.world_size  # the job's images
                     self.batch_in_epoch += 1
                     self._call("on_batch_end")
                     if self.stop_training:
