@@ -111,6 +111,8 @@ def test_two_nodes_with_c10d_rendezvous_share_one_cache(tmp_path: Path):
     assert len(list((tmp_path / "shared-cache").glob("*.u8"))) == 2  # train + valid, once
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert m["epochs"] == 1 and (tmp_path / "run" / "model" / "model.safetensors").is_file()
+    assert m["processes"] == 2 and m["global_batch"] == 8
+    assert "processes<b>2</b>" in (tmp_path / "run" / "report.html").read_text()
 
     # --resume where only rank 0's machine sees the run directory (node 1 runs in a folder
     # without it; static rendezvous makes node 0 rank 0): rank 0 reads the checkpoint and
@@ -246,7 +248,7 @@ def test_an_elastic_job_grows_and_shrinks(tmp_path: Path):
         assert out.count(f"epoch {e} ") == 1, out
     m = json.loads((run / "metrics.json").read_text())
     assert m["epochs"] == 3 and [row["epoch"] for row in m["history"]] == [0, 1, 2]
-    assert m["global_batch"] == 4
+    assert m["global_batch"] == 4 and m["processes"] == 1  # the job's last number
     # the step losses: epoch 0's 6 batches of 4, epoch 1's 3 of 8 (without the 2 steps taken
     # alone before the restart), epoch 2's 6 of 4
     info = json.loads((run / "checkpoints" / "last.json").read_text())

@@ -46,14 +46,14 @@ def test_run_directory_has_everything(run_dir: Path):
     for key in ("valid_loss", "valid_accuracy", "epochs", "train_seconds", "train_img_per_s",
                 "precision", "device"):
         assert key in m
-    assert m["global_batch"] == 10  # bs 10, one process, no accumulation
+    assert m["global_batch"] == 10 and m["processes"] == 1  # bs 10, no accumulation
     interp = json.loads((run_dir / "interpretation.json").read_text())
     assert interp["n"] == 12 and len(interp["per_class"]) == 3
     assert sum(map(sum, interp["confusion_matrix"])) == 12
     html = (run_dir / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 3  # losses, confusion matrix, top losses
     assert "Skipped files (0)" in html
-    assert "images per step<b>10</b>" in html
+    assert "images per step<b>10</b>" in html and "processes<b>1</b>" in html
 
 
 def test_predictor_imports_no_training_code(run_dir: Path):

@@ -68,6 +68,7 @@ def build_report(run_dir: str | Path) -> Path:
             ("training time", f"{metrics.get('train_seconds', 0):.0f} s"),
             ("images/s", f"{metrics.get('train_img_per_s', 0):.0f}"),
             ("images per step", _fmt(metrics.get("global_batch", "-"))),
+            ("processes", _fmt(metrics.get("processes", 1))),
             ("precision", _fmt(f"{metrics.get('precision')} on {metrics.get('device')}"))]
     parts = [f"<h1>imageclf run: {escape(run.resolve().name)}</h1>",
              "".join(f'<span class="kpi">{escape(k)}<b>{v}</b></span>' for k, v in kpis)]

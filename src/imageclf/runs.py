@@ -322,6 +322,7 @@ def _train(learn: Learner, data: DataConfig, out: Path, plan: list[Phase], lr: f
     metrics |= {"epochs": len(rows), "lr": lr, "train_seconds": learn.train_seconds,
                 "wall_seconds": wall,
                 "global_batch": data.bs * learn.accum * learn.dist.world_size,
+                "processes": learn.dist.world_size,
                 "train_img_per_s": learn.train_images / max(learn.train_seconds, 1e-9),
                 "precision": learn.precision.name, "device": str(learn.device),
                 "skipped_files": learn.dls.skipped(), "history": rows}
