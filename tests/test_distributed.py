@@ -16,7 +16,10 @@ WORKER = Path(__file__).with_name("ddp_worker.py")
 ELASTIC = Path(__file__).with_name("elastic_worker.py")
 # LayerNorm body and a plain linear head: no BatchNorm, whose batch statistics would differ
 # between 8 images per process and 16 in one process. What remains is the order of sums.
-MODEL = ["convnext_atto", "timm"]
+MODEL = ["test_convnext", "timm"]
+# The command-line tests check how processes meet, stop, restart and share the run: timm's
+# 0.4M-parameter test model keeps their steps and checkpoints small.
+TINY = ["--arch", "test_resnet", "--pretrained", "none"]
 
 
 def _env() -> dict:
@@ -99,7 +102,7 @@ def test_two_nodes_with_c10d_rendezvous_share_one_cache(tmp_path: Path):
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node",
            "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id",
-           "two-nodes", "-m", "imageclf", "train", str(data), "--pretrained", "none", "--size",
+           "two-nodes", "-m", "imageclf", "train", str(data), *TINY, "--size",
            "32", "--presize", "40", "--bs", "4", "--epochs", "1", "--lr", "1e-3",
            "--cache-dir", str(tmp_path / "shared-cache"), "--out", str(tmp_path / "run")]
     nodes = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -159,7 +162,7 @@ def test_torchrun_cli_and_a_job_restarted_from_its_checkpoint(tmp_path: Path):
     torchrun restarts both, and --auto-resume goes on from the checkpoint of epoch 0's end
     (without a second lr_find) to the same end as the job never interrupted."""
     data = make_folder_dataset(tmp_path / "data", n_train=8, n_valid=3)
-    args = ["train", str(data), "--pretrained", "none", "--size", "32", "--presize", "40",
+    args = ["train", str(data), *TINY, "--size", "32", "--presize", "40",
             "--bs", "4", "--epochs", "2", "--lr", "auto", "--lr-find-steps", "30",
             "--precision", "fp32", "--auto-resume", "--out"]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -220,7 +223,7 @@ def test_an_elastic_job_grows_and_shrinks(tmp_path: Path):
             "--nproc_per_node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint",
             f"127.0.0.1:{_free_port()}", "--rdzv-id", "grow", "--rdzv-conf",
             "last_call_timeout=1", "--max-restarts", "1", str(ELASTIC), "-v", "train",
-            str(data), "--pretrained", "none", "--size", "32", "--presize", "40", "--bs", "4",
+            str(data), *TINY, "--size", "32", "--presize", "40", "--bs", "4",
             "--epochs", "3", "--lr", "2e-3", "--precision", "fp32", "--out", str(run),
             "--auto-resume"]
     first = subprocess.Popen(node, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
