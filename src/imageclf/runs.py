@@ -231,7 +231,7 @@ def auto_run(data: DataConfig, train: TrainConfig, device: str | torch.device = 
     # rank 0), starting afresh would silently drop the training done so far: refuse.
     views = dist.gather(_checkpoint_view(out))
     if state in ("start", "restart") and any(views[1:]):
-        rank, view = next((r, v) for r, v in enumerate(views) if v)
+        rank, view = next((r, v) for r, v in enumerate(views) if r and v)
         raise ConfigError(
             f"--auto-resume: rank 0's machine has no checkpoint in {out}, but rank {rank}'s "
             f"has one ({view}). Only rank 0 reads and writes the run directory: put --out on "
