@@ -262,7 +262,7 @@ def test_an_elastic_job_grows_and_shrinks(tmp_path: Path):
 
 def test_more_processes_than_gpus_is_one_clear_error(monkeypatch: pytest.MonkeyPatch):
     """torchrun --nproc_per_node 2 on a machine with one GPU: the second process says what
-    is wrong before touching the device (nccl would fail later, less clearly)."""
+    is wrong before touching the device (CUDA would answer "invalid device ordinal")."""
     from imageclf.config import ConfigError
     from imageclf.distributed import from_env
 
