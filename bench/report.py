@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from common import RESULTS, ROOT
 
@@ -228,8 +229,34 @@ def plot_images_per_s(loader: dict | None, train: dict | None, path) -> bool:
     return True
 
 
+def _ddp(r: dict) -> str:
+    m, st, one, many, sm = r["machine"], r["settings"], r["one"], r["many"], r["summary"]
+
+    def row(j: dict) -> str:
+        return (f"| {j['processes']} × bs {j['bs_per_process']} × {j['threads_per_process']}"
+                f" thread(s) | {j['cold_img_per_s']:.1f} | {j['warm_img_per_s']:.1f} |"
+                f" {j['wall_seconds']:.0f} | {j['valid_accuracy']:.1%} |")
+
+    return "\n".join([
+        "## Several processes on one CPU machine (torchrun, gloo)",
+        "",
+        f"resnet18 from scratch, {Path(st['data']).name} ({st['subset']} images per class and"
+        f" split), size {st['size']}, presize {st['presize']}, global batch {st['bs']},"
+        f" {st['epochs']} epochs, {one['precision']}; one process using every core against"
+        f" {many['processes']} gloo processes sharing them; each job from a cold presize"
+        " cache; images/s count the whole job's images. One run of each."
+        f" Measured {m['date']} on {m['cpu']} ({m['cores']} cores), commit {m['commit']}.",
+        "",
+        "| job | cold epoch (img/s) | warm epochs, median (img/s) | wall (s) | valid accuracy |",
+        "|---|---:|---:|---:|---:|",
+        row(one), row(many),
+        f"| **{many['processes']} processes / 1** | **{sm['cold_ratio']:.2f}×** |"
+        f" **{sm['warm_ratio']:.2f}×** | **{sm['wall_ratio']:.2f}×** | |",
+        "", r.get("note", ""), ""])
+
+
 SECTIONS = {"loader": _loader, "train": _train, "predict": _predict, "lr_find": _lr_find,
-            "lr_rules": _lr_rules}
+            "lr_rules": _lr_rules, "ddp-cpu": _ddp}
 
 
 def _read(name: str) -> dict | None:
