@@ -89,12 +89,14 @@ def test_train_and_lr_find_cli(folder_dataset: Path, tmp_path: Path):
     assert cfg["train"]["pretrained"] == "none" and cfg["data"]["size"] == 32
     r = _run("lr-find", str(folder_dataset), "--pretrained", "none", "--size", "32",
              "--presize", "40", "--bs", "6", "--json", "-o", str(tmp_path / "lr.png"),
-             "--lr-find-steps", "25")
+             "--lr-find-steps", "25", "--accum-steps", "2")
     res = json.loads(r.stdout)
+    assert res["images_per_step"] == 12  # a training step's: 2 batches of 6
     assert set(res["suggestions"]) == {"valley", "slide", "minimum", "steep"}
     assert res["auto"] == resolve_rule("auto", res["suggestions"], pretrained=False)
     assert 3 < len(res["lrs"]) == len(res["losses"]) <= 25 and (tmp_path / "lr.png").is_file()
-    assert len(json.loads((out / "lr_find.json").read_text())["lrs"]) <= 30
+    found = json.loads((out / "lr_find.json").read_text())
+    assert len(found["lrs"]) <= 30 and found["images_per_step"] == 6
     r = _run("lr-find", str(folder_dataset), "--lr-find-steps", "5", ok=False)
     assert r.returncode == 2 and "--lr-find-steps must be at least 10" in r.stderr
     r = _run("report", str(out))

@@ -176,6 +176,8 @@ def test_torchrun_cli_and_a_job_restarted_from_its_checkpoint(tmp_path: Path):
     m = json.loads((ref / "metrics.json").read_text())
     assert m["lr"] == m["lr_find"][m["lr_rule"]] and m["epochs"] == 2
     assert (ref / "report.html").is_file() and (ref / "model" / "model.safetensors").is_file()
+    # rank 0 sweeps alone, adding up 2 of its batches of 4 a step: the job's global batch
+    assert json.loads((ref / "lr_find.json").read_text())["images_per_step"] == 8
 
     r = subprocess.run([*torchrun, "--max-restarts", "1", str(ELASTIC), "-v", *args, str(run)],
                        capture_output=True, text=True, timeout=300, env=_env())

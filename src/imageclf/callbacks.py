@@ -148,6 +148,8 @@ class LRSweep(Callback):
         self.losses: list[float] = []  # smoothed
         self.raw: list[float] = []
         self._group: list[float] = []  # losses of the batches of the current step
+        self.step_images: list[int] = []  # images each optimiser step saw
+        self._images = 0  # of the current step
         self._avg, self.best = 0.0, math.inf
 
     def on_batch_start(self, learn: Learner) -> None:
@@ -157,11 +159,14 @@ class LRSweep(Callback):
         learn.set_lrs([lr] * learn.n_groups)
         self.lrs.append(lr)
         self._group.clear()
+        self._images = 0
 
     def on_batch_end(self, learn: Learner) -> None:
         self._group.append(float(learn.loss.detach()))
+        self._images += learn.batch_size
         if not learn.stepped:
             return
+        self.step_images.append(self._images)
         loss = sum(self._group) / len(self._group)  # the step's batches, as it saw them
         self.raw.append(loss)
         i = len(self.raw)

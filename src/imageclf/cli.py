@@ -410,7 +410,7 @@ def lr_find_cmd(data: DataArg, arch: ArchOpt = "resnet18", pretrained: Pretraine
     auto = resolve_rule("auto", res.suggestions, tcfg.fine_tunes)
     if as_json:
         print(json.dumps({"suggestions": res.suggestions, "auto": auto, "lrs": res.lrs,
-                          "losses": res.losses}))
+                          "losses": res.losses, "images_per_step": res.images_per_step}))
         return
     for name, value in res.suggestions.items():
         console.print(f"{name:8s} {value:.2e}" + ("  <- --lr auto" if name == auto else ""))

@@ -74,6 +74,7 @@ class LRFindResult:
     lrs: list[float]
     losses: list[float]
     suggestions: dict[str, float]
+    images_per_step: int = 0  # the sweep's full steps (the last of an epoch may be short)
 
 
 @dataclass
@@ -381,9 +382,11 @@ class Learner:
 
     def lr_find(self, start_lr: float = 1e-7, end_lr: float = 10.0,
                 num_it: int = 100) -> LRFindResult:
-        """Exponential sweep start→end over num_it optimiser steps (of `accum` batches
-        each), stopped when the smoothed loss exceeds 4× its best; model, optimiser and RNG
-        are restored afterwards, in memory."""
+        """Exponential sweep start→end over num_it optimiser steps, stopped when the
+        smoothed loss exceeds 4× its best; model, optimiser and RNG are restored afterwards,
+        in memory. Each step sees the images a training step will: `accum` batches, and
+        with several processes (the sweep runs on rank 0 alone) `accum × world_size` of
+        rank 0's batches, so the rate it finds is for the job's global batch."""
         model_state = copy.deepcopy(self.model.state_dict())
         opt_state = copy.deepcopy(self.opt.state_dict())
         rng = torch.get_rng_state()
@@ -391,6 +394,7 @@ class Learner:
         rows = list(self.history.rows)
         sweep = LRSweep(start_lr, end_lr, num_it)
         wrapped, self.train_model = self.train_model, self.model  # rank 0 alone: no DDP
+        accum, self.accum = self.accum, self.accum * self.dist.world_size
         try:
             steps = -(-len(self.dls.train) // self.accum)  # optimiser steps per epoch
             epochs = -(-num_it // max(steps, 1))
@@ -403,11 +407,13 @@ class Learner:
             self.history.rows = rows
             self.history.clear_batches()
             self.train_model = wrapped  # not rebuilt: building DDP is collective
+            self.accum = accum
         n = len(sweep.losses)
         # the last points are the blow-up that stopped the sweep: not candidates
         lrs, losses = sweep.lrs[:n], sweep.losses
         keep = max(3, n - 1) if n > 5 else n
-        return LRFindResult(lrs, losses, suggest(lrs[:keep], losses[:keep]))
+        return LRFindResult(lrs, losses, suggest(lrs[:keep], losses[:keep]),
+                            max(sweep.step_images, default=0))
 
 
 def set_seed(seed: int) -> None:

@@ -118,8 +118,8 @@ def run_lr_find(learn: Learner, out: Path | None = None, steps: int = LR_FIND_ST
     """lr_find (a sweep of at most `steps` batches), and its plot when `out` is given."""
     res = learn.lr_find(num_it=steps)
     if out is not None:
-        save_json({"lrs": res.lrs, "losses": res.losses, "suggestions": res.suggestions},
-                  out / "lr_find.json")
+        save_json({"lrs": res.lrs, "losses": res.losses, "suggestions": res.suggestions,
+                   "images_per_step": res.images_per_step}, out / "lr_find.json")
         plot_lr_find(res.lrs, res.losses, res.suggestions, out / "lr_find.png")
     return res
 
