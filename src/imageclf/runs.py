@@ -115,7 +115,7 @@ def build_learner(data: DataConfig, train: TrainConfig, device: str | torch.devi
 
 def run_lr_find(learn: Learner, out: Path | None = None, steps: int = LR_FIND_STEPS
                 ) -> LRFindResult:
-    """lr_find (a sweep of at most `steps` batches), and its plot when `out` is given."""
+    """lr_find (a sweep of at most `steps` optimiser steps), and its plot when `out` is given."""
     res = learn.lr_find(num_it=steps)
     if out is not None:
         save_json({"lrs": res.lrs, "losses": res.losses, "suggestions": res.suggestions,
