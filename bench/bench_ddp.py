@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import imagenette, machine, run, save, subset
+from common import imagenette, machine, recipe_parser, run, save, subset
 from report import render
 
 
@@ -45,14 +45,10 @@ def job(data: Path, procs: int, a: argparse.Namespace, tmp: str) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--data")
+    ap = recipe_parser()
     ap.add_argument("--subset", type=int, default=100)
     ap.add_argument("--procs", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--size", type=int, default=128)
-    ap.add_argument("--presize", type=int, default=160)
-    ap.add_argument("--bs", type=int, default=64)
     a = ap.parse_args()
     data = imagenette(a.data)
     if a.subset:

@@ -8,22 +8,17 @@ Writes bench/results/loader.json and regenerates docs/benchmarks.md.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
 
-from common import fastai_python, imagenette, machine, run_json, save
+from common import fastai_python, imagenette, machine, recipe_parser, run_json, save
 from report import render
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--data")
+    ap = recipe_parser()
     ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--size", type=int, default=128)
-    ap.add_argument("--presize", type=int, default=160)
-    ap.add_argument("--bs", type=int, default=64)
     a = ap.parse_args()
     data = imagenette(a.data)
     args = [str(a.size), str(a.presize), str(a.bs), str(a.epochs)]

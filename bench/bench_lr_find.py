@@ -7,23 +7,17 @@ with a cold presize cache) and the suggestions.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import fastai_python, imagenette, machine, run_json, save
+from common import fastai_python, imagenette, machine, recipe_parser, run_json, save
 from report import render
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--data")
-    ap.add_argument("--size", type=int, default=128)
-    ap.add_argument("--presize", type=int, default=160)
-    ap.add_argument("--bs", type=int, default=64)
-    a = ap.parse_args()
+    a = recipe_parser().parse_args()
     data = imagenette(a.data)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()

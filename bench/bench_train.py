@@ -10,25 +10,20 @@ bench/results/train.json and regenerates docs/benchmarks.md.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import fastai_python, imagenette, machine, run, run_json, save
+from common import fastai_python, imagenette, machine, recipe_parser, run, run_json, save
 from report import render
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--data")
+    ap = recipe_parser()
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--size", type=int, default=128)
-    ap.add_argument("--presize", type=int, default=160)
-    ap.add_argument("--bs", type=int, default=64)
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--skip-fastai", action="store_true",
                     help="Reuse the fastai figures already in bench/results/NAME.json.")

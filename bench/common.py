@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
 import os
@@ -28,6 +29,17 @@ def fastai_python() -> Path:
         subprocess.run([str(py), "-m", "pip", "install", "-q", f"fastai=={FASTAI_VERSION}",
                         "torch", "torchvision"], check=True)
     return py
+
+
+def recipe_parser() -> argparse.ArgumentParser:
+    """The options of the shared Imagenette recipe (--data, and size 128, presize 160,
+    batch 64 unless given), for a benchmark to add its own to."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data")
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--presize", type=int, default=160)
+    ap.add_argument("--bs", type=int, default=64)
+    return ap
 
 
 def imagenette(data: str | None) -> Path:
