@@ -229,9 +229,10 @@ def auto_run(data: DataConfig, train: TrainConfig, device: str | torch.device = 
     # Only rank 0 reads and writes the run. If its machine sees no checkpoint where another
     # machine holds one (--out on a machine's own disk, and an elastic job's new node made
     # rank 0), starting afresh would silently drop the training done so far: refuse.
-    views = dist.gather(_checkpoint_view(out))
-    if state in ("start", "restart") and any(views[1:]):
-        rank, view = next((r, v) for r, v in enumerate(views) if r and v)
+    # (rank 0's own view is its decision: it does not look again)
+    views = dist.gather(None if dist.is_main else _checkpoint_view(out))
+    if state in ("start", "restart") and any(views):
+        rank, view = next((r, v) for r, v in enumerate(views) if v)
         raise ConfigError(
             f"--auto-resume: rank 0's machine has no checkpoint in {out}, but rank {rank}'s "
             f"has one ({view}). Only rank 0 reads and writes the run directory: put --out on "
