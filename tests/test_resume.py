@@ -64,6 +64,8 @@ def test_sigterm_then_kill9_then_resume_matches_an_uninterrupted_run(data: Path,
     assert f"imageclf train --resume {run}" in err and "Traceback" not in err
     info, _ = read_checkpoint(run / "checkpoints")
     assert info["batch"] > 0 or info["epoch"] > 0
+    if info["batch"]:  # the epoch so far, for its images/s once resumed
+        assert info["epoch_images"] == 4 * info["batch"] and info["epoch_seconds"] > 0
 
     # 2) the same command again with --auto-resume (a restarted job): it continues the run;
     # then kill -9 in the middle of epoch 1 (no chance to clean up)
@@ -78,6 +80,9 @@ def test_sigterm_then_kill9_then_resume_matches_an_uninterrupted_run(data: Path,
     assert r.returncode == 0, r.stderr
     assert final_metrics(run) == final_metrics(ref)
     assert not list((run / "checkpoints").glob("*.tmp*"))
+    # the images trained before each interruption still count (3 epochs x 3 classes x 20)
+    done = read_checkpoint(run / "checkpoints")[0]
+    assert done["train_images"] == read_checkpoint(ref / "checkpoints")[0]["train_images"] == 180
 
 
 def test_damaged_or_missing_checkpoint_is_never_used(data: Path, tmp_path: Path):

@@ -45,7 +45,6 @@ class History(Callback):
         self.rows: list[dict[str, float]] = []
         self._losses: list[float] = []
         self._pending: list[torch.Tensor] = []
-        self._images = 0
         self._resumed = False
 
     @property
@@ -68,8 +67,7 @@ class History(Callback):
         """Everything needed to continue the record after a resume (mid-epoch included)."""
         self._flush()
         return {"rows": self.rows, "batch_losses": self._batch_losses,
-                "batch_lrs": self.batch_lrs, "epoch_losses": self._losses,
-                "epoch_images": self._images}
+                "batch_lrs": self.batch_lrs, "epoch_losses": self._losses}
 
     def clear_batches(self) -> None:
         """Forget the per-batch record (the lr finder's sweep is not part of training)."""
@@ -83,7 +81,6 @@ class History(Callback):
         self._batch_losses = list(state["batch_losses"])
         self.batch_lrs = list(state["batch_lrs"])
         self._losses = list(state["epoch_losses"])
-        self._images = int(state["epoch_images"])
         self._resumed = mid_epoch
 
     def on_epoch_start(self, learn: Learner) -> None:
@@ -93,14 +90,12 @@ class History(Callback):
             return
         self._flush()
         self._losses = []
-        self._images = 0
 
     def on_batch_end(self, learn: Learner) -> None:
         self._pending.append(learn.loss.detach())
         if len(self._pending) >= self.flush_every:
             self._flush()
         self.batch_lrs.append(learn.opt.param_groups[-1]["lr"])
-        self._images += learn.batch_size * learn.dist.world_size  # every process's share
 
     def on_validation_end(self, learn: Learner) -> None:
         self._flush()
@@ -108,8 +103,8 @@ class History(Callback):
         loss = learn.dist.mean(sum(self._losses) / max(len(self._losses), 1))
         row = {"epoch": learn.epoch, "train_loss": loss}
         row |= learn.last_validation
-        row |= {"seconds": seconds, "img_per_s": self._images / max(learn.train_seconds_epoch,
-                                                                      1e-9)}
+        row |= {"seconds": seconds,
+                "img_per_s": learn.epoch_images / max(learn.epoch_seconds, 1e-9)}
         self.rows.append(row)
 
 

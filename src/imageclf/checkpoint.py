@@ -86,6 +86,7 @@ def save_checkpoint(learn: Learner, folder: Path, extra: dict | None = None) -> 
     """Write a checkpoint of where `learn` stands now; return last.json's path."""
     folder.mkdir(parents=True, exist_ok=True)
     epoch, batch = learn.epochs_done, learn.batch_in_epoch
+    seconds, epoch_seconds = learn.clock()  # mid-epoch: the stretch still running counts
     tensors = {f"model.{k}": v.detach().cpu().contiguous()
                for k, v in learn.model.state_dict().items()}
     opt_t, opt_info = _opt_tensors(learn.opt)
@@ -108,7 +109,8 @@ def save_checkpoint(learn: Learner, folder: Path, extra: dict | None = None) -> 
         "rng": {"numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
                 "python": [py_state[0], list(py_state[1]), py_state[2]]},
         "history": learn.history.state(),
-        "train_seconds": learn.train_seconds, "train_images": learn.train_images,
+        "train_seconds": seconds, "train_images": learn.train_images,
+        "epoch_seconds": epoch_seconds, "epoch_images": learn.epoch_images,
         "cache": {"train": learn.dls.train.cache.key, "valid": learn.dls.valid.cache.key},
     } | (extra or {})
     text = json.dumps(info, indent=1) + "\n"
@@ -160,8 +162,15 @@ def restore(learn: Learner, info: dict, tensors: dict[str, torch.Tensor],
     random.setstate((v, tuple(state), g))
     learn.epochs_done = learn.epoch = info["epoch"]
     learn.train_seconds, learn.train_images = info["train_seconds"], info["train_images"]
+    # the epoch so far (a mid-epoch checkpoint); one written before these were recorded
+    # counted none of it in the run's totals
+    learn.epoch_seconds = info.get("epoch_seconds", 0.0)
+    learn.epoch_images = info.get("epoch_images", 0)
     history = dict(info["history"])
-    if restart_epoch and info["batch"]:
+    if restart_epoch and info["batch"]:  # the epoch's first steps are dropped: so is their count
+        learn.train_seconds -= learn.epoch_seconds
+        learn.train_images -= learn.epoch_images
+        learn.epoch_seconds, learn.epoch_images = 0.0, 0
         history["batch_losses"] = history["batch_losses"][:-info["batch"]]
         history["batch_lrs"] = history["batch_lrs"][:-info["batch"]]
     learn.history.load_state(history, info["mid_epoch"] and not restart_epoch)

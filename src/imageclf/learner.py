@@ -152,15 +152,24 @@ class Learner:
         self.batch_size = 0
         self.last_validation: dict[str, float] = {}
         self.last_preds: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.train_seconds_epoch = 0.0
+        # the run's training time and images (the job's: every process's share), and the
+        # current epoch's, which a mid-epoch resume carries on from its checkpoint
         self.train_seconds = 0.0
         self.train_images = 0
+        self.epoch_seconds = 0.0
+        self.epoch_images = 0
+        self._t0: float | None = None  # start of the running stretch of training steps
         self.epochs_done = 0
         self.batch_in_epoch = 0
         self.interrupted: str | None = None  # set (to the signal's name) to stop mid-epoch
         self.stepped = True  # the last batch ended with an optimiser step
         self.plan: list[Phase] = []
         log.info("precision %s on %s", self.precision.name, self.device)
+
+    def clock(self) -> tuple[float, float]:
+        """(the run's, the current epoch's) training seconds up to now."""
+        running = time.perf_counter() - self._t0 if self._t0 is not None else 0.0
+        return self.train_seconds + running, self.epoch_seconds + running
 
     # --- optimiser -------------------------------------------------------------------
     def _make_optimizer(self) -> torch.optim.Optimizer:
@@ -272,23 +281,26 @@ class Learner:
                 self.dls.train.set_epoch(self.epochs_done)
                 self.dls.train.skip = start_batch
                 self.batch_in_epoch = start_batch
+                if not start_batch:
+                    self.epoch_seconds, self.epoch_images = 0.0, 0
                 self._call("on_epoch_start")
-                start_batch = 0
-                t0, n = time.perf_counter(), 0
+                start_batch, n = 0, 0
+                self._t0 = time.perf_counter()
                 for x, y in self.dls.train:
                     self.batch_size = x.shape[0]
                     self._call("on_batch_start")
                     self.train_step(x, y)
-                    n += self.batch_size * self.dist.world_size  # the job's images
+                    n += 1
+                    self.epoch_images += self.batch_size * self.dist.world_size
+                    self.train_images += self.batch_size * self.dist.world_size
                     self.batch_in_epoch += 1
                     self._call("on_batch_end")
                     if self.stop_training:
                         break
                 if self.device.type == "cuda":  # queued kernels belong to this epoch's time
                     torch.cuda.synchronize(self.device)
-                self.train_seconds_epoch = time.perf_counter() - t0
-                self.train_seconds += self.train_seconds_epoch
-                self.train_images += n
+                self.train_seconds, self.epoch_seconds = self.clock()
+                self._t0 = None
                 if self.interrupted:  # mid-epoch stop: no validation, no epoch end
                     break
                 if validate and not (self.stop_training and not self.history.rows and not n):
@@ -390,7 +402,8 @@ class Learner:
         model_state = copy.deepcopy(self.model.state_dict())
         opt_state = copy.deepcopy(self.opt.state_dict())
         rng = torch.get_rng_state()
-        counters = (self.epochs_done, self.epoch, self.train_seconds, self.train_images)
+        counters = (self.epochs_done, self.epoch, self.train_seconds, self.train_images,
+                    self.epoch_seconds, self.epoch_images)
         rows = list(self.history.rows)
         sweep = LRSweep(start_lr, end_lr, num_it)
         wrapped, self.train_model = self.train_model, self.model  # rank 0 alone: no DDP
@@ -403,7 +416,8 @@ class Learner:
             self.model.load_state_dict(model_state)
             self.opt.load_state_dict(opt_state)
             torch.set_rng_state(rng)
-            self.epochs_done, self.epoch, self.train_seconds, self.train_images = counters
+            (self.epochs_done, self.epoch, self.train_seconds, self.train_images,
+             self.epoch_seconds, self.epoch_images) = counters
             self.history.rows = rows
             self.history.clear_batches()
             self.train_model = wrapped  # not rebuilt: building DDP is collective
