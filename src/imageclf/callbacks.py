@@ -84,7 +84,8 @@ class History(Callback):
         self._resumed = mid_epoch
 
     def on_epoch_start(self, learn: Learner) -> None:
-        self._t0 = time.perf_counter()
+        # an epoch resumed mid-way already trained for learn.epoch_seconds before the stop
+        self._t0 = time.perf_counter() - learn.epoch_seconds
         if self._resumed:  # continue the interrupted epoch's record
             self._resumed = False
             return
