@@ -82,11 +82,11 @@ def test_sigterm_then_kill9_then_resume_matches_an_uninterrupted_run(data: Path,
     assert not list((run / "checkpoints").glob("*.tmp*"))
     # the images trained before each interruption still count (3 epochs x 3 classes x 20)
     done = read_checkpoint(run / "checkpoints")[0]
+    assert done["train_images"] == read_checkpoint(ref / "checkpoints")[0]["train_images"] == 180
     # an epoch's seconds (training and validation) hold at least its training time, the part
     # before an interruption included
     for row in json.loads((run / "metrics.json").read_text())["history"]:
         assert row["seconds"] >= 60 / row["img_per_s"]
-    assert done["train_images"] == read_checkpoint(ref / "checkpoints")[0]["train_images"] == 180
 
 
 def test_damaged_or_missing_checkpoint_is_never_used(data: Path, tmp_path: Path):
