@@ -291,8 +291,9 @@ class Learner:
                     self._call("on_batch_start")
                     self.train_step(x, y)
                     n += 1
-                    self.epoch_images += self.batch_size * self.dist.world_size
-                    self.train_images += self.batch_size * self.dist.world_size
+                    images = self.batch_size * self.dist.world_size  # the job's
+                    self.epoch_images += images
+                    self.train_images += images
                     self.batch_in_epoch += 1
                     self._call("on_batch_end")
                     if self.stop_training:
