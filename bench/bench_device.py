@@ -28,7 +28,7 @@ import torch
 from common import imagenette, machine, save, subset
 from imageclf.config import DataConfig, TrainConfig
 from imageclf.distributed import from_env
-from imageclf.runs import build_learner
+from imageclf.runs import RunContext, build_learner
 from report import render
 
 
@@ -85,12 +85,12 @@ def main() -> None:
                           cache_dir=f"{tmp}/cache", decode=a.decode)
         # the ceiling first, on its own learner: the end-to-end run starts from fresh weights
         # and optimiser state, and its cache is still cold
-        learn = build_learner(dcfg, tcfg, dev)
+        learn = build_learner(dcfg, tcfg, RunContext(dev))
         n_classes = len(learn.dls.classes)
         top = ceiling(learn, dev, a.size, a.bs, a.warmup, a.steps, n_classes)
         print(f"ceiling: {top:.0f} img/s", flush=True)
         del learn
-        learn = build_learner(dcfg, tcfg, dev)
+        learn = build_learner(dcfg, tcfg, RunContext(dev))
         assert learn.dls.train.index is None, "the cache must be built inside the first epoch"
         t0 = time.perf_counter()
         learn.fit_one_cycle(a.epochs, a.lr)

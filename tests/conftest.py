@@ -1,63 +1,12 @@
-"""Small generated images: no test reads the network or anything outside its tmp folder."""
+"""Fixtures: every test gets its own presize cache; a small folder data set."""
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
-import os
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
-COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220),
-           "yellow": (220, 210, 30), "cyan": (30, 200, 210), "magenta": (210, 30, 200)}
-
-
-def solid(colour: tuple[int, int, int], size: tuple[int, int] = (48, 40),
-          seed: int = 0) -> Image.Image:
-    """A colour image with a little noise, so JPEG has something to encode."""
-    rng = np.random.default_rng(seed)
-    a = np.empty((size[1], size[0], 3), np.int16)
-    a[:] = colour
-    a += rng.integers(-12, 12, a.shape, dtype=np.int16)
-    return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), "RGB")
-
-
-def make_folder_dataset(root: Path, n_train: int = 6, n_valid: int = 3,
-                        classes: tuple[str, ...] = ("blue", "green", "red"),
-                        size: tuple[int, int] = (48, 40)) -> Path:
-    """root/train/<cls>/*.jpg and root/valid/<cls>/*.jpg of noisy solid colours."""
-    for split, n in (("train", n_train), ("valid", n_valid)):
-        for c in classes:
-            d = root / split / c
-            d.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                solid(COLOURS[c], size, seed=i).save(d / f"{c}_{i}.jpg", quality=90)
-    return root
-
-
-def add_bad_files(folder: Path) -> dict[str, str]:
-    """Every unreadable kind, in `folder`; returns {file name: expected reason fragment}."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "empty.jpg").write_bytes(b"")
-    good = folder / "_whole.jpg"
-    solid((200, 10, 10), (64, 64)).save(good, quality=95)
-    data = good.read_bytes()
-    (folder / "truncated.jpg").write_bytes(data[: len(data) // 2])
-    good.unlink()
-    (folder / "text.jpg").write_text("this is not an image\n" * 10)
-    (folder / "garbled.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(200))
-    (folder / "dir.jpg").mkdir()
-    os.symlink(folder / "nowhere.jpg", folder / "dangling.jpg")
-    Image.new("1", (9500, 9500)).save(folder / "bomb.png")  # 90 MP, a few KB on disk
-    return {"empty.jpg": "empty", "truncated.jpg": "truncated", "text.jpg": "not an image",
-            "garbled.png": "", "dir.jpg": "directory", "dangling.jpg": "dangling",
-            "bomb.png": "decompression bomb"}
+from .helpers import make_folder_dataset
 
 
 @pytest.fixture
@@ -73,35 +22,28 @@ def _cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return d
 
 
-@dataclass
-class CliResult:
-    returncode: int
-    stdout: str
-    stderr: str
 
 
-def run_cli(*args: str) -> CliResult:
-    """`imageclf ARGS` through the console script's own main(), in this process: the same
-    parsing, error handling and exit codes, without a new interpreter importing torch each
-    time. (The entry point as a separate process has its own tests.)"""
-    from imageclf import cli
+@pytest.fixture
+def learn(folder_dataset: Path):
+    """A resnet18 learner from scratch on 3 classes x 6 images, fp32 (3 batches an epoch)."""
+    from imageclf.config import DataConfig, TrainConfig
+    from imageclf.runs import build_learner
 
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    argv, sys.argv = sys.argv, ["imageclf", *args]
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            cli.main()
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    finally:
-        sys.argv = argv
-    return CliResult(code, out.getvalue(), err.getvalue())
+    return build_learner(DataConfig(path=str(folder_dataset), size=32, presize=40, bs=6),
+                         TrainConfig(arch="resnet18", pretrained="none", precision="fp32"))
 
 
-def final_metrics(run: Path) -> dict:
-    """A finished run's metrics and history, without the timings."""
-    m = json.loads((run / "metrics.json").read_text())
-    return {k: m[k] for k in ("valid_loss", "valid_accuracy", "train_loss", "epochs")} | {
-        "rows": [{k: v for k, v in r.items() if k not in ("seconds", "img_per_s")}
-                 for r in m["history"]]}
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small softmax model trained on noisy solid colours (fp32: comparable to ONNX)."""
+    tmp = tmp_path_factory.mktemp("trained")
+    data = make_folder_dataset(tmp / "data", n_train=10, n_valid=4)
+    from imageclf.config import DataConfig, TrainConfig
+    from imageclf.runs import train_run
+
+    res = train_run(DataConfig(path=str(data), size=32, presize=40, bs=10,
+                               cache_dir=str(tmp / "cache")),
+                    TrainConfig(arch="resnet18", pretrained="none", epochs=4, lr="2e-3",
+                                precision="fp32", out=str(tmp / "run")))
+    return res.out

@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from imageclf.config import AugConfig, DataConfig, TrainConfig
 from imageclf.distributed import from_env, shutdown
-from imageclf.runs import build_learner
+from imageclf.runs import RunContext, build_learner
 
 data, bs, out = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
 accum = int(sys.argv[6]) if len(sys.argv) > 6 else 0
@@ -19,7 +19,8 @@ dist, dev = from_env("cpu")
 learn = build_learner(DataConfig(path=data, size=32, presize=40, bs=bs, cache_dir=str(out / "c"),
                                  aug=aug),
                       TrainConfig(arch=sys.argv[4], head=sys.argv[5], pretrained="none",
-                                  precision="fp32", seed=0, accum=max(accum, 1)), dev, dist=dist)
+                                  precision="fp32", seed=0, accum=max(accum, 1)),
+                      RunContext(dev, dist=dist))
 learn.fit_one_cycle(2, 1e-3)
 params = {k: v.detach().contiguous() for k, v in learn.model.named_parameters()}
 save_file(params, out / f"rank{dist.rank}.safetensors")

@@ -27,7 +27,8 @@ def wait(until) -> None:
 
 
 def event(self, learn):
-    at, world = (learn.epochs_done, learn.batch_in_epoch), learn.dist.world_size
+    at = (learn.progress.epochs_done, learn.progress.batch_in_epoch)
+    world = learn.dist.world_size
     if os.environ.get("IMAGECLF_TEST_EVENT", "die") == "die":
         if at == (1, 2) and os.environ.get("TORCHELASTIC_RESTART_COUNT") == "0" \
                 and learn.dist.rank == 1:

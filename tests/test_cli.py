@@ -3,13 +3,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from imageclf.config import DataConfig
 from imageclf.data.loader import DataLoaders
 from imageclf.lr_finder import resolve_rule
 
-from .conftest import CliResult, add_bad_files, run_cli
+from .helpers import CliResult, add_bad_files, run_cli
 
 
 def _run(*args: str, ok: bool = True) -> CliResult:
@@ -61,6 +62,7 @@ def test_bench_loader_json(folder_dataset: Path):
     assert r.returncode == 2 and "--decode must be cpu or device" in r.stderr
 
 
+@pytest.mark.slow
 def test_bad_setting_is_one_clear_line(folder_dataset: Path):
     """Through the installed entry point, in a process of its own."""
     r = subprocess.run([sys.executable, "-m", "imageclf", "show-batch", str(folder_dataset),

@@ -12,9 +12,9 @@ import torch
 
 from imageclf.callbacks import Callback
 from imageclf.config import DataConfig, TrainConfig
-from imageclf.runs import build_learner
+from imageclf.runs import RunContext, build_learner
 
-from .conftest import make_folder_dataset
+from .helpers import make_folder_dataset
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
 
@@ -29,13 +29,13 @@ class NoWaitBetweenSteps(Callback):
         self.checked = 0
 
     def on_batch_start(self, learn) -> None:  # noqa: ANN001
-        if learn.batch_in_epoch == 1:
+        if learn.progress.batch_in_epoch == 1:
             torch.cuda.set_sync_debug_mode("error")
 
     def on_batch_end(self, learn) -> None:  # noqa: ANN001
-        if learn.batch_in_epoch >= 2:
+        if learn.progress.batch_in_epoch >= 2:
             self.checked += 1
-        if learn.batch_in_epoch == len(learn.dls.train):
+        if learn.progress.batch_in_epoch == len(learn.dls.train):
             torch.cuda.set_sync_debug_mode("default")
 
     def on_fit_end(self, learn) -> None:  # noqa: ANN001
@@ -53,7 +53,7 @@ def test_training_steps_never_wait_for_the_gpu(data: Path, precision: str):
         pytest.skip("this GPU has no bf16")
     learn = build_learner(DataConfig(path=str(data), size=32, presize=40, bs=8),
                           TrainConfig(arch="resnet18", pretrained="none", precision=precision),
-                          "cuda")
+                          RunContext("cuda"))
     assert learn.precision.name == precision and learn.scaler.is_enabled() == (
         precision == "fp16")
     watch = NoWaitBetweenSteps()
@@ -74,7 +74,7 @@ def test_predictor_on_the_gpu_agrees_with_the_cpu(data: Path, tmp_path: Path):
 
     res = train_run(DataConfig(path=str(data), size=32, presize=40, bs=8),
                     TrainConfig(arch="resnet18", pretrained="none", epochs=2, lr="1e-2",
-                                out=str(tmp_path / "run")), "cuda")
+                                out=str(tmp_path / "run")), RunContext("cuda"))
     gpu = Predictor(res.out / "model", device="cuda", precision="fp32")
     cpu = Predictor(res.out / "model", device="cpu", precision="fp32")
     x = torch.stack([cpu.load(f) for f in sorted((data / "valid").rglob("*.jpg"))])

@@ -9,12 +9,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from imageclf.config import ConfigError, DataConfig
+from imageclf.config import DataConfig
 from imageclf.data.cache import PresizeCache
 from imageclf.data.device_decode import exif_upright, read_jpeg
 from imageclf.data.loader import DataLoaders
+from imageclf.errors import ConfigError
 
-from .conftest import add_bad_files, make_folder_dataset
+from .helpers import add_bad_files, make_folder_dataset
 
 
 def _picture(w: int, h: int) -> Image.Image:

@@ -10,7 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from .conftest import final_metrics, make_folder_dataset
+from .helpers import final_metrics, make_folder_dataset
+
+pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 ELASTIC = Path(__file__).with_name("elastic_worker.py")
@@ -259,14 +261,14 @@ def test_an_elastic_job_grows_and_shrinks(tmp_path: Path):
     info = json.loads((run / "checkpoints" / "last.json").read_text())
     assert len(info["history"]["batch_losses"]) == 6 + 3 + 6
     # images/s count the whole job's images: 24 an epoch, whatever the number of processes
-    assert info["train_images"] == 3 * 24
+    assert info["progress"]["train_images"] == 3 * 24
 
 
 def test_more_processes_than_gpus_is_one_clear_error(monkeypatch: pytest.MonkeyPatch):
     """torchrun --nproc_per_node 2 on a machine with one GPU: the second process says what
     is wrong before touching the device (CUDA would answer "invalid device ordinal")."""
-    from imageclf.config import ConfigError
     from imageclf.distributed import from_env
+    from imageclf.errors import ConfigError
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)

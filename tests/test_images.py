@@ -13,7 +13,7 @@ from imageclf.data.images import (
     verify_file,
 )
 
-from .conftest import add_bad_files, solid
+from .helpers import add_bad_files, solid
 
 
 def _rgb_at(im: Image.Image, xy) -> np.ndarray:

@@ -2,10 +2,10 @@ from pathlib import Path
 
 import pytest
 
-from imageclf.config import ConfigError
 from imageclf.data.sources import find_items
+from imageclf.errors import ConfigError, DataError
 
-from .conftest import COLOURS, solid
+from .helpers import COLOURS, solid
 
 
 def test_folder_split_and_sorted_classes(folder_dataset: Path):
@@ -60,20 +60,20 @@ def test_csv_single_multi_and_is_valid(tmp_path: Path):
 
 def test_bad_layouts_are_clear_errors(tmp_path: Path, folder_dataset: Path):
     (folder_dataset / "train" / "empty_class").mkdir()
-    with pytest.raises(ConfigError, match="no images.*empty_class"):
+    with pytest.raises(DataError, match="no images.*empty_class"):
         find_items(folder_dataset)
     one = tmp_path / "one"
     (one / "only").mkdir(parents=True)
     solid((0, 0, 0), (8, 8)).save(one / "only" / "a.png")
     solid((0, 0, 0), (8, 8)).save(one / "only" / "b.png")
-    with pytest.raises(ConfigError, match="at least 2"):
+    with pytest.raises(DataError, match="at least 2"):
         find_items(one)
     (tmp_path / "missing.csv").write_text("f,l\nnope.png,a\nnope2.png,b\n")
-    with pytest.raises(ConfigError, match="do not exist"):
+    with pytest.raises(DataError, match="do not exist"):
         find_items(tmp_path / "missing.csv")
     solid((0, 0, 0), (8, 8)).save(tmp_path / "x.png")
     (tmp_path / "cols.csv").write_text("x.png\n")
-    with pytest.raises(ConfigError, match="columns"):
+    with pytest.raises(DataError, match="columns"):
         find_items(tmp_path / "cols.csv")
     with pytest.raises(ConfigError, match="not a folder"):
         find_items(tmp_path / "nothing")

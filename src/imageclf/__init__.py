@@ -6,12 +6,18 @@ Names are imported lazily, so `from imageclf.predict import Predictor` loads no 
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
 _LAZY = {
     "AugConfig": "imageclf.config",
-    "ConfigError": "imageclf.config",
+    "ConfigError": "imageclf.errors",
+    "DataError": "imageclf.errors",
+    "DamagedFileError": "imageclf.errors",
+    "ImageclfError": "imageclf.errors",
+    "ModelMeta": "imageclf.meta",
+    "TrainProgress": "imageclf.progress",
     "DataConfig": "imageclf.config",
     "TrainConfig": "imageclf.config",
     "BatchAugment": "imageclf.data.augment",
@@ -24,7 +30,24 @@ _LAZY = {
     "Predictor": "imageclf.predict",
 }
 
-__all__ = [*sorted(_LAZY), "__version__"]
+__all__ = [
+    "AugConfig", "BatchAugment", "BatchLoader", "ConfigError", "DamagedFileError", "DataConfig",
+    "DataError", "DataLoaders", "ImageclfError", "Items", "Learner", "ModelMeta", "Predictor",
+    "PresizeCache", "TrainConfig", "TrainProgress", "__version__", "find_items",
+]
+assert sorted(_LAZY) == sorted(n for n in __all__ if n != "__version__")
+
+if TYPE_CHECKING:
+    from imageclf.config import AugConfig, DataConfig, TrainConfig
+    from imageclf.data.augment import BatchAugment
+    from imageclf.data.cache import PresizeCache
+    from imageclf.data.loader import BatchLoader, DataLoaders
+    from imageclf.data.sources import Items, find_items
+    from imageclf.errors import ConfigError, DamagedFileError, DataError, ImageclfError
+    from imageclf.learner import Learner
+    from imageclf.meta import ModelMeta
+    from imageclf.predict import Predictor
+    from imageclf.progress import TrainProgress
 
 
 def __getattr__(name: str) -> object:

@@ -1,9 +1,8 @@
-"""Callback base with named no-op hooks; history, one-cycle schedule, lr finder, early stop."""
+"""Callback base with named no-op hooks; history, the one-cycle schedule, the lr sweep."""
 
 from __future__ import annotations
 
 import math
-import time
 from typing import TYPE_CHECKING
 
 import torch
@@ -84,8 +83,6 @@ class History(Callback):
         self._resumed = mid_epoch
 
     def on_epoch_start(self, learn: Learner) -> None:
-        # an epoch resumed mid-way already trained for learn.epoch_seconds before the stop
-        self._t0 = time.perf_counter() - learn.epoch_seconds
         if self._resumed:  # continue the interrupted epoch's record
             self._resumed = False
             return
@@ -100,12 +97,11 @@ class History(Callback):
 
     def on_validation_end(self, learn: Learner) -> None:
         self._flush()
-        seconds = time.perf_counter() - self._t0
+        p = learn.progress  # an epoch resumed mid-way counts its time before the stop too
         loss = learn.dist.mean(sum(self._losses) / max(len(self._losses), 1))
-        row = {"epoch": learn.epoch, "train_loss": loss}
+        row = {"epoch": p.epochs_done, "train_loss": loss}
         row |= learn.last_validation
-        row |= {"seconds": seconds,
-                "img_per_s": learn.epoch_images / max(learn.epoch_seconds, 1e-9)}
+        row |= {"seconds": p.epoch_seconds + p.valid_seconds, "img_per_s": p.epoch_img_per_s}
         self.rows.append(row)
 
 
@@ -172,22 +168,3 @@ class LRSweep(Callback):
         self.best = min(self.best, smooth)
         if should_stop(smooth, self.best, self.stop_factor) or i >= self.num_it:
             learn.stop_training = True
-
-
-class EarlyStopping(Callback):
-    """Stop when the monitored validation value has not improved for `patience` epochs."""
-
-    def __init__(self, monitor: str = "valid_loss", patience: int = 3,
-                 mode: str = "min") -> None:
-        self.monitor, self.patience, self.mode = monitor, patience, mode
-        self.best, self.wait = math.inf if mode == "min" else -math.inf, 0
-
-    def on_validation_end(self, learn: Learner) -> None:
-        value = learn.last_validation[self.monitor]
-        better = value < self.best if self.mode == "min" else value > self.best
-        if better:
-            self.best, self.wait = value, 0
-        else:
-            self.wait += 1
-            if self.wait >= self.patience:
-                learn.stop_training = True

@@ -1,8 +1,9 @@
 """Checkpoints of a training run, graceful Ctrl-C / SIGTERM, and resume.
 
 A checkpoint is two files under RUN_DIR/checkpoints/: `ckpt-E-B.safetensors` (model,
-optimiser and RNG tensors) and `last.json` (where training stands: epoch, batch, the plan,
-history, RNG states that are not tensors, the tensor file's size and SHA-256). Both are
+optimiser and RNG tensors) and `last.json` (where training stands: the TrainProgress
+counters, the plan, the rate chosen, history, RNG states that are not tensors, the tensor
+file's size and SHA-256). Both are
 written to a temporary file, fsynced and renamed; `last.json` is written last and names the
 tensor file, so a checkpoint cut short by a crash is never read: the previous one stays valid.
 """
@@ -26,14 +27,16 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from imageclf.callbacks import Callback
-from imageclf.config import ConfigError
-from imageclf.export import atomic_write
+from imageclf.errors import DamagedFileError
+from imageclf.fileio import atomic_write, write_text
+from imageclf.lr_finder import LRChoice
+from imageclf.progress import TrainProgress
 
 if TYPE_CHECKING:
     from imageclf.learner import Learner
 
 log = logging.getLogger(__name__)
-FORMAT = 1
+FORMAT = 2  # 2: counters under "progress", the rate under "lr_choice"
 
 
 def _sha256(path: Path) -> str:
@@ -82,11 +85,11 @@ def _load_opt(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], info
     opt.load_state_dict({"state": state, "param_groups": groups})
 
 
-def save_checkpoint(learn: Learner, folder: Path, extra: dict | None = None) -> Path:
+def save_checkpoint(learn: Learner, folder: Path, lr: LRChoice | None = None) -> Path:
     """Write a checkpoint of where `learn` stands now; return last.json's path."""
     folder.mkdir(parents=True, exist_ok=True)
-    epoch, batch = learn.epochs_done, learn.batch_in_epoch
-    seconds, epoch_seconds = learn.clock()  # mid-epoch: the stretch still running counts
+    progress = learn.progress.to_dict()  # mid-epoch: the stretch still running counts
+    epoch, batch = progress["epochs_done"], progress["batch_in_epoch"]
     tensors = {f"model.{k}": v.detach().cpu().contiguous()
                for k, v in learn.model.state_dict().items()}
     opt_t, opt_info = _opt_tensors(learn.opt)
@@ -101,42 +104,60 @@ def save_checkpoint(learn: Learner, folder: Path, extra: dict | None = None) -> 
     py_state = random.getstate()
     info = {
         "format": FORMAT, "tensors": name, "size": (folder / name).stat().st_size,
-        "sha256": _sha256(folder / name), "epoch": epoch, "batch": batch,
-        "mid_epoch": batch > 0, "time": time.time(), "world_size": learn.dist.world_size,
+        "sha256": _sha256(folder / name), "progress": progress, "time": time.time(),
+        "world_size": learn.dist.world_size,
         "plan": [dataclasses.asdict(p) for p in learn.plan],
         "frozen": not all(p.requires_grad for p in learn.model.parameters()),
         "optimizer": opt_info,
         "rng": {"numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
                 "python": [py_state[0], list(py_state[1]), py_state[2]]},
         "history": learn.history.state(),
-        "train_seconds": seconds, "train_images": learn.train_images,
-        "epoch_seconds": epoch_seconds, "epoch_images": learn.epoch_images,
         "cache": {"train": learn.dls.train.cache.key, "valid": learn.dls.valid.cache.key},
-    } | (extra or {})
-    text = json.dumps(info, indent=1) + "\n"
-    atomic_write(folder / "last.json", lambda p: Path(p).write_text(text))
+        "lr_choice": lr.to_dict() if lr is not None else None,
+    }
+    write_text(folder / "last.json", json.dumps(info, indent=1) + "\n")
     for old in folder.glob("ckpt-*.safetensors"):  # only the newest is kept
         if old.name != name:
             old.unlink(missing_ok=True)
     return folder / "last.json"
 
 
+def _upgrade(info: dict) -> dict:
+    """A format-1 last.json (counters and rate at the top level) in today's layout."""
+    if info.get("format", 1) >= 2:
+        return info
+    progress = {"epochs_done": info["epoch"], "batch_in_epoch": info["batch"],
+                "train_images": info["train_images"], "train_seconds": info["train_seconds"],
+                "epoch_images": info.get("epoch_images", 0),
+                "epoch_seconds": info.get("epoch_seconds", 0.0)}
+    lr = {"lr": info["lr"], "rule": info.get("lr_rule"), "suggestions": info.get("lr_find")}
+    return info | {"progress": progress, "lr_choice": lr}
+
+
+def checkpoint_position(info: dict) -> tuple[int, int]:
+    """(epochs done, batches done in the next epoch) of a checkpoint's last.json."""
+    p = _upgrade(info)["progress"]
+    return p["epochs_done"], p["batch_in_epoch"]
+
+
 def read_checkpoint(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     """(info, tensors) of the last complete checkpoint; a clear error when there is none."""
     last = folder / "last.json"
     if not last.exists():
-        raise ConfigError(f"--resume: no checkpoint in {folder} (last.json is missing); the run "
-                          "stopped before its first checkpoint")
+        raise DamagedFileError(f"--resume: no checkpoint in {folder} (last.json is missing); "
+                               "the run stopped before its first checkpoint")
     try:
-        info = json.loads(last.read_text())
+        info = _upgrade(json.loads(last.read_text()))
         tensor_file = folder / info["tensors"]
+        TrainProgress.from_dict(info["progress"])
     except (ValueError, KeyError, TypeError) as e:
-        raise ConfigError(f"--resume: {last} is damaged ({e})") from e
+        raise DamagedFileError(f"--resume: {last} is damaged ({type(e).__name__}: {e})") from e
     if Path(info["tensors"]).name != info["tensors"] or not tensor_file.exists():
-        raise ConfigError(f"--resume: {last} names {info['tensors']!r}, which is not in {folder}")
+        raise DamagedFileError(f"--resume: {last} names {info['tensors']!r}, which is not in "
+                               f"{folder}")
     if tensor_file.stat().st_size != info["size"] or _sha256(tensor_file) != info["sha256"]:
-        raise ConfigError(f"--resume: {tensor_file} does not match its record in {last} "
-                          "(size or SHA-256); the checkpoint is damaged")
+        raise DamagedFileError(f"--resume: {tensor_file} does not match its record in {last} "
+                               "(size or SHA-256); the checkpoint is damaged")
     return info, load_file(tensor_file)
 
 
@@ -160,20 +181,14 @@ def restore(learn: Learner, info: dict, tensors: dict[str, torch.Tensor],
                          gauss))
     v, state, g = info["rng"]["python"]
     random.setstate((v, tuple(state), g))
-    learn.epochs_done = learn.epoch = info["epoch"]
-    learn.train_seconds, learn.train_images = info["train_seconds"], info["train_images"]
-    # the epoch so far (a mid-epoch checkpoint); one written before these were recorded
-    # counted none of it in the run's totals
-    learn.epoch_seconds = info.get("epoch_seconds", 0.0)
-    learn.epoch_images = info.get("epoch_images", 0)
+    learn.progress = TrainProgress.from_dict(info["progress"])
+    batch = learn.progress.batch_in_epoch
     history = dict(info["history"])
-    if restart_epoch and info["batch"]:  # the epoch's first steps are dropped: so is their count
-        learn.train_seconds -= learn.epoch_seconds
-        learn.train_images -= learn.epoch_images
-        learn.epoch_seconds, learn.epoch_images = 0.0, 0
-        history["batch_losses"] = history["batch_losses"][:-info["batch"]]
-        history["batch_lrs"] = history["batch_lrs"][:-info["batch"]]
-    learn.history.load_state(history, info["mid_epoch"] and not restart_epoch)
+    if restart_epoch and batch:  # the epoch's first steps are dropped: so is their count
+        learn.progress.restart_epoch()
+        history["batch_losses"] = history["batch_losses"][:-batch]
+        history["batch_lrs"] = history["batch_lrs"][:-batch]
+    learn.history.load_state(history, batch > 0 and not restart_epoch)
 
 
 class Checkpointer(Callback):
@@ -182,17 +197,17 @@ class Checkpointer(Callback):
 
     order = 30  # after History has recorded the epoch
 
-    def __init__(self, folder: Path, every_minutes: float = 0.0, extra: dict | None = None
+    def __init__(self, folder: Path, every_minutes: float = 0.0, lr: LRChoice | None = None
                  ) -> None:
         self.folder = folder
         self.every = every_minutes * 60
-        self.extra = extra or {}
+        self.lr = lr  # recorded in each checkpoint: a resumed run reports the same rate
         self.last_path: Path | None = None
         self._last = time.monotonic()
 
     def _save(self, learn: Learner) -> None:
         if learn.dist.is_main:  # one writer; every rank holds the same weights
-            self.last_path = save_checkpoint(learn, self.folder, self.extra)
+            self.last_path = save_checkpoint(learn, self.folder, self.lr)
         self._last = time.monotonic()
 
     def on_batch_end(self, learn: Learner) -> None:

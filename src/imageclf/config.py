@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-RESIZE_METHODS = ("crop", "squish", "pad")
+from imageclf.errors import ConfigError
+from imageclf.meta import RESIZE_METHODS
+
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 LR_RULES = ("auto", "valley", "slide", "minimum", "steep")  # --lr values that run lr_find
-
-
-class ConfigError(ValueError):
-    """A setting has a value imageclf cannot use; the message names the flag and the fix."""
+__all__ = ["AugConfig", "ConfigError", "DataConfig", "TrainConfig", "from_dict", "to_dict"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +38,15 @@ class AugConfig:
             raise ConfigError(f"--min-scale must be in (0, 1]; got {self.min_scale}")
         if self.max_zoom < 1:
             raise ConfigError(f"--max-zoom must be >= 1; got {self.max_zoom}")
+        if not 0 <= self.max_rotate <= 180:
+            raise ConfigError(f"--max-rotate must be between 0 and 180 degrees; "
+                              f"got {self.max_rotate}")
+        if not 0 <= self.max_warp < 1:
+            raise ConfigError(f"--max-warp must be in [0, 1); got {self.max_warp}")
+        if not 0 <= self.max_lighting < 1:
+            raise ConfigError(f"--max-lighting must be in [0, 1); got {self.max_lighting}")
+        if not 0 <= self.flip_p <= 1:
+            raise ConfigError(f"flip_p must be a probability in [0, 1]; got {self.flip_p}")
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,9 @@ class DataConfig:
             )
         if self.bs < 1:
             raise ConfigError(f"--bs must be at least 1; got {self.bs}")
+        if self.decode_workers < 0:
+            raise ConfigError(f"--decode-workers must be >= 0 (0: one per CPU core); "
+                              f"got {self.decode_workers}")
         if self.decode not in ("cpu", "device"):
             raise ConfigError(f"--decode must be cpu or device; got {self.decode!r}")
         if not 0 < self.valid_pct < 1:
@@ -107,11 +116,6 @@ def _build(cls: type, data: dict[str, Any]) -> Any:
 def from_dict(cls: type, data: dict[str, Any]) -> Any:
     """Rebuild a settings dataclass from `to_dict`'s output."""
     return _build(cls, data)
-
-
-def save_json(obj: dict[str, Any], path: str | Path) -> None:
-    """Write a dict as indented JSON."""
-    Path(path).write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 LR_FIND_STEPS = 100  # batches in the learning-rate finder's sweep, by default
@@ -173,5 +177,7 @@ class TrainConfig:
             raise ConfigError(f"--lr-find-steps must be at least 10; got {self.lr_find_steps}")
         if self.epochs < 0 or self.freeze_epochs < 0:
             raise ConfigError("--epochs and --freeze-epochs must be >= 0")
+        if self.wd < 0:
+            raise ConfigError(f"--wd must be >= 0; got {self.wd}")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"--label-smoothing must be in [0, 1); got {self.label_smoothing}")

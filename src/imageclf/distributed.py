@@ -15,7 +15,7 @@ from typing import TypeVar
 import torch
 import torch.distributed as tdist
 
-from imageclf.config import ConfigError
+from imageclf.errors import BY_NAME, ConfigError, ImageclfError
 
 T = TypeVar("T")
 
@@ -82,7 +82,7 @@ class Dist:
         return out[:n]
 
     def decide(self, fn: Callable[[], T]) -> T:
-        """fn() on rank 0 and its result on every rank. A ConfigError it raises is raised on
+        """fn() on rank 0 and its result on every rank. An ImageclfError it raises is raised on
         every rank, so a refusal (a run directory in use, a damaged checkpoint) stops the
         whole job with rank 0's message instead of leaving the others waiting."""
         if not self.active:
@@ -91,11 +91,12 @@ class Dist:
         if self.is_main:
             try:
                 box = (True, fn())
-            except ConfigError as e:
-                box = (False, str(e))
+            except ImageclfError as e:
+                box = (False, (type(e).__name__, str(e)))
         ok, value = self.broadcast(box)  # type: ignore[misc]
         if not ok:
-            raise ConfigError(str(value))
+            kind, message = value  # type: ignore[misc]
+            raise BY_NAME.get(kind, ImageclfError)(message)
         return value  # type: ignore[return-value]
 
     def barrier(self) -> None:

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import json
+import dataclasses
 from pathlib import Path
 
 import torch
 
-from imageclf.config import ConfigError
 from imageclf.data.sources import find_eval_items
-from imageclf.export import atomic_write
+from imageclf.errors import ConfigError, DataError
 from imageclf.interpret import Interpretation, map_targets, write_pictures
+from imageclf.meta import ModelMeta
 from imageclf.predict import Predictor
 
 
@@ -35,7 +35,7 @@ def evaluate(predictor: Predictor, data: str | Path, *, csv: str | None = None,
                 skipped.append({"path": path, "reason": e})
         offset += len(chunk)
     if not keep:
-        raise ConfigError(f"none of the {len(items)} labelled images in {data} could be read")
+        raise DataError(f"none of the {len(items)} labelled images in {data} could be read")
     out = torch.cat(logits)
     interp = Interpretation.from_logits(
         out, targets[torch.tensor(keep)], predictor.classes, predictor.multi_label,
@@ -70,14 +70,11 @@ def calibrate(predictor: Predictor, data: str | Path, keep: float = 0.95, **kw) 
 
 def write_calibration(folder: str | Path, chosen: dict) -> Path:
     """Store calibrated thresholds in folder/model.json (atomically)."""
-    path = Path(folder) / "model.json"
-    meta = json.loads(path.read_text())
+    meta = ModelMeta.read(folder)
+    changes: dict = {"calibration": {k: v for k, v in chosen.items()
+                                     if k not in ("thresholds", "min_confidence")}}
     if "thresholds" in chosen:
-        meta["thresholds"] = chosen["thresholds"]
+        changes["thresholds"] = tuple(chosen["thresholds"])
     if "min_confidence" in chosen:
-        meta["min_confidence"] = chosen["min_confidence"]
-    meta["calibration"] = {k: v for k, v in chosen.items()
-                           if k not in ("thresholds", "min_confidence")}
-    text = json.dumps(meta, indent=2) + "\n"
-    atomic_write(path, lambda p: Path(p).write_text(text))
-    return path
+        changes["min_confidence"] = chosen["min_confidence"]
+    return dataclasses.replace(meta, **changes).write(folder)

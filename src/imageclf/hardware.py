@@ -1,10 +1,21 @@
-"""What this machine can do."""
+"""What this machine can do; precision and autocast, resolved once for training and
+prediction alike."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
+import os
+import shutil
+from dataclasses import dataclass
 
 import torch
+
+from imageclf.config import PRECISIONS
+from imageclf.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 @functools.cache
@@ -24,6 +35,60 @@ def native_bf16(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     return cpu_has_bf16()
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How forward passes run: the autocast dtype (None: fp32) and whether gradients are
+    scaled (fp16 training)."""
+
+    name: str
+    dtype: torch.dtype | None
+    scaler: bool
+    device_type: str = "cpu"
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The mixed-precision context for a forward pass (nothing for fp32)."""
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+
+def resolve_precision(requested: str, device: torch.device, training: bool = True
+                      ) -> Precision:
+    """auto: bf16 where the device runs it natively (CPUs with AMX/AVX512-BF16, most CUDA
+    GPUs); otherwise, for training on CUDA, fp16 with gradient scaling; else fp32.
+    Prediction never picks fp16 by itself. Forcing fp16 for training on a CPU is an error;
+    forcing bf16 where it runs emulated is allowed, with a warning."""
+    if requested not in PRECISIONS:
+        raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}; "
+                          f"got {requested!r}")
+    cuda = device.type == "cuda"
+    if requested == "auto":
+        requested = "bf16" if native_bf16(device) else ("fp16" if cuda and training
+                                                         else "fp32")
+    if requested == "fp32":
+        return Precision("fp32", None, False, device.type)
+    if requested == "bf16":
+        if training and not native_bf16(device):
+            log.warning("--precision bf16 on %s, which has no native bf16 math (AMX or "
+                        "AVX512-BF16 on a CPU): it runs emulated, slower than fp32", device)
+        return Precision("bf16", torch.bfloat16, False, device.type)
+    if training and not cuda:
+        raise ConfigError("--precision fp16 needs a CUDA GPU; on this CPU use auto, bf16 "
+                          "or fp32")
+    return Precision("fp16", torch.float16, training, device.type)
+
+
+def check_compiler(device: torch.device) -> None:
+    """torch.compile's CPU backend (inductor) builds C++ at run time: without a compiler it
+    would fail at the first step, after the data were prepared. Fail now instead."""
+    if device.type != "cpu":
+        return
+    cxx = os.environ.get("CXX")
+    if not any(shutil.which(c) for c in ([cxx] if cxx else ["g++", "clang++"])):
+        raise ConfigError("--compile on the CPU needs a C++ compiler (g++ or clang++, or $CXX); "
+                          "install one (e.g. apt install g++) or train without --compile")
 
 
 def tune_for_training(device: torch.device) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from imageclf.config import ConfigError
+from imageclf.errors import ConfigError, DataError
 
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, n: int) -> torch.Tensor:
@@ -147,7 +147,7 @@ def map_targets(labels: Sequence[Sequence[int]], data_classes: Sequence[str],
     index = {c: i for i, c in enumerate(model_classes)}
     unknown = sorted({data_classes[j] for labs in labels for j in labs} - set(index))
     if unknown:
-        raise ConfigError(f"the data has classes the model was not trained on: {unknown[:10]}; "
+        raise DataError(f"the data has classes the model was not trained on: {unknown[:10]}; "
                           f"the model knows {list(model_classes)[:20]}")
     if multi_label:
         t = torch.zeros(len(labels), len(model_classes))

@@ -5,9 +5,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import os
-import shutil
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -16,55 +13,15 @@ import torch
 
 from imageclf import metrics as M
 from imageclf.callbacks import Callback, History, LRSweep, OneCycle
-from imageclf.config import ConfigError
 from imageclf.distributed import Dist
-from imageclf.hardware import native_bf16, tune_for_training
+from imageclf.errors import ConfigError
+from imageclf.hardware import check_compiler, resolve_precision, tune_for_training
 from imageclf.losses import LossFn, make_loss
 from imageclf.lr_finder import suggest
 from imageclf.models import Classifier, freeze, norm_params, param_groups, unfreeze
+from imageclf.progress import TrainProgress
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Precision:
-    """How the forward pass runs: autocast dtype (None: fp32) and whether to scale grads."""
-
-    name: str
-    dtype: torch.dtype | None
-    scaler: bool
-
-
-def resolve_precision(requested: str, device: torch.device) -> Precision:
-    """auto: bf16 on CPUs with AMX/AVX512-BF16 and on CUDA that supports it, else fp16 + grad
-    scaling on CUDA, fp32 otherwise. Forcing a precision the device cannot run is an error."""
-    cuda = device.type == "cuda"
-    if requested == "auto":
-        requested = "bf16" if native_bf16(device) else ("fp16" if cuda else "fp32")
-    if requested == "fp32":
-        return Precision("fp32", None, False)
-    if requested == "bf16":
-        if not native_bf16(device):
-            log.warning("--precision bf16 on %s, which has no native bf16 math (AMX or "
-                        "AVX512-BF16 on a CPU): it runs emulated, slower than fp32", device)
-        return Precision("bf16", torch.bfloat16, False)
-    if requested == "fp16":
-        if not cuda:
-            raise ConfigError("--precision fp16 needs a CUDA GPU; on this CPU use auto, bf16 "
-                              "or fp32")
-        return Precision("fp16", torch.float16, True)
-    raise ConfigError(f"--precision must be one of auto, bf16, fp16, fp32; got {requested!r}")
-
-
-def check_compiler(device: torch.device) -> None:
-    """torch.compile's CPU backend (inductor) builds C++ at run time: without a compiler it
-    would fail at the first step, after the data were prepared. Fail now instead."""
-    if device.type != "cpu":
-        return
-    cxx = os.environ.get("CXX")
-    if not any(shutil.which(c) for c in ([cxx] if cxx else ["g++", "clang++"])):
-        raise ConfigError("--compile on the CPU needs a C++ compiler (g++ or clang++, or $CXX); "
-                          "install one (e.g. apt install g++) or train without --compile")
 
 
 @dataclass
@@ -147,29 +104,15 @@ class Learner:
         self.history = History()
         self._extra: list[Callback] = []
         self.stop_training = False
-        self.epoch = 0
         self.loss = torch.tensor(0.0)
         self.batch_size = 0
         self.last_validation: dict[str, float] = {}
         self.last_preds: tuple[torch.Tensor, torch.Tensor] | None = None
-        # the run's training time and images (the job's: every process's share), and the
-        # current epoch's, which a mid-epoch resume carries on from its checkpoint
-        self.train_seconds = 0.0
-        self.train_images = 0
-        self.epoch_seconds = 0.0
-        self.epoch_images = 0
-        self._t0: float | None = None  # start of the running stretch of training steps
-        self.epochs_done = 0
-        self.batch_in_epoch = 0
+        self.progress = TrainProgress()  # epochs, batches, images and seconds so far
         self.interrupted: str | None = None  # set (to the signal's name) to stop mid-epoch
         self.stepped = True  # the last batch ended with an optimiser step
         self.plan: list[Phase] = []
         log.info("precision %s on %s", self.precision.name, self.device)
-
-    def clock(self) -> tuple[float, float]:
-        """(the run's, the current epoch's) training seconds up to now."""
-        running = time.perf_counter() - self._t0 if self._t0 is not None else 0.0
-        return self.train_seconds + running, self.epoch_seconds + running
 
     # --- optimiser -------------------------------------------------------------------
     def _make_optimizer(self) -> torch.optim.Optimizer:
@@ -229,14 +172,12 @@ class Learner:
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Mixed precision context for forward passes."""
-        if self.precision.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.precision.dtype)
+        return self.precision.autocast()
 
     @property
     def group_start(self) -> bool:
         """This batch starts an accumulation group (every batch does when accum is 1)."""
-        return self.batch_in_epoch % self.accum == 0
+        return self.progress.batch_in_epoch % self.accum == 0
 
     def _group(self) -> tuple[int, bool]:
         """(batches in this batch's accumulation group, whether it is the group's last).
@@ -245,7 +186,7 @@ class Learner:
         group's size, so every step averages the gradients of the batches it saw."""
         if self.accum == 1:
             return 1, True
-        b, n = self.batch_in_epoch, len(self.dls.train)
+        b, n = self.progress.batch_in_epoch, len(self.dls.train)
         start = b - b % self.accum
         size = max(1, min(self.accum, n - start))
         return size, b + 1 >= start + size
@@ -275,41 +216,35 @@ class Learner:
         self._extra = list(extra)
         self.stop_training = False
         self._call("on_fit_start")
+        progress = self.progress
         try:
             for _ in range(epochs):
                 self.model.train()
-                self.dls.train.set_epoch(self.epochs_done)
+                self.dls.train.set_epoch(progress.epochs_done)
                 self.dls.train.skip = start_batch
-                self.batch_in_epoch = start_batch
-                if not start_batch:
-                    self.epoch_seconds, self.epoch_images = 0.0, 0
+                progress.start_epoch(start_batch)
                 self._call("on_epoch_start")
                 start_batch, n = 0, 0
-                self._t0 = time.perf_counter()
+                progress.start()
                 for x, y in self.dls.train:
                     self.batch_size = x.shape[0]
                     self._call("on_batch_start")
                     self.train_step(x, y)
                     n += 1
-                    images = self.batch_size * self.dist.world_size  # the job's
-                    self.epoch_images += images
-                    self.train_images += images
-                    self.batch_in_epoch += 1
+                    progress.add_batch(self.batch_size * self.dist.world_size)  # the job's
                     self._call("on_batch_end")
                     if self.stop_training:
                         break
                 if self.device.type == "cuda":  # queued kernels belong to this epoch's time
                     torch.cuda.synchronize(self.device)
-                self.train_seconds, self.epoch_seconds = self.clock()
-                self._t0 = None
+                progress.stop()
                 if self.interrupted:  # mid-epoch stop: no validation, no epoch end
                     break
                 if validate and not (self.stop_training and not self.history.rows and not n):
-                    self.last_validation = self.validate()
+                    with progress.validating():
+                        self.last_validation = self.validate()
                     self._call("on_validation_end")
-                self.epochs_done += 1
-                self.epoch = self.epochs_done
-                self.batch_in_epoch = 0
+                progress.end_epoch()
                 self._call("on_epoch_end")
                 if self.stop_training:
                     break
@@ -403,8 +338,7 @@ class Learner:
         model_state = copy.deepcopy(self.model.state_dict())
         opt_state = copy.deepcopy(self.opt.state_dict())
         rng = torch.get_rng_state()
-        counters = (self.epochs_done, self.epoch, self.train_seconds, self.train_images,
-                    self.epoch_seconds, self.epoch_images)
+        progress = self.progress.copy()
         rows = list(self.history.rows)
         sweep = LRSweep(start_lr, end_lr, num_it)
         wrapped, self.train_model = self.train_model, self.model  # rank 0 alone: no DDP
@@ -417,8 +351,7 @@ class Learner:
             self.model.load_state_dict(model_state)
             self.opt.load_state_dict(opt_state)
             torch.set_rng_state(rng)
-            (self.epochs_done, self.epoch, self.train_seconds, self.train_images,
-             self.epoch_seconds, self.epoch_images) = counters
+            self.progress = progress
             self.history.rows = rows
             self.history.clear_batches()
             self.train_model = wrapped  # not rebuilt: building DDP is collective

@@ -1,9 +1,11 @@
-"""Learning-rate suggestions from a finder sweep (pure functions of the recorded curve)."""
+"""Learning-rate suggestions from a finder sweep (pure functions of the recorded curve),
+and the rate a run chose."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -28,11 +30,21 @@ def minimum(lrs: Sequence[float], losses: Sequence[float]) -> float:
 
 
 def steep(lrs: Sequence[float], losses: Sequence[float]) -> float:
-    """The rate where the loss falls fastest against log(lr)."""
-    if len(losses) < 3:
+    """The rate where the loss falls fastest against log(lr), inside the descent: as
+    fastai's, the first tenth of the sweep is left out (its smoothed loss is mostly noise:
+    the average has seen few steps), the slope is taken over a window of points rather than
+    between neighbours, and only points before the lowest loss are candidates."""
+    n = len(losses)
+    if n < 3:
         return float(lrs[0])
-    grads = np.gradient(np.asarray(losses, float), np.log(np.asarray(lrs, float)))
-    return float(lrs[int(np.argmin(grads))])
+    loss, llr = np.asarray(losses, float), np.log(np.asarray(lrs, float))
+    w = max(1, n // 20)  # half-width of the slope's window
+    lo, hi = max(w, n // 10), min(int(np.argmin(loss)), n - 1 - w)
+    if hi <= lo:  # no descent after the noisy start: the plain steepest point
+        return float(lrs[int(np.argmin(np.gradient(loss, llr)))])
+    idx = np.arange(lo, hi + 1)
+    slope = (loss[idx + w] - loss[idx - w]) / (llr[idx + w] - llr[idx - w])
+    return float(lrs[int(idx[np.argmin(slope)])])
 
 
 def valley(lrs: Sequence[float], losses: Sequence[float]) -> float:
@@ -90,3 +102,22 @@ def resolve_rule(rule: str, suggestions: dict[str, float], pretrained: bool) -> 
     if pretrained or suggestions["minimum"] < suggestions["valley"]:
         return "valley"
     return "minimum"
+
+
+@dataclass(frozen=True)
+class LRChoice:
+    """The rate a run trains at and where it came from: a number given (`rule` None) or
+    one of lr_find's suggestions. Checkpoints carry it, so a resumed run reports it."""
+
+    lr: float
+    rule: str | None = None
+    suggestions: dict[str, float] | None = None  # lr_find's, when it ran
+
+    def to_dict(self) -> dict:
+        """JSON-ready."""
+        return {"lr": self.lr, "rule": self.rule, "suggestions": self.suggestions}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LRChoice:
+        """Rebuild from `to_dict`'s output."""
+        return cls(float(d["lr"]), d.get("rule"), d.get("suggestions"))

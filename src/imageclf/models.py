@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from imageclf.config import ConfigError
+from imageclf.errors import ConfigError
 
 log = logging.getLogger(__name__)
 HEADS = ("concat", "timm")
@@ -48,12 +48,15 @@ def make_head(n_features: int, n_classes: int, kind: str = "concat", hidden: int
 
 
 class Classifier(nn.Module):
-    """`body` (a timm backbone without its classifier) followed by `head`."""
+    """`body` (a timm backbone without its classifier) followed by `head`; `arch` and
+    `head_kind` name them, so the model can be exported (and rebuilt) as it is."""
 
-    def __init__(self, body: nn.Module, head: nn.Module) -> None:
+    def __init__(self, body: nn.Module, head: nn.Module, arch: str = "",
+                 head_kind: str = "concat") -> None:
         super().__init__()
         self.body = body
         self.head = head
+        self.arch, self.head_kind = arch, head_kind
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, S, S) → (B, n_classes)
         return self.head(self.body(x))
@@ -157,7 +160,7 @@ def create_model(arch: str, n_classes: int, pretrained: str = "none",
                  head: str = "concat") -> Classifier:
     """Backbone `arch` with weights from hub|none|PATH and a new head for n_classes."""
     body = create_body(arch, pretrained)
-    return Classifier(body, make_head(body.num_features, n_classes, head))
+    return Classifier(body, make_head(body.num_features, n_classes, head), arch, head)
 
 
 def param_groups(model: Classifier) -> list[list[nn.Parameter]]:

@@ -1,4 +1,8 @@
-"""Pictures: augmented batches (and later loss curves, lr finder, confusion matrices)."""
+"""Pictures: augmented batches, loss curves, the lr finder, confusion matrices.
+
+Drawn on `matplotlib.figure.Figure` objects, never through pyplot: importing imageclf
+changes no global matplotlib state (a notebook's backend and inline plots stay as they
+are), and figures are freed with their last reference."""
 
 from __future__ import annotations
 
@@ -6,11 +10,8 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+import torch
+from matplotlib.figure import Figure
 
 
 def image_grid(images: torch.Tensor, titles: Sequence[str], path: str | Path,
@@ -19,7 +20,8 @@ def image_grid(images: torch.Tensor, titles: Sequence[str], path: str | Path,
     n = images.shape[0]
     ncols = ncols or math.ceil(math.sqrt(n))
     nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2.2 * ncols, 2.4 * nrows), squeeze=False)
+    fig = Figure(figsize=(2.2 * ncols, 2.4 * nrows))
+    axes = fig.subplots(nrows, ncols, squeeze=False)
     for k, ax in enumerate(axes.flat):
         ax.axis("off")
         if k < n:
@@ -28,7 +30,6 @@ def image_grid(images: torch.Tensor, titles: Sequence[str], path: str | Path,
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=90)
-    plt.close(fig)
     return path
 
 
@@ -51,7 +52,8 @@ def show_batch(dls: object, path: str | Path, n: int = 16, train: bool = True,
 def plot_lr_find(lrs: Sequence[float], losses: Sequence[float],
                  suggestions: dict[str, float], path: str | Path) -> Path:
     """Smoothed loss against log learning rate, with each suggestion marked."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     ax.plot(lrs, losses)
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
@@ -63,14 +65,14 @@ def plot_lr_find(lrs: Sequence[float], losses: Sequence[float],
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)
     return Path(path)
 
 
 def plot_losses(batch_losses: Sequence[float], rows: Sequence[dict], batches_per_epoch: int,
                 path: str | Path) -> Path:
     """Training loss per batch and validation loss per epoch."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     ax.plot(range(1, len(batch_losses) + 1), batch_losses, label="train", alpha=0.8)
     if rows:
         xs = [batches_per_epoch * (i + 1) for i in range(len(rows))]
@@ -80,7 +82,6 @@ def plot_losses(batch_losses: Sequence[float], rows: Sequence[dict], batches_per
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)
     return Path(path)
 
 
@@ -91,7 +92,8 @@ def plot_confusion_matrix(cm: torch.Tensor, classes: Sequence[str], path: str | 
     cmf = cm.float()
     norm = cmf / cmf.sum(1, keepdim=True).clamp_min(1)
     side = min(max(5.0, 0.32 * n + 2.5), 40.0)
-    fig, ax = plt.subplots(figsize=(side, side))
+    fig = Figure(figsize=(side, side))
+    ax = fig.subplots()
     im = ax.imshow(norm.numpy(), cmap="Blues", vmin=0, vmax=1)
     font = max(4.0, min(10.0, 160 / max(n, 1)))
     ax.set_xticks(range(n), labels=list(classes), rotation=90, fontsize=font)
@@ -108,5 +110,4 @@ def plot_confusion_matrix(cm: torch.Tensor, classes: Sequence[str], path: str | 
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the actual class")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)
     return Path(path)

@@ -6,7 +6,6 @@ this module, the model folder and its dependencies.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -15,11 +14,11 @@ from pathlib import Path
 
 import torch
 
-from imageclf.config import ConfigError
 from imageclf.data.augment import AugParams, BatchAugment, flip_matrix, zoom_matrix
 from imageclf.data.images import UnreadableImage, load_centre_square
+from imageclf.errors import ConfigError
 from imageclf.export import load_model
-from imageclf.hardware import native_bf16
+from imageclf.hardware import resolve_precision
 
 NONE_LABEL = "none"
 
@@ -53,14 +52,6 @@ def tta_params(n: int, zoom: float = 1.1) -> list[AugParams]:
     return [AugParams(m, ones, zeros) for m in mats]
 
 
-def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    if precision == "fp16":
-        return torch.autocast(device.type, dtype=torch.float16)
-    return contextlib.nullcontext()
-
-
 class Predictor:
     """A trained model ready for new images: `predict(paths)` → list of Prediction.
 
@@ -76,23 +67,20 @@ class Predictor:
         model, meta = load_model(self.folder)
         self.meta = meta
         self.device = torch.device(device)
-        if precision == "auto":  # bf16 where the CPU (AMX/AVX512-BF16) or GPU runs it natively
-            precision = "bf16" if native_bf16(self.device) else "fp32"
-        if precision not in ("fp32", "bf16", "fp16"):
-            raise ConfigError(f"--precision must be auto, fp32, bf16 or fp16; got {precision!r}")
-        self.precision = precision
+        # auto: bf16 where the CPU (AMX/AVX512-BF16) or GPU runs it natively, else fp32
+        self.precision = resolve_precision(precision, self.device, training=False)
         self.model = model.to(self.device, memory_format=torch.channels_last).eval()
-        self.classes: list[str] = list(meta["classes"])
-        self.size, self.presize = int(meta["size"]), int(meta["presize"])
-        self.method = meta["resize_method"]
-        self.multi_label = bool(meta.get("multi_label"))
-        self.augment = BatchAugment(self.size, mean=tuple(meta["mean"]), std=tuple(meta["std"]))
-        th = meta.get("thresholds")
+        self.classes: list[str] = list(meta.classes)
+        self.size, self.presize = meta.size, meta.presize
+        self.method = meta.resize_method
+        self.multi_label = meta.multi_label
+        self.augment = BatchAugment(self.size, mean=meta.mean, std=meta.std)
+        th = meta.thresholds
         self.thresholds = torch.tensor(th if th else [0.5] * len(self.classes))
         if min_confidence is not None and not 0 <= min_confidence <= 1:
             raise ConfigError(f"--min-confidence must be between 0 and 1; got {min_confidence}")
         self.min_confidence = (min_confidence if min_confidence is not None
-                               else meta.get("min_confidence"))
+                               else meta.min_confidence)
         self.threads = threads or min(4, os.cpu_count() or 1)
 
     @property
@@ -135,7 +123,7 @@ class Predictor:
         views = self.inputs(x, tta)
         outs = []
         for v in views:
-            with _autocast(self.device, self.precision):
+            with self.precision.autocast():
                 outs.append(self.model(v).float())
         if len(outs) == 1:
             return outs[0].cpu()

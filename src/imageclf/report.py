@@ -7,7 +7,8 @@ import json
 from html import escape
 from pathlib import Path
 
-from imageclf.config import ConfigError
+from imageclf.errors import DamagedFileError
+from imageclf.fileio import write_text
 
 CSS = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -27,7 +28,7 @@ def _read_json(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text())
     except ValueError as e:
-        raise ConfigError(f"{path}: not valid JSON ({e})") from e
+        raise DamagedFileError(f"{path}: not valid JSON ({e})") from e
 
 
 def _img(path: Path, alt: str) -> str:
@@ -37,9 +38,19 @@ def _img(path: Path, alt: str) -> str:
     return f'<img alt="{escape(alt)}" src="data:image/png;base64,{data}">'
 
 
-def _fmt(v: object) -> str:
+# how a column's numbers read best; other floats get 4 significant decimals
+FORMATS = {"seconds": "{:.1f}", "img_per_s": "{:,.0f}", "count": "{:d}", "support": "{:d}",
+           "lr": "{:.2e}"}
+
+
+def _fmt(v: object, col: str = "") -> str:
+    if isinstance(v, int | float) and not isinstance(v, bool) and col in FORMATS:
+        try:
+            return escape(FORMATS[col].format(v))
+        except ValueError:  # a float where an int was expected
+            return escape(f"{v:.1f}")
     if isinstance(v, float):
-        return f"{v:.4f}" if abs(v) < 1000 else f"{v:.0f}"
+        return f"{v:.4f}" if abs(v) < 1000 else f"{v:,.0f}"
     return escape(str(v))
 
 
@@ -48,8 +59,9 @@ def _table(rows: list[dict], left: tuple[str, ...] = (), cols: list[str] | None 
         return "<p><i>none</i></p>"
     cols = cols or list(rows[0])
     head = "".join(f'<th class="{"l" if c in left else ""}">{escape(c)}</th>' for c in cols)
-    body = "".join("<tr>" + "".join(f'<td class="{"l" if c in left else ""}">{_fmt(r.get(c))}'
-                                     "</td>" for c in cols) + "</tr>" for r in rows)
+    body = "".join("<tr>" + "".join(f'<td class="{"l" if c in left else ""}">'
+                                     f"{_fmt(r.get(c), c)}</td>" for c in cols) + "</tr>"
+                   for r in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -58,7 +70,7 @@ def build_report(run_dir: str | Path) -> Path:
     run = Path(run_dir)
     metrics = _read_json(run / "metrics.json")
     if metrics is None:
-        raise ConfigError(f"{run} is not a run directory: metrics.json is missing")
+        raise DamagedFileError(f"{run} is not a run directory: metrics.json is missing")
     config = _read_json(run / "config.json") or {}
     interp = _read_json(run / "interpretation.json") or {}
     acc = metrics.get("valid_accuracy", metrics.get("accuracy_multi"))
@@ -82,7 +94,8 @@ def build_report(run_dir: str | Path) -> Path:
                      + ".</p>")
         parts.append(_img(run / "lr_find.png", "lr_find plot"))
     else:
-        parts.append(f"<p>Not run: the learning rate was given ({_fmt(metrics.get('lr'))}).</p>")
+        given = _fmt(metrics.get("lr"), "lr")
+        parts.append(f"<p>Not run: the learning rate was given ({given}).</p>")
     parts += ["<h2>Losses</h2>", _img(run / "losses.png", "loss curves"),
               "<h2>Per epoch</h2>", _table(metrics.get("history", []))]
     if interp:
@@ -106,5 +119,5 @@ def build_report(run_dir: str | Path) -> Path:
     html = ("<!doctype html><html><head><meta charset='utf-8'><title>imageclf report</title>"
             f"<style>{CSS}</style></head><body>" + "\n".join(parts) + "</body></html>\n")
     out = run / "report.html"
-    out.write_text(html)
+    write_text(out, html)
     return out

@@ -1,88 +1,48 @@
-"""One training run end to end, written to a run directory."""
+"""One training run end to end: start, resume, or continue a restarted job (the files it
+writes are rundir's)."""
 
 from __future__ import annotations
 
-import csv
-import datetime as dt
 import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from imageclf import rundir
 from imageclf.callbacks import Callback
-from imageclf.checkpoint import Checkpointer, graceful_stop, read_checkpoint, restore
-from imageclf.config import (
-    LR_FIND_STEPS,
-    ConfigError,
-    DataConfig,
-    TrainConfig,
-    from_dict,
-    save_json,
-    to_dict,
+from imageclf.checkpoint import (
+    Checkpointer,
+    checkpoint_position,
+    graceful_stop,
+    read_checkpoint,
+    restore,
 )
+from imageclf.config import DataConfig, TrainConfig, to_dict
 from imageclf.data.loader import DataLoaders
 from imageclf.distributed import Dist
-from imageclf.export import save_model
-from imageclf.interpret import Interpretation, write_pictures
-from imageclf.learner import (
-    Learner,
-    LRFindResult,
-    Phase,
-    fine_tune_plan,
-    resolve_precision,
-    set_seed,
-    spread_lrs,
-)
-from imageclf.lr_finder import resolve_rule
+from imageclf.errors import ConfigError
+from imageclf.hardware import resolve_precision
+from imageclf.learner import Learner, LRFindResult, Phase, fine_tune_plan, set_seed, spread_lrs
+from imageclf.lr_finder import LRChoice, resolve_rule
 from imageclf.models import check_arch, create_model
-from imageclf.plots import plot_losses, plot_lr_find
-from imageclf.report import build_report
 
 log = logging.getLogger(__name__)
 
 
-def default_run_dir() -> Path:
-    """runs/<timestamp>, with -2, -3... when a run started in the same second."""
-    base = Path("runs") / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    path, n = base, 1
-    while path.exists():
-        n += 1
-        path = base.with_name(f"{base.name}-{n}")
-    return path
+@dataclass
+class RunContext:
+    """How this process takes part in a run: its device, extra callbacks (progress
+    printing), minutes between checkpoints within an epoch (0: at epoch ends only), and its
+    place in a distributed job."""
 
-
-# what a run writes into its directory: finding one of them there means a run is there
-RUN_FILES = ("config.json", "checkpoints", "model", "metrics.json")
-
-
-def run_files(path: Path) -> list[str]:
-    """The names of RUN_FILES that `path` holds."""
-    return [n for n in RUN_FILES if (path / n).exists()]
-
-
-def prepare_out(out: str | Path | None, overwrite: bool = False) -> Path:
-    """Create the run directory, failing early with a clear message if it is not writable,
-    or if it already holds a run (unless `overwrite`): a new run never replaces an earlier
-    one's model and checkpoints."""
-    path = Path(out) if out else default_run_dir()
-    found = [] if overwrite else run_files(path)
-    if found:
-        raise ConfigError(f"--out {path} already holds a run ({', '.join(found)}); nothing was "
-                          f"changed. Continue it with `imageclf train --resume {path}`, or give "
-                          "another --out")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise ConfigError(f"--out {path} is not writable ({e.strerror}); choose another "
-                          "folder") from e
-    return path
+    device: torch.device | str = "cpu"
+    cbs: Sequence[Callback] = ()
+    checkpoint_every: float = 0.0
+    dist: Dist = field(default_factory=Dist)
 
 
 @dataclass
@@ -95,35 +55,6 @@ class RunResult:
     already_done: bool = False  # --auto-resume found the run finished: nothing was trained
 
 
-def build_learner(data: DataConfig, train: TrainConfig, device: str | torch.device = "cpu",
-                  cbs: Sequence[Callback] = (), dist: Dist | None = None) -> Learner:
-    """Data loaders, model and learner for a run (no training). With several processes,
-    each loads its shard of both splits (`data.bs` is the batch size per process)."""
-    dist = dist or Dist()
-    check_arch(train.arch)
-    resolve_precision(train.precision, torch.device(device))  # bad settings fail before work
-    dls = DataLoaders.from_config(data, device=device, rank=dist.rank,
-                                  world_size=dist.world_size)
-    set_seed(train.seed)
-    model = create_model(train.arch, len(dls.classes), train.pretrained, train.head)
-    learn = Learner(dls, model, wd=train.wd, precision=train.precision,
-                    label_smoothing=train.label_smoothing, cbs=cbs, device=device, dist=dist,
-                    compile=train.compile, accum=train.accum)
-    learn.arch, learn.head_kind = train.arch, train.head
-    return learn
-
-
-def run_lr_find(learn: Learner, out: Path | None = None, steps: int = LR_FIND_STEPS
-                ) -> LRFindResult:
-    """lr_find (a sweep of at most `steps` optimiser steps), and its plot when `out` is given."""
-    res = learn.lr_find(num_it=steps)
-    if out is not None:
-        save_json({"lrs": res.lrs, "losses": res.losses, "suggestions": res.suggestions,
-                   "images_per_step": res.images_per_step}, out / "lr_find.json")
-        plot_lr_find(res.lrs, res.losses, res.suggestions, out / "lr_find.png")
-    return res
-
-
 class Interrupted(Exception):
     """Training stopped on a signal after writing a checkpoint."""
 
@@ -132,95 +63,129 @@ class Interrupted(Exception):
         self.out, self.signal_name, self.checkpoint = out, signal_name, checkpoint
 
 
-def train_run(data: DataConfig, train: TrainConfig, device: str | torch.device = "cpu",
-              cbs: Sequence[Callback] = (), checkpoint_every: float = 0.0,
-              dist: Dist | None = None, overwrite: bool = False) -> RunResult:
-    """Train as configured (fine_tune when pretrained, fit_one_cycle from scratch) and write
-    config.json, metrics.csv, metrics.json, lr_find.png, losses.png, model/, the validation
-    interpretation (interpretation.json, confusion_matrix.png, top_losses.png), report.html
-    and checkpoints/ (each epoch end, every `checkpoint_every` minutes, and on Ctrl-C).
-    Several processes (torchrun): only rank 0 writes; lr_find runs on rank 0 and its choice
-    is broadcast. An --out that already holds a run is refused unless `overwrite`."""
-    dist = dist or Dist()
-    out = Path(dist.decide(lambda: str(prepare_out(train.out, overwrite))))
-    learn = build_learner(data, train, device, cbs, dist)
+def build_learner(data: DataConfig, train: TrainConfig, ctx: RunContext | None = None
+                  ) -> Learner:
+    """Data loaders, model and learner for a run (no training). With several processes,
+    each loads its shard of both splits (`data.bs` is the batch size per process)."""
+    ctx = ctx or RunContext()
+    check_arch(train.arch)
+    resolve_precision(train.precision, torch.device(ctx.device))  # bad settings fail early
+    dls = DataLoaders.from_config(data, device=ctx.device, rank=ctx.dist.rank,
+                                  world_size=ctx.dist.world_size)
+    set_seed(train.seed)
+    model = create_model(train.arch, len(dls.classes), train.pretrained, train.head)
+    return Learner(dls, model, wd=train.wd, precision=train.precision,
+                   label_smoothing=train.label_smoothing, cbs=ctx.cbs, device=ctx.device,
+                   dist=ctx.dist, compile=train.compile, accum=train.accum)
+
+
+def run_lr_find(learn: Learner, train: TrainConfig, out: Path | None = None) -> LRFindResult:
+    """The finder's sweep as a run does it (at most `train.lr_find_steps` optimiser steps);
+    lr_find.json and lr_find.png in `out` when given."""
+    res = learn.lr_find(num_it=train.lr_find_steps)
+    if out is not None:
+        rundir.write_lr_find(out, res)
+    return res
+
+
+def choose_lr(learn: Learner, train: TrainConfig, out: Path | None = None
+              ) -> tuple[LRChoice, LRFindResult | None]:
+    """The rate to train at: `train.lr` as a number, or lr_find's suggestion by its rule.
+    When fine-tuning the sweep sees the frozen body, as fastai's (the rate first trains the
+    frozen model). Several processes: every rank freezes (rebuilding DDP is collective),
+    rank 0 alone sweeps, and its choice is sent to the others. Returns the choice and, on
+    the rank that swept, the sweep."""
+    if train.lr_rule is None:
+        return LRChoice(float(train.lr)), None
+    if train.sweeps_frozen:
+        learn.freeze()
+    dist = learn.dist
+    res = run_lr_find(learn, train, out) if dist.is_main else None
+    found = dist.broadcast(res.suggestions if res is not None else None)
+    rule = resolve_rule(train.lr_rule, found, train.fine_tunes)
+    lr = found[rule]
+    log.info("lr_find suggests %.2e (%s)", lr, rule)
+    if lr < 1e-5:
+        where = out / "lr_find.png" if out is not None else "the sweep's plot"
+        log.warning("lr_find's pick %.2e (%s) is tiny: the sweep's loss barely fell. Look at "
+                    "%s and pass --lr, or sweep longer with --lr-find-steps", lr, rule, where)
+    return LRChoice(lr, rule, found), res
+
+
+@dataclass
+class _Job:
+    """A learner ready to train through `plan` into `out`, from (epoch, batch) `start`."""
+
+    learn: Learner
+    out: Path
+    plan: list[Phase]
+    lr: LRChoice
+    t0: float  # when the run (or this resumption) began, for its wall time
+    start: tuple[int, int] = (0, 0)
+
+
+def train_run(data: DataConfig, train: TrainConfig, ctx: RunContext | None = None, *,
+              overwrite: bool = False) -> RunResult:
+    """Train as configured (fine_tune when pretrained, fit_one_cycle from scratch) into a
+    run directory (see rundir: config, metrics, plots, model/, report, checkpoints/ at each
+    epoch end, every `ctx.checkpoint_every` minutes and on Ctrl-C). Several processes
+    (torchrun): only rank 0 writes. An --out that already holds a run is refused unless
+    `overwrite`."""
+    ctx = ctx or RunContext()
+    dist = ctx.dist
+    out = Path(dist.decide(lambda: str(rundir.claim(train.out, overwrite))))
+    learn = build_learner(data, train, ctx)
     if dist.is_main:
-        save_json({"data": to_dict(data), "train": to_dict(train)}, out / "config.json")
+        rundir.write_config(out, data, train)
     t0 = time.perf_counter()
-    found = None
-    if train.lr_rule is not None:
-        if train.sweeps_frozen:
-            learn.freeze()  # on every rank: rebuilding the DDP wrapper is collective
-        mine = run_lr_find(learn, out, train.lr_find_steps).suggestions if dist.is_main else None
-        found = dist.broadcast(mine)
-        rule = resolve_rule(train.lr_rule, found, train.fine_tunes)
-        lr = found[rule]
-        log.info("lr_find suggests %.2e (%s)", lr, rule)
-        if lr < 1e-5:
-            log.warning("lr_find's pick %.2e (%s) is tiny: the sweep's loss barely fell. "
-                        "Look at %s and pass --lr, or sweep longer with --lr-find-steps",
-                        lr, rule, out / "lr_find.png")
-    else:
-        lr, rule = float(train.lr), None
+    lr, _ = choose_lr(learn, train, out)
     if train.fine_tunes:
-        plan = fine_tune_plan(train.epochs, lr, learn.n_groups, train.freeze_epochs)
+        plan = fine_tune_plan(train.epochs, lr.lr, learn.n_groups, train.freeze_epochs)
     else:
-        plan = [Phase(train.epochs, spread_lrs(lr, learn.n_groups))]
-    return _train(learn, data, out, plan, lr, found, rule, t0, checkpoint_every)
+        plan = [Phase(train.epochs, spread_lrs(lr.lr, learn.n_groups))]
+    return _train(_Job(learn, out, plan, lr, t0), ctx)
 
 
-def resume_run(run_dir: str | Path, device: str | torch.device = "cpu",
-               cbs: Sequence[Callback] = (), checkpoint_every: float = 0.0,
-               dist: Dist | None = None) -> RunResult:
+def resume_run(run_dir: str | Path, ctx: RunContext | None = None) -> RunResult:
     """Continue RUN_DIR from its last checkpoint, with the settings in its config.json.
     Several processes: rank 0 reads the run directory and sends the others what it holds,
     so only rank 0's machine needs to see it (as only rank 0 writes it)."""
-    dist = dist or Dist()
+    ctx = ctx or RunContext()
+    dist = ctx.dist
     run = Path(run_dir)
-    data, train, info, tensors = dist.decide(lambda: _read_run(run))
-    learn = build_learner(data, train, device, cbs, dist)
+    data, train, info, tensors = dist.decide(
+        lambda: (*rundir.read_config(run), *read_checkpoint(run / "checkpoints")))
+    learn = build_learner(data, train, ctx)
     keys = {"train": learn.dls.train.cache.key, "valid": learn.dls.valid.cache.key}
     if keys != info["cache"]:
         raise ConfigError(f"--resume {run}: the data or its presize settings changed since the "
                           "checkpoint (cache key differs); start a new run instead")
-    was, now = info.get("world_size", 1), learn.dist.world_size
-    restart_epoch = was != now and info["batch"] > 0
+    epoch, batch = checkpoint_position(info)
+    was, now = info.get("world_size", 1), dist.world_size
+    restart_epoch = was != now and batch > 0
     if was != now and dist.is_main:
         per = data.bs * train.accum
         log.warning("%s: its checkpoint was written by %d process(es) and this job has %d: "
                     "each step now sees %d images instead of %d%s", run, was, now, per * now,
-                    per * was, f", and epoch {info['epoch']} starts again from its beginning "
+                    per * was, f", and epoch {epoch} starts again from its beginning "
                     "(its batches are dealt out differently)" if restart_epoch else "")
     restore(learn, info, tensors, restart_epoch)
     plan = [Phase(**p) for p in info["plan"]]
-    start = (info["epoch"], 0 if restart_epoch else info["batch"])
+    start = (epoch, 0 if restart_epoch else batch)
     log.info("resuming %s at epoch %d, batch %d", run, *start)
-    return _train(learn, data, run, plan, info["lr"], info.get("lr_find"), info.get("lr_rule"),
-                  time.perf_counter(), checkpoint_every, start)
+    lr = LRChoice.from_dict(info["lr_choice"])
+    return _train(_Job(learn, run, plan, lr, time.perf_counter(), start), ctx)
 
 
-def _read_config(run: Path) -> tuple[DataConfig, TrainConfig]:
-    try:
-        cfg = json.loads((run / "config.json").read_text())
-        return from_dict(DataConfig, cfg["data"]), from_dict(TrainConfig, cfg["train"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ConfigError(f"--resume {run}: cannot read its config.json ({e})") from e
-
-
-def _read_run(run: Path) -> tuple[DataConfig, TrainConfig, dict, dict[str, torch.Tensor]]:
-    data, train = _read_config(run)
-    return (data, train, *read_checkpoint(run / "checkpoints"))
-
-
-def auto_run(data: DataConfig, train: TrainConfig, device: str | torch.device = "cpu",
-             cbs: Sequence[Callback] = (), checkpoint_every: float = 0.0,
-             dist: Dist | None = None) -> RunResult:
+def auto_run(data: DataConfig, train: TrainConfig, ctx: RunContext | None = None
+             ) -> RunResult:
     """`train --auto-resume`: the same command run again (a job restarted by torchrun
     --max-restarts, a scheduler, a preempted machine) carries on where it stopped. --out
     with a checkpoint: resume it; finished: report it and train nothing; a run that stopped
     before its first checkpoint: start it again; empty or absent: start. A run there with
     other settings is refused, never mixed with this one."""
-    dist = dist or Dist()
+    ctx = ctx or RunContext()
+    dist = ctx.dist
     if not train.out:
         raise ConfigError("--auto-resume needs --out: the run directory a restarted job finds "
                           "again")
@@ -230,7 +195,7 @@ def auto_run(data: DataConfig, train: TrainConfig, device: str | torch.device = 
     # machine holds one (--out on a machine's own disk, and an elastic job's new node made
     # rank 0), starting afresh would silently drop the training done so far: refuse.
     # (rank 0's own view is its decision: it does not look again)
-    views = dist.gather(None if dist.is_main else _checkpoint_view(out))
+    views = dist.gather(None if dist.is_main else rundir.checkpoint_view(out))
     if state in ("start", "restart") and any(views):
         rank, view = next((r, v) for r, v in enumerate(views) if v)
         raise ConfigError(
@@ -241,32 +206,19 @@ def auto_run(data: DataConfig, train: TrainConfig, device: str | torch.device = 
         log.info("%s is already trained; nothing to do", out)
         return RunResult(out, metrics, metrics.get("lr_find"), already_done=True)
     if state == "resume":
-        return resume_run(out, device, cbs, checkpoint_every, dist)
+        return resume_run(out, ctx)
     if state == "restart":
         log.warning("%s stopped before its first checkpoint: starting it again", out)
-    return train_run(data, train, device, cbs, checkpoint_every, dist, overwrite=True)
-
-
-def _checkpoint_view(out: Path) -> str | None:
-    """What this machine holds at `out`: a finished run, a checkpoint (where), or nothing."""
-    if (out / "metrics.json").exists():
-        return "a finished run"
-    try:
-        info = json.loads((out / "checkpoints" / "last.json").read_text())
-        return f"epoch {info['epoch']}, batch {info['batch']}"
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, TypeError):
-        return "an unreadable one"
+    return train_run(data, train, ctx, overwrite=True)
 
 
 def _auto_state(out: Path, data: DataConfig, train: TrainConfig) -> tuple[str, dict | None]:
     """What --auto-resume does with --out: start, restart, resume or done (see auto_run),
     with the finished run's metrics."""
-    if not run_files(out):
+    if not rundir.run_files(out):
         return "start", None
     if (out / "config.json").exists():
-        old_data, old_train = _read_config(out)
+        old_data, old_train = rundir.read_config(out)
         changed = [f"{scope}.{k}: {a[k]!r} there, {b[k]!r} now"
                    for scope, a, b in (("data", _flat(old_data), _flat(data)),
                                        ("train", _flat(old_train), _flat(train)))
@@ -276,10 +228,7 @@ def _auto_state(out: Path, data: DataConfig, train: TrainConfig) -> tuple[str, d
                               + "; ".join(changed) + "); give another --out, or the same "
                               "settings to continue it")
     if all((out / n).exists() for n in ("metrics.json", "model", "report.html")):
-        try:
-            return "done", json.loads((out / "metrics.json").read_text())
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"--auto-resume: {out / 'metrics.json'} is damaged ({e})") from e
+        return "done", rundir.read_metrics(out)
     if (out / "checkpoints" / "last.json").exists():
         return "resume", None
     if (out / "model").exists():  # a model and no checkpoint: not a run this job stopped
@@ -296,63 +245,21 @@ def _flat(cfg: object) -> dict:
             for k, v in d.items() for kk, vv in (v.items() if isinstance(v, dict) else [(k, v)])}
 
 
-def _train(learn: Learner, data: DataConfig, out: Path, plan: list[Phase], lr: float,
-           found: dict | None, rule: str | None, t0: float, checkpoint_every: float,
-           start: tuple[int, int] = (0, 0)) -> RunResult:
-    ck = Checkpointer(out / "checkpoints", checkpoint_every,
-                      {"lr": lr, "lr_find": found, "lr_rule": rule})
+def _train(job: _Job, ctx: RunContext) -> RunResult:
+    learn = job.learn
+    ck = Checkpointer(job.out / "checkpoints", ctx.checkpoint_every, job.lr)
     learn.cbs.append(ck)
     with graceful_stop():
-        learn.run_plan(plan, *start)
+        learn.run_plan(job.plan, *job.start)
     if learn.interrupted:
-        raise Interrupted(out, learn.interrupted, ck.last_path)
+        raise Interrupted(job.out, learn.interrupted, ck.last_path)
     # the last epoch's validation pass, or a new one (collective across processes)
     preds = learn.last_preds if learn.last_preds is not None else learn.get_preds()
+    found = job.lr.suggestions
     if not learn.dist.is_main:  # rank 0 writes the run
-        return RunResult(out, dict(learn.history.rows[-1]) if learn.history.rows else {}, found)
-    wall = time.perf_counter() - t0
-    rows = learn.history.rows
-    with open(out / "metrics.csv", "w", newline="") as f:
-        if rows:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-    plot_losses(learn.history.batch_losses, rows, len(learn.dls.train), out / "losses.png")
-    last = rows[-1] if rows else {}
-    metrics = {k: v for k, v in last.items() if k not in ("epoch", "seconds", "img_per_s")}
-    metrics |= {"epochs": len(rows), "lr": lr, "train_seconds": learn.train_seconds,
-                "wall_seconds": wall,
-                "global_batch": data.bs * learn.accum * learn.dist.world_size,
-                "processes": learn.dist.world_size,
-                "train_img_per_s": learn.train_images / max(learn.train_seconds, 1e-9),
-                "precision": learn.precision.name, "device": str(learn.device),
-                "skipped_files": learn.dls.skipped(), "history": rows}
-    if found is not None:
-        metrics["lr_find"] = found
-        metrics["lr_rule"] = rule  # the suggestion trained at (None: the rate was a number)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    save_model(learn.model, out / "model", {
-        "arch": learn.arch, "head": learn.head_kind, "classes": list(learn.dls.classes),
-        "size": data.size, "presize": data.presize, "resize_method": data.resize_method,
-        "mean": learn.dls.valid.augment.mean.tolist(), "std": learn.dls.valid.augment.std.tolist(),
-        "loss": "bce_multi_label" if learn.multi_label else "cross_entropy",
-        "multi_label": learn.multi_label,
-        "thresholds": [0.5] * len(learn.dls.classes) if learn.multi_label else None})
-    interpret_run(learn, data, out, preds=preds)
-    build_report(out)
-    log.info("run written to %s", out)
-    return RunResult(out, metrics, found)
-
-
-def interpret_run(learn: Learner, data: DataConfig, out: Path, k: int = 9,
-                  preds: tuple[torch.Tensor, torch.Tensor] | None = None) -> Interpretation:
-    """Validation-split interpretation of a trained learner: interpretation.json (accuracy,
-    per-class scores, most confused pairs), confusion_matrix.png and top_losses.png."""
-    logits, y = preds if preds is not None else learn.get_preds()
-    valid = learn.dls.valid
-    paths = [valid.paths[i] for i in valid.index]  # every rank's shard, in order
-    interp = Interpretation.from_logits(logits, y, learn.dls.classes, learn.multi_label, paths,
-                                        skipped=learn.dls.skipped())
-    save_json(interp.summary(), out / "interpretation.json")
-    write_pictures(interp, out, data.presize, data.resize_method, valid.augment, k)
-    return interp
+        return RunResult(job.out, dict(learn.history.rows[-1]) if learn.history.rows else {},
+                         found)
+    metrics = rundir.write_results(learn, job.out, job.lr, time.perf_counter() - job.t0,
+                                   preds)
+    log.info("run written to %s", job.out)
+    return RunResult(job.out, metrics, found)

@@ -23,6 +23,7 @@ import torch
 
 from imageclf.data.device_decode import decode_chunk
 from imageclf.data.images import presize_into, slot_length, verify_file
+from imageclf.fileio import atomic_write, commit
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1
@@ -199,15 +200,9 @@ class PresizeCache:
         old_data = index["data"] if index is not None and index["data"] != name else None
 
         def persist() -> None:
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, self.cache_dir / name)
-            itmp = self.cache_dir / f"{self.key}.json.{uuid.uuid4().hex[:8]}.tmp"
-            with open(itmp, "w") as f:
-                json.dump(new_index, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(itmp, self.index_path)  # only now is the new cache visible to others
+            commit(tmp, self.cache_dir / name)  # written through its memory map
+            # only now is the new cache visible to others
+            atomic_write(self.index_path, lambda p: Path(p).write_text(json.dumps(new_index)))
             if old_data is not None:
                 # readers that still map the old file keep it alive until they close it
                 (self.cache_dir / old_data).unlink(missing_ok=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imageclf.config import ConfigError
+from imageclf.errors import ConfigError, DataError
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".jfif"}
@@ -116,7 +116,7 @@ def _find_split_dir(root: Path, names: tuple[str, ...]) -> Path | None:
 def _check_classes(per_class: dict[str, list[Path]], where: Path) -> None:
     empty = [c for c, files in per_class.items() if not files]
     if empty:
-        raise ConfigError(
+        raise DataError(
             f"class folder(s) with no images in {where}: {', '.join(empty)}; "
             "add images or remove the folder"
         )
@@ -166,7 +166,7 @@ def from_regex(root: Path, pattern: str, valid_pct: float = 0.2, seed: int = 0) 
         paths.append(p)
         names.append([m.group(1)])
     if not paths:
-        raise ConfigError(
+        raise DataError(
             f"--label-regex {pattern!r} matched no file names under {root} "
             f"(e.g. {unmatched[:3]})"
         )
@@ -189,23 +189,23 @@ def from_csv(csv_path: Path, valid_pct: float = 0.2, seed: int = 0,
     if rows and not _resolve(image_root, rows[0][0]).exists():
         rows = rows[1:]  # a header row
     if not rows:
-        raise ConfigError(f"--csv {csv_path} has no rows")
+        raise DataError(f"--csv {csv_path} has no rows")
     bad = [i for i, r in enumerate(rows) if len(r) < 2]
     if bad:
-        raise ConfigError(
+        raise DataError(
             f"--csv {csv_path}: expected columns filename,label[,is_valid]; "
             f"row {bad[0] + 2} has {len(rows[bad[0]])} column(s)"
         )
     paths = [_resolve(image_root, r[0].strip()) for r in rows]
     missing = [str(p) for p in paths if not os.path.lexists(p)]
     if missing:
-        raise ConfigError(
+        raise DataError(
             f"--csv {csv_path}: {len(missing)} listed file(s) do not exist, e.g. {missing[:3]}"
         )
     labels = [r[1].split() for r in rows]
     ml = multi_label if multi_label is not None else any(len(x) != 1 for x in labels)
     if not ml and any(len(x) != 1 for x in labels):
-        raise ConfigError(f"--csv {csv_path}: some rows have no or several labels; "
+        raise DataError(f"--csv {csv_path}: some rows have no or several labels; "
                           "pass --multi-label")
     if all(len(r) >= 3 for r in rows):
         flags = [_truthy(r[2], csv_path) for r in rows]
@@ -216,7 +216,7 @@ def from_csv(csv_path: Path, valid_pct: float = 0.2, seed: int = 0,
     if evaluate:
         keep = [i for i, f in enumerate(flags) if f]
         if not keep:
-            raise ConfigError(f"no validation rows in {csv_path} (its is_valid column is "
+            raise DataError(f"no validation rows in {csv_path} (its is_valid column is "
                               "false everywhere)")
         return _finish([paths[i] for i in keep], [labels[i] for i in keep], [True] * len(keep),
                        multi_label=ml, where=csv_path, need_split=False)
@@ -234,7 +234,7 @@ def _truthy(value: str, where: Path) -> bool:
         return True
     if v in ("0", "false", "no", "train", "f", "n", ""):
         return False
-    raise ConfigError(f"--csv {where}: is_valid column must be true/false or 1/0; got {value!r}")
+    raise DataError(f"--csv {where}: is_valid column must be true/false or 1/0; got {value!r}")
 
 
 def _finish(paths: list[Path], names: list[list[str]], flags: list[bool], multi_label: bool,
@@ -242,16 +242,16 @@ def _finish(paths: list[Path], names: list[list[str]], flags: list[bool], multi_
     classes = sorted({n for ns in names for n in ns})
     if not need_split:
         if not paths:
-            raise ConfigError(f"no labelled images found in {where}")
+            raise DataError(f"no labelled images found in {where}")
     elif len(classes) < 2 and not multi_label:
-        raise ConfigError(
+        raise DataError(
             f"found {len(classes)} class(es) in {where} ({classes}); a classifier needs at least 2"
         )
     elif not any(flags):
-        raise ConfigError(f"no validation images in {where}: add a valid/ folder, an is_valid "
+        raise DataError(f"no validation images in {where}: add a valid/ folder, an is_valid "
                           "column, or raise --valid-pct")
     elif all(flags):
-        raise ConfigError(f"no training images in {where}")
+        raise DataError(f"no training images in {where}")
     index = {c: i for i, c in enumerate(classes)}
     labels = tuple(tuple(sorted(index[n] for n in ns)) for ns in names)
     return Items(tuple(paths), labels, tuple(classes), tuple(flags), multi_label)

@@ -1,0 +1,155 @@
+"""Commands that use a trained model: predict, evaluate, calibrate, export, report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from imageclf.cli import options as o
+from imageclf.cli.options import console, err
+from imageclf.errors import ConfigError
+
+
+def _expand_inputs(inputs: list[Path]) -> list[Path]:
+    """Files as given; folders walked for image files (sorted)."""
+    from imageclf.data.sources import list_images
+
+    out: list[Path] = []
+    for p in inputs:
+        if p.is_dir():
+            out += list_images(p)
+        else:
+            out.append(p)
+    return out
+
+
+def predict(model: o.ModelArg,
+            inputs: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
+            top_k: Annotated[int, typer.Option("--top-k")] = 3,
+            min_confidence: Annotated[float | None, typer.Option(
+                "--min-confidence", help="Answer 'none' when the top softmax probability is "
+                "below this (overrides model.json).")] = None,
+            tta: o.Tta = False,
+            bs: o.Bs = 32, precision: o.Precision = "auto",
+            as_json: o.Json = False) -> None:
+    """Top-k labels per image; unreadable files are reported per file, never a crash."""
+    from imageclf.predict import Predictor
+
+    pred = Predictor(model, min_confidence=min_confidence, precision=precision)
+    paths = _expand_inputs(inputs)
+    if not paths:
+        raise ConfigError("no image files found in the given inputs")
+    results = pred.predict(paths, top_k=top_k, bs=bs, tta=tta)
+    n_ok = 0
+    for r in results:
+        n_ok += r.error is None
+        if as_json:
+            print(json.dumps(r.to_dict()))
+        elif r.error is not None:
+            err.print(Text.assemble(f"{r.path}: ", ("unreadable", "yellow"), f" ({r.error})"))
+        else:
+            tops = "  ".join(f"{k} {p:.3f}" for k, p in r.top)
+            console.print(Text.assemble(f"{r.path}: ", (";".join(r.labels), "bold"),
+                                        f"  ({tops})"))
+    if n_ok == 0:
+        err.print(Text.assemble(("error:", "red"), " no image could be predicted"))
+        raise typer.Exit(1)
+
+
+def evaluate(model: o.ModelArg, data: o.DataArg,
+             output: Annotated[Path | None, typer.Option(
+                 "-o", "--output", help="Folder for confusion_matrix.png and top_losses.png."
+             )] = None,
+             csv: o.Csv = None, label_regex: o.LabelRegex = None,
+             tta: o.Tta = False, bs: o.Bs = 32,
+             precision: o.Precision = "auto",
+             as_json: o.Json = False) -> None:
+    """Accuracy, per-class table and most-confused pairs on DATA's validation split (or every
+    labelled image when DATA has no split)."""
+    from imageclf.evaluate import evaluate as run_evaluate
+    from imageclf.predict import Predictor
+
+    pred = Predictor(model, precision=precision)
+    interp = run_evaluate(pred, data, csv=csv, label_regex=label_regex, tta=tta, bs=bs,
+                          out_dir=output)
+    s = interp.summary()
+    if as_json:
+        print(json.dumps(s))
+        return
+    console.print(f"{s['n']} images; accuracy {s['accuracy']:.4f}; loss {s['loss']:.4f}"
+                  + ("  (TTA)" if tta else ""))
+    table = Table()
+    for c in ("class", "precision", "recall", "f1", "support"):
+        table.add_column(c, justify="left" if c == "class" else "right")
+    for r in s["per_class"]:
+        table.add_row(r["class"], f"{r['precision']:.3f}", f"{r['recall']:.3f}",
+                      f"{r['f1']:.3f}", str(r["support"]))
+    console.print(table)
+    if s["most_confused"]:
+        console.print("most confused (actual → predicted: count):")
+        for m in s["most_confused"][:10]:
+            console.print(f"  {m['actual']} → {m['predicted']}: {m['count']}")
+    if s["skipped_files"]:
+        console.print(f"{len(s['skipped_files'])} unreadable file(s) skipped", style="yellow")
+        for b in s["skipped_files"]:
+            console.print(f"  {b['path']}: {b['reason']}")
+    if output is not None:
+        console.print(f"pictures in {output}")
+
+
+def calibrate(model: o.ModelArg, data: o.DataArg,
+              keep: Annotated[float, typer.Option(
+                  "--keep", help="Share of in-distribution images that must keep a label.")
+              ] = 0.95,
+              csv: o.Csv = None, label_regex: o.LabelRegex = None,
+              dry_run: Annotated[bool, typer.Option("--dry-run",
+                                                    help="Print, do not store.")] = False,
+              as_json: o.Json = False) -> None:
+    """Choose the "none of these" thresholds on DATA's validation split; store them in
+    model.json (softmax: min_confidence; multi-label: per-class thresholds)."""
+    from imageclf.evaluate import calibrate as run_calibrate
+    from imageclf.evaluate import write_calibration
+    from imageclf.predict import Predictor
+
+    chosen = run_calibrate(Predictor(model), data, keep, csv=csv, label_regex=label_regex)
+    if not dry_run:
+        write_calibration(model, chosen)
+    if as_json:
+        print(json.dumps(chosen))
+        return
+    if "min_confidence" in chosen:
+        console.print(f"min_confidence {chosen['min_confidence']:.4f}: keeps {keep:.0%} of "
+                      f"{chosen['n']} validation images")
+    else:
+        console.print("per-class thresholds: " + ", ".join(f"{t:.3f}"
+                                                          for t in chosen["thresholds"]))
+    console.print("not stored (--dry-run)" if dry_run else f"stored in {model / 'model.json'}")
+
+
+def export(model: o.ModelArg,
+           onnx: Annotated[bool, typer.Option("--onnx", help="Write an ONNX file.")] = False,
+           output: Annotated[Path | None, typer.Option("-o", "--output")] = None) -> None:
+    """Export a model/ folder (ONNX: normalisation inside, dynamic batch, probabilities out)."""
+    if not onnx:
+        raise ConfigError("choose an export format: --onnx")
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as e:
+        raise ConfigError(f"--onnx needs the ONNX exporter ({e.name} is not installed): "
+                          "pip install 'imageclf[onnx]'") from e
+    from imageclf.export import export_onnx
+
+    console.print(f"wrote {export_onnx(model, output)}")
+
+
+def report(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) -> None:
+    """Rebuild RUN_DIR/report.html from the run's files."""
+    from imageclf.report import build_report
+
+    console.print(f"wrote {build_report(run_dir)}")

@@ -1,0 +1,183 @@
+"""model.json, typed: the fields of a model/ folder, defined once; writing, reading and
+validating all go through `ModelMeta`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imageclf.errors import DamagedFileError
+from imageclf.fileio import write_json
+
+FORMAT_VERSION = 1
+RESIZE_METHODS = ("crop", "squish", "pad")
+LOSSES = ("cross_entropy", "bce_multi_label")
+NONE_RULES = ("min_confidence", "multi_label_thresholds")
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _pos_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _names(v: Any) -> bool:
+    return (isinstance(v, list) and len(v) > 0 and all(isinstance(c, str) and c for c in v)
+            and len(set(v)) == len(v))
+
+
+def _three(v: Any) -> bool:
+    return isinstance(v, list) and len(v) == 3 and all(_num(x) for x in v)
+
+
+def _prob(v: Any) -> bool:
+    return _num(v) and 0 <= v <= 1
+
+
+def _spec(expect: str, check: Any, doc: str, **kw: Any) -> Any:
+    """A field with what it must hold (`expect`, checked by `check` on the JSON value) and
+    what it means (`doc`): the schema in docs/run-directory.md is generated from these."""
+    return field(metadata={"expect": expect, "check": check, "doc": doc}, **kw)
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """Everything needed to use the weights in model.safetensors, and nothing that runs."""
+
+    arch: str = _spec("a timm architecture name", lambda v: isinstance(v, str) and v,
+                      "backbone, rebuilt with timm without downloading anything")
+    head: str = _spec("concat or timm", lambda v: v in ("concat", "timm"),
+                      "the classifier head's kind")
+    classes: tuple[str, ...] = _spec("a non-empty list of distinct class names", _names,
+                                     "output order of the model")
+    size: int = _spec("a positive integer", _pos_int, "side of the images the model sees")
+    presize: int = _spec("a positive integer", _pos_int,
+                         "side of the CPU resize before the centre resize to size")
+    resize_method: str = _spec("crop, squish or pad", lambda v: v in RESIZE_METHODS,
+                               "how a non-square image becomes square")
+    mean: tuple[float, float, float] = _spec("a list of 3 numbers", _three,
+                                             "per-channel normalisation mean (RGB, 0-1)")
+    std: tuple[float, float, float] = _spec("a list of 3 numbers", _three,
+                                            "per-channel normalisation std (RGB, 0-1)")
+    loss: str = _spec("cross_entropy or bce_multi_label", lambda v: v in LOSSES,
+                      "the training loss: softmax or independent sigmoids")
+    multi_label: bool = _spec("true or false", lambda v: isinstance(v, bool),
+                              "independent sigmoids (several or no labels per image)",
+                              default=False)
+    thresholds: tuple[float, ...] | None = _spec(
+        "null or a list of one number in [0, 1] per class",
+        lambda v: v is None or (isinstance(v, list) and all(_prob(x) for x in v)),
+        "multi-label: a class is predicted when its sigmoid reaches its threshold",
+        default=None)
+    min_confidence: float | None = _spec(
+        "null or a number in [0, 1]", lambda v: v is None or _prob(v),
+        "softmax: below this top probability the answer is `none`", default=None)
+    calibration: dict[str, Any] | None = _spec(
+        "null or an object", lambda v: v is None or isinstance(v, dict),
+        "how `calibrate` chose the thresholds (keep, n, rule)", default=None)
+    open_set: dict[str, Any] | None = _spec(
+        "null or an object", lambda v: v is None or isinstance(v, dict),
+        "an open-set score and its threshold for `none of these`", default=None)
+    weights: str = _spec("a .safetensors file name inside the folder",
+                         lambda v: isinstance(v, str) and v.endswith(".safetensors"),
+                         "the weights file", default="model.safetensors")
+    versions: dict[str, str] = _spec("an object of package versions",
+                                     lambda v: isinstance(v, dict),
+                                     "torch, timm and pillow that wrote the model",
+                                     default_factory=dict)
+    format_version: int = _spec(f"an integer, at most {FORMAT_VERSION}",
+                                lambda v: isinstance(v, int) and 1 <= v <= FORMAT_VERSION,
+                                "layout of this file", default=FORMAT_VERSION)
+
+    def __post_init__(self) -> None:
+        # JSON lists arrive as lists: held as tuples, so the object is really frozen
+        for name in ("classes", "mean", "std", "thresholds"):
+            v = getattr(self, name)
+            if isinstance(v, list):
+                object.__setattr__(self, name, tuple(v))
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def none_rule(self) -> str | None:
+        """How the stored model answers "none of these" (None: it always picks a class)."""
+        if self.multi_label:
+            return "multi_label_thresholds"
+        return "min_confidence" if self.min_confidence else None
+
+    def to_json(self) -> dict[str, Any]:
+        """model.json's object."""
+        out = dataclasses.asdict(self)
+        for name in ("classes", "mean", "std", "thresholds"):
+            if out[name] is not None:
+                out[name] = list(out[name])
+        return out
+
+    def write(self, folder: str | Path) -> Path:
+        """Write folder/model.json atomically."""
+        path = Path(folder) / "model.json"
+        write_json(path, self.to_json())
+        return path
+
+    @classmethod
+    def from_json(cls, obj: Any, where: str = "model.json") -> ModelMeta:
+        """Check a parsed model.json and build it; errors name the file, the field and what
+        was expected."""
+        if not isinstance(obj, dict):
+            raise DamagedFileError(f"{where}: expected a JSON object, got "
+                                   f"{type(obj).__name__}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        if _num(obj.get("format_version")) and obj["format_version"] > FORMAT_VERSION:
+            raise DamagedFileError(
+                f"{where}: format_version {obj['format_version']} is newer than this imageclf "
+                f"reads ({FORMAT_VERSION}); upgrade imageclf to use this model")
+        missing = [n for n, f in fields.items() if n not in obj and _required(f)]
+        if missing:
+            raise DamagedFileError(f"{where}: missing field(s) {', '.join(missing)}")
+        unknown = sorted(set(obj) - set(fields))
+        if unknown:
+            raise DamagedFileError(f"{where}: unknown field(s) {', '.join(unknown)}; "
+                                   f"expected only {', '.join(fields)}")
+        problems = [f"field '{n}': expected {fields[n].metadata['expect']}, got {v!r:.80}"
+                    for n, v in obj.items() if not fields[n].metadata["check"](v)]
+        th = obj.get("thresholds")
+        if not problems and th is not None and len(th) != len(obj["classes"]):
+            problems.append(f"field 'thresholds': expected {len(obj['classes'])} numbers (one "
+                            f"per class), got {len(th)}")
+        if problems:
+            raise DamagedFileError(f"{where}: " + "; ".join(problems))
+        return cls(**obj)
+
+    @classmethod
+    def read(cls, folder: str | Path) -> ModelMeta:
+        """folder/model.json, checked."""
+        path = Path(folder) / "model.json"
+        try:
+            obj = json.loads(path.read_text())
+        except OSError as e:
+            raise DamagedFileError(f"{path}: cannot read ({e.strerror}); is {folder} a model/ "
+                                   "folder?") from e
+        except ValueError as e:
+            raise DamagedFileError(f"{path}: not valid JSON ({e})") from e
+        return cls.from_json(obj, str(path))
+
+
+def _required(f: dataclasses.Field) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+def schema_markdown() -> str:
+    """model.json's fields as a Markdown table (docs/run-directory.md holds this text)."""
+    rows = ["| field | required | expected | meaning |", "|---|---|---|---|"]
+    for f in dataclasses.fields(ModelMeta):
+        rows.append(f"| `{f.name}` | {'yes' if _required(f) else 'no'} | "
+                    f"{f.metadata['expect']} | {f.metadata['doc']} |")
+    return "\n".join(rows) + "\n"

@@ -1,0 +1,185 @@
+"""The run directory: claiming `--out`, the files a run holds, reading and writing them."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import os
+import socket
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from imageclf import __version__
+from imageclf.config import DataConfig, TrainConfig, from_dict, to_dict
+from imageclf.errors import ConfigError, DamagedFileError
+from imageclf.fileio import write_json
+from imageclf.lr_finder import LRChoice
+
+if TYPE_CHECKING:
+    import torch
+
+    from imageclf.interpret import Interpretation
+    from imageclf.learner import Learner, LRFindResult
+
+CLAIM = "run.json"  # created exclusively before any work: the directory belongs to one run
+# what a run writes into its directory: finding one of them there means a run is there
+RUN_FILES = (CLAIM, "config.json", "checkpoints", "model", "metrics.json")
+
+
+def default_run_dir() -> Path:
+    """runs/<timestamp>."""
+    return Path("runs") / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def run_files(path: Path) -> list[str]:
+    """The names of RUN_FILES that `path` holds."""
+    return [n for n in RUN_FILES if (path / n).exists()]
+
+
+def _refuse(path: Path, found: list[str]) -> ConfigError:
+    return ConfigError(f"--out {path} already holds a run ({', '.join(found)}); nothing was "
+                       f"changed. Continue it with `imageclf train --resume {path}`, or give "
+                       "another --out")
+
+
+def claim(out: str | Path | None, overwrite: bool = False) -> Path:
+    """Create the run directory and claim it for this run, before any work: the claim file
+    is created exclusively, so of two runs started at once into the same --out only one
+    gets it, and the other stops with the same message as for a finished run. Fails early
+    and clearly if the folder is not writable, or already holds a run (unless `overwrite`:
+    a run restarted in its own directory). Without `out`: runs/<timestamp>, -2, -3... when a
+    run started in the same second."""
+    if out is None:
+        base, n = default_run_dir(), 1
+        while True:
+            path = base if n == 1 else base.with_name(f"{base.name}-{n}")
+            try:
+                return _claim(path, False)
+            except ConfigError:
+                if not run_files(path):  # not taken: unwritable
+                    raise
+                n += 1
+    return _claim(Path(out), overwrite)
+
+
+def _claim(path: Path, overwrite: bool) -> Path:
+    found = [] if overwrite else run_files(path)
+    if found:
+        raise _refuse(path, found)
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path / CLAIM, flags, 0o666)
+    except FileExistsError:  # another run claimed it after the check above
+        raise _refuse(path, run_files(path) or [CLAIM]) from None
+    except OSError as e:
+        raise ConfigError(f"--out {path} is not writable ({e.strerror}); choose another "
+                          "folder") from e
+    with os.fdopen(fd, "w") as f:
+        json.dump({"started": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+                   "host": socket.gethostname(), "pid": os.getpid(), "imageclf": __version__},
+                  f, indent=2)
+        f.write("\n")
+    return path
+
+
+# --- settings -------------------------------------------------------------------------
+def write_config(out: Path, data: DataConfig, train: TrainConfig) -> None:
+    """config.json: every setting needed to rerun (and to resume)."""
+    write_json(out / "config.json", {"data": to_dict(data), "train": to_dict(train)},
+               sort_keys=True)
+
+
+def read_config(run: Path) -> tuple[DataConfig, TrainConfig]:
+    """The settings in RUN/config.json."""
+    try:
+        cfg = json.loads((run / "config.json").read_text())
+        return from_dict(DataConfig, cfg["data"]), from_dict(TrainConfig, cfg["train"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DamagedFileError(f"{run / 'config.json'}: cannot be read as a run's settings "
+                               f"({type(e).__name__}: {e})") from e
+
+
+def checkpoint_view(out: Path) -> str | None:
+    """What this machine holds at `out`: a finished run, a checkpoint (where), or nothing."""
+    if (out / "metrics.json").exists():
+        return "a finished run"
+    try:
+        info = json.loads((out / "checkpoints" / "last.json").read_text())
+        from imageclf.checkpoint import checkpoint_position
+
+        return "epoch {}, batch {}".format(*checkpoint_position(info))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return "an unreadable one"
+
+
+def read_metrics(run: Path) -> dict:
+    """RUN/metrics.json of a finished run."""
+    try:
+        return json.loads((run / "metrics.json").read_text())
+    except (OSError, ValueError) as e:
+        raise DamagedFileError(f"{run / 'metrics.json'} is damaged ({e})") from e
+
+
+# --- outputs --------------------------------------------------------------------------
+def write_lr_find(out: Path, res: LRFindResult) -> None:
+    """lr_find.json (the curve and suggestions) and lr_find.png."""
+    from imageclf.plots import plot_lr_find
+
+    write_json(out / "lr_find.json", {"lrs": res.lrs, "losses": res.losses,
+                                      "suggestions": res.suggestions,
+                                      "images_per_step": res.images_per_step}, sort_keys=True)
+    plot_lr_find(res.lrs, res.losses, res.suggestions, out / "lr_find.png")
+
+
+def write_results(learn: Learner, out: Path, lr: LRChoice, wall: float,
+                  preds: tuple[torch.Tensor, torch.Tensor]) -> dict:
+    """A trained run's files: metrics.csv, losses.png, metrics.json, model/, the validation
+    interpretation and report.html. Returns the metrics."""
+    from imageclf.export import export_learner
+    from imageclf.plots import plot_losses
+    from imageclf.report import build_report
+
+    rows = learn.history.rows
+    with open(out / "metrics.csv", "w", newline="") as f:
+        if rows:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    plot_losses(learn.history.batch_losses, rows, len(learn.dls.train), out / "losses.png")
+    last = rows[-1] if rows else {}
+    p = learn.progress
+    metrics = {k: v for k, v in last.items() if k not in ("epoch", "seconds", "img_per_s")}
+    metrics |= {"epochs": len(rows), "lr": lr.lr, "train_seconds": p.train_seconds,
+                "wall_seconds": wall,
+                "global_batch": learn.dls.cfg.bs * learn.accum * learn.dist.world_size,
+                "processes": learn.dist.world_size, "train_img_per_s": p.img_per_s,
+                "precision": learn.precision.name, "device": str(learn.device),
+                "skipped_files": learn.dls.skipped(), "history": rows}
+    if lr.suggestions is not None:
+        metrics["lr_find"] = lr.suggestions
+        metrics["lr_rule"] = lr.rule  # the suggestion trained at (None: the rate was a number)
+    write_json(out / "metrics.json", metrics)
+    export_learner(learn, out / "model")
+    interpret_run(learn, out, preds=preds)
+    build_report(out)
+    return metrics
+
+
+def interpret_run(learn: Learner, out: Path, k: int = 9,
+                  preds: tuple[torch.Tensor, torch.Tensor] | None = None) -> Interpretation:
+    """Validation-split interpretation of a trained learner: interpretation.json (accuracy,
+    per-class scores, most confused pairs), confusion_matrix.png and top_losses.png."""
+    from imageclf.interpret import Interpretation, write_pictures
+
+    logits, y = preds if preds is not None else learn.get_preds()
+    valid, cfg = learn.dls.valid, learn.dls.cfg
+    paths = [valid.paths[i] for i in valid.index]  # every rank's shard, in order
+    interp = Interpretation.from_logits(logits, y, learn.dls.classes, learn.multi_label, paths,
+                                        skipped=learn.dls.skipped())
+    write_json(out / "interpretation.json", interp.summary(), sort_keys=True)
+    write_pictures(interp, out, cfg.presize, cfg.resize_method, valid.augment, k)
+    return interp
