@@ -93,7 +93,7 @@ def test_two_processes_accumulating_match_one_large_batch(tmp_path: Path):
 
 
 def test_two_nodes_with_c10d_rendezvous_share_one_cache(tmp_path: Path):
-    """The README's several-machines command, as two one-process "nodes" on this machine
+    """docs/distributed.md's several-machines command, as two one-process "nodes" on this machine
     meeting through a c10d rendezvous, with --cache-dir on storage both see: one of them
     builds each split's cache under the file lock, the other reuses it; one run directory."""
     import socket
@@ -158,8 +158,8 @@ def test_two_nodes_with_c10d_rendezvous_share_one_cache(tmp_path: Path):
 
 
 def test_torchrun_cli_and_a_job_restarted_from_its_checkpoint(tmp_path: Path):
-    """1) The README's command: rank 0 runs lr_find alone and broadcasts the rate (the other
-    rank waits), only rank 0 prints and writes the run directory.
+    """1) docs/distributed.md's command: rank 0 runs lr_find alone and broadcasts the rate
+    (the other rank waits), only rank 0 prints and writes the run directory.
     2) The same with torchrun --max-restarts: a process dies in the middle of epoch 1,
     torchrun restarts both, and --auto-resume goes on from the checkpoint of epoch 0's end
     (without a second lr_find) to the same end as the job never interrupted."""
@@ -220,7 +220,7 @@ def test_an_elastic_job_grows_and_shrinks(tmp_path: Path):
     data = make_folder_dataset(tmp_path / "data", n_train=8, n_valid=3)  # 24 train images
     mark, run = tmp_path / "waiting", tmp_path / "run"
     # torch 2.14's shared rendezvous store loses a joining node (it waits for keys the
-    # first node never writes again): the README's elastic command turns the sharing off
+    # first node never writes again): docs/distributed.md's elastic command turns the sharing off
     env = _env() | {"IMAGECLF_TEST_EVENT": "grow", "IMAGECLF_TEST_MARK": str(mark),
                     "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
     node = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1:2",
