@@ -33,13 +33,20 @@ class Prediction:
     probs: list[float] = field(default_factory=list)
     error: str | None = None
     none_rule: str | None = None  # how `none` is decided for this model (None: never)
+    none_score: float | None = None  # the value the rule compares...
+    none_threshold: float | None = None  # ...with this: below it, `none`
 
     def to_dict(self) -> dict:
+        """The JSON object of `predict --json` (and of `serve`'s answers)."""
         if self.error is not None:
             return {"path": self.path, "error": self.error}
-        return {"path": self.path, "labels": self.labels,
-                "top": [{"label": k, "prob": round(p, 6)} for k, p in self.top],
-                "none_rule": self.none_rule}
+        out = {"path": self.path, "labels": self.labels,
+               "top": [{"label": k, "prob": round(p, 6)} for k, p in self.top],
+               "none_rule": self.none_rule}
+        if self.none_rule is not None:
+            out |= {"none_score": round(self.none_score, 6),
+                    "none_threshold": round(self.none_threshold, 6)}
+        return out
 
 
 def tta_params(n: int, zoom: float = 1.1) -> list[AugParams]:
@@ -92,8 +99,9 @@ class Predictor:
         return "min_confidence" if self.min_confidence else None
 
     # --- images → tensors ------------------------------------------------------------
-    def load(self, path: str | Path) -> torch.Tensor:
-        """(3, P, P) uint8: the validation decode + presize + centre square."""
+    def load(self, path: str | Path | bytes) -> torch.Tensor:
+        """(3, P, P) uint8: the validation decode + presize + centre square of a file (or of
+        an image's bytes)."""
         return torch.from_numpy(load_centre_square(path, self.presize, self.method))
 
     def _load_many(self, paths: Sequence[str | Path]) -> list[torch.Tensor | str]:
@@ -160,26 +168,42 @@ class Predictor:
             good = [v for v in loaded if not isinstance(v, str)]
             yield chunk, (torch.stack(good) if good else None), errors
 
+    def none_score(self, p: torch.Tensor) -> tuple[float, float] | None:
+        """(score, threshold) of the "none of these" rule for one image's probabilities:
+        the top softmax probability against min_confidence, or (multi-label) the class that
+        comes closest to passing its threshold, its probability against that threshold.
+        None when the model always answers a class."""
+        if self.multi_label:
+            i = int((p - self.thresholds).argmax())
+            return float(p[i]), float(self.thresholds[i])
+        if self.min_confidence:
+            return float(p.max()), float(self.min_confidence)
+        return None
+
+    def answer(self, path: str, p: torch.Tensor, top_k: int = 3) -> Prediction:
+        """One image's Prediction from its probabilities (C,)."""
+        k = max(1, min(top_k, len(self.classes)))
+        vals, idx = p.topk(k)
+        score = self.none_score(p)
+        return Prediction(path, [(self.classes[int(i)], float(v))
+                                 for v, i in zip(vals, idx, strict=True)],
+                          self.decide(p[None])[0], p.tolist(), none_rule=self.none_rule,
+                          none_score=score[0] if score else None,
+                          none_threshold=score[1] if score else None)
+
     def predict(self, paths: Sequence[str | Path] | str | Path, top_k: int = 3,
                 bs: int = 32, tta: bool = False) -> list[Prediction]:
         """Predictions for image files; unreadable files get `error`, never an exception."""
         if isinstance(paths, str | Path):
             paths = [paths]
-        k = max(1, min(top_k, len(self.classes)))
         results: list[Prediction] = []
         for chunk, x, errors in self.batches(paths, bs):
             probs = self.probs_from_logits(self.logits(x, tta)) if x is not None else None
-            decided = self.decide(probs) if probs is not None else []
             j = 0
             for path, e in zip(chunk, errors, strict=True):
                 if e is not None:
                     results.append(Prediction(path, error=e))
                     continue
-                p = probs[j]
-                vals, idx = p.topk(k)
-                results.append(Prediction(
-                    path, [(self.classes[int(i)], float(v)) for v, i in zip(vals, idx,
-                                                                           strict=True)],
-                    decided[j], p.tolist(), none_rule=self.none_rule))
+                results.append(self.answer(path, probs[j], top_k))
                 j += 1
         return results

@@ -1,7 +1,7 @@
 """The command line: thin commands over the library; only this package prints.
 
 Options are declared once (options.py); the commands live by subject in data_cmds,
-train_cmds and model_cmds, and are registered here."""
+train_cmds, model_cmds and serve_cmd, and are registered here."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
-from imageclf.cli import data_cmds, model_cmds, train_cmds
+from imageclf.cli import data_cmds, model_cmds, serve_cmd, train_cmds
 from imageclf.cli.options import err
 from imageclf.errors import ImageclfError
 
@@ -31,6 +31,7 @@ app.command()(train_cmds.demo)
 for _cmd in (model_cmds.predict, model_cmds.evaluate, model_cmds.calibrate, model_cmds.export,
              model_cmds.report):
     app.command()(_cmd)
+app.command()(serve_cmd.serve)
 
 
 @app.callback()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import warnings
@@ -103,19 +104,27 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def open_rgb(path: str | Path, min_short_side: int | None = None) -> Image.Image:
-    """Decode a file upright (EXIF applied) to RGB; JPEGs decoded at reduced size when possible.
+Source = str | Path | bytes  # a file, or an image's bytes (an upload)
+
+
+def open_rgb(path: Source, min_short_side: int | None = None) -> Image.Image:
+    """Decode a file (or an image's bytes) upright (EXIF applied) to RGB; JPEGs decoded at
+    reduced size when possible.
 
     With `min_short_side`, JPEG draft mode decodes at 1/2, 1/4 or 1/8 scale as long as
     the short side stays at least that big, so a 24 MP photo never exists at full size.
     """
-    reason = precheck(path)
+    if isinstance(path, bytes | bytearray):
+        reason = None if path else "empty file"
+        source = io.BytesIO(path)
+    else:
+        reason, source = precheck(path), path
     if reason is not None:
         raise UnreadableImage(reason)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(source) as im:
                 if im.width * im.height > MAX_PIXELS:
                     raise UnreadableImage(
                         f"decompression bomb: {im.width}x{im.height} pixels exceeds {MAX_PIXELS}"
@@ -213,7 +222,7 @@ def to_slot(a: np.ndarray) -> Presized:
     return Presized(np.ascontiguousarray(a), False)
 
 
-def load_presized(path: str | Path, presize: int, method: str = "crop") -> Presized:
+def load_presized(path: Source, presize: int, method: str = "crop") -> Presized:
     """Check, decode and presize one file (one open); raises UnreadableImage with the reason."""
     min_side = presize if method in ("crop", "squish") else None
     im = open_rgb(path, min_short_side=min_side)
@@ -244,6 +253,6 @@ def square_crop(p: Presized, offset: int | None = None) -> np.ndarray:
     return crop.transpose(0, 2, 1) if p.transposed else crop
 
 
-def load_centre_square(path: str | Path, presize: int, method: str = "crop") -> np.ndarray:
+def load_centre_square(path: Source, presize: int, method: str = "crop") -> np.ndarray:
     """(3, P, P) uint8, contiguous: the image as validation sees it before the final resize."""
     return np.ascontiguousarray(square_crop(load_presized(path, presize, method)))

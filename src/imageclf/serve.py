@@ -1,0 +1,357 @@
+"""The web page and HTTP API over `Predictor`: concurrent requests batched into one forward
+pass.
+
+`create_app(model_dir)` returns the ASGI app (FastAPI); `imageclf serve` runs it on uvicorn.
+Uploads are decoded and presized in a thread pool, off the event loop, by the same code as
+`predict`; the model runs in one inference thread, which takes every image waiting (up to
+`max_batch`, after at most `max_wait_ms` for more) into one forward pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import importlib.resources
+import json
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.exceptions import HTTPException
+
+from imageclf.data.images import UnreadableImage
+from imageclf.errors import ConfigError
+from imageclf.predict import Prediction, Predictor
+
+log = logging.getLogger(__name__)
+access = logging.getLogger("imageclf.serve.access")
+PUBLIC = ("/", "/health")  # open without the token: the page asks for it, probes need none
+# metrics.json fields shown on the model card (never paths, history or skipped files)
+CARD_METRICS = ("valid_accuracy", "valid_loss", "accuracy_multi", "epochs", "lr", "lr_rule",
+                "precision", "train_img_per_s")
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """A model/ folder, or a run directory holding one."""
+    p = Path(path)
+    if (p / "model.json").is_file():
+        return p
+    if (p / "model" / "model.json").is_file():
+        return p / "model"
+    raise ConfigError(f"MODEL_DIR {p} is neither a model/ folder (model.json) nor a run "
+                      "directory holding one")
+
+
+class Batcher:
+    """Gathers images of concurrent requests into batches of at most `max_batch`, waiting
+    at most `max_wait` seconds after the first for more, and runs each batch in one
+    inference thread: the event loop never waits on torch."""
+
+    def __init__(self, predictor: Predictor, max_batch: int, max_wait: float) -> None:
+        self.predictor, self.max_batch, self.max_wait = predictor, max_batch, max_wait
+        self.forward_calls = 0
+        self.images = 0
+        self._queue: asyncio.Queue | None = None
+        self._task: asyncio.Task | None = None
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="imageclf-infer")
+
+    async def submit(self, x: torch.Tensor) -> torch.Tensor:
+        """Probabilities (C,) for one uint8 image (3, P, P)."""
+        if self._task is None or self._task.done():
+            self._queue = asyncio.Queue()
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        fut = asyncio.get_running_loop().create_future()
+        await self._queue.put((x, fut))
+        return await fut
+
+    async def _take(self) -> list[tuple[torch.Tensor, asyncio.Future]]:
+        items = [await self._queue.get()]
+        deadline = time.monotonic() + self.max_wait
+        while len(items) < self.max_batch:
+            with contextlib.suppress(asyncio.QueueEmpty):
+                while len(items) < self.max_batch:
+                    items.append(self._queue.get_nowait())
+            left = deadline - time.monotonic()
+            if len(items) >= self.max_batch or left <= 0:
+                break
+            await asyncio.sleep(min(left, 0.001))
+        return items
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            items = await self._take()
+            x = torch.stack([x for x, _ in items])  # (B, 3, P, P) uint8
+            try:
+                probs = await loop.run_in_executor(self._thread, self._forward, x)
+            except Exception as e:  # noqa: BLE001 - every waiting request hears of it
+                log.exception("inference failed")
+                for _, fut in items:
+                    if not fut.done():
+                        fut.set_exception(e)
+                continue
+            for (_, fut), p in zip(items, probs, strict=True):
+                if not fut.done():  # its client may have gone
+                    fut.set_result(p)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.forward_calls += 1
+        self.images += x.shape[0]
+        return self.predictor.probs_from_logits(self.predictor.logits(x))
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        self._thread.shutdown(wait=True)
+
+
+class BodyTooLarge(Exception):
+    """The request body passed the upload limit while it was being read."""
+
+
+class _Limits:
+    """Refuses bodies over `max_bytes` (413) by their Content-Length, or while streaming
+    when there is none, without reading the rest; checks the token; writes one access-log
+    line per request."""
+
+    def __init__(self, app: Any, max_bytes: int, token: str | None) -> None:
+        self.app, self.max_bytes, self.token = app, max_bytes, token
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0 = time.perf_counter()
+        status = {"code": 500}
+
+        async def sending(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1")
+                   for k, v in scope.get("headers", [])}
+        try:
+            refusal = self._refuse(scope["path"], headers)
+            if refusal is not None:
+                await refusal(scope, receive, sending)
+                return
+            seen = 0
+
+            async def limited() -> dict:
+                nonlocal seen
+                message = await receive()
+                if message["type"] == "http.request":
+                    seen += len(message.get("body", b""))
+                    if seen > self.max_bytes:
+                        raise BodyTooLarge
+                return message
+
+            await self.app(scope, limited, sending)
+        finally:
+            images = scope.get("state", {}).get("images", 0)
+            access.info("%s %s %d %d %.1fms", scope["method"], scope["path"], status["code"],
+                        images, (time.perf_counter() - t0) * 1000)
+
+    def _refuse(self, path: str, headers: dict[str, str]) -> JSONResponse | None:
+        if self.token and path not in PUBLIC:
+            given = headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
+                return _error(401, "this server needs a token: send the header "
+                                   "'Authorization: Bearer TOKEN'")
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            return _error(413, f"the upload is {int(length) / 2**20:.1f} MB; this server "
+                               f"takes at most {self.max_bytes / 2**20:.0f} MB per request")
+        return None
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """How the server batches and what it accepts."""
+
+    max_batch: int = 32
+    max_wait_ms: float = 5.0
+    max_upload_mb: float = 20.0
+    max_files: int = 16
+    top_k: int = 5
+    token: str | None = None
+    cors_origin: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1:
+            raise ConfigError(f"--max-batch must be at least 1; got {self.max_batch}")
+        if self.max_wait_ms < 0:
+            raise ConfigError(f"--max-wait-ms must be >= 0; got {self.max_wait_ms}")
+        if self.max_upload_mb <= 0 or self.max_files < 1:
+            raise ConfigError("--max-upload-mb must be > 0 and --max-files at least 1")
+
+
+def page() -> str:
+    """The page at /: one self-contained HTML file (no CDN, works offline)."""
+    return importlib.resources.files("imageclf").joinpath("static/index.html").read_text()
+
+
+def model_card(predictor: Predictor, model_dir: Path) -> dict:
+    """GET /model: the public part of model.json, and the run's headline metrics."""
+    m = predictor.meta
+    card = {"arch": m.arch, "head": m.head, "classes": list(m.classes), "size": m.size,
+            "presize": m.presize, "resize_method": m.resize_method, "loss": m.loss,
+            "multi_label": m.multi_label, "none_rule": predictor.none_rule,
+            "min_confidence": predictor.min_confidence,
+            "thresholds": list(m.thresholds) if m.thresholds else None,
+            "calibration": m.calibration, "versions": m.versions, "metrics": None}
+    metrics = model_dir.parent / "metrics.json"
+    with contextlib.suppress(OSError, ValueError):
+        found = json.loads(metrics.read_text())
+        card["metrics"] = {k: found[k] for k in CARD_METRICS if k in found}
+    return card
+
+
+def create_app(model_dir: str | Path, config: ServeConfig | None = None, *,
+               device: str | torch.device = "cpu", precision: str = "auto",
+               min_confidence: float | None = None) -> FastAPI:
+    """The ASGI app serving the model in `model_dir` (a model/ folder or a run directory):
+    the page at /, POST /predict, GET /health, GET /model, OpenAPI docs at /docs."""
+    cfg = config or ServeConfig()
+    folder = resolve_model_dir(model_dir)
+    predictor = Predictor(folder, device=device, precision=precision,
+                          min_confidence=min_confidence)
+    torch.set_num_threads(os.cpu_count() or 1)  # one inference thread uses every core
+    batcher = Batcher(predictor, cfg.max_batch, cfg.max_wait_ms / 1000)
+    decoders = ThreadPoolExecutor(min(4, os.cpu_count() or 1),
+                                  thread_name_prefix="imageclf-decode")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        batcher.close()
+        decoders.shutdown(wait=False)
+
+    app = FastAPI(title="imageclf", version=_version(), lifespan=lifespan,
+                  summary=f"{predictor.meta.arch} over {len(predictor.classes)} classes")
+    app.state.batcher, app.state.predictor = batcher, predictor
+    if cfg.cors_origin:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=[cfg.cors_origin],
+                           allow_methods=["GET", "POST"], allow_headers=["Authorization"])
+    app.add_middleware(_Limits, max_bytes=int(cfg.max_upload_mb * 2**20), token=cfg.token)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_r: Request, e: HTTPException) -> JSONResponse:
+        if e.status_code == 404:
+            return _error(404, f"no such route: {_r.method} {_r.url.path}")
+        if e.status_code == 405:
+            return _error(405, f"{_r.method} is not allowed on {_r.url.path}")
+        return _error(e.status_code, str(e.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(_r: Request, e: RequestValidationError) -> JSONResponse:
+        return _error(400, "malformed request")
+
+    @app.exception_handler(Exception)
+    async def internal(_r: Request, e: Exception) -> JSONResponse:
+        log.exception("error serving %s", _r.url.path)  # the traceback stays in the log
+        return _error(500, "internal error; the server log has the details")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(page())
+
+    @app.get("/health")
+    async def health() -> dict:
+        """Liveness, and whether the model is loaded."""
+        return {"status": "ok", "model_loaded": True, "batches": batcher.forward_calls,
+                "images": batcher.images}
+
+    @app.get("/model")
+    async def model() -> dict:
+        """The public part of model.json and the run's metrics when known."""
+        return model_card(predictor, folder)
+
+    @app.post("/predict", responses={413: {}, 415: {}, 422: {}, 400: {}})
+    async def predict(request: Request) -> JSONResponse:
+        """Multipart files (field `file` or `files`), or one image as the raw body with an
+        image content type. One object per file, in order, as `imageclf predict --json`;
+        a file that cannot be read has `error` instead, beside the others."""
+        t0 = time.perf_counter()
+        uploads = await _read_uploads(request, cfg)
+        request.state.images = len(uploads)
+        loop = asyncio.get_running_loop()
+        loaded = await asyncio.gather(*[loop.run_in_executor(decoders, _load, predictor, data)
+                                        for _, data in uploads])
+        probs = await asyncio.gather(*[batcher.submit(x) for x in loaded
+                                       if not isinstance(x, str)])
+        results: list[Prediction] = []
+        it = iter(probs)
+        for (name, _), x in zip(uploads, loaded, strict=True):
+            results.append(Prediction(name, error=x) if isinstance(x, str)
+                           else predictor.answer(name, next(it), cfg.top_k))
+        ms = (time.perf_counter() - t0) * 1000
+        status = 200 if probs else 422  # nothing could be read: the client's data
+        return JSONResponse([r.to_dict() for r in results], status_code=status,
+                            headers={"Server-Timing": f"total;dur={ms:.1f}"})
+
+    return app
+
+
+def _load(predictor: Predictor, data: bytes) -> torch.Tensor | str:
+    try:
+        return predictor.load(data)
+    except UnreadableImage as e:
+        return str(e)
+
+
+async def _read_uploads(request: Request, cfg: ServeConfig) -> list[tuple[str, bytes]]:
+    """(name, bytes) of each uploaded file; a clear 4xx for anything else."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    try:
+        if kind == "multipart/form-data":
+            return await _multipart(request, cfg)
+        if kind.startswith("image/") or kind == "application/octet-stream":
+            body = await request.body()
+            return [(request.headers.get("x-filename", "upload"), body)]
+    except BodyTooLarge:
+        raise HTTPException(413, f"the upload passed {cfg.max_upload_mb:g} MB; this server "
+                                 f"takes at most {cfg.max_upload_mb:g} MB per request") from None
+    raise HTTPException(415, "send the images as multipart/form-data (field 'file' or "
+                             "'files') or one image as the body with an image content type; "
+                             f"got {kind or 'no content type'}")
+
+
+async def _multipart(request: Request, cfg: ServeConfig) -> list[tuple[str, bytes]]:
+    try:
+        form = await request.form(max_files=cfg.max_files, max_fields=cfg.max_files + 16)
+    except HTTPException as e:  # Starlette's parser: a malformed body, or too many files
+        if "Too many files" in str(e.detail):
+            raise HTTPException(413, f"at most {cfg.max_files} files per request") from None
+        raise HTTPException(400, f"malformed multipart body ({e.detail})") from None
+    try:
+        files = [v for k, v in form.multi_items()
+                 if k in ("file", "files") and hasattr(v, "read")]
+        if not files:
+            raise HTTPException(422, "no file in the request: send it in the field 'file' or "
+                                     "'files'")
+        return [(Path(f.filename or "upload").name, await f.read()) for f in files]
+    finally:
+        await form.close()  # spooled parts: their temporary files go now
+
+
+def _version() -> str:
+    from imageclf import __version__
+
+    return __version__
