@@ -58,6 +58,9 @@ def _summary() -> str:
                 f"{k} {100 * v:.1f}%" for k, v in acc.items())
         elif name.startswith("ddp"):
             text = f"warm img/s {s['warm_ratio']:.2f}× one process, wall {s['wall_ratio']:.2f}×"
+        elif name == "serve":
+            text = (f"at 32 clients {s['vs_fastai_at_32']:.1f}× fastai's req/s, "
+                    f"{s['vs_unbatched_at_32']:.1f}× unbatched; {s['failed']} failed")
         elif name.startswith("device"):
             text = (f"warm epochs {100 * r['warm_fraction_of_ceiling']:.0f}% of the step's "
                     f"ceiling ({r['warm_img_per_s']:.0f} of {r['ceiling_img_per_s']:.0f} img/s)")
@@ -306,8 +309,46 @@ def _ddp(r: dict) -> str:
         "", "", ""])
 
 
+def _serve(r: dict) -> str:
+    m, st, s = r["machine"], r["settings"], r["summary"]
+    lines = [
+        "## Serving: requests per second and latency under concurrent clients",
+        "",
+        f"resnet18 at {st['size']} (presize {st['presize']}), random weights; an async HTTP"
+        " load generator on the same machine, each client posting one Imagenette JPEG per"
+        f" request, {st['seconds']:g} s per level. imageclf serve batches concurrent requests"
+        " (--max-batch 32, --max-wait-ms 5; also shown with --max-batch 1); fastai 2.8.12:"
+        " a FastAPI endpoint calling `learn.predict` on the uploaded bytes. imageclf's"
+        f" precision is auto ({st['auto_precision']} here). Measured {m['date']} on"
+        f" {m['cpu']} ({m['cores']} cores), commit {m['commit']}.",
+        "",
+        "| server | clients | req/s | p50 (ms) | p90 (ms) | p99 (ms) | failed |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for run in r["runs"]:
+        for row in run["levels"]:
+            lines.append(f"| {run['name']} | {row['clients']} | {row['req_per_s']:.1f} |"
+                         f" {row['p50_ms']:.0f} | {row['p90_ms']:.0f} | {row['p99_ms']:.0f} |"
+                         f" {row['failed']} |")
+    k = r["soak"]
+    lines += [
+        "",
+        f"At 32 clients: **{s['vs_fastai_at_32']:.1f}×** fastai's throughput and"
+        f" **{s['vs_unbatched_at_32']:.1f}×** imageclf's without batching. One client: p50"
+        f" {s['single_client_p50_ms']:.0f} ms over HTTP, against"
+        f" {s['predictor_ms']:.0f} ms for `Predictor.predict` on one image in process.",
+        "",
+        f"Soak: {k['seconds']:g} s at {k['clients']} clients with 5% bad uploads:"
+        f" {k['requests']} requests, {k['failed']} good ones failed, {k['bad_refused_4xx']} of"
+        f" {k['bad_uploads']} bad ones refused with a 4xx; the server's RSS went from"
+        f" {k['rss_before_mb']:.0f} MB to {k['rss_after_mb']:.0f} MB.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 SECTIONS = {"loader": _loader, "train": _train, "predict": _predict, "lr_find": _lr_find,
-            "lr_rules": _lr_rules, "ddp-cpu": _ddp}
+            "lr_rules": _lr_rules, "ddp-cpu": _ddp, "serve": _serve}
 
 
 def _read(name: str) -> dict | None:

@@ -55,12 +55,14 @@ def resolve_model_dir(path: str | Path) -> Path:
 class Batcher:
     """Gathers images of concurrent requests into batches of at most `max_batch`, waiting
     at most `max_wait` seconds after the first for more, and runs each batch in one
-    inference thread: the event loop never waits on torch."""
+    inference thread: the event loop never waits on torch. It waits only while images are
+    on their way (`coming`: uploads still being decoded), so a lone request runs at once."""
 
     def __init__(self, predictor: Predictor, max_batch: int, max_wait: float) -> None:
         self.predictor, self.max_batch, self.max_wait = predictor, max_batch, max_wait
         self.forward_calls = 0
         self.images = 0
+        self.coming = 0  # images accepted and still decoding: worth waiting for
         self._queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="imageclf-infer")
@@ -82,7 +84,7 @@ class Batcher:
                 while len(items) < self.max_batch:
                     items.append(self._queue.get_nowait())
             left = deadline - time.monotonic()
-            if len(items) >= self.max_batch or left <= 0:
+            if len(items) >= self.max_batch or left <= 0 or not self.coming:
                 break
             await asyncio.sleep(min(left, 0.001))
         return items
@@ -292,8 +294,12 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None, *,
         uploads = await _read_uploads(request, cfg)
         request.state.images = len(uploads)
         loop = asyncio.get_running_loop()
-        loaded = await asyncio.gather(*[loop.run_in_executor(decoders, _load, predictor, data)
-                                        for _, data in uploads])
+        batcher.coming += len(uploads)
+        try:
+            loaded = await asyncio.gather(*[loop.run_in_executor(decoders, _load, predictor,
+                                                                 data) for _, data in uploads])
+        finally:
+            batcher.coming -= len(uploads)
         probs = await asyncio.gather(*[batcher.submit(x) for x in loaded
                                        if not isinstance(x, str)])
         results: list[Prediction] = []

@@ -1,0 +1,225 @@
+"""Serving under load: `imageclf serve` (batched, and with --max-batch 1) against the
+endpoint fastai users deploy (FastAPI calling fastai 2.8.12's `learn.predict`), resnet18
+at 224 with random weights (latency is measured, not accuracy), driven by an async HTTP load
+generator at 1, 8 and 32 concurrent clients, each posting one Imagenette JPEG per request.
+Then a soak: 16 clients for 60 s, 5% of the uploads bad files, the server's memory watched.
+
+Usage: bench_serve.py [--data DIR] [--seconds 15] [--soak 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from common import ROOT, fastai_python, imagenette, machine, save
+
+LEVELS = (1, 8, 32)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(cmd: list[str], port: int) -> subprocess.Popen:
+    """A server process, once its /health answers. Its output goes to a file: a pipe nobody
+    reads would fill with the access log and stall the server."""
+    log = tempfile.NamedTemporaryFile("w+", prefix="serve-", suffix=".log", delete=False)
+    p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if p.poll() is not None:
+            raise SystemExit(f"{cmd[:4]} exited:\n{Path(log.name).read_text()[-3000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return p
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    p.kill()
+    raise SystemExit(f"{cmd[:4]} did not start")
+
+
+def stop(p: subprocess.Popen) -> None:
+    p.send_signal(signal.SIGTERM)
+    try:
+        p.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        p.kill()
+
+
+def rss_mb(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def load(url: str, files: list[bytes], clients: int, seconds: float,
+               bad: list[bytes] | None = None, bad_share: float = 0.0) -> dict:
+    """`clients` concurrent clients posting one image per request for `seconds`."""
+    records: list[tuple[bool, int, float]] = []  # (bad upload, status or 0, ms)
+    end = time.monotonic() + seconds
+    rng = random.Random(0)
+
+    async def client(i: int, http: httpx.AsyncClient) -> None:
+        k = i
+        while time.monotonic() < end:
+            is_bad = bad is not None and rng.random() < bad_share
+            data = rng.choice(bad) if is_bad else files[k % len(files)]
+            k += clients
+            t0 = time.perf_counter()
+            try:
+                r = await http.post(url + "/predict",
+                                    files={"file": ("x.jpg", data, "image/jpeg")})
+                status = r.status_code
+            except httpx.HTTPError:
+                status = 0
+            records.append((is_bad, status, (time.perf_counter() - t0) * 1000))
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as http:
+        t0 = time.perf_counter()
+        await asyncio.gather(*[client(i, http) for i in range(clients)])
+        wall = time.perf_counter() - t0
+    good = sorted(ms for b, s, ms in records if not b and s == 200)
+    failed = sum(1 for b, s, _ in records if not b and s != 200)
+    bad_ok = sum(1 for b, s, _ in records if b and 400 <= s < 500)
+    bad_n = sum(1 for b, _, _ in records if b)
+
+    def q(p: float) -> float:
+        return good[min(len(good) - 1, int(p * len(good)))] if good else float("nan")
+
+    return {"clients": clients, "requests": len(records), "req_per_s": len(good) / wall,
+            "p50_ms": q(0.5), "p90_ms": q(0.9), "p99_ms": q(0.99), "failed": failed,
+            "bad_uploads": bad_n, "bad_refused_4xx": bad_ok}
+
+
+def measure(name: str, cmd: list[str], port: int, files: list[bytes], seconds: float
+            ) -> dict:
+    p = start(cmd, port)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        asyncio.run(load(url, files, 4, 3.0))  # warm-up
+        rows = []
+        for n in LEVELS:
+            row = asyncio.run(load(url, files, n, seconds))
+            print(f"{name:24s} {n:3d} clients: {row['req_per_s']:6.1f} req/s, p50 "
+                  f"{row['p50_ms']:.0f} ms, p99 {row['p99_ms']:.0f} ms, {row['failed']} "
+                  "failed", flush=True)
+            rows.append(row)
+    finally:
+        stop(p)
+    return {"name": name, "levels": rows}
+
+
+def predictor_ms(model: Path, precision: str, paths: list[Path]) -> float:
+    """Median ms of Predictor.predict on one image, in process (the floor under HTTP)."""
+    from imageclf.predict import Predictor
+
+    pred = Predictor(model, precision=precision)
+    for f in paths[:5]:
+        pred.predict(f)
+    times = []
+    for f in paths[5:]:
+        t0 = time.perf_counter()
+        pred.predict(f)
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data")
+    ap.add_argument("--seconds", type=float, default=15.0)
+    ap.add_argument("--soak", type=float, default=60.0)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--presize", type=int, default=460)
+    a = ap.parse_args()
+    data = imagenette(a.data)
+    paths = sorted((data / "val").rglob("*.JPEG"))[::37][:64]
+    files = [p.read_bytes() for p in paths]
+    sys.path.insert(0, str(ROOT / "src"))
+    import torch
+
+    from imageclf.export import save_model
+    from imageclf.hardware import resolve_precision
+    from imageclf.meta import ModelMeta
+    from imageclf.models import create_model
+
+    auto = resolve_precision("auto", torch.device("cpu"), training=False).name
+    results: dict = {"machine": machine(), "settings": vars(a) | {"data": str(data),
+                                                                   "auto_precision": auto}}
+    with tempfile.TemporaryDirectory() as tmp:
+        model = Path(tmp) / "model"
+        torch.manual_seed(0)
+        save_model(create_model("resnet18", 10, "none"), model, ModelMeta(
+            arch="resnet18", head="concat", classes=tuple(f"c{i}" for i in range(10)),
+            size=a.size, presize=a.presize, resize_method="crop",
+            mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), loss="cross_entropy"))
+        results["predictor_ms"] = {p: predictor_ms(model, p, paths[:40])
+                                   for p in sorted({auto, "fp32"})}
+        serve = [sys.executable, "-m", "imageclf", "serve", str(model)]
+        runs = []
+        for name, extra in ((f"imageclf {auto}", ["--precision", auto]),
+                            (f"imageclf {auto} --max-batch 1", ["--precision", auto,
+                                                                "--max-batch", "1"]),
+                            ("imageclf fp32", ["--precision", "fp32"])):
+            if name == "imageclf fp32" and auto == "fp32":
+                continue
+            port = free_port()
+            runs.append(measure(name, [*serve, "--port", str(port), *extra], port, files,
+                                a.seconds))
+        port = free_port()
+        runs.append(measure("fastai fp32", [str(fastai_python()), str(Path(__file__).parent
+                                                                     / "fastai_serve.py"),
+                                            str(data), str(a.size), str(a.presize),
+                                            str(port)], port, files, a.seconds))
+        results["runs"] = runs
+        # soak: the batched server, 16 clients, 5% bad uploads, memory watched
+        bad = [os.urandom(3000), files[0][: len(files[0]) // 3], b"", b"GIF89a" + bytes(50)]
+        port = free_port()
+        p = start([*serve, "--port", str(port), "--precision", auto], port)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            asyncio.run(load(url, files, 16, 10.0, bad, 0.05))  # reach a steady state
+            before = rss_mb(p.pid)
+            soak = asyncio.run(load(url, files, 16, a.soak, bad, 0.05))
+            soak |= {"rss_before_mb": before, "rss_after_mb": rss_mb(p.pid),
+                     "seconds": a.soak}
+        finally:
+            stop(p)
+        print(f"soak: {soak}", flush=True)
+        results["soak"] = soak
+    by = {r["name"]: {row["clients"]: row for row in r["levels"]} for r in runs}
+    top = max(LEVELS)
+    batched, single = by[f"imageclf {auto}"], by[f"imageclf {auto} --max-batch 1"]
+    results["summary"] = {
+        "vs_fastai_at_32": batched[top]["req_per_s"] / by["fastai fp32"][top]["req_per_s"],
+        "vs_unbatched_at_32": batched[top]["req_per_s"] / single[top]["req_per_s"],
+        "single_client_p50_ms": batched[1]["p50_ms"],
+        "predictor_ms": results["predictor_ms"][auto],
+        "failed": sum(row["failed"] for r in runs for row in r["levels"]) + soak["failed"],
+        "soak_rss_growth_mb": soak["rss_after_mb"] - soak["rss_before_mb"]}
+    print(results["summary"])
+    save("serve", results)
+    from report import render
+
+    render()
+
+
+if __name__ == "__main__":
+    main()
