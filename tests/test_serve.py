@@ -251,3 +251,18 @@ def test_a_browser_on_the_page(run_dir: Path, tmp_path: Path):
         p.communicate(timeout=60)
     with Image.open(tmp_path / "page.png") as im:
         assert im.size[0] == 390
+
+
+def test_a_port_in_use_or_a_missing_model_is_one_line(run_dir: Path, tmp_path: Path):
+    from .helpers import run_cli
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = run_cli("serve", str(run_dir), "--port", str(port))
+    assert r.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in r.stderr
+    r = run_cli("serve", str(tmp_path / "nowhere"))
+    assert r.returncode == 2 and "neither a model/ folder" in r.stderr
+    r = run_cli("serve", str(run_dir), "--max-batch", "0")
+    assert r.returncode == 2 and "--max-batch must be at least 1" in r.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 from pathlib import Path
 from typing import Annotated
 
@@ -44,12 +45,11 @@ def serve(model: Annotated[Path, typer.Argument(
     import torch
     import uvicorn
 
+    from imageclf.errors import ConfigError
     from imageclf.serve import ServeConfig, create_app
 
     o.check_device(device)
     if device == "cuda" and not torch.cuda.is_available():
-        from imageclf.errors import ConfigError
-
         raise ConfigError("--device cuda: no CUDA GPU is visible; use --device cpu")
     dev = "cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) \
         else "cpu"
@@ -57,6 +57,7 @@ def serve(model: Annotated[Path, typer.Argument(
                       max_upload_mb=max_upload_mb, max_files=max_files,
                       token=token or os.environ.get("IMAGECLF_TOKEN") or None,
                       cors_origin=cors_origin)
+    _check_port(host, port)
     app = create_app(model, cfg, device=dev, precision=precision,
                      min_confidence=min_confidence)
     access = logging.getLogger("imageclf.serve.access")
@@ -77,3 +78,17 @@ def serve(model: Annotated[Path, typer.Argument(
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False,
                 timeout_graceful_shutdown=30)
     console.print("stopped")
+
+
+def _check_port(host: str, port: int) -> None:
+    """Fail before loading the model when the address cannot be listened on."""
+    from imageclf.errors import ConfigError
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise ConfigError(f"cannot listen on {host}:{port} ({e.strerror}); choose another "
+                              "--port, or stop what uses it") from None
