@@ -200,3 +200,15 @@ def test_params_travel_packed_and_come_back_unchanged():
     assert p.to(torch.device("cpu")) is p  # already there: no copy
     aug, x = BatchAugment(24), _batch()
     assert torch.equal(aug.apply(x, p), aug.apply(x, q))
+
+
+@pytest.mark.parametrize("f", [2, 3, 4, 11])
+def test_box_shrink_equals_avg_pool_bit_for_bit(f: int):
+    from imageclf.data.augment import box_shrink
+
+    g = torch.Generator().manual_seed(f)
+    x = torch.randint(0, 256, (2, 3, 4 * f * 3, 4 * f * 3), dtype=torch.uint8, generator=g)
+    for t in (x, x.contiguous(memory_format=torch.channels_last), x.flip(-1)):
+        assert torch.equal(box_shrink(t, f), F.avg_pool2d(t.float(), f))
+    x[:] = 255  # the largest sums stay exact
+    assert torch.equal(box_shrink(x, f), torch.full_like(box_shrink(x, f), 255.0))

@@ -230,6 +230,20 @@ def identity_params(n: int) -> AugParams:
     return AugParams(_eye(n), torch.ones(n), torch.zeros(n))
 
 
+def box_shrink(x: torch.Tensor, f: int) -> torch.Tensor:
+    """The mean of each f×f block of uint8 images (B, C, H, W), H and W multiples of f:
+    (B, C, H/f, W/f) float32, equal to `avg_pool2d(x.float(), f)` bit for bit (the sums
+    are exact integers in int16 for f <= 11), with a quarter of its memory traffic: the
+    full-size image never exists as float."""
+    rows = x[:, :, 0::f].to(torch.int16)  # (B, C, H/f, W)
+    for i in range(1, f):
+        rows += x[:, :, i::f]
+    out = rows[..., 0::f].clone()  # (B, C, H/f, W/f)
+    for j in range(1, f):
+        out += rows[..., j::f]
+    return out.float().div_(f * f)
+
+
 class BatchAugment:
     """uint8 (B, 3, P, P) → normalised float (B, 3, size, size), ONE grid_sample per batch.
 
@@ -267,14 +281,15 @@ class BatchAugment:
         """Resample x (B, 3, P, P) uint8 with `params` and normalise: (B, 3, S, S) float32."""
         dev, b = x.device, x.shape[0]
         on_dev = params.to(dev)
-        xf = x.float()  # (B, 3, P, P) float32, values 0..255
         shrink = float(source_scale(params.matrix).min()) * x.shape[-1] / self.size
-        if shrink >= 2.0:
-            f = int(shrink)
-            if x.shape[-1] % f == 0:
-                xf = F.avg_pool2d(xf, f)
-            else:
-                xf = F.adaptive_avg_pool2d(xf, x.shape[-1] // f)
+        f = int(shrink) if shrink >= 2.0 else 1
+        if f > 1 and x.shape[-1] % f == 0 and x.dtype == torch.uint8 and f <= 11:
+            xf = box_shrink(x, f)  # (B, 3, P/f, P/f) float32
+        else:
+            xf = x.float()  # (B, 3, P, P) float32, values 0..255
+            if f > 1:
+                xf = (F.avg_pool2d(xf, f) if x.shape[-1] % f == 0
+                      else F.adaptive_avg_pool2d(xf, x.shape[-1] // f))
         grid = sampling_grid(on_dev.matrix, self.size, is_projective(params.matrix))
         pad = self.aug.pad_mode
         out = F.grid_sample(xf, grid, mode="bilinear", padding_mode=pad, align_corners=False)
