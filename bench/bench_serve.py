@@ -197,9 +197,25 @@ def main() -> None:
             url = f"http://127.0.0.1:{port}"
             asyncio.run(load(url, files, 16, 10.0, bad, 0.05))  # reach a steady state
             before = rss_mb(p.pid)
-            soak = asyncio.run(load(url, files, 16, a.soak, bad, 0.05))
+            series: list[float] = []
+
+            async def soak_run() -> dict:
+                async def watch() -> None:  # the server's memory every 5 s
+                    while True:
+                        await asyncio.sleep(5)
+                        series.append(rss_mb(p.pid))
+
+                watcher = asyncio.ensure_future(watch())
+                try:
+                    return await load(url, files, 16, a.soak, bad, 0.05)
+                finally:
+                    watcher.cancel()
+
+            soak = asyncio.run(soak_run())
+            half = series[len(series) // 2] if series else before
             soak |= {"rss_before_mb": before, "rss_after_mb": rss_mb(p.pid),
-                     "seconds": a.soak}
+                     "rss_series_mb": series, "rss_second_half_growth_mb":
+                     rss_mb(p.pid) - half, "seconds": a.soak}
         finally:
             stop(p)
         print(f"soak: {soak}", flush=True)
@@ -213,7 +229,8 @@ def main() -> None:
         "single_client_p50_ms": batched[1]["p50_ms"],
         "predictor_ms": results["predictor_ms"][auto],
         "failed": sum(row["failed"] for r in runs for row in r["levels"]) + soak["failed"],
-        "soak_rss_growth_mb": soak["rss_after_mb"] - soak["rss_before_mb"]}
+        "soak_rss_growth_mb": soak["rss_after_mb"] - soak["rss_before_mb"],
+        "soak_rss_second_half_growth_mb": soak["rss_second_half_growth_mb"]}
     print(results["summary"])
     save("serve", results)
     from report import render

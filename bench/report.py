@@ -341,7 +341,10 @@ def _serve(r: dict) -> str:
         f"Soak: {k['seconds']:g} s at {k['clients']} clients with 5% bad uploads:"
         f" {k['requests']} requests, {k['failed']} good ones failed, {k['bad_refused_4xx']} of"
         f" {k['bad_uploads']} bad ones refused with a 4xx; the server's RSS went from"
-        f" {k['rss_before_mb']:.0f} MB to {k['rss_after_mb']:.0f} MB.",
+        f" {k['rss_before_mb']:.0f} MB to {k['rss_after_mb']:.0f} MB"
+        + (f" ({k['rss_second_half_growth_mb']:+.0f} MB over the second half; every 5 s: "
+           + ", ".join(f"{v:.0f}" for v in k["rss_series_mb"]) + ")"
+           if "rss_series_mb" in k else "") + ".",
         "",
     ]
     return "\n".join(lines)
