@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import fastai_python, imagenette, machine, run_json, save
+from common import fastai_python, imagenette, machine, random_resnet18, run_json, save
 from report import render
 
 
@@ -29,18 +29,7 @@ def main() -> None:
     files = sorted(str(p) for p in (data / "val").rglob("*.JPEG"))[:: 37][: a.n + 5]
     here = Path(__file__).parent
     with tempfile.TemporaryDirectory() as tmp:
-        sys.path.insert(0, str(here.parent / "src"))
-        import torch
-
-        from imageclf.export import save_model
-        from imageclf.meta import ModelMeta
-        from imageclf.models import create_model
-
-        torch.manual_seed(0)
-        save_model(create_model("resnet18", 10, "none"), Path(tmp) / "model", ModelMeta(
-            arch="resnet18", head="concat", classes=tuple(f"c{i}" for i in range(10)),
-            size=a.size, presize=a.presize, resize_method="crop",
-            mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), loss="cross_entropy"))
+        random_resnet18(Path(tmp) / "model", a.size, a.presize)
         ours = {p: run_json([sys.executable, str(here / "imageclf_predict.py"),
                              f"{tmp}/model", p, *files]) for p in ("fp32", "bf16")}
     ref = run_json([str(fastai_python()), str(here / "fastai_predict.py"), str(data),

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import httpx
 
-from common import ROOT, fastai_python, imagenette, machine, save
+from common import ROOT, fastai_python, imagenette, machine, random_resnet18, save
 
 LEVELS = (1, 8, 32)
 
@@ -155,21 +155,13 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "src"))
     import torch
 
-    from imageclf.export import save_model
     from imageclf.hardware import resolve_precision
-    from imageclf.meta import ModelMeta
-    from imageclf.models import create_model
 
     auto = resolve_precision("auto", torch.device("cpu"), training=False).name
     results: dict = {"machine": machine(), "settings": vars(a) | {"data": str(data),
                                                                    "auto_precision": auto}}
     with tempfile.TemporaryDirectory() as tmp:
-        model = Path(tmp) / "model"
-        torch.manual_seed(0)
-        save_model(create_model("resnet18", 10, "none"), model, ModelMeta(
-            arch="resnet18", head="concat", classes=tuple(f"c{i}" for i in range(10)),
-            size=a.size, presize=a.presize, resize_method="crop",
-            mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), loss="cross_entropy"))
+        model = random_resnet18(Path(tmp) / "model", a.size, a.presize)
         results["predictor_ms"] = {p: predictor_ms(model, p, paths[:40])
                                    for p in sorted({auto, "fp32"})}
         serve = [sys.executable, "-m", "imageclf", "serve", str(model)]

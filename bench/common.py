@@ -103,3 +103,20 @@ def save(name: str, result: dict) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     return path
+
+
+def random_resnet18(folder: Path, size: int, presize: int) -> Path:
+    """A model/ folder of resnet18 over 10 classes with seeded random weights: for the
+    benchmarks that measure speed, not accuracy."""
+    sys.path.insert(0, str(ROOT / "src"))
+    import torch
+
+    from imageclf.export import save_model
+    from imageclf.meta import ModelMeta
+    from imageclf.models import create_model
+
+    torch.manual_seed(0)
+    return save_model(create_model("resnet18", 10, "none"), folder, ModelMeta(
+        arch="resnet18", head="concat", classes=tuple(f"c{i}" for i in range(10)),
+        size=size, presize=presize, resize_method="crop", mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225), loss="cross_entropy"))

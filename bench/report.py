@@ -23,10 +23,11 @@ data loader), `bench_train.py` (a whole training run, resnet18 from scratch),
 `bench_lr_rules.py` (imageclf alone: accuracy after training at each finder suggestion, the
 evidence behind `--lr auto`; `--transfer` for fine-tuning), `bench_ddp.py` (one process
 against torchrun with several) and `bench_serve.py` (`imageclf serve` under concurrent
-clients against a FastAPI endpoint calling fastai's `learn.predict`). `bench/bench_device.py` measures the training device: the
-training step on a batch already on the device (the ceiling) against end-to-end training
-from a fresh cache; `bash bench/gpu_checks.sh DATA [OUT]` runs the GPU tests and its rows
-on a machine with a CUDA GPU.
+clients against a FastAPI endpoint calling fastai's `learn.predict`).
+`bench/bench_device.py` measures the training device: the training step on a batch already
+on the device (the ceiling) against end-to-end training from a fresh cache;
+`bash bench/gpu_checks.sh DATA [OUT]` runs the GPU tests and its rows on a machine with a
+CUDA GPU.
 """
 
 
