@@ -15,7 +15,8 @@ from typing import TypeVar
 import torch
 import torch.distributed as tdist
 
-from imageclf.errors import BY_NAME, ConfigError, ImageclfError
+from imageclf.errors import BY_NAME, ImageclfError
+from imageclf.hardware import pick_device
 
 T = TypeVar("T")
 
@@ -114,15 +115,8 @@ def from_env(device: str = "auto") -> tuple[Dist, torch.device]:
     """Join torchrun's process group when there is one; pick this process's device
     (auto: its local GPU when CUDA is there, else the CPU)."""
     rank, world, local = env_world()
-    cuda = torch.cuda.is_available() and device in ("auto", "cuda")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA GPU is visible; use --device cpu")
-    if cuda and local >= torch.cuda.device_count():
-        raise ConfigError(
-            f"this process has LOCAL_RANK {local}, but only {torch.cuda.device_count()} CUDA "
-            "GPU(s) are visible here: start at most one process per GPU (torchrun "
-            "--nproc_per_node <= the GPU count), or train on the CPU with --device cpu")
-    dev = torch.device(f"cuda:{local}" if cuda else "cpu")
+    dev = pick_device(device, local)
+    cuda = dev.type == "cuda"
     if cuda:
         torch.cuda.set_device(dev)
     if world > 1 and not tdist.is_initialized():

@@ -52,11 +52,6 @@ def export_learner(learn: Learner, folder: str | Path) -> Path:
     return save_model(learn.model, folder, learner_meta(learn))
 
 
-def read_meta(folder: str | Path) -> ModelMeta:
-    """folder/model.json, checked (see ModelMeta)."""
-    return ModelMeta.read(folder)
-
-
 def weights_path(folder: Path, meta: ModelMeta) -> Path:
     """The weights file named in model.json; it must be a .safetensors file inside the folder."""
     root = folder.resolve()
@@ -72,7 +67,7 @@ def load_model(folder: str | Path) -> tuple[torch.nn.Module, ModelMeta]:
     from imageclf.models import create_model
 
     folder = Path(folder)
-    meta = read_meta(folder)
+    meta = ModelMeta.read(folder)
     model = create_model(meta.arch, meta.n_classes, "none", meta.head)
     weights = weights_path(folder, meta)
     try:

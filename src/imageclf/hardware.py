@@ -80,6 +80,21 @@ def resolve_precision(requested: str, device: torch.device, training: bool = Tru
     return Precision("fp16", torch.float16, training, device.type)
 
 
+def pick_device(requested: str = "auto", local_rank: int = 0) -> torch.device:
+    """The device a process runs on: auto takes its local GPU (LOCAL_RANK) when CUDA is
+    there, else the CPU; cuda without a visible GPU, or more processes on a machine than
+    GPUs, is an error that says what to do."""
+    cuda = torch.cuda.is_available() and requested in ("auto", "cuda")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA GPU is visible; use --device cpu")
+    if cuda and local_rank >= torch.cuda.device_count():
+        raise ConfigError(
+            f"this process has LOCAL_RANK {local_rank}, but only {torch.cuda.device_count()} "
+            "CUDA GPU(s) are visible here: start at most one process per GPU (torchrun "
+            "--nproc_per_node <= the GPU count), or train on the CPU with --device cpu")
+    return torch.device(f"cuda:{local_rank}" if cuda else "cpu")
+
+
 def check_compiler(device: torch.device) -> None:
     """torch.compile's CPU backend (inductor) builds C++ at run time: without a compiler it
     would fail at the first step, after the data were prepared. Fail now instead."""

@@ -29,6 +29,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException
 
+from imageclf import __version__
 from imageclf.data.images import UnreadableImage
 from imageclf.errors import ConfigError
 from imageclf.predict import Prediction, Predictor
@@ -243,7 +244,7 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None, *,
         batcher.close()
         decoders.shutdown(wait=False)
 
-    app = FastAPI(title="imageclf", version=_version(), lifespan=lifespan,
+    app = FastAPI(title="imageclf", version=__version__, lifespan=lifespan,
                   summary=f"{predictor.meta.arch} over {len(predictor.classes)} classes")
     app.state.batcher, app.state.predictor = batcher, predictor
     if cfg.cors_origin:
@@ -355,9 +356,3 @@ async def _multipart(request: Request, cfg: ServeConfig) -> list[tuple[str, byte
         return [(Path(f.filename or "upload").name, await f.read()) for f in files]
     finally:
         await form.close()  # spooled parts: their temporary files go now
-
-
-def _version() -> str:
-    from imageclf import __version__
-
-    return __version__

@@ -31,9 +31,7 @@ def _expand_inputs(inputs: list[Path]) -> list[Path]:
 def predict(model: o.ModelArg,
             inputs: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
             top_k: Annotated[int, typer.Option("--top-k")] = 3,
-            min_confidence: Annotated[float | None, typer.Option(
-                "--min-confidence", help="Answer 'none' when the top softmax probability is "
-                "below this (overrides model.json).")] = None,
+            min_confidence: o.MinConfidence = None,
             tta: o.Tta = False,
             bs: o.Bs = 32, precision: o.Precision = "auto",
             as_json: o.Json = False) -> None:

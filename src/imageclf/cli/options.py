@@ -101,6 +101,23 @@ CheckpointEvery = Annotated[float, _opt(
 # --- using a model ------------------------------------------------------------------------
 ModelArg = Annotated[Path, typer.Argument(help="A model/ folder written by `imageclf train`.")]
 Json = Annotated[bool, _opt("--json", help="Print JSON.")]
+MinConfidence = Annotated[float | None, _opt(
+    "--min-confidence", help="Answer 'none' when the top softmax probability is below this "
+    "(overrides model.json).")]
+# --- serving --------------------------------------------------------------------------------
+ServeModelArg = Annotated[Path, typer.Argument(
+    help="A model/ folder, or a run directory holding one.")]
+Host = Annotated[str, _opt("--host", help="Address to listen on (loopback only by default).")]
+Port = Annotated[int, _opt("--port", help="Port to listen on.")]
+MaxBatch = Annotated[int, _opt("--max-batch", help="Most images in one forward pass.")]
+MaxWaitMs = Annotated[float, _opt("--max-wait-ms",
+                                  help="Longest wait for more images before a batch runs.")]
+MaxUploadMb = Annotated[float, _opt("--max-upload-mb", help="Largest request body.")]
+MaxFiles = Annotated[int, _opt("--max-files", help="Most files in one request.")]
+Token = Annotated[str | None, _opt("--token", help="Require 'Authorization: Bearer TOKEN' "
+                                   "(default $IMAGECLF_TOKEN).")]
+CorsOrigin = Annotated[str | None, _opt("--cors-origin",
+                                        help="Allow this origin's pages to call the API.")]
 Tta = Annotated[bool, _opt("--tta", help="Average flipped/zoomed views.")]
 Output = Annotated[Path | None, _opt("-o", "--output")]
 

@@ -6,53 +6,27 @@ import logging
 import os
 import signal
 import socket
-from pathlib import Path
-from typing import Annotated
-
-import typer
 
 from imageclf.cli import options as o
 from imageclf.cli.options import console
 
 
-def _opt(name: str, help: str) -> typer.Option:  # noqa: A002 - typer's own word
-    return typer.Option(name, help=help)
-
-
-def serve(model: Annotated[Path, typer.Argument(
-              help="A model/ folder, or a run directory holding one.")],
-          host: Annotated[str, _opt("--host", "Address to listen on (loopback only by "
-                                              "default).")] = "127.0.0.1",
-          port: Annotated[int, _opt("--port", "Port to listen on.")] = 8000,
-          max_batch: Annotated[int, _opt("--max-batch", "Most images in one forward pass.")
-                               ] = 32,
-          max_wait_ms: Annotated[float, _opt("--max-wait-ms", "Longest wait for more images "
-                                                              "before a batch runs.")] = 5.0,
-          max_upload_mb: Annotated[float, _opt("--max-upload-mb", "Largest request body.")
-                                   ] = 20.0,
-          max_files: Annotated[int, _opt("--max-files", "Most files in one request.")] = 16,
-          token: Annotated[str | None, _opt("--token", "Require 'Authorization: Bearer TOKEN' "
-                                                       "(default $IMAGECLF_TOKEN).")] = None,
-          cors_origin: Annotated[str | None, _opt("--cors-origin", "Allow this origin's pages "
-                                                                   "to call the API.")] = None,
-          min_confidence: Annotated[float | None, _opt(
-              "--min-confidence", "Answer 'none' below this top probability (overrides "
-              "model.json).")] = None,
-          device: o.Device = "auto", precision: o.Precision = "auto") -> None:
+def serve(model: o.ServeModelArg, host: o.Host = "127.0.0.1", port: o.Port = 8000,
+          max_batch: o.MaxBatch = 32, max_wait_ms: o.MaxWaitMs = 5.0,
+          max_upload_mb: o.MaxUploadMb = 20.0, max_files: o.MaxFiles = 16,
+          token: o.Token = None, cors_origin: o.CorsOrigin = None,
+          min_confidence: o.MinConfidence = None, device: o.Device = "auto",
+          precision: o.Precision = "auto") -> None:
     """Serve the model: a page at / and an HTTP API (POST /predict, GET /health, GET /model,
     docs at /docs), batching concurrent requests. Ctrl-C or SIGTERM drains the requests in
     flight, then exits."""
-    import torch
     import uvicorn
 
-    from imageclf.errors import ConfigError
+    from imageclf.hardware import pick_device
     from imageclf.serve import ServeConfig, create_app
 
     o.check_device(device)
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA GPU is visible; use --device cpu")
-    dev = "cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) \
-        else "cpu"
+    dev = pick_device(device)
     cfg = ServeConfig(max_batch=max_batch, max_wait_ms=max_wait_ms,
                       max_upload_mb=max_upload_mb, max_files=max_files,
                       token=token or os.environ.get("IMAGECLF_TOKEN") or None,
@@ -69,7 +43,7 @@ def serve(model: Annotated[Path, typer.Argument(
         access.propagate = False
     shown = f"[{host}]" if ":" in host else host
     console.print(f"serving {app.state.predictor.folder} on http://{shown}:{port}/ "
-                  f"({dev}, {app.state.predictor.precision.name}; token "
+                  f"({dev.type}, {app.state.predictor.precision.name}; token "
                   f"{'required' if cfg.token else 'not required'}); Ctrl-C to stop")
     # uvicorn drains in-flight requests on SIGINT/SIGTERM, then raises the signal again for
     # the handlers it found: these let the command end with exit code 0
