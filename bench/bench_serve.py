@@ -15,7 +15,6 @@ import os
 import random
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -24,7 +23,16 @@ from pathlib import Path
 
 import httpx
 
-from common import ROOT, fastai_python, imagenette, machine, random_resnet18, save
+from common import (
+    HERE,
+    ROOT,
+    fastai_python,
+    imagenette,
+    machine,
+    random_resnet18,
+    run_json,
+    save,
+)
 
 LEVELS = (1, 8, 32)
 
@@ -126,21 +134,6 @@ def measure(name: str, cmd: list[str], port: int, files: list[bytes], seconds: f
     return {"name": name, "levels": rows}
 
 
-def predictor_ms(model: Path, precision: str, paths: list[Path]) -> float:
-    """Median ms of Predictor.predict on one image, in process (the floor under HTTP)."""
-    from imageclf.predict import Predictor
-
-    pred = Predictor(model, precision=precision)
-    for f in paths[:5]:
-        pred.predict(f)
-    times = []
-    for f in paths[5:]:
-        t0 = time.perf_counter()
-        pred.predict(f)
-        times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data")
@@ -162,8 +155,10 @@ def main() -> None:
                                                                    "auto_precision": auto}}
     with tempfile.TemporaryDirectory() as tmp:
         model = random_resnet18(Path(tmp) / "model", a.size, a.presize)
-        results["predictor_ms"] = {p: predictor_ms(model, p, paths[:40])
-                                   for p in sorted({auto, "fp32"})}
+        # the floor under HTTP: Predictor.predict on one image, as bench_predict times it
+        results["predictor_ms"] = {
+            p: run_json([sys.executable, str(HERE / "imageclf_predict.py"), str(model), p,
+                         *map(str, paths[:40])])["median_ms"] for p in sorted({auto, "fp32"})}
         serve = [sys.executable, "-m", "imageclf", "serve", str(model)]
         runs = []
         for name, extra in ((f"imageclf {auto}", ["--precision", auto]),
