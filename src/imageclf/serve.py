@@ -210,13 +210,10 @@ def page() -> str:
 
 def model_card(predictor: Predictor, model_dir: Path) -> dict:
     """GET /model: the public part of model.json, and the run's headline metrics."""
-    m = predictor.meta
-    card = {"arch": m.arch, "head": m.head, "classes": list(m.classes), "size": m.size,
-            "presize": m.presize, "resize_method": m.resize_method, "loss": m.loss,
-            "multi_label": m.multi_label, "none_rule": predictor.none_rule,
-            "min_confidence": predictor.min_confidence,
-            "thresholds": list(m.thresholds) if m.thresholds else None,
-            "calibration": m.calibration, "versions": m.versions, "metrics": None}
+    card = {k: v for k, v in predictor.meta.to_json().items() if k != "weights"}
+    # the rule in force: --min-confidence may override the stored one
+    card |= {"none_rule": predictor.none_rule, "min_confidence": predictor.min_confidence,
+             "metrics": None}
     metrics = model_dir.parent / "metrics.json"
     with contextlib.suppress(OSError, ValueError):
         found = json.loads(metrics.read_text())
