@@ -63,6 +63,8 @@ def _summary() -> str:
         elif name == "serve":
             text = (f"at 32 clients {s['vs_fastai_at_32']:.1f}× fastai's req/s, "
                     f"{s['vs_unbatched_at_32']:.1f}× unbatched; {s['failed']} failed")
+        elif name == "open_set":
+            text = _open_set_headline(s)
         elif name.startswith("device"):
             text = (f"warm epochs {100 * r['warm_fraction_of_ceiling']:.0f}% of the step's "
                     f"ceiling ({r['warm_img_per_s']:.0f} of {r['ceiling_img_per_s']:.0f} img/s)")
@@ -352,8 +354,55 @@ def _serve(r: dict) -> str:
     return "\n".join(lines)
 
 
+def _best(figs: dict, exclude: str) -> tuple[str, dict]:
+    name = max((n for n in figs if n != exclude), key=lambda n: figs[n]["auroc"])
+    return name, figs[name]
+
+
+def _open_set_headline(s: dict) -> str:
+    soft = s["softmax"]
+    name, near = _best(soft["near"], "msp")
+    return (f"near-OOD AUROC: msp {100 * soft['near']['msp']['auroc']:.1f}, best {name} "
+            f"{100 * near['auroc']:.1f}; far-OOD: msp {100 * soft['far']['msp']['auroc']:.1f}"
+            f", knn@10 {100 * soft['far']['knn@10']['auroc']:.1f}")
+
+
+def _open_set(r: dict) -> str:
+    m, st, runs = r["machine"], r["settings"], r["runs"]
+    seeds = sorted({x["seed"] for x in runs})
+    held = "; ".join(f"seed {x['seed']}: {', '.join(x['held_out'])}" for x in runs
+                     if x["kind"] == "softmax")
+    acc = ", ".join(f"{x['kind']} seed {x['seed']} {x['valid_accuracy']:.1%}" for x in runs)
+    n = runs[0]["n"]
+    lines = [
+        "## Open set: telling unknown images from known ones", "",
+        f"`bench/bench_open_set.py`: resnet18 from scratch, {st['epochs']} epochs at"
+        f" {st['size']} px (presize {st['presize']}, one-cycle at {st['lr']}) on 8 Imagenette"
+        f" classes; 2 held out per seed ({held}) are the near-OOD set"
+        f" ({n['near']} validation images); far-OOD: generated shapes, uniform and Gaussian"
+        f" noise ({n['far']} images); known: the 8 classes' {runs[0]['n_known']} validation"
+        f" images. knn's bank: {runs[0]['bank_rows']} training features (fp16, normalised)."
+        f" Valid accuracy: {acc}. Seeds {', '.join(map(str, seeds))}; medians below"
+        f" (AUROC, higher is better; FPR at 95% TPR, lower is better)."
+        f" Measured {m['date']} on {m['cpu']} ({m['cores']} cores), commit {m['commit']}.", ""]
+    for kind, sets in r["summary"].items():
+        names = list(sets["near"])
+        cols = [c for c in ("near", "far", "far-shapes", "far-uniform", "far-gaussian")
+                if c in sets]
+        lines += [f"**{kind.replace('_', '-')} model**", "",
+                  "| score | " + " | ".join(f"{c} AUROC | {c} FPR95" for c in cols) + " |",
+                  "|---|" + "---:|" * (2 * len(cols))]
+        for name in names:
+            lines.append(f"| {name} | " + " | ".join(
+                f"{100 * sets[c][name]['auroc']:.1f} | {100 * sets[c][name]['fpr']:.1f}"
+                for c in cols) + " |")
+        lines.append("")
+    return "\n".join([*lines, "", ""])
+
+
 SECTIONS = {"loader": _loader, "train": _train, "predict": _predict, "lr_find": _lr_find,
-            "lr_rules": _lr_rules, "ddp-cpu": _ddp, "serve": _serve}
+            "lr_rules": _lr_rules, "ddp-cpu": _ddp, "serve": _serve,
+            "open_set": _open_set}
 
 
 def _read(name: str) -> dict | None:

@@ -21,7 +21,10 @@ def test_round_trip_and_frozen(tmp_path: Path):
     with pytest.raises(dataclasses.FrozenInstanceError):
         back.size = 64
     assert META.none_rule is None
-    assert dataclasses.replace(META, min_confidence=0.4).none_rule == "min_confidence"
+    # a model calibrated before open-set scores: its min_confidence is msp
+    assert dataclasses.replace(META, min_confidence=0.4).none_rule == "msp"
+    assert dataclasses.replace(META, open_set={"score": "energy", "threshold": 2.5}
+                               ).none_rule == "energy"
 
 
 @pytest.mark.parametrize("change,needle", [
@@ -32,6 +35,8 @@ def test_round_trip_and_frozen(tmp_path: Path):
     ({"min_confidence": 1.5}, "field 'min_confidence': expected null or a number in [0, 1]"),
     ({"thresholds": [0.5]}, "field 'thresholds': expected 2 numbers (one per class), got 1"),
     ({"threshold": [0.5, 0.5]}, "unknown field(s) threshold"),
+    ({"open_set": {"score": "odin", "threshold": 0.1}}, "field 'open_set': expected null or"),
+    ({"open_set": {"score": "knn", "threshold": -0.2}}, "and for knn an integer `k`"),
     ({"format_version": 99}, "format_version 99 is newer than this imageclf reads"),
 ])
 def test_errors_name_the_file_the_field_and_what_was_expected(tmp_path: Path, change, needle):

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from imageclf.config import DataConfig, TrainConfig
-from imageclf.evaluate import calibrate
+from imageclf.errors import ConfigError
+from imageclf.evaluate import calibrate, write_calibration
 from imageclf.predict import NONE_LABEL, Predictor
 from imageclf.runs import train_run
 
@@ -83,4 +84,14 @@ def test_multi_label_model_answers_none(tmp_path: Path):
     p = pred.predict(grey)[0]
     assert max(p.probs) < 0.5 and p.labels == [NONE_LABEL], p.probs
     chosen = calibrate(pred, root / "labels.csv", keep=0.9)
-    assert chosen["rule"] == "multi_label_thresholds" and len(chosen["thresholds"]) == 3
+    # without --ood, auto keeps the per-class thresholds alone (openset.default_score)
+    assert chosen.score is None and len(chosen.thresholds) == 3
+    with pytest.raises(ConfigError, match="a multi-label model takes auto, sigmoid_max"):
+        calibrate(pred, root / "labels.csv", score="msp")
+    # a gate on sigmoid_max besides the thresholds: the grey image is still none, by the gate
+    gated = calibrate(pred, root / "labels.csv", keep=0.9, score="sigmoid_max")
+    assert gated.score == "sigmoid_max" and len(gated.thresholds) == 3
+    write_calibration(res.out / "model", gated)
+    p = Predictor(res.out / "model").predict(grey)[0]
+    assert p.labels == [NONE_LABEL] and p.none_rule == "sigmoid_max"
+    assert p.none_score == pytest.approx(max(p.probs)) and p.none_score < p.none_threshold

@@ -158,7 +158,7 @@ def test_none_of_these_reports_its_score_and_threshold(run_dir: Path):
     app = create_app(run_dir, precision="fp32", min_confidence=0.999999)
     a = _post(app, {"content": _files(run_dir)[0].read_bytes(),
                     "headers": {"content-type": "image/jpeg"}})[0].json()[0]
-    assert a["labels"] == ["none"] and a["none_rule"] == "min_confidence"
+    assert a["labels"] == ["none"] and a["none_rule"] == "msp"
     assert a["none_score"] < a["none_threshold"] == pytest.approx(0.999999)
 
 

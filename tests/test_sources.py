@@ -16,6 +16,14 @@ def test_folder_split_and_sorted_classes(folder_dataset: Path):
     assert counts["valid"] == {"blue": 3, "green": 3, "red": 3}
 
 
+def test_multi_label_from_class_folders_is_honoured(folder_dataset: Path):
+    """--multi-label on class folders trains sigmoids (one label each), not silently a
+    softmax."""
+    items = find_items(folder_dataset, multi_label=True)
+    assert items.multi_label and all(len(labs) == 1 for labs in items.labels)
+    assert not find_items(folder_dataset).multi_label
+
+
 def test_val_folder_name_is_accepted(folder_dataset: Path):
     (folder_dataset / "valid").rename(folder_dataset / "val")
     assert sum(find_items(folder_dataset).is_valid) == 9
@@ -68,12 +76,34 @@ def test_bad_layouts_are_clear_errors(tmp_path: Path, folder_dataset: Path):
     solid((0, 0, 0), (8, 8)).save(one / "only" / "b.png")
     with pytest.raises(DataError, match="at least 2"):
         find_items(one)
-    (tmp_path / "missing.csv").write_text("f,l\nnope.png,a\nnope2.png,b\n")
-    with pytest.raises(DataError, match="do not exist"):
-        find_items(tmp_path / "missing.csv")
     solid((0, 0, 0), (8, 8)).save(tmp_path / "x.png")
     (tmp_path / "cols.csv").write_text("x.png\n")
     with pytest.raises(DataError, match="columns"):
         find_items(tmp_path / "cols.csv")
     with pytest.raises(ConfigError, match="not a folder"):
         find_items(tmp_path / "nothing")
+
+
+def test_csv_listing_missing_files_reports_them_and_goes_on(tmp_path: Path):
+    """Labels files drift from folders: a listed file deleted by hand is left out with its
+    reason, like a dangling link, and the run goes on with the rest."""
+    from imageclf.config import DataConfig
+    from imageclf.data.loader import DataLoaders
+
+    rows = ["filename,label,is_valid"]
+    for i, c in enumerate(["red", "green"] * 4):
+        solid(COLOURS[c], (16, 16), seed=i).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,{c},{i >= 6}")
+    rows += ["gone.png,red,0", "also-gone.jpg,green,1"]
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    items = find_items(tmp_path / "labels.csv")
+    assert len(items) == 10
+    dls = DataLoaders.from_config(DataConfig(path=str(tmp_path / "labels.csv"), size=16,
+                                             presize=16, bs=4,
+                                             cache_dir=str(tmp_path / "cache")))
+    skipped = {Path(s["path"]).name: s["reason"] for s in dls.skipped()}
+    assert skipped == {"gone.png": "file not found", "also-gone.jpg": "file not found"}
+    assert dls.train.n_items == 6 and dls.valid.n_items == 2
+    # a first row naming a missing image is a row, not a header
+    (tmp_path / "noheader.csv").write_text("gone.png,red\n0.png,red\n1.png,green\n")
+    assert len(find_items(tmp_path / "noheader.csv", valid_pct=0.34)) == 3

@@ -1,17 +1,53 @@
-"""Evaluate a model/ folder on labelled images, and calibrate its "none of these" rule."""
+"""Evaluate a model/ folder on labelled images (and on unknown ones), and calibrate its
+"none of these" rule."""
 
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from imageclf.data.sources import find_eval_items
+from imageclf import openset
+from imageclf.data.sources import find_eval_items, find_items, list_images
 from imageclf.errors import ConfigError, DataError
 from imageclf.interpret import Interpretation, map_targets, write_pictures
 from imageclf.meta import ModelMeta
-from imageclf.predict import Predictor
+from imageclf.openset import OpenSetStats
+from imageclf.predict import NONE_LABEL, Outputs, Predictor
+
+
+@dataclass
+class Seen:
+    """Images run through a model: their outputs, which of them were read, what was not."""
+
+    outputs: Outputs
+    kept: list[int]  # indices (into the paths given) of the images that were read
+    skipped: list[dict] = field(default_factory=list)
+
+
+def run_images(predictor: Predictor, paths: Sequence[str | Path], *, bs: int = 32,
+               tta: bool = False, features: bool = False, what: str = "images") -> Seen:
+    """Every readable image of `paths` through the model; unreadable ones are listed, and
+    only when none is readable is it an error."""
+    parts, kept, skipped = [], [], []
+    offset = 0
+    for chunk, x, errors in predictor.batches(paths, bs):
+        if x is not None:
+            parts.append(predictor.outputs(x, tta, features))
+        for j, (path, e) in enumerate(zip(chunk, errors, strict=True)):
+            if e is None:
+                kept.append(offset + j)
+            else:
+                skipped.append({"path": path, "reason": e})
+        offset += len(chunk)
+    if not kept:
+        raise DataError(f"none of the {len(paths)} {what} could be read")
+    return Seen(Outputs.cat(parts), kept, skipped)
 
 
 def evaluate(predictor: Predictor, data: str | Path, *, csv: str | None = None,
@@ -20,61 +56,209 @@ def evaluate(predictor: Predictor, data: str | Path, *, csv: str | None = None,
     """Run DATA's validation split (or all its labelled images) through the model; with
     `out_dir`, write confusion_matrix.png and top_losses.png there. Unreadable files are
     listed in `skipped`, never raised."""
-    items = find_eval_items(data, csv_file=csv, label_regex=label_regex,
-                            multi_label=predictor.multi_label)
-    targets = map_targets(items.labels, items.classes, predictor.classes, predictor.multi_label)
-    logits, keep, skipped = [], [], []
-    offset = 0
-    for chunk, x, errors in predictor.batches(items.paths, bs):
-        if x is not None:
-            logits.append(predictor.logits(x, tta))
-        for j, (path, e) in enumerate(zip(chunk, errors, strict=True)):
-            if e is None:
-                keep.append(offset + j)
-            else:
-                skipped.append({"path": path, "reason": e})
-        offset += len(chunk)
-    if not keep:
-        raise DataError(f"none of the {len(items)} labelled images in {data} could be read")
-    out = torch.cat(logits)
-    interp = Interpretation.from_logits(
-        out, targets[torch.tensor(keep)], predictor.classes, predictor.multi_label,
-        [items.paths[i] for i in keep],
-        predictor.thresholds.tolist() if predictor.multi_label else None, skipped)
+    interp, _ = _evaluate(predictor, data, csv=csv, label_regex=label_regex, tta=tta, bs=bs)
     if out_dir is not None:
         write_pictures(interp, out_dir, predictor.presize, predictor.method, predictor.augment,
                        k)
     return interp
 
 
-def calibrate(predictor: Predictor, data: str | Path, keep: float = 0.95, **kw) -> dict:
-    """Pick the "none of these" thresholds that keep `keep` of the in-distribution images:
-    softmax models get `min_confidence` (the (1-keep) quantile of the top probability of the
-    validation images); multi-label models get per-class `thresholds` (the (1-keep) quantile
-    of each class's probability over the images that have it; 0.5 for a class with no
-    validation image). Returns what it chose; `write_calibration` stores it."""
+def _evaluate(predictor: Predictor, data: str | Path, *, csv: str | None,
+              label_regex: str | None, tta: bool, bs: int, features: bool = False
+              ) -> tuple[Interpretation, Outputs]:
+    items = find_eval_items(data, csv_file=csv, label_regex=label_regex,
+                            multi_label=predictor.multi_label)
+    targets = map_targets(items.labels, items.classes, predictor.classes, predictor.multi_label)
+    seen = run_images(predictor, items.paths, bs=bs, tta=tta, features=features,
+                      what=f"labelled images in {data}")
+    interp = Interpretation.from_logits(
+        seen.outputs.logits, targets[torch.tensor(seen.kept)], predictor.classes,
+        predictor.multi_label, [items.paths[i] for i in seen.kept],
+        predictor.thresholds.tolist() if predictor.multi_label else None, seen.skipped)
+    return interp, seen.outputs
+
+
+# --- open set ----------------------------------------------------------------------------
+def unknown_images(folder: str | Path) -> list[Path]:
+    """Every image file under `folder` (labels, if any, are ignored)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConfigError(f"--ood {folder} is not a folder")
+    paths = list_images(folder)
+    if not paths:
+        raise ConfigError(f"--ood {folder}: no image files found")
+    return paths
+
+
+def evaluate_open_set(predictor: Predictor, data: str | Path, ood: str | Path, *,
+                      keep: float = 0.95, csv: str | None = None,
+                      label_regex: str | None = None, tta: bool = False, bs: int = 32,
+                      out_dir: str | Path | None = None) -> tuple[Interpretation, dict]:
+    """The model on DATA's validation images (known) and on the images in `ood` (unknown):
+    AUROC and FPR at `keep` of every score the model can compute, and for its own rule how
+    many unknowns it accepted, as which class. With `out_dir`, open_set.png there."""
+    feats = predictor.rule is not None and predictor.rule.needs_features
+    interp, known_out = _evaluate(predictor, data, csv=csv, label_regex=label_regex, tta=tta,
+                                  bs=bs, features=feats)
+    seen = run_images(predictor, unknown_images(ood), bs=bs, tta=tta, features=feats,
+                      what=f"images in --ood {ood}")
+    names = list(openset.scores_for(predictor.multi_label)[:3])
+    if predictor.rule is not None and predictor.rule.score not in names:
+        names.append(predictor.rule.score)
+    known = predictor.scores(known_out, names)
+    unknown = predictor.scores(seen.outputs, names)
+    figures = openset.compare(known, unknown, keep)
+    score = predictor.rule.score if predictor.rule is not None else names[0]
+    probs = predictor.probs_from_logits(seen.outputs.logits)
+    decided = predictor.decide(probs, unknown[score])
+    accepted = Counter(c for labels in decided for c in labels if c != NONE_LABEL)
+    known_none = sum(ls == [NONE_LABEL] for ls in predictor.decide(
+        predictor.probs_from_logits(known_out.logits), known[score]))
+    report = {"ood": str(ood), "n_known": len(known[score]), "n_unknown": len(seen.kept),
+              "keep": keep, "rule": predictor.none_rule, "score": score,
+              "threshold": predictor.none_threshold, "scores": figures,
+              "unknown_accepted": sum(ls != [NONE_LABEL] for ls in decided),
+              "unknown_accepted_as": dict(accepted.most_common()),
+              "known_answered_none": known_none, "skipped_unknown": seen.skipped}
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        openset.histogram(known[score], unknown[score], predictor.none_threshold, score,
+                          Path(out_dir) / "open_set.png")
+    return interp, report
+
+
+# --- calibration -------------------------------------------------------------------------
+@dataclass
+class Calibration:
+    """What `calibrate` chose: the open-set score and threshold (None: per-class thresholds
+    only), multi-label per-class thresholds, the figures on --ood, the training statistics
+    the chosen score needs."""
+
+    score: str | None
+    threshold: float | None
+    keep: float
+    n: int
+    thresholds: list[float] | None = None
+    k: int = openset.KNN_K
+    ood: dict | None = None
+    stats: OpenSetStats | None = None
+    histogram: tuple[torch.Tensor, torch.Tensor] | None = None  # known, unknown scores
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON of `calibrate --json` (and what model.json stores, beside the file)."""
+        out = {"score": self.score, "threshold": self.threshold, "keep": self.keep,
+               "n": self.n}
+        if self.score == "knn":
+            out["k"] = self.k
+            out["rows"] = int(self.stats.bank.shape[0]) if self.stats else 0
+        if self.thresholds is not None:
+            out["thresholds"] = self.thresholds
+        if self.ood is not None:
+            out["ood"] = self.ood
+        return out
+
+
+def _labels_of(items_labels: Sequence[Sequence[int]]) -> torch.Tensor:
+    return torch.tensor([labs[0] if labs else -1 for labs in items_labels])
+
+
+def calibrate(predictor: Predictor, data: str | Path, keep: float = 0.95, *,
+              score: str = "auto", ood: str | Path | None = None, csv: str | None = None,
+              label_regex: str | None = None, bank_rows: int = openset.BANK_ROWS,
+              k: int = openset.KNN_K, bs: int = 32) -> Calibration:
+    """Choose the "none of these" rule on DATA: the threshold on `score` that keeps `keep`
+    of the validation images. DATA is split as training splits it (its valid/ folder or
+    is_valid column, else the same 20% with seed 0): thresholds come from the validation
+    part, knn's feature bank and mahalanobis's class means from the training part.
+
+    `score="auto"`: with `ood` (a folder of images from no known class), the score with
+    the best AUROC there; without, `openset.default_score`. Multi-label models also get
+    per-class thresholds (each keeps `keep` of the validation images that have the class).
+    """
     if not 0 < keep < 1:
         raise ConfigError(f"--keep must be between 0 and 1 (exclusive); got {keep}")
-    interp = evaluate(predictor, data, **kw)
-    q = 1.0 - keep
+    allowed = openset.scores_for(predictor.multi_label)
+    if score != "auto" and score not in allowed:
+        kind = "multi-label" if predictor.multi_label else "softmax"
+        raise ConfigError(f"--score {score!r}: a {kind} model takes auto, "
+                          f"{', '.join(allowed)}")
+    if bank_rows < 1 or k < 1:
+        raise ConfigError(f"--bank-rows and --k must be at least 1; got {bank_rows}, {k}")
+    items = find_items(data, csv_file=csv, label_regex=label_regex,
+                       multi_label=predictor.multi_label)
+    train_idx, valid_idx = items.split_indices()
+    if not valid_idx:
+        raise DataError(f"{data} has no validation images to calibrate on")
+    targets = map_targets(items.labels, items.classes, predictor.classes, predictor.multi_label)
+    if score == "auto" and ood is None:
+        score = openset.default_score(predictor.multi_label)
+    candidates = list(allowed) if score == "auto" else ([score] if score else [])
+    needs_stats = any(c in openset.FEATURE_SCORES for c in candidates)
+    stats = None
+    if needs_stats:
+        if not train_idx:
+            raise DataError(f"{data} has no training images: knn and mahalanobis need them")
+        train = run_images(predictor, [items.paths[i] for i in train_idx], bs=bs,
+                           features=True, what=f"training images in {data}")
+        labels = _labels_of([items.labels[train_idx[i]] for i in train.kept])
+        # labels in the model's order; -1 (an image with no class) indexes the last entry
+        model_index = {c: i for i, c in enumerate(predictor.classes)}
+        remap = torch.tensor([model_index.get(c, -1) for c in items.classes] + [-1])
+        stats = OpenSetStats.fit(train.outputs.features, remap[labels],
+                                 len(predictor.classes), bank_rows)
+    valid = run_images(predictor, [items.paths[i] for i in valid_idx], bs=bs,
+                       features=needs_stats, what=f"validation images in {data}")
+    valid_targets = targets[torch.tensor([valid_idx[i] for i in valid.kept])]
+    thresholds = None
     if predictor.multi_label:
-        th = []
+        probs = valid.outputs.logits.sigmoid()
+        thresholds = []
         for c in range(len(predictor.classes)):
-            pos = interp.probs[interp.targets[:, c] > 0.5, c]
-            th.append(float(torch.quantile(pos, q)) if len(pos) else 0.5)
-        return {"thresholds": th, "keep": keep, "n": interp.n, "rule": "multi_label_thresholds"}
-    top = interp.probs.max(1).values
-    return {"min_confidence": float(torch.quantile(top, q)), "keep": keep, "n": interp.n,
-            "rule": "min_confidence"}
+            pos = probs[valid_targets[:, c] > 0.5, c]
+            thresholds.append(openset.threshold_for(pos, keep) if len(pos) else 0.5)
+    known = predictor.scores(valid.outputs, candidates, stats, k)
+    figures = hist = None
+    if ood is not None:
+        unk = run_images(predictor, unknown_images(ood), bs=bs, features=needs_stats,
+                         what=f"images in --ood {ood}")
+        unknown = predictor.scores(unk.outputs, candidates, stats, k)
+        figures = openset.compare(known, unknown, keep)
+        if score == "auto":
+            score = openset.best(figures)
+        hist = (known[score], unknown[score]) if score else None
+    n = len(valid.kept)
+    if not score:
+        return Calibration(None, None, keep, n, thresholds)
+    return Calibration(score, openset.threshold_for(known[score], keep), keep, n, thresholds,
+                       k, {"folder": str(ood), "n": len(hist[1]), "scores": figures}
+                       if figures is not None else None,
+                       stats.only(score) if stats is not None else None, hist)
 
 
-def write_calibration(folder: str | Path, chosen: dict) -> Path:
-    """Store calibrated thresholds in folder/model.json (atomically)."""
+def write_calibration(folder: str | Path, chosen: Calibration) -> Path:
+    """Store what calibrate chose in folder/model.json (atomically), the training
+    statistics of knn / mahalanobis in folder/open_set.safetensors, and with --ood figures
+    the histogram in folder/open_set.png."""
+    folder = Path(folder)
     meta = ModelMeta.read(folder)
-    changes: dict = {"calibration": {k: v for k, v in chosen.items()
-                                     if k not in ("thresholds", "min_confidence")}}
-    if "thresholds" in chosen:
-        changes["thresholds"] = tuple(chosen["thresholds"])
-    if "min_confidence" in chosen:
-        changes["min_confidence"] = chosen["min_confidence"]
-    return dataclasses.replace(meta, **changes).write(folder)
+    stats_path, png = folder / openset.STATS_FILE, folder / "open_set.png"
+    open_set = None
+    if chosen.score is not None:
+        open_set = {k: v for k, v in chosen.to_dict().items() if k != "thresholds"}
+        if chosen.stats is not None and chosen.score in openset.FEATURE_SCORES:
+            chosen.stats.save(stats_path)  # before model.json names it
+            open_set["file"] = openset.STATS_FILE
+    if chosen.histogram is not None:
+        openset.histogram(*chosen.histogram, chosen.threshold, chosen.score, png,
+                          f"calibrated: {chosen.score}, keeps {chosen.keep:.0%} of known")
+    changes: dict = {"open_set": open_set, "min_confidence": None,
+                     "calibration": {"keep": chosen.keep, "n": chosen.n,
+                                     "rule": chosen.score or "multi_label_thresholds"}}
+    if chosen.thresholds is not None:
+        changes["thresholds"] = tuple(chosen.thresholds)
+    written = dataclasses.replace(meta, **changes).write(folder)
+    if open_set is None or "file" not in open_set:  # what the new model.json no longer uses
+        stats_path.unlink(missing_ok=True)
+    if chosen.histogram is None:
+        png.unlink(missing_ok=True)
+    return written

@@ -16,7 +16,8 @@ from imageclf.fileio import write_json
 FORMAT_VERSION = 1
 RESIZE_METHODS = ("crop", "squish", "pad")
 LOSSES = ("cross_entropy", "bce_multi_label")
-NONE_RULES = ("min_confidence", "multi_label_thresholds")
+# open-set scores a model may store as its "none of these" rule (see openset.py)
+OPEN_SET_SCORES = ("msp", "max_logit", "energy", "sigmoid_max", "knn", "mahalanobis")
 
 
 def _num(v: Any) -> bool:
@@ -38,6 +39,14 @@ def _three(v: Any) -> bool:
 
 def _prob(v: Any) -> bool:
     return _num(v) and 0 <= v <= 1
+
+
+def _open_set(v: Any) -> bool:
+    if v is None:
+        return True
+    return (isinstance(v, dict) and v.get("score") in OPEN_SET_SCORES
+            and _num(v.get("threshold"))
+            and (v["score"] != "knn" or _pos_int(v.get("k"))))
 
 
 def _spec(expect: str, check: Any, doc: str, **kw: Any) -> Any:
@@ -77,13 +86,19 @@ class ModelMeta:
         default=None)
     min_confidence: float | None = _spec(
         "null or a number in [0, 1]", lambda v: v is None or _prob(v),
-        "softmax: below this top probability the answer is `none`", default=None)
+        "models calibrated before `open_set` existed: below this top softmax probability the "
+        "answer is `none` (read as the msp score; `calibrate` now writes `open_set`)",
+        default=None)
     calibration: dict[str, Any] | None = _spec(
         "null or an object", lambda v: v is None or isinstance(v, dict),
-        "how `calibrate` chose the thresholds (keep, n, rule)", default=None)
+        "how `calibrate` chose the rule: keep, n and rule (the score, or "
+        "multi_label_thresholds)", default=None)
     open_set: dict[str, Any] | None = _spec(
-        "null or an object", lambda v: v is None or isinstance(v, dict),
-        "an open-set score and its threshold for `none of these`", default=None)
+        "null or an object with `score` (msp, max_logit, energy, sigmoid_max, knn or "
+        "mahalanobis), a number `threshold`, and for knn an integer `k` ≥ 1", _open_set,
+        "the `none of these` rule from `calibrate`: below `threshold` on `score`, the answer "
+        "is none; knn and mahalanobis read their training statistics from `file`",
+        default=None)
     weights: str = _spec("a .safetensors file name inside the folder",
                          lambda v: isinstance(v, str) and v.endswith(".safetensors"),
                          "the weights file", default="model.safetensors")
@@ -108,10 +123,14 @@ class ModelMeta:
 
     @property
     def none_rule(self) -> str | None:
-        """How the stored model answers "none of these" (None: it always picks a class)."""
-        if self.multi_label:
-            return "multi_label_thresholds"
-        return "min_confidence" if self.min_confidence else None
+        """How the stored model answers "none of these": the open-set score below its
+        threshold, else (multi-label) no class passing its threshold; None: it always picks
+        a class. A `min_confidence` (models calibrated before open-set scores) is msp."""
+        if self.open_set:
+            return self.open_set["score"]
+        if self.min_confidence:
+            return "msp"
+        return "multi_label_thresholds" if self.multi_label else None
 
     def to_json(self) -> dict[str, Any]:
         """model.json's object."""

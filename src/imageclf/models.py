@@ -61,6 +61,12 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, S, S) → (B, n_classes)
         return self.head(self.body(x))
 
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, features): the features are the body's average-pooled output (B, D), in
+        float32, what the open-set scores knn and mahalanobis compare."""
+        fmap = self.body(x)
+        return self.head(fmap), fmap.float().mean((2, 3))
+
 
 def check_arch(arch: str) -> None:
     """Raise a ConfigError naming close architecture names when timm does not know `arch`."""

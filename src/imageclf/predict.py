@@ -19,6 +19,7 @@ from imageclf.data.images import UnreadableImage, load_centre_square
 from imageclf.errors import ConfigError
 from imageclf.export import load_model
 from imageclf.hardware import resolve_precision
+from imageclf.openset import KNN_K, NoneRule, OpenSetStats, score_of
 
 NONE_LABEL = "none"
 
@@ -59,12 +60,30 @@ def tta_params(n: int, zoom: float = 1.1) -> list[AugParams]:
     return [AugParams(m, ones, zeros) for m in mats]
 
 
+@dataclass
+class Outputs:
+    """A batch through the model: `logits` (what the probabilities come from; with TTA the
+    log of the views' mean probability), `raw` (the views' mean raw logits, what max_logit
+    and energy read) and pooled `features` (mean over views) when asked for."""
+
+    logits: torch.Tensor
+    raw: torch.Tensor
+    features: torch.Tensor | None = None
+
+    @classmethod
+    def cat(cls, parts: Sequence[Outputs]) -> Outputs:
+        feats = [p.features for p in parts]
+        return cls(torch.cat([p.logits for p in parts]), torch.cat([p.raw for p in parts]),
+                   torch.cat(feats) if all(f is not None for f in feats) else None)
+
+
 class Predictor:
     """A trained model ready for new images: `predict(paths)` → list of Prediction.
 
-    The "none of these" rule comes from model.json: `min_confidence` (softmax models: below
-    it the answer is `none`) or per-class `thresholds` (multi-label models: `none` when no
-    class passes its threshold). `min_confidence` given here overrides the stored one.
+    "None of these" comes from model.json: the open-set score and threshold `calibrate`
+    stored (`open_set`), or an older model's `min_confidence` (msp), or for multi-label
+    models no class passing its threshold. `min_confidence` given here replaces the stored
+    rule with msp at that threshold.
     """
 
     def __init__(self, folder: str | Path, device: str | torch.device = "cpu",
@@ -86,17 +105,27 @@ class Predictor:
         self.thresholds = torch.tensor(th if th else [0.5] * len(self.classes))
         if min_confidence is not None and not 0 <= min_confidence <= 1:
             raise ConfigError(f"--min-confidence must be between 0 and 1; got {min_confidence}")
-        self.min_confidence = (min_confidence if min_confidence is not None
-                               else meta.min_confidence)
+        self.rule: NoneRule | None = None
+        if min_confidence is not None:
+            self.rule = NoneRule("msp", min_confidence) if min_confidence > 0 else None
+        elif meta.open_set:
+            self.rule = NoneRule.from_meta(meta.open_set, self.folder)
+        elif meta.min_confidence:
+            self.rule = NoneRule("msp", meta.min_confidence)
         self.threads = threads or min(4, os.cpu_count() or 1)
 
     @property
     def none_rule(self) -> str | None:
-        """How this model answers "none of these": multi_label_thresholds, min_confidence or
-        None (it always picks a class)."""
-        if self.multi_label:
-            return "multi_label_thresholds"
-        return "min_confidence" if self.min_confidence else None
+        """How this model answers "none of these": the open-set score's name,
+        multi_label_thresholds, or None (it always picks a class)."""
+        if self.rule is not None:
+            return self.rule.score
+        return "multi_label_thresholds" if self.multi_label else None
+
+    @property
+    def none_threshold(self) -> float | None:
+        """The threshold of the open-set rule in force (None without one)."""
+        return self.rule.threshold if self.rule is not None else None
 
     # --- images → tensors ------------------------------------------------------------
     def load(self, path: str | Path | bytes) -> torch.Tensor:
@@ -125,37 +154,73 @@ class Predictor:
         return [self.augment.apply(x, p, clamp=False) for p in tta_params(x.shape[0])]
 
     @torch.inference_mode()
+    def outputs(self, x: torch.Tensor, tta: bool = False, features: bool = False) -> Outputs:
+        """One pass of a uint8 batch through the model (every TTA view), on the CPU."""
+        outs, feats = [], []
+        for v in self.inputs(x, tta):
+            with self.precision.autocast():
+                if features:
+                    out, f = self.model.forward_features(v)
+                    feats.append(f.float())
+                else:
+                    out = self.model(v)
+            outs.append(out.float())
+        raw = torch.stack(outs).mean(0)
+        feat = torch.stack(feats).mean(0).cpu() if features else None
+        if len(outs) == 1:
+            logits = raw
+        elif self.multi_label:  # TTA averages probabilities
+            p = torch.stack([o.sigmoid() for o in outs]).mean(0).clamp(1e-7, 1 - 1e-7)
+            logits = torch.logit(p)
+        else:
+            logits = torch.stack([o.softmax(1) for o in outs]).mean(0).clamp_min(1e-12).log()
+        return Outputs(logits.cpu(), raw.cpu(), feat)
+
     def logits(self, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
         """Model outputs (B, C) float32 for a uint8 batch; TTA averages probabilities, so
         with `tta` this returns log-probabilities (softmax) or logits of the mean sigmoid."""
-        views = self.inputs(x, tta)
-        outs = []
-        for v in views:
-            with self.precision.autocast():
-                outs.append(self.model(v).float())
-        if len(outs) == 1:
-            return outs[0].cpu()
-        if self.multi_label:
-            p = torch.stack([o.sigmoid() for o in outs]).mean(0).clamp(1e-7, 1 - 1e-7)
-            return torch.logit(p).cpu()
-        return torch.stack([o.softmax(1) for o in outs]).mean(0).clamp_min(1e-12).log().cpu()
+        return self.outputs(x, tta).logits
 
     def probs_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """Sigmoid per class (multi-label) or softmax over classes."""
         return logits.sigmoid() if self.multi_label else logits.softmax(1)
 
+    def scores(self, out: Outputs, names: Sequence[str], stats: OpenSetStats | None = None,
+               k: int | None = None) -> dict[str, torch.Tensor]:
+        """Open-set scores by name: msp and sigmoid_max read the (TTA-combined)
+        probabilities, max_logit and energy the raw logits, knn and mahalanobis the
+        features with `stats` (by default, this model's stored statistics)."""
+        if stats is None and self.rule is not None:
+            stats = self.rule.stats
+        k = k or (self.rule.k if self.rule is not None else KNN_K)
+        return {n: score_of(n, out.logits if n in ("msp", "sigmoid_max") else out.raw,
+                            out.features, stats, k) for n in names}
+
+    def judge(self, x: torch.Tensor, tta: bool = False
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(probabilities (B, C), the none rule's score per image or None): the one path
+        from a batch to what `answer` needs, for predict, evaluate and serve."""
+        rule = self.rule
+        out = self.outputs(x, tta, features=rule is not None and rule.needs_features)
+        score = self.scores(out, [rule.score])[rule.score] if rule is not None else None
+        return self.probs_from_logits(out.logits), score
+
     # --- decisions ---------------------------------------------------------------------
-    def decide(self, probs: torch.Tensor) -> list[list[str]]:
-        """Labels per image after the "none of these" rule."""
+    def decide(self, probs: torch.Tensor, scores: torch.Tensor | None = None
+               ) -> list[list[str]]:
+        """Labels per image after the "none of these" rule: `none` when the image's score
+        is below the rule's threshold; otherwise the top class, or (multi-label) every class
+        passing its threshold, `none` if no class does."""
         out = []
-        for p in probs:
-            if self.multi_label:
+        for j, p in enumerate(probs):
+            if (self.rule is not None and scores is not None
+                    and float(scores[j]) < self.rule.threshold):
+                out.append([NONE_LABEL])
+            elif self.multi_label:
                 hit = [self.classes[i] for i in torch.nonzero(p >= self.thresholds).flatten()]
                 out.append(hit or [NONE_LABEL])
             else:
-                i = int(p.argmax())
-                low = self.min_confidence is not None and float(p[i]) < self.min_confidence
-                out.append([NONE_LABEL] if low else [self.classes[i]])
+                out.append([self.classes[int(p.argmax())]])
         return out
 
     def batches(self, paths: Sequence[str | Path], bs: int = 32
@@ -168,28 +233,31 @@ class Predictor:
             good = [v for v in loaded if not isinstance(v, str)]
             yield chunk, (torch.stack(good) if good else None), errors
 
-    def none_score(self, p: torch.Tensor) -> tuple[float, float] | None:
-        """(score, threshold) of the "none of these" rule for one image's probabilities:
-        the top softmax probability against min_confidence, or (multi-label) the class that
-        comes closest to passing its threshold, its probability against that threshold.
-        None when the model always answers a class."""
+    def none_score(self, p: torch.Tensor, score: float | None = None
+                   ) -> tuple[float, float] | None:
+        """(score, threshold) of the "none of these" rule for one image: the open-set
+        score against its threshold, or (multi-label without one) the class that comes
+        closest to passing its threshold, its probability against that threshold. None when
+        the model always answers a class."""
+        if self.rule is not None and score is not None:
+            return float(score), self.rule.threshold
         if self.multi_label:
             i = int((p - self.thresholds).argmax())
             return float(p[i]), float(self.thresholds[i])
-        if self.min_confidence:
-            return float(p.max()), float(self.min_confidence)
         return None
 
-    def answer(self, path: str, p: torch.Tensor, top_k: int = 3) -> Prediction:
-        """One image's Prediction from its probabilities (C,)."""
+    def answer(self, path: str, p: torch.Tensor, score: float | None = None,
+               top_k: int = 3) -> Prediction:
+        """One image's Prediction from its probabilities (C,) and its open-set score."""
         k = max(1, min(top_k, len(self.classes)))
         vals, idx = p.topk(k)
-        score = self.none_score(p)
+        scores = torch.tensor([score]) if score is not None else None
+        shown = self.none_score(p, score)
         return Prediction(path, [(self.classes[int(i)], float(v))
                                  for v, i in zip(vals, idx, strict=True)],
-                          self.decide(p[None])[0], p.tolist(), none_rule=self.none_rule,
-                          none_score=score[0] if score else None,
-                          none_threshold=score[1] if score else None)
+                          self.decide(p[None], scores)[0], p.tolist(), none_rule=self.none_rule,
+                          none_score=shown[0] if shown else None,
+                          none_threshold=shown[1] if shown else None)
 
     def predict(self, paths: Sequence[str | Path] | str | Path, top_k: int = 3,
                 bs: int = 32, tta: bool = False) -> list[Prediction]:
@@ -198,12 +266,13 @@ class Predictor:
             paths = [paths]
         results: list[Prediction] = []
         for chunk, x, errors in self.batches(paths, bs):
-            probs = self.probs_from_logits(self.logits(x, tta)) if x is not None else None
+            probs, scores = self.judge(x, tta) if x is not None else (None, None)
             j = 0
             for path, e in zip(chunk, errors, strict=True):
                 if e is not None:
                     results.append(Prediction(path, error=e))
                     continue
-                results.append(self.answer(path, probs[j], top_k))
+                results.append(self.answer(path, probs[j],
+                                           None if scores is None else float(scores[j]), top_k))
                 j += 1
         return results

@@ -65,6 +65,26 @@ def _table(rows: list[dict], left: tuple[str, ...] = (), cols: list[str] | None 
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _open_set_section(model: Path) -> list[str]:
+    """"None of these": the calibrated rule, and with `calibrate --ood` each score's figures
+    on the unknown images and the histogram of known against unknown scores."""
+    meta = _read_json(model / "model.json") or {}
+    rule = meta.get("open_set")
+    if not rule:
+        return []
+    parts = ["<h2>None of these</h2>",
+             f"<p>Rule: <b>{escape(str(rule['score']))}</b> below {rule['threshold']:.4g} "
+             f"answers none; it keeps {rule.get('keep', 0):.0%} of the {rule.get('n', '?')} "
+             "validation images.</p>"]
+    ood = rule.get("ood")
+    if ood:
+        rows = [{"score": k, "AUROC": v["auroc"], "FPR at the kept share": v["fpr"]}
+                for k, v in ood["scores"].items()]
+        parts += [f"<p>On {ood['n']} images from no known class ({escape(ood['folder'])}):</p>",
+                  _table(rows, ("score",)), _img(model / "open_set.png", "open-set scores")]
+    return parts
+
+
 def build_report(run_dir: str | Path) -> Path:
     """Write RUN_DIR/report.html from the files a training run left there."""
     run = Path(run_dir)
@@ -111,6 +131,7 @@ def build_report(run_dir: str | Path) -> Path:
                   _img(run / "top_losses.png", "top losses"),
                   "<h2>Per class</h2>", _table(interp.get("per_class", []), ("class",),
                                                  ["class", "precision", "recall", "f1", "support"])]
+    parts += _open_set_section(run / "model")
     skipped = metrics.get("skipped_files", [])
     parts.append(f"<h2>Skipped files ({len(skipped)})</h2>")
     parts.append(_table(skipped, ("path", "reason")) if skipped else

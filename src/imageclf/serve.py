@@ -68,8 +68,8 @@ class Batcher:
         self._task: asyncio.Task | None = None
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="imageclf-infer")
 
-    async def submit(self, x: torch.Tensor) -> torch.Tensor:
-        """Probabilities (C,) for one uint8 image (3, P, P)."""
+    async def submit(self, x: torch.Tensor) -> tuple[torch.Tensor, float | None]:
+        """(probabilities (C,), open-set score or None) for one uint8 image (3, P, P)."""
         if self._task is None or self._task.done():
             self._queue = asyncio.Queue()
             self._task = asyncio.get_running_loop().create_task(self._run())
@@ -96,21 +96,24 @@ class Batcher:
             items = await self._take()
             x = torch.stack([x for x, _ in items])  # (B, 3, P, P) uint8
             try:
-                probs = await loop.run_in_executor(self._thread, self._forward, x)
+                answers = await loop.run_in_executor(self._thread, self._forward, x)
             except Exception as e:  # noqa: BLE001 - every waiting request hears of it
                 log.exception("inference failed")
                 for _, fut in items:
                     if not fut.done():
                         fut.set_exception(e)
                 continue
-            for (_, fut), p in zip(items, probs, strict=True):
+            for (_, fut), a in zip(items, answers, strict=True):
                 if not fut.done():  # its client may have gone
-                    fut.set_result(p)
+                    fut.set_result(a)
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor) -> list[tuple[torch.Tensor, float | None]]:
         self.forward_calls += 1
         self.images += x.shape[0]
-        return self.predictor.probs_from_logits(self.predictor.logits(x))
+        probs, scores = self.predictor.judge(x)
+        if scores is None:
+            return [(p, None) for p in probs]
+        return [(p, float(s)) for p, s in zip(probs, scores, strict=True)]
 
     def close(self) -> None:
         if self._task is not None:
@@ -212,7 +215,7 @@ def model_card(predictor: Predictor, model_dir: Path) -> dict:
     """GET /model: the public part of model.json, and the run's headline metrics."""
     card = {k: v for k, v in predictor.meta.to_json().items() if k != "weights"}
     # the rule in force: --min-confidence may override the stored one
-    card |= {"none_rule": predictor.none_rule, "min_confidence": predictor.min_confidence,
+    card |= {"none_rule": predictor.none_rule, "none_threshold": predictor.none_threshold,
              "metrics": None}
     metrics = model_dir.parent / "metrics.json"
     with contextlib.suppress(OSError, ValueError):
@@ -298,15 +301,15 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None, *,
                                                                  data) for _, data in uploads])
         finally:
             batcher.coming -= len(uploads)
-        probs = await asyncio.gather(*[batcher.submit(x) for x in loaded
+        answers = await asyncio.gather(*[batcher.submit(x) for x in loaded
                                        if not isinstance(x, str)])
         results: list[Prediction] = []
-        it = iter(probs)
+        it = iter(answers)
         for (name, _), x in zip(uploads, loaded, strict=True):
             results.append(Prediction(name, error=x) if isinstance(x, str)
-                           else predictor.answer(name, next(it), cfg.top_k))
+                           else predictor.answer(name, *next(it), top_k=cfg.top_k))
         ms = (time.perf_counter() - t0) * 1000
-        status = 200 if probs else 422  # nothing could be read: the client's data
+        status = 200 if answers else 422  # nothing could be read: the client's data
         return JSONResponse([r.to_dict() for r in results], status_code=status,
                             headers={"Server-Timing": f"total;dur={ms:.1f}"})
 

@@ -13,10 +13,13 @@ from rich.table import Table
 
 from imageclf.cli import options as o
 from imageclf.cli.options import console
+from imageclf.errors import ConfigError
+
+PROGRESS_FROM = 500  # files: smaller sets are checked before a bar would be read
 
 
 def print_verify(data: Path, report: object) -> None:
-    """The verify table, the unreadable files and what was checked."""
+    """The verify table, the class balance, the unreadable files and what was checked."""
     r = report.to_dict()
     table = Table(title=f"{data}: {r['n_usable']} usable of {r['n_items']} files")
     for col, just in (("class", "left"), ("train", "right"), ("valid", "right")):
@@ -24,6 +27,11 @@ def print_verify(data: Path, report: object) -> None:
     for c in r["classes"]:
         table.add_row(c, str(r["counts"]["train"][c]), str(r["counts"]["valid"][c]))
     console.print(table)
+    ratios = r["balance"]["ratio"]
+    console.print("largest / smallest class: " + ", ".join(
+        f"{split} {'-' if v is None else f'{v:g}×'}" for split, v in ratios.items()))
+    for w in r["balance"]["warnings"]:
+        console.print(f"warning: {w}", style="yellow")
     if r["unreadable"]:
         console.print(f"{len(r['unreadable'])} unreadable file(s), left out:", style="yellow")
         for b in r["unreadable"]:
@@ -31,23 +39,39 @@ def print_verify(data: Path, report: object) -> None:
     else:
         console.print("no unreadable files")
     if not report.full:
-        console.print("headers checked; --full decodes every image (finds truncated data)")
+        console.print("headers only (--quick); without it every image is decoded, which also "
+                      "finds truncated or corrupt image data")
 
 
 def verify(data: o.DataArg, csv: o.Csv = None, label_regex: o.LabelRegex = None,
            valid_pct: o.ValidPct = 0.2, seed: o.Seed = 0, multi_label: o.MultiLabel = False,
            as_json: o.Json = False,
-           full: Annotated[bool, typer.Option(
-               "--full", help="Decode every image, not only its header: also finds truncated "
-               "or corrupt image data (slower).")] = False) -> None:
-    """Check every file (its header, or with --full the whole image); print counts per
-    class and split, and the unreadable files with the reason."""
+           quick: Annotated[bool, typer.Option(
+               "--quick", help="Read only each file's header: much faster on very large "
+               "sets, but a truncated or corrupt image passes.")] = False,
+           full: Annotated[bool, typer.Option("--full", hidden=True,
+                                              help="Decode every image (the default).")
+                           ] = False) -> None:
+    """Check every file by decoding it as training does (or with --quick its header only);
+    print counts per class and split, the class balance, and the unreadable files with the
+    reason."""
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeRemainingColumn)
+
+    from imageclf.cli.options import err
     from imageclf.data.sources import find_items
     from imageclf.data.verify import verify_items
 
+    if quick and full:
+        raise ConfigError("--quick and --full contradict each other: choose one")
     items = find_items(data, csv_file=csv, label_regex=label_regex, valid_pct=valid_pct,
                        seed=seed, multi_label=multi_label)
-    report = verify_items(items, full)
+    show = len(items) >= PROGRESS_FROM
+    with Progress(TextColumn("verify"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), console=err, transient=True, disable=not show) as bar:
+        task = bar.add_task("verify", total=len(items))
+        report = verify_items(items, full=not quick,
+                              progress=lambda n: bar.advance(task, n))
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
     else:

@@ -12,6 +12,7 @@ from rich.text import Text
 
 from imageclf.cli import options as o
 from imageclf.cli.options import console, err
+from imageclf.cli.printer import print_open_set, score_table
 from imageclf.errors import ConfigError
 
 
@@ -61,21 +62,35 @@ def predict(model: o.ModelArg,
 
 def evaluate(model: o.ModelArg, data: o.DataArg,
              output: Annotated[Path | None, typer.Option(
-                 "-o", "--output", help="Folder for confusion_matrix.png and top_losses.png."
+                 "-o", "--output", help="Folder for confusion_matrix.png, top_losses.png "
+                 "(and open_set.png with --ood)."
              )] = None,
              csv: o.Csv = None, label_regex: o.LabelRegex = None,
+             ood: o.Ood = None, keep: o.Keep = 0.95,
              tta: o.Tta = False, bs: o.Bs = 32,
              precision: o.Precision = "auto",
              as_json: o.Json = False) -> None:
     """Accuracy, per-class table and most-confused pairs on DATA's validation split (or every
-    labelled image when DATA has no split)."""
+    labelled image when DATA has no split); with --ood, the open-set figures on unknowns."""
     from imageclf.evaluate import evaluate as run_evaluate
+    from imageclf.evaluate import evaluate_open_set
     from imageclf.predict import Predictor
 
     pred = Predictor(model, precision=precision)
-    interp = run_evaluate(pred, data, csv=csv, label_regex=label_regex, tta=tta, bs=bs,
-                          out_dir=output)
+    open_set = None
+    if ood is not None:
+        interp, open_set = evaluate_open_set(pred, data, ood, keep=keep, csv=csv,
+                                             label_regex=label_regex, tta=tta, bs=bs,
+                                             out_dir=output)
+        if output is not None:
+            from imageclf.interpret import write_pictures
+            write_pictures(interp, output, pred.presize, pred.method, pred.augment)
+    else:
+        interp = run_evaluate(pred, data, csv=csv, label_regex=label_regex, tta=tta, bs=bs,
+                              out_dir=output)
     s = interp.summary()
+    if open_set is not None:
+        s["open_set"] = open_set
     if as_json:
         print(json.dumps(s))
         return
@@ -96,37 +111,57 @@ def evaluate(model: o.ModelArg, data: o.DataArg,
         console.print(f"{len(s['skipped_files'])} unreadable file(s) skipped", style="yellow")
         for b in s["skipped_files"]:
             console.print(f"  {b['path']}: {b['reason']}")
+    if open_set is not None:
+        print_open_set(console, open_set)
     if output is not None:
         console.print(f"pictures in {output}")
 
 
-def calibrate(model: o.ModelArg, data: o.DataArg,
-              keep: Annotated[float, typer.Option(
-                  "--keep", help="Share of in-distribution images that must keep a label.")
-              ] = 0.95,
-              csv: o.Csv = None, label_regex: o.LabelRegex = None,
+def calibrate(model: o.ModelArg, data: o.DataArg, keep: o.Keep = 0.95,
+              score: Annotated[str, typer.Option(
+                  "--score", help="auto, msp, max_logit, energy, knn or mahalanobis "
+                  "(multi-label: sigmoid_max instead of msp). auto: with --ood the best AUROC "
+                  "there, else the documented default.")] = "auto",
+              ood: o.Ood = None,
+              bank_rows: Annotated[int, typer.Option(
+                  "--bank-rows", help="knn: most training features kept (fp16, an equal "
+                  "share per class).")] = 10_000,
+              k: Annotated[int, typer.Option("--k", help="knn: which nearest neighbour.")
+                           ] = 10,
+              csv: o.Csv = None, label_regex: o.LabelRegex = None, bs: o.Bs = 32,
               dry_run: Annotated[bool, typer.Option("--dry-run",
                                                     help="Print, do not store.")] = False,
               as_json: o.Json = False) -> None:
-    """Choose the "none of these" thresholds on DATA's validation split; store them in
-    model.json (softmax: min_confidence; multi-label: per-class thresholds)."""
+    """Choose the "none of these" rule on DATA (thresholds from its validation split, knn's
+    feature bank from its training split) and store it in the model folder."""
     from imageclf.evaluate import calibrate as run_calibrate
     from imageclf.evaluate import write_calibration
     from imageclf.predict import Predictor
 
-    chosen = run_calibrate(Predictor(model), data, keep, csv=csv, label_regex=label_regex)
+    chosen = run_calibrate(Predictor(model), data, keep, score=score, ood=ood, csv=csv,
+                           label_regex=label_regex, bank_rows=bank_rows, k=k, bs=bs)
+    report = None
     if not dry_run:
         write_calibration(model, chosen)
+        if (model.parent / "metrics.json").exists():  # a run's model: its report shows it
+            from imageclf.report import build_report
+
+            report = build_report(model.parent)
     if as_json:
-        print(json.dumps(chosen))
+        print(json.dumps(chosen.to_dict()))
         return
-    if "min_confidence" in chosen:
-        console.print(f"min_confidence {chosen['min_confidence']:.4f}: keeps {keep:.0%} of "
-                      f"{chosen['n']} validation images")
-    else:
+    if chosen.ood is not None:
+        console.print(f"on {chosen.ood['n']} unknown images from {ood}:")
+        console.print(score_table(chosen.ood["scores"], keep, chosen.score))
+    if chosen.score is not None:
+        console.print(f"{chosen.score} below {chosen.threshold:.4g} answers none: keeps "
+                      f"{keep:.0%} of {chosen.n} validation images")
+    if chosen.thresholds is not None:
         console.print("per-class thresholds: " + ", ".join(f"{t:.3f}"
-                                                          for t in chosen["thresholds"]))
-    console.print("not stored (--dry-run)" if dry_run else f"stored in {model / 'model.json'}")
+                                                          for t in chosen.thresholds))
+    console.print("not stored (--dry-run)" if dry_run else f"stored in {model}")
+    if report is not None:
+        console.print(f"updated {report}")
 
 
 def export(model: o.ModelArg,

@@ -103,7 +103,13 @@ ModelArg = Annotated[Path, typer.Argument(help="A model/ folder written by `imag
 Json = Annotated[bool, _opt("--json", help="Print JSON.")]
 MinConfidence = Annotated[float | None, _opt(
     "--min-confidence", help="Answer 'none' when the top softmax probability is below this "
-    "(overrides model.json).")]
+    "(replaces model.json's rule with msp at this threshold).")]
+Ood = Annotated[Path | None, _opt(
+    "--ood", help="A folder of images from no known class (sub-folders and labels ignored): "
+    "report how well each open-set score tells them from the known classes.")]
+Keep = Annotated[float, _opt(
+    "--keep", help="Share of known (validation) images that must keep a label: the "
+    "threshold's true-positive rate.")]
 # --- serving --------------------------------------------------------------------------------
 ServeModelArg = Annotated[Path, typer.Argument(
     help="A model/ folder, or a run directory holding one.")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import re
 from collections import Counter
@@ -186,8 +187,8 @@ def from_csv(csv_path: Path, valid_pct: float = 0.2, seed: int = 0,
             rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
     except OSError as e:
         raise ConfigError(f"cannot read --csv {csv_path}: {e.strerror}") from e
-    if rows and not _resolve(image_root, rows[0][0]).exists():
-        rows = rows[1:]  # a header row
+    if rows and _is_header(rows[0], image_root):
+        rows = rows[1:]
     if not rows:
         raise DataError(f"--csv {csv_path} has no rows")
     bad = [i for i, r in enumerate(rows) if len(r) < 2]
@@ -196,12 +197,9 @@ def from_csv(csv_path: Path, valid_pct: float = 0.2, seed: int = 0,
             f"--csv {csv_path}: expected columns filename,label[,is_valid]; "
             f"row {bad[0] + 2} has {len(rows[bad[0]])} column(s)"
         )
+    # a listed file that no longer exists (deleted by hand, moved) is not an error here:
+    # like a dangling link it is reported with the unreadable files, with its reason
     paths = [_resolve(image_root, r[0].strip()) for r in rows]
-    missing = [str(p) for p in paths if not os.path.lexists(p)]
-    if missing:
-        raise DataError(
-            f"--csv {csv_path}: {len(missing)} listed file(s) do not exist, e.g. {missing[:3]}"
-        )
     labels = [r[1].split() for r in rows]
     ml = multi_label if multi_label is not None else any(len(x) != 1 for x in labels)
     if not ml and any(len(x) != 1 for x in labels):
@@ -221,6 +219,13 @@ def from_csv(csv_path: Path, valid_pct: float = 0.2, seed: int = 0,
         return _finish([paths[i] for i in keep], [labels[i] for i in keep], [True] * len(keep),
                        multi_label=ml, where=csv_path, need_split=False)
     return _finish(paths, labels, flags, multi_label=ml, where=csv_path)
+
+
+def _is_header(row: list[str], image_root: Path) -> bool:
+    """A first row that names no existing file and does not look like an image file name
+    (a listed image that has gone missing is a row, not a header)."""
+    first = row[0].strip()
+    return not _resolve(image_root, first).exists() and not _is_image_name(first)
 
 
 def _resolve(root: Path, name: str) -> Path:
@@ -267,9 +272,10 @@ def find_items(path: str | Path, *, csv_file: str | None = None, label_regex: st
         return from_csv(root, valid_pct, seed, multi_label or None)
     if not root.is_dir():
         raise ConfigError(f"DATA {root} is not a folder or a .csv file")
-    if label_regex is not None:
-        return from_regex(root, label_regex, valid_pct, seed)
-    return from_folders(root, valid_pct, seed)
+    items = (from_regex(root, label_regex, valid_pct, seed) if label_regex is not None
+             else from_folders(root, valid_pct, seed))
+    # one label per image from folders or names; --multi-label trains them with sigmoids
+    return dataclasses.replace(items, multi_label=True) if multi_label else items
 
 
 def find_eval_items(path: str | Path, *, csv_file: str | None = None,

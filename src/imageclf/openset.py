@@ -1,0 +1,320 @@
+"""Open-set scores: how much an image looks like the classes the model knows.
+
+Every score is "higher = more like a known class"; an image whose score falls below the
+stored threshold is answered `none`. Pure functions on logits (B, C) and pooled backbone
+features (B, D), plus the figures that compare them (AUROC, FPR at a kept share) and the
+`NoneRule` a model folder stores.
+
+- `msp`: the softmax's top probability (the baseline of the open-set literature);
+- `max_logit`: the largest logit;
+- `energy`: T·logsumexp(logits/T), the negative free energy (Liu et al. 2020);
+- `sigmoid_max`: the largest sigmoid, for multi-label models;
+- `knn`: minus the cosine distance to the k-th nearest training feature (Sun et al. 2022),
+  features L2-normalised;
+- `mahalanobis`: minus the smallest Mahalanobis distance to a class mean, with one shared
+  covariance (Lee et al. 2018).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from imageclf.errors import ConfigError, DamagedFileError
+from imageclf.fileio import atomic_write
+from imageclf.meta import OPEN_SET_SCORES as SCORES
+
+LOGIT_SCORES = SCORES[:4]  # msp, max_logit, energy, sigmoid_max
+FEATURE_SCORES = SCORES[4:]  # knn, mahalanobis
+STATS_FILE = "open_set.safetensors"
+BANK_ROWS = 10_000  # at most this many training features are kept for knn (fp16)
+KNN_K = 10
+
+
+# --- the scores --------------------------------------------------------------------------
+def msp(logits: torch.Tensor) -> torch.Tensor:
+    """Top softmax probability."""
+    return logits.float().softmax(1).amax(1)
+
+
+def max_logit(logits: torch.Tensor) -> torch.Tensor:
+    """Largest logit."""
+    return logits.float().amax(1)
+
+
+def energy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Negative free energy, T·logsumexp(logits / T): the energy E(x) = -T·logsumexp(f/T)
+    is low for known images, so its negative is high for them, like every other score."""
+    return temperature * torch.logsumexp(logits.float() / temperature, 1)
+
+
+def sigmoid_max(logits: torch.Tensor) -> torch.Tensor:
+    """Largest independent sigmoid (multi-label models)."""
+    return logits.float().sigmoid().amax(1)
+
+
+def normalise(features: torch.Tensor) -> torch.Tensor:
+    """Rows scaled to unit L2 norm, float32."""
+    return F.normalize(features.float(), dim=1)
+
+
+def knn(features: torch.Tensor, bank: torch.Tensor, k: int = KNN_K) -> torch.Tensor:
+    """Minus the cosine distance from each (normalised) feature to its k-th nearest row of
+    `bank` (normalised training features)."""
+    if not 1 <= k <= bank.shape[0]:
+        raise ConfigError(f"knn: k must be between 1 and the bank's {bank.shape[0]} rows; "
+                          f"got {k}")
+    sim = normalise(features) @ bank.float().T
+    kth = sim.topk(k, dim=1).values[:, -1]
+    return kth - 1.0  # = -(1 - cos)
+
+
+def mahalanobis(features: torch.Tensor, means: torch.Tensor,
+                precision: torch.Tensor) -> torch.Tensor:
+    """Minus the smallest Mahalanobis distance (squared) to a class mean."""
+    f = features.float()
+    d = f[:, None, :] - means.float()[None]  # (B, C, D)
+    m = torch.einsum("bcd,de,bce->bc", d, precision.float(), d)
+    return -m.amin(1)
+
+
+def fit_mahalanobis(features: torch.Tensor, labels: torch.Tensor, n_classes: int
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class means (C, D) and the shared precision matrix (D, D) of training features
+    (rows labelled -1, images with no class, are left out)."""
+    f = features.float()
+    means = torch.zeros(n_classes, f.shape[1])
+    centred = []
+    for c in range(n_classes):
+        rows = f[labels == c]
+        if len(rows):
+            means[c] = rows.mean(0)
+            centred.append(rows - means[c])
+    if not centred:
+        raise ConfigError("mahalanobis needs labelled training images")
+    x = torch.cat(centred)
+    cov = x.T @ x / len(x)
+    cov += torch.eye(cov.shape[0]) * (1e-6 + 1e-3 * cov.diagonal().mean())  # stays invertible
+    return means, torch.linalg.inv(cov)
+
+
+def sample_bank(features: torch.Tensor, labels: torch.Tensor, rows: int = BANK_ROWS,
+                seed: int = 0) -> torch.Tensor:
+    """Normalised features, fp16, at most `rows`: subsampled per class (an equal share each,
+    a smaller class keeps all of its images), with a fixed seed."""
+    if len(features) <= rows:
+        return normalise(features).half()
+    g = torch.Generator().manual_seed(seed)
+    classes = labels.unique()
+    share = rows // len(classes)
+    keep = []
+    for c in classes:
+        idx = torch.nonzero(labels == c).flatten()
+        keep.append(idx[torch.randperm(len(idx), generator=g)[:share]])
+    return normalise(features[torch.cat(keep).sort().values]).half()
+
+
+# --- comparing scores --------------------------------------------------------------------
+def auroc(known: torch.Tensor, unknown: torch.Tensor) -> float:
+    """Area under the ROC curve of telling known (positive) from unknown images by score:
+    the chance a random known image scores above a random unknown one, ties counting
+    half (the Mann-Whitney U statistic)."""
+    if len(known) == 0 or len(unknown) == 0:
+        raise ConfigError("AUROC needs at least one known and one unknown image")
+    s = torch.cat([known.double(), unknown.double()])
+    order = s.argsort()
+    ranks = torch.empty_like(s)
+    ranks[order] = torch.arange(1, len(s) + 1, dtype=torch.float64)
+    # average the ranks of tied scores
+    uniq, inverse, counts = s.unique(return_inverse=True, return_counts=True)
+    sums = torch.zeros(len(uniq), dtype=torch.float64).index_add_(0, inverse, ranks)
+    ranks = (sums / counts)[inverse]
+    n1, n0 = len(known), len(unknown)
+    u = ranks[:n1].sum() - n1 * (n1 + 1) / 2
+    return float(u / (n1 * n0))
+
+
+def threshold_for(known: torch.Tensor, keep: float) -> float:
+    """The score at or above which `keep` of the known images lie (to within one image)."""
+    if not 0 < keep <= 1:
+        raise ConfigError(f"--keep must be in (0, 1]; got {keep}")
+    if len(known) == 0:
+        raise ConfigError("a threshold needs at least one known image")
+    s = known.double().sort().values
+    drop = int((1.0 - keep) * len(s) + 1e-9)  # images allowed below the line
+    return float(s[min(drop, len(s) - 1)])
+
+
+def fpr_at(known: torch.Tensor, unknown: torch.Tensor, keep: float = 0.95) -> float:
+    """Share of unknown images accepted (score at or above the threshold that keeps `keep`
+    of the known ones): FPR at TPR = keep."""
+    t = threshold_for(known, keep)
+    return float((unknown.double() >= t).float().mean())
+
+
+def compare(known: dict[str, torch.Tensor], unknown: dict[str, torch.Tensor],
+            keep: float = 0.95) -> dict[str, dict[str, float]]:
+    """{score: {auroc, fpr}} for every score present in both."""
+    return {name: {"auroc": auroc(known[name], unknown[name]),
+                   "fpr": fpr_at(known[name], unknown[name], keep)}
+            for name in known if name in unknown}
+
+
+def best(figures: dict[str, dict[str, float]]) -> str:
+    """The score with the highest AUROC (the lower FPR breaks a tie)."""
+    return max(figures, key=lambda n: (figures[n]["auroc"], -figures[n]["fpr"]))
+
+
+# --- the rule a model stores -------------------------------------------------------------
+def default_score(multi_label: bool) -> str | None:
+    """`calibrate --score auto` without --ood: chosen from bench/bench_open_set.py (see
+    docs/open-set.md). None: multi-label models keep their per-class thresholds only, which
+    answer none when no sigmoid passes its threshold."""
+    return None if multi_label else "msp"
+
+
+def scores_for(multi_label: bool) -> tuple[str, ...]:
+    """The scores that make sense for a kind of model."""
+    first = "sigmoid_max" if multi_label else "msp"
+    return (first, "max_logit", "energy", *FEATURE_SCORES)
+
+
+@dataclass
+class OpenSetStats:
+    """What the feature scores need from the training images."""
+
+    bank: torch.Tensor | None = None  # (N, D) fp16, normalised
+    means: torch.Tensor | None = None  # (C, D)
+    precision: torch.Tensor | None = None  # (D, D)
+
+    @classmethod
+    def fit(cls, features: torch.Tensor, labels: torch.Tensor, n_classes: int,
+            rows: int = BANK_ROWS) -> OpenSetStats:
+        means, prec = fit_mahalanobis(features, labels, n_classes)
+        return cls(sample_bank(features, labels, rows), means, prec)
+
+    def only(self, score: str) -> OpenSetStats:
+        """Just what `score` needs (what is stored with it)."""
+        if score == "knn":
+            return OpenSetStats(bank=self.bank)
+        if score == "mahalanobis":
+            return OpenSetStats(means=self.means, precision=self.precision)
+        return OpenSetStats()
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {k: v.contiguous() for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    def save(self, path: Path) -> None:
+        atomic_write(path, lambda p: save_file(self.tensors(), p))
+
+    @classmethod
+    def load(cls, path: Path) -> OpenSetStats:
+        try:
+            found = load_file(path)
+        except Exception as e:  # noqa: BLE001 - any damage reads the same to a user
+            raise DamagedFileError(f"{path}: not a readable safetensors file ({e})") from e
+        unknown = set(found) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise DamagedFileError(f"{path}: unexpected tensor(s) {', '.join(sorted(unknown))}")
+        return cls(**found)
+
+
+def all_scores(logits: torch.Tensor, features: torch.Tensor | None, multi_label: bool,
+               stats: OpenSetStats | None = None, k: int = KNN_K) -> dict[str, torch.Tensor]:
+    """Every score computable from these outputs: the logit scores of the model's kind, and
+    knn / mahalanobis where `stats` holds what they need."""
+    out = {name: score_of(name, logits, features, stats, k)
+           for name in scores_for(multi_label) if name in LOGIT_SCORES}
+    if features is not None and stats is not None:
+        if stats.bank is not None:
+            out["knn"] = knn(features, stats.bank, min(k, len(stats.bank)))
+        if stats.means is not None and stats.precision is not None:
+            out["mahalanobis"] = mahalanobis(features, stats.means, stats.precision)
+    return out
+
+
+def score_of(name: str, logits: torch.Tensor, features: torch.Tensor | None,
+             stats: OpenSetStats | None, k: int = KNN_K) -> torch.Tensor:
+    """One score by name."""
+    if name == "msp":
+        return msp(logits)
+    if name == "max_logit":
+        return max_logit(logits)
+    if name == "energy":
+        return energy(logits)
+    if name == "sigmoid_max":
+        return sigmoid_max(logits)
+    if features is None or stats is None:
+        raise ConfigError(f"the {name} score needs features and the training statistics")
+    if name == "knn" and stats.bank is not None:
+        return knn(features, stats.bank, min(k, len(stats.bank)))
+    if name == "mahalanobis" and stats.means is not None and stats.precision is not None:
+        return mahalanobis(features, stats.means, stats.precision)
+    raise ConfigError(f"unknown open-set score {name!r} (or its statistics are missing); "
+                      f"choose from {', '.join(SCORES)}")
+
+
+@dataclass
+class NoneRule:
+    """"None of these" for one model: below `threshold` on `score`, the answer is none."""
+
+    score: str
+    threshold: float
+    k: int = KNN_K
+    stats: OpenSetStats | None = None
+
+    @property
+    def needs_features(self) -> bool:
+        return self.score in FEATURE_SCORES
+
+    def __call__(self, logits: torch.Tensor, features: torch.Tensor | None) -> torch.Tensor:
+        return score_of(self.score, logits, features, self.stats, self.k)
+
+    @classmethod
+    def from_meta(cls, open_set: dict, folder: Path) -> NoneRule:
+        """The rule stored in model.json's `open_set` (statistics from STATS_FILE)."""
+        score = open_set["score"]
+        stats = None
+        if score in FEATURE_SCORES:
+            path = folder / open_set.get("file", STATS_FILE)
+            if not path.resolve().is_relative_to(folder.resolve()):
+                raise DamagedFileError(f"{folder / 'model.json'}: open_set file must be inside "
+                                       f"{folder}")
+            if not path.exists():
+                raise DamagedFileError(f"{path} is missing: model.json's open_set score "
+                                       f"{score} needs it; run `imageclf calibrate` again")
+            stats = OpenSetStats.load(path)
+        return cls(score, float(open_set["threshold"]), int(open_set.get("k", KNN_K)), stats)
+
+
+def histogram(known: torch.Tensor, unknown: torch.Tensor, threshold: float | None,
+              score: str, path: str | Path, title: str = "") -> Path:
+    """A PNG of the known and unknown images' scores, with the threshold drawn."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.5, 3.8))
+    ax = fig.subplots()
+    lo = float(min(known.min(), unknown.min()))
+    hi = float(max(known.max(), unknown.max()))
+    bins = torch.linspace(lo, hi if hi > lo else lo + 1e-6, 41).tolist()
+    ax.hist(known.float().numpy(), bins=bins, alpha=0.6, density=True,
+            label=f"known classes ({len(known)})", color="tab:blue")
+    ax.hist(unknown.float().numpy(), bins=bins, alpha=0.6, density=True,
+            label=f"unknown ({len(unknown)})", color="tab:orange")
+    if threshold is not None:
+        ax.axvline(threshold, color="black", linestyle="--",
+                   label=f"threshold {threshold:.4g}")
+    ax.set_xlabel(f"{score} (higher = more like a known class)")
+    ax.set_ylabel("density")
+    ax.set_title(title or f"open-set score: {score}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=90)
+    return path
+

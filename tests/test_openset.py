@@ -1,0 +1,130 @@
+"""The open-set scores and the figures that compare them, on hand-made logits and features."""
+
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from imageclf import openset
+from imageclf.errors import ConfigError, DamagedFileError
+
+CONFIDENT = torch.tensor([[8.0, 0.0, 0.0]])
+UNSURE = torch.tensor([[1.0, 0.9, 0.8]])
+FLAT_LOW = torch.tensor([[-3.0, -3.0, -3.0]])
+
+
+def test_logit_scores_rank_a_confident_image_above_an_unsure_one():
+    for score in (openset.msp, openset.max_logit, openset.energy, openset.sigmoid_max):
+        assert score(CONFIDENT) > score(UNSURE) > score(FLAT_LOW), score.__name__
+    # msp cannot tell a flat low image from a flat high one; energy and max_logit can
+    assert openset.msp(FLAT_LOW) == pytest.approx(openset.msp(FLAT_LOW + 6), abs=1e-6)
+    assert openset.energy(FLAT_LOW + 6) > openset.energy(FLAT_LOW)
+
+
+def test_hand_computed_values_and_energys_sign():
+    assert float(openset.msp(torch.tensor([[0.0, 0.0]]))) == pytest.approx(0.5)
+    assert float(openset.max_logit(torch.tensor([[0.5, -2.0]]))) == pytest.approx(0.5)
+    # the score is the negative free energy: E = -logsumexp = -log 2 for two zero logits
+    assert float(openset.energy(torch.tensor([[0.0, 0.0]]))) == pytest.approx(math.log(2))
+    assert float(openset.energy(torch.tensor([[0.0, 0.0]]), temperature=2.0)) == (
+        pytest.approx(2 * math.log(2)))
+    assert float(openset.sigmoid_max(torch.tensor([[0.0, -1.0]]))) == pytest.approx(0.5)
+
+
+def test_knn_is_minus_the_cosine_distance_to_the_kth_neighbour():
+    bank = openset.normalise(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])).half()
+    f = torch.tensor([[3.0, 0.0]])  # same direction as the first row: its norm does not count
+    assert float(openset.knn(f, bank, 1)) == pytest.approx(0.0, abs=1e-3)
+    assert float(openset.knn(f, bank, 2)) == pytest.approx(math.cos(math.pi / 4) - 1, abs=1e-3)
+    assert float(openset.knn(f, bank, 3)) == pytest.approx(-1.0, abs=1e-3)
+    far = torch.tensor([[-1.0, -1.0]])
+    assert openset.knn(far, bank, 1) < openset.knn(f, bank, 1)
+    with pytest.raises(ConfigError, match="k must be between 1 and the bank's 3 rows"):
+        openset.knn(f, bank, 4)
+
+
+def test_mahalanobis_prefers_the_point_near_a_class_mean():
+    feats = torch.tensor([[0.0, 0.0], [0.2, 0.0], [4.0, 4.0], [4.2, 4.0]])
+    labels = torch.tensor([0, 0, 1, 1])
+    means, prec = openset.fit_mahalanobis(feats, labels, 2)
+    assert torch.allclose(means, torch.tensor([[0.1, 0.0], [4.1, 4.0]]))
+    near, far = torch.tensor([[0.1, 0.0]]), torch.tensor([[2.0, 9.0]])
+    assert float(openset.mahalanobis(near, means, prec)) == pytest.approx(0.0, abs=1e-6)
+    assert openset.mahalanobis(far, means, prec) < openset.mahalanobis(near, means, prec)
+    # with the identity as precision it is minus the squared distance to the nearest mean
+    d = openset.mahalanobis(torch.tensor([[1.0, 2.0]]), means, torch.eye(2))
+    assert float(d) == pytest.approx(-(0.9 ** 2 + 2.0 ** 2))
+
+
+def test_auroc_on_hand_worked_examples():
+    known, unknown = torch.tensor([0.9, 0.4]), torch.tensor([0.5, 0.1])
+    assert openset.auroc(known, unknown) == pytest.approx(3 / 4)  # 3 of 4 pairs in order
+    assert openset.auroc(torch.tensor([2.0, 3.0]), torch.tensor([0.0, 1.0])) == 1.0
+    assert openset.auroc(torch.tensor([0.0]), torch.tensor([1.0])) == 0.0
+    assert openset.auroc(torch.tensor([1.0, 1.0]), torch.tensor([1.0])) == 0.5  # ties: half
+    assert openset.auroc(torch.tensor([1.0, 2.0]), torch.tensor([1.0])) == pytest.approx(0.75)
+    with pytest.raises(ConfigError):
+        openset.auroc(torch.tensor([1.0]), torch.tensor([]))
+
+
+@pytest.mark.parametrize("n", [7, 20, 37, 200])
+@pytest.mark.parametrize("keep", [0.5, 0.9, 0.95, 0.99])
+def test_threshold_keeps_the_asked_share_within_one_image(n, keep):
+    scores = torch.randn(n, generator=torch.Generator().manual_seed(n))
+    t = openset.threshold_for(scores, keep)
+    kept = int((scores >= t).sum())
+    assert abs(kept - keep * n) <= 1, (kept, keep * n)
+    assert kept >= keep * n - 1e-9 or kept == n  # never keeps fewer than asked
+
+
+def test_fpr_counts_the_unknowns_at_or_above_the_threshold():
+    known = torch.arange(1.0, 21.0)  # 1..20: keep 0.95 → threshold 2
+    unknown = torch.tensor([0.0, 1.5, 2.0, 30.0])
+    assert openset.threshold_for(known, 0.95) == 2.0
+    assert openset.fpr_at(known, unknown, 0.95) == 0.5
+    figs = openset.compare({"a": known, "b": -known}, {"a": unknown, "b": -unknown})
+    assert openset.best(figs) == "a" and set(figs) == {"a", "b"}
+
+
+def test_bank_is_fp16_normalised_and_subsampled_per_class():
+    feats = torch.randn(300, 8, generator=torch.Generator().manual_seed(0)) * 5
+    labels = torch.tensor([0] * 200 + [1] * 60 + [2] * 40)
+    bank = openset.sample_bank(feats, labels, rows=90)
+    assert bank.dtype == torch.float16 and bank.shape == (90, 8)
+    assert torch.allclose(bank.float().norm(dim=1), torch.ones(90), atol=1e-2)
+    rows = {tuple(r.tolist()) for r in openset.normalise(feats).half()}
+    assert all(tuple(r.tolist()) in rows for r in bank)  # rows of the data, not new ones
+    small = openset.sample_bank(feats, labels, rows=1000)  # fits: every row kept
+    assert small.shape == (300, 8)
+    # an equal share per class: 30 each, the smallest class (40) gives 30 too
+    owner = {tuple(r.tolist()): int(c) for r, c in zip(openset.normalise(feats).half(), labels,
+                                                        strict=True)}
+    counts = torch.bincount(torch.tensor([owner[tuple(r.tolist())] for r in bank]))
+    assert counts.tolist() == [30, 30, 30]
+
+
+def test_stats_round_trip_through_safetensors(tmp_path):
+    feats, labels = torch.randn(12, 4), torch.tensor([0, 1, 2] * 4)
+    stats = openset.OpenSetStats.fit(feats, labels, 3, rows=6)
+    path = tmp_path / openset.STATS_FILE
+    stats.save(path)
+    back = openset.OpenSetStats.load(path)
+    assert torch.equal(back.bank, stats.bank) and torch.equal(back.precision, stats.precision)
+    only = stats.only("knn")
+    assert only.means is None and only.bank is not None
+    save_file({"bank": stats.bank, "payload": torch.zeros(1)}, tmp_path / "odd.safetensors")
+    with pytest.raises(DamagedFileError, match="unexpected tensor"):
+        openset.OpenSetStats.load(tmp_path / "odd.safetensors")
+    (tmp_path / "bad.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(DamagedFileError, match="not a readable safetensors file"):
+        openset.OpenSetStats.load(tmp_path / "bad.safetensors")
+    assert set(load_file(path)) == {"bank", "means", "precision"}
+
+
+def test_rule_applies_its_score():
+    rule = openset.NoneRule("energy", 1.0)
+    assert not rule.needs_features and openset.NoneRule("knn", -0.1).needs_features
+    assert torch.allclose(rule(CONFIDENT, None), openset.energy(CONFIDENT))
+    with pytest.raises(ConfigError, match="needs features"):
+        openset.NoneRule("knn", -0.1)(CONFIDENT, None)
