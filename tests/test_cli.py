@@ -165,3 +165,26 @@ def test_a_new_run_never_replaces_an_earlier_one(folder_dataset: Path, tmp_path:
     assert r.returncode == 2 and "train.epochs: 1 there, 2 now" in r.stderr
     assert {f: (f.stat().st_mtime_ns, f.read_bytes()) for f in out.rglob("*")
             if f.is_file()} == files
+
+
+def test_train_imbalance_options_and_watched_metric(folder_dataset: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    _run("train", str(folder_dataset), "--pretrained", "none", "--size", "24", "--presize",
+         "32", "--bs", "6", "--epochs", "1", "--lr", "1e-3", "--class-weights", "auto",
+         "--sampler", "balanced", "--metric", "macro_f1", "--out", str(run))
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["metric"]["name"] == "macro_f1" and m["metric"]["last"] == m["macro_f1"]
+    assert m["class_counts"]["train"] == {"blue": 6, "green": 6, "red": 6}
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["train"]["class_weights"] == "auto" and cfg["data"]["sampler"] == "balanced"
+    interp = json.loads((run / "interpretation.json").read_text())
+    assert {"macro_f1", "balanced_accuracy"} <= set(interp)
+    html = (run / "report.html").read_text()
+    assert "<h2>Classes</h2>" in html and "Largest / smallest class" in html
+    bad = _run("train", str(folder_dataset), "--pretrained", "none", "--size", "24",
+               "--presize", "32", "--epochs", "1", "--lr", "1e-3", "--metric", "top5_accuracy",
+               "--out", str(tmp_path / "bad"), ok=False)
+    assert bad.returncode == 2 and "--metric 'top5_accuracy'" in bad.stderr
+    assert not (tmp_path / "bad").exists()  # the claim is given back: --out can be reused
+    bad = _run("train", str(folder_dataset), "--sampler", "weighted", ok=False)
+    assert bad.returncode == 2 and "--sampler must be one of shuffle, balanced" in bad.stderr

@@ -11,6 +11,7 @@ from imageclf.meta import RESIZE_METHODS
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 LR_RULES = ("auto", "valley", "slide", "minimum", "steep")  # --lr values that run lr_find
+SAMPLERS = ("shuffle", "balanced")
 __all__ = ["AugConfig", "ConfigError", "DataConfig", "TrainConfig", "from_dict", "to_dict"]
 
 
@@ -66,6 +67,10 @@ class DataConfig:
     cache_dir: str | None = None
     decode_workers: int = 0  # 0: one per CPU core
     decode: str = "cpu"  # cpu: Pillow in worker processes; device: JPEGs on the training device
+    sampler: str = "shuffle"  # shuffle: each image once an epoch; balanced: classes equally
+    image_col: str | None = None  # Parquet/Arrow data: the columns (None: found by name)
+    label_col: str | None = None
+    split_col: str | None = None
     aug: AugConfig = field(default_factory=AugConfig)
 
     def __post_init__(self) -> None:
@@ -90,6 +95,9 @@ class DataConfig:
             raise ConfigError(f"--decode must be cpu or device; got {self.decode!r}")
         if not 0 < self.valid_pct < 1:
             raise ConfigError(f"--valid-pct must be between 0 and 1; got {self.valid_pct}")
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"--sampler must be one of {', '.join(SAMPLERS)}; "
+                              f"got {self.sampler!r}")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -139,6 +147,9 @@ class TrainConfig:
     compile: bool = False  # torch.compile the training forward (inductor)
     lr_find_steps: int = LR_FIND_STEPS  # the finder's sweep: at most this many steps
     accum: int = 1  # batches per optimiser step (gradient accumulation)
+    class_weights: str = "none"  # none | auto (inverse frequency) | a JSON file {class: w}
+    metric: str | None = None  # what the run's summary watches (None: valid accuracy)
+    tensorboard: bool = False  # write RUN_DIR/tensorboard/
 
     @property
     def fine_tunes(self) -> bool:
@@ -181,3 +192,11 @@ class TrainConfig:
             raise ConfigError(f"--wd must be >= 0; got {self.wd}")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"--label-smoothing must be in [0, 1); got {self.label_smoothing}")
+        if self.tensorboard:
+            from imageclf.tracking import check_tensorboard
+
+            check_tensorboard()
+        if self.class_weights not in ("none", "auto") and not self.class_weights.endswith(
+                ".json"):
+            raise ConfigError("--class-weights must be auto, none or a .json file of "
+                              f"{{class: weight}}; got {self.class_weights!r}")

@@ -18,6 +18,7 @@ from imageclf.errors import ConfigError, DataError
 from imageclf.interpret import Interpretation, map_targets, write_pictures
 from imageclf.meta import ModelMeta
 from imageclf.openset import OpenSetStats
+from imageclf.plots import plot_open_set
 from imageclf.predict import NONE_LABEL, Outputs, Predictor
 
 
@@ -52,11 +53,13 @@ def run_images(predictor: Predictor, paths: Sequence[str | Path], *, bs: int = 3
 
 def evaluate(predictor: Predictor, data: str | Path, *, csv: str | None = None,
              label_regex: str | None = None, tta: bool = False, bs: int = 32,
-             out_dir: str | Path | None = None, k: int = 9) -> Interpretation:
+             out_dir: str | Path | None = None, k: int = 9, **cols: str | None
+             ) -> Interpretation:
     """Run DATA's validation split (or all its labelled images) through the model; with
     `out_dir`, write confusion_matrix.png and top_losses.png there. Unreadable files are
     listed in `skipped`, never raised."""
-    interp, _ = _evaluate(predictor, data, csv=csv, label_regex=label_regex, tta=tta, bs=bs)
+    interp, _ = _evaluate(predictor, data, csv=csv, label_regex=label_regex, tta=tta, bs=bs,
+                          **cols)
     if out_dir is not None:
         write_pictures(interp, out_dir, predictor.presize, predictor.method, predictor.augment,
                        k)
@@ -64,10 +67,11 @@ def evaluate(predictor: Predictor, data: str | Path, *, csv: str | None = None,
 
 
 def _evaluate(predictor: Predictor, data: str | Path, *, csv: str | None,
-              label_regex: str | None, tta: bool, bs: int, features: bool = False
-              ) -> tuple[Interpretation, Outputs]:
+              label_regex: str | None, tta: bool, bs: int, features: bool = False,
+              **cols: str | None) -> tuple[Interpretation, Outputs]:
+    """`cols`: image_col, label_col, split_col of Parquet/Arrow data."""
     items = find_eval_items(data, csv_file=csv, label_regex=label_regex,
-                            multi_label=predictor.multi_label)
+                            multi_label=predictor.multi_label, **cols)
     targets = map_targets(items.labels, items.classes, predictor.classes, predictor.multi_label)
     seen = run_images(predictor, items.paths, bs=bs, tta=tta, features=features,
                       what=f"labelled images in {data}")
@@ -93,13 +97,14 @@ def unknown_images(folder: str | Path) -> list[Path]:
 def evaluate_open_set(predictor: Predictor, data: str | Path, ood: str | Path, *,
                       keep: float = 0.95, csv: str | None = None,
                       label_regex: str | None = None, tta: bool = False, bs: int = 32,
-                      out_dir: str | Path | None = None) -> tuple[Interpretation, dict]:
+                      out_dir: str | Path | None = None, **cols: str | None
+                      ) -> tuple[Interpretation, dict]:
     """The model on DATA's validation images (known) and on the images in `ood` (unknown):
     AUROC and FPR at `keep` of every score the model can compute, and for its own rule how
     many unknowns it accepted, as which class. With `out_dir`, open_set.png there."""
     feats = predictor.rule is not None and predictor.rule.needs_features
     interp, known_out = _evaluate(predictor, data, csv=csv, label_regex=label_regex, tta=tta,
-                                  bs=bs, features=feats)
+                                  bs=bs, features=feats, **cols)
     seen = run_images(predictor, unknown_images(ood), bs=bs, tta=tta, features=feats,
                       what=f"images in --ood {ood}")
     names = list(openset.scores_for(predictor.multi_label)[:3])
@@ -122,8 +127,8 @@ def evaluate_open_set(predictor: Predictor, data: str | Path, ood: str | Path, *
               "known_answered_none": known_none, "skipped_unknown": seen.skipped}
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        openset.histogram(known[score], unknown[score], predictor.none_threshold, score,
-                          Path(out_dir) / "open_set.png")
+        plot_open_set(known[score], unknown[score], predictor.none_threshold, score,
+                      Path(out_dir) / "open_set.png")
     return interp, report
 
 
@@ -165,7 +170,7 @@ def _labels_of(items_labels: Sequence[Sequence[int]]) -> torch.Tensor:
 def calibrate(predictor: Predictor, data: str | Path, keep: float = 0.95, *,
               score: str = "auto", ood: str | Path | None = None, csv: str | None = None,
               label_regex: str | None = None, bank_rows: int = openset.BANK_ROWS,
-              k: int = openset.KNN_K, bs: int = 32) -> Calibration:
+              k: int = openset.KNN_K, bs: int = 32, **cols: str | None) -> Calibration:
     """Choose the "none of these" rule on DATA: the threshold on `score` that keeps `keep`
     of the validation images. DATA is split as training splits it (its valid/ folder or
     is_valid column, else the same 20% with seed 0): thresholds come from the validation
@@ -185,7 +190,7 @@ def calibrate(predictor: Predictor, data: str | Path, keep: float = 0.95, *,
     if bank_rows < 1 or k < 1:
         raise ConfigError(f"--bank-rows and --k must be at least 1; got {bank_rows}, {k}")
     items = find_items(data, csv_file=csv, label_regex=label_regex,
-                       multi_label=predictor.multi_label)
+                       multi_label=predictor.multi_label, **cols)
     train_idx, valid_idx = items.split_indices()
     if not valid_idx:
         raise DataError(f"{data} has no validation images to calibrate on")
@@ -249,8 +254,8 @@ def write_calibration(folder: str | Path, chosen: Calibration) -> Path:
             chosen.stats.save(stats_path)  # before model.json names it
             open_set["file"] = openset.STATS_FILE
     if chosen.histogram is not None:
-        openset.histogram(*chosen.histogram, chosen.threshold, chosen.score, png,
-                          f"calibrated: {chosen.score}, keeps {chosen.keep:.0%} of known")
+        plot_open_set(*chosen.histogram, chosen.threshold, chosen.score, png,
+                      f"calibrated: {chosen.score}, keeps {chosen.keep:.0%} of known")
     changes: dict = {"open_set": open_set, "min_confidence": None,
                      "calibration": {"keep": chosen.keep, "n": chosen.n,
                                      "rule": chosen.score or "multi_label_thresholds"}}

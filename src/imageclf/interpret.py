@@ -10,12 +10,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from imageclf import metrics as M
 from imageclf.errors import ConfigError, DataError
-
-
-def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, n: int) -> torch.Tensor:
-    """(n, n) int64 counts: row = actual class, column = predicted class."""
-    return torch.bincount(target.long() * n + pred.long(), minlength=n * n).view(n, n)
 
 
 def most_confused(cm: torch.Tensor, classes: Sequence[str], min_count: int = 1
@@ -27,19 +23,16 @@ def most_confused(cm: torch.Tensor, classes: Sequence[str], min_count: int = 1
     return sorted(pairs, key=lambda t: (-t[2], t[0], t[1]))
 
 
-def _prf(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    precision = tp / (tp + fp).clamp_min(1)
-    recall = tp / (tp + fn).clamp_min(1)
-    f1 = 2 * precision * recall / (precision + recall).clamp_min(1e-12)
-    return precision, recall, f1
-
-
-def per_class(classes: Sequence[str], tp: torch.Tensor, fp: torch.Tensor,
-              fn: torch.Tensor) -> list[dict]:
-    """Precision, recall, F1 and support of each class."""
-    p, r, f = _prf(tp.float(), fp.float(), fn.float())
-    return [{"class": c, "precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
-             "support": int(tp[i] + fn[i])} for i, c in enumerate(classes)]
+def per_class(classes: Sequence[str], scores: dict[str, torch.Tensor],
+              ap: torch.Tensor | None = None) -> list[dict]:
+    """Precision, recall, F1 and support (and AP, multi-label) of each class."""
+    rows = [{"class": c, "precision": float(scores["precision"][i]),
+             "recall": float(scores["recall"][i]), "f1": float(scores["f1"][i]),
+             "support": int(scores["support"][i])} for i, c in enumerate(classes)]
+    if ap is not None:
+        for r, v in zip(rows, ap.tolist(), strict=True):
+            r["ap"] = None if v != v else v  # NaN (no positive) → null in JSON
+    return rows
 
 
 def sample_losses(logits: torch.Tensor, target: torch.Tensor, multi_label: bool
@@ -89,7 +82,7 @@ class Interpretation:
     def confusion_matrix(self) -> torch.Tensor:
         if self.multi_label:
             raise ConfigError("a confusion matrix needs a single-label model")
-        return confusion_matrix(self.predicted(), self.targets, len(self.classes))
+        return M.confusion_matrix(self.predicted(), self.targets, len(self.classes))
 
     def accuracy(self) -> float:
         """Top-1 accuracy, or the share of right (image, class) decisions for multi-label."""
@@ -99,12 +92,27 @@ class Interpretation:
 
     def per_class(self) -> list[dict]:
         if self.multi_label:
-            pred, t = self.predicted().bool(), self.targets.bool()
-            return per_class(self.classes, (pred & t).sum(0), (pred & ~t).sum(0),
-                             (~pred & t).sum(0))
+            return per_class(self.classes, M.multi_label_prf(self.predicted().bool(),
+                                                             self.targets),
+                             M.per_class_ap(self.probs, self.targets))
+        return per_class(self.classes, M.from_confusion(self.confusion_matrix()))
+
+    def scores(self) -> dict[str, float]:
+        """The whole-set metrics: macro-F1, balanced accuracy and top-5 accuracy (more than
+        5 classes); multi-label: mAP, macro-F1 at the thresholds, exact-match ratio."""
+        if not self.n:
+            return {}
+        if self.multi_label:
+            pred = self.predicted().bool()
+            f1 = M.multi_label_prf(pred, self.targets)["f1"]
+            return {"mAP": M.mean_average_precision(self.probs, self.targets),
+                    "macro_f1": float(f1.mean()), "exact_match": M.exact_match(pred,
+                                                                               self.targets)}
         cm = self.confusion_matrix()
-        tp = cm.diag()
-        return per_class(self.classes, tp, cm.sum(0) - tp, cm.sum(1) - tp)
+        out = {"macro_f1": M.macro_f1(cm), "balanced_accuracy": M.balanced_accuracy(cm)}
+        if len(self.classes) > 5:
+            out["top5_accuracy"] = M.top_k_accuracy(self.probs, self.targets, 5)
+        return out
 
     def most_confused(self, min_count: int = 1) -> list[tuple[str, str, int]]:
         if self.multi_label:
@@ -132,7 +140,7 @@ class Interpretation:
         out = {"n": self.n, "accuracy": self.accuracy(),
                "loss": float(self.losses.mean()) if self.n else float("nan"),
                "multi_label": self.multi_label, "classes": self.classes,
-               "per_class": self.per_class(),
+               **self.scores(), "per_class": self.per_class(),
                "most_confused": [{"actual": a, "predicted": p, "count": c}
                                  for a, p, c in self.most_confused()],
                "skipped_files": self.skipped}
@@ -175,11 +183,12 @@ def write_pictures(interp: Interpretation, out_dir: str | Path, presize: int, me
     out_dir.mkdir(parents=True, exist_ok=True)
     written = {}
     if not interp.multi_label and interp.n:
-        written["confusion_matrix"] = plot_confusion_matrix(
-            interp.confusion_matrix(), interp.classes, out_dir / "confusion_matrix.png")
+        written["confusion_matrix"] = out_dir / "confusion_matrix.png"
+        plot_confusion_matrix(interp.confusion_matrix(), interp.classes,
+                              written["confusion_matrix"])
     idx = interp.top_losses(k)
     if idx:
         views = centre_views([interp.paths[i] for i in idx], presize, method, augment)
-        written["top_losses"] = image_grid(views, [interp.title(i) for i in idx],
-                                           out_dir / "top_losses.png")
+        written["top_losses"] = out_dir / "top_losses.png"
+        image_grid(views, [interp.title(i) for i in idx], written["top_losses"])
     return written

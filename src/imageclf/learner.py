@@ -77,14 +77,17 @@ class Learner:
                  wd: float = 0.01, precision: str = "auto", label_smoothing: float = 0.0,
                  cbs: Sequence[Callback] = (), device: torch.device | str | None = None,
                  channels_last: bool = True, dist: Dist | None = None,
-                 compile: bool = False, accum: int = 1) -> None:
+                 compile: bool = False, accum: int = 1,
+                 class_weights: torch.Tensor | None = None) -> None:
         if accum < 1:
             raise ConfigError(f"--accum-steps must be at least 1; got {accum}")
         self.dls = dls
         self.accum = accum  # batches whose gradients add up to one optimiser step
         self.device = torch.device(device or dls.train.device)
         self.multi_label = bool(dls.multi_label)
-        self.loss_func = loss_func or make_loss(self.multi_label, label_smoothing)
+        # class_weights: per-class loss weights (softmax) or pos_weight (multi-label)
+        self.loss_func = loss_func or make_loss(self.multi_label, label_smoothing,
+                                                class_weights)
         self.precision = resolve_precision(precision, self.device)
         tune_for_training(self.device)
         fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -166,6 +169,11 @@ class Learner:
         self._wrap()
 
     # --- the loop ----------------------------------------------------------------------
+    @property
+    def sweeping(self) -> bool:
+        """The lr finder's sweep is running (its batches are not training)."""
+        return any(isinstance(c, LRSweep) for c in self._extra)
+
     def _call(self, event: str) -> None:
         for cb in sorted([*self.cbs, self.history, *self._extra], key=lambda c: c.order):
             getattr(cb, event)(self)

@@ -290,31 +290,3 @@ class NoneRule:
                                        f"{score} needs it; run `imageclf calibrate` again")
             stats = OpenSetStats.load(path)
         return cls(score, float(open_set["threshold"]), int(open_set.get("k", KNN_K)), stats)
-
-
-def histogram(known: torch.Tensor, unknown: torch.Tensor, threshold: float | None,
-              score: str, path: str | Path, title: str = "") -> Path:
-    """A PNG of the known and unknown images' scores, with the threshold drawn."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6.5, 3.8))
-    ax = fig.subplots()
-    lo = float(min(known.min(), unknown.min()))
-    hi = float(max(known.max(), unknown.max()))
-    bins = torch.linspace(lo, hi if hi > lo else lo + 1e-6, 41).tolist()
-    ax.hist(known.float().numpy(), bins=bins, alpha=0.6, density=True,
-            label=f"known classes ({len(known)})", color="tab:blue")
-    ax.hist(unknown.float().numpy(), bins=bins, alpha=0.6, density=True,
-            label=f"unknown ({len(unknown)})", color="tab:orange")
-    if threshold is not None:
-        ax.axvline(threshold, color="black", linestyle="--",
-                   label=f"threshold {threshold:.4g}")
-    ax.set_xlabel(f"{score} (higher = more like a known class)")
-    ax.set_ylabel("density")
-    ax.set_title(title or f"open-set score: {score}")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=90)
-    return path
-

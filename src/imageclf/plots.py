@@ -2,7 +2,8 @@
 
 Drawn on `matplotlib.figure.Figure` objects, never through pyplot: importing imageclf
 changes no global matplotlib state (a notebook's backend and inline plots stay as they
-are), and figures are freed with their last reference."""
+are), and figures are freed with their last reference. Each function returns its Figure (a
+notebook shows it inline) and saves it as a PNG when given a path."""
 
 from __future__ import annotations
 
@@ -14,8 +15,16 @@ import torch
 from matplotlib.figure import Figure
 
 
-def image_grid(images: torch.Tensor, titles: Sequence[str], path: str | Path,
-               ncols: int | None = None) -> Path:
+def save(fig: Figure, path: str | Path | None) -> Figure:
+    """Lay the figure out, and write it as a PNG when a path is given."""
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(Path(path), dpi=90)
+    return fig
+
+
+def image_grid(images: torch.Tensor, titles: Sequence[str], path: str | Path | None = None,
+               ncols: int | None = None) -> Figure:
     """Save float RGB images (B, 3, H, W) in [0, 1] as a titled PNG grid."""
     n = images.shape[0]
     ncols = ncols or math.ceil(math.sqrt(n))
@@ -27,14 +36,11 @@ def image_grid(images: torch.Tensor, titles: Sequence[str], path: str | Path,
         if k < n:
             ax.imshow(images[k].permute(1, 2, 0).float().cpu().numpy())
             ax.set_title(titles[k], fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=90)
-    return path
+    return save(fig, path)
 
 
-def show_batch(dls: object, path: str | Path, n: int = 16, train: bool = True,
-               epoch: int = 0) -> Path:
+def show_batch(dls: object, path: str | Path | None = None, n: int = 16, train: bool = True,
+               epoch: int = 0) -> Figure:
     """A PNG grid of one augmented training batch (or validation batch) with labels."""
     loader = dls.train if train else dls.valid
     loader.set_epoch(epoch)
@@ -50,7 +56,7 @@ def show_batch(dls: object, path: str | Path, n: int = 16, train: bool = True,
 
 
 def plot_lr_find(lrs: Sequence[float], losses: Sequence[float],
-                 suggestions: dict[str, float], path: str | Path) -> Path:
+                 suggestions: dict[str, float], path: str | Path | None = None) -> Figure:
     """Smoothed loss against log learning rate, with each suggestion marked."""
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
@@ -63,13 +69,11 @@ def plot_lr_find(lrs: Sequence[float], losses: Sequence[float],
         i = min(range(len(lrs)), key=lambda k: abs(lrs[k] - lr))
         ax.plot(lr, losses[i], markers.get(name, "x"), label=f"{name}: {lr:.2e}", ms=8)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    return Path(path)
+    return save(fig, path)
 
 
 def plot_losses(batch_losses: Sequence[float], rows: Sequence[dict], batches_per_epoch: int,
-                path: str | Path) -> Path:
+                path: str | Path | None = None) -> Figure:
     """Training loss per batch and validation loss per epoch."""
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
@@ -80,12 +84,11 @@ def plot_losses(batch_losses: Sequence[float], rows: Sequence[dict], batches_per
     ax.set_xlabel("batch")
     ax.set_ylabel("loss")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    return Path(path)
+    return save(fig, path)
 
 
-def plot_confusion_matrix(cm: torch.Tensor, classes: Sequence[str], path: str | Path) -> Path:
+def plot_confusion_matrix(cm: torch.Tensor, classes: Sequence[str],
+                          path: str | Path | None = None) -> Figure:
     """Rows = actual, columns = predicted; colours normalised per row (recall), counts written
     in the cells while they fit. Readable from 2 to 100+ classes: the figure grows with n."""
     n = len(classes)
@@ -108,6 +111,27 @@ def plot_confusion_matrix(cm: torch.Tensor, classes: Sequence[str], path: str | 
                     ax.text(j, i, str(c), ha="center", va="center", fontsize=font * 0.9,
                             color="white" if norm[i, j] > 0.5 else "black")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the actual class")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    return Path(path)
+    return save(fig, path)
+
+
+def plot_open_set(known: torch.Tensor, unknown: torch.Tensor, threshold: float | None,
+                  score: str, path: str | Path | None = None, title: str = "") -> Figure:
+    """Histograms of the known and unknown images' open-set scores, the threshold drawn."""
+    fig = Figure(figsize=(6.5, 3.8))
+    ax = fig.subplots()
+    lo = float(min(known.min(), unknown.min()))
+    hi = float(max(known.max(), unknown.max()))
+    bins = torch.linspace(lo, hi if hi > lo else lo + 1e-6, 41).tolist()
+    ax.hist(known.float().numpy(), bins=bins, alpha=0.6, density=True,
+            label=f"known classes ({len(known)})", color="tab:blue")
+    ax.hist(unknown.float().numpy(), bins=bins, alpha=0.6, density=True,
+            label=f"unknown ({len(unknown)})", color="tab:orange")
+    if threshold is not None:
+        ax.axvline(threshold, color="black", linestyle="--",
+                   label=f"threshold {threshold:.4g}")
+    ax.set_xlabel(f"{score} (higher = more like a known class)")
+    ax.set_ylabel("density")
+    ax.set_title(title or f"open-set score: {score}")
+    ax.legend(fontsize=8)
+    return save(fig, path)
+

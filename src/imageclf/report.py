@@ -65,6 +65,26 @@ def _table(rows: list[dict], left: tuple[str, ...] = (), cols: list[str] | None 
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+SET_METRICS = ("macro_f1", "balanced_accuracy", "top5_accuracy", "mAP", "exact_match")
+
+
+def _balance_section(counts: dict | None) -> list[str]:
+    """Images per class and split, the largest-to-smallest ratio, and the warnings."""
+    if not counts:
+        return []
+    from imageclf.data.verify import class_balance
+
+    b = class_balance(counts)
+    classes = list(next(iter(counts.values())))
+    rows = [{"class": c, **{split: counts[split].get(c, 0) for split in counts}}
+            for c in classes]
+    ratio = ", ".join(f"{split} {'-' if v is None else f'{v:g}×'}"
+                      for split, v in b["ratio"].items())
+    return (["<h2>Classes</h2>", f"<p>Largest / smallest class: {escape(ratio)}</p>"]
+            + [f'<p class="warn">{escape(w)}</p>' for w in b["warnings"]]
+            + [_table(rows, ("class",), ["class", *counts])])
+
+
 def _open_set_section(model: Path) -> list[str]:
     """"None of these": the calibrated rule, and with `calibrate --ood` each score's figures
     on the unknown images and the histogram of known against unknown scores."""
@@ -94,6 +114,7 @@ def build_report(run_dir: str | Path) -> Path:
     config = _read_json(run / "config.json") or {}
     interp = _read_json(run / "interpretation.json") or {}
     acc = metrics.get("valid_accuracy", metrics.get("accuracy_multi"))
+    watched = metrics.get("metric") or {}
     kpis = [("valid accuracy", f"{acc:.1%}" if isinstance(acc, float) else "-"),
             ("valid loss", _fmt(metrics.get("valid_loss", "-"))),
             ("epochs", _fmt(metrics.get("epochs", "-"))),
@@ -102,6 +123,10 @@ def build_report(run_dir: str | Path) -> Path:
             ("images per step", _fmt(metrics.get("global_batch", "-"))),
             ("processes", _fmt(metrics.get("processes", 1))),
             ("precision", _fmt(f"{metrics.get('precision')} on {metrics.get('device')}"))]
+    if watched.get("name") not in (None, "valid_accuracy", "accuracy_multi"):
+        kpis.insert(0, (f"{watched['name']} (watched)", _fmt(watched.get("last"))))
+    kpis += [(k.replace("_", " "), _fmt(interp[k])) for k in SET_METRICS
+             if isinstance(interp.get(k), float)]
     parts = [f"<h1>imageclf run: {escape(run.resolve().name)}</h1>",
              "".join(f'<span class="kpi">{escape(k)}<b>{v}</b></span>' for k, v in kpis)]
     lrf = metrics.get("lr_find")
@@ -130,7 +155,9 @@ def build_report(run_dir: str | Path) -> Path:
                   "<p>Titles: predicted/actual, then loss / probability.</p>",
                   _img(run / "top_losses.png", "top losses"),
                   "<h2>Per class</h2>", _table(interp.get("per_class", []), ("class",),
-                                                 ["class", "precision", "recall", "f1", "support"])]
+                                                 ["class", "precision", "recall", "f1", "support"]
+                                                 + (["ap"] if interp.get("multi_label") else []))]
+    parts += _balance_section(metrics.get("class_counts"))
     parts += _open_set_section(run / "model")
     skipped = metrics.get("skipped_files", [])
     parts.append(f"<h2>Skipped files ({len(skipped)})</h2>")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import json
@@ -61,6 +62,15 @@ def claim(out: str | Path | None, overwrite: bool = False) -> Path:
                     raise
                 n += 1
     return _claim(Path(out), overwrite)
+
+
+def release(path: Path) -> None:
+    """Give back a claim whose run stopped before any work (bad settings found once the data
+    was read): the claim file goes, and the folder too when nothing else is in it, so the
+    same --out can be used again."""
+    (path / CLAIM).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        path.rmdir()  # only when empty
 
 
 def _claim(path: Path, overwrite: bool) -> Path:
@@ -136,10 +146,11 @@ def write_lr_find(out: Path, res: LRFindResult) -> None:
 
 
 def write_results(learn: Learner, out: Path, lr: LRChoice, wall: float,
-                  preds: tuple[torch.Tensor, torch.Tensor]) -> dict:
+                  preds: tuple[torch.Tensor, torch.Tensor], metric: str | None = None) -> dict:
     """A trained run's files: metrics.csv, losses.png, metrics.json, model/, the validation
     interpretation and report.html. Returns the metrics."""
     from imageclf.export import export_learner
+    from imageclf.metrics import check_metric, watch
     from imageclf.plots import plot_losses
     from imageclf.report import build_report
 
@@ -158,7 +169,10 @@ def write_results(learn: Learner, out: Path, lr: LRChoice, wall: float,
                 "global_batch": learn.dls.cfg.bs * learn.accum * learn.dist.world_size,
                 "processes": learn.dist.world_size, "train_img_per_s": p.img_per_s,
                 "precision": learn.precision.name, "device": str(learn.device),
-                "skipped_files": learn.dls.skipped(), "history": rows}
+                "skipped_files": learn.dls.skipped(), "history": rows,
+                "metric": watch(rows, check_metric(metric, learn.multi_label,
+                                                   len(learn.dls.classes))),
+                "class_counts": learn.dls.items.counts()}
     if lr.suggestions is not None:
         metrics["lr_find"] = lr.suggestions
         metrics["lr_rule"] = lr.rule  # the suggestion trained at (None: the rate was a number)

@@ -24,10 +24,12 @@ from imageclf.checkpoint import (
 from imageclf.config import DataConfig, TrainConfig, to_dict
 from imageclf.data.loader import DataLoaders
 from imageclf.distributed import Dist
-from imageclf.errors import ConfigError
+from imageclf.errors import ConfigError, ImageclfError
 from imageclf.hardware import resolve_precision
 from imageclf.learner import Learner, LRFindResult, Phase, fine_tune_plan, set_seed, spread_lrs
+from imageclf.losses import class_weights
 from imageclf.lr_finder import LRChoice, resolve_rule
+from imageclf.metrics import check_metric
 from imageclf.models import check_arch, create_model
 
 log = logging.getLogger(__name__)
@@ -72,11 +74,14 @@ def build_learner(data: DataConfig, train: TrainConfig, ctx: RunContext | None =
     resolve_precision(train.precision, torch.device(ctx.device))  # bad settings fail early
     dls = DataLoaders.from_config(data, device=ctx.device, rank=ctx.dist.rank,
                                   world_size=ctx.dist.world_size)
+    check_metric(train.metric, dls.multi_label, len(dls.classes))
+    weights = class_weights(train.class_weights, dls.train.targets, dls.classes)
     set_seed(train.seed)
     model = create_model(train.arch, len(dls.classes), train.pretrained, train.head)
     return Learner(dls, model, wd=train.wd, precision=train.precision,
                    label_smoothing=train.label_smoothing, cbs=ctx.cbs, device=ctx.device,
-                   dist=ctx.dist, compile=train.compile, accum=train.accum)
+                   dist=ctx.dist, compile=train.compile, accum=train.accum,
+                   class_weights=weights)
 
 
 def run_lr_find(learn: Learner, train: TrainConfig, out: Path | None = None) -> LRFindResult:
@@ -121,6 +126,7 @@ class _Job:
     plan: list[Phase]
     lr: LRChoice
     t0: float  # when the run (or this resumption) began, for its wall time
+    train: TrainConfig
     start: tuple[int, int] = (0, 0)
 
 
@@ -134,7 +140,12 @@ def train_run(data: DataConfig, train: TrainConfig, ctx: RunContext | None = Non
     ctx = ctx or RunContext()
     dist = ctx.dist
     out = Path(dist.decide(lambda: str(rundir.claim(train.out, overwrite))))
-    learn = build_learner(data, train, ctx)
+    try:
+        learn = build_learner(data, train, ctx)
+    except ImageclfError:  # a setting the data refuses (--metric, --class-weights, ...)
+        if dist.is_main and not overwrite:
+            rundir.release(out)
+        raise
     if dist.is_main:
         rundir.write_config(out, data, train)
     t0 = time.perf_counter()
@@ -143,7 +154,7 @@ def train_run(data: DataConfig, train: TrainConfig, ctx: RunContext | None = Non
         plan = fine_tune_plan(train.epochs, lr.lr, learn.n_groups, train.freeze_epochs)
     else:
         plan = [Phase(train.epochs, spread_lrs(lr.lr, learn.n_groups))]
-    return _train(_Job(learn, out, plan, lr, t0), ctx)
+    return _train(_Job(learn, out, plan, lr, t0, train), ctx)
 
 
 def resume_run(run_dir: str | Path, ctx: RunContext | None = None) -> RunResult:
@@ -174,7 +185,7 @@ def resume_run(run_dir: str | Path, ctx: RunContext | None = None) -> RunResult:
     start = (epoch, 0 if restart_epoch else batch)
     log.info("resuming %s at epoch %d, batch %d", run, *start)
     lr = LRChoice.from_dict(info["lr_choice"])
-    return _train(_Job(learn, run, plan, lr, time.perf_counter(), start), ctx)
+    return _train(_Job(learn, run, plan, lr, time.perf_counter(), train, start), ctx)
 
 
 def auto_run(data: DataConfig, train: TrainConfig, ctx: RunContext | None = None
@@ -249,6 +260,13 @@ def _train(job: _Job, ctx: RunContext) -> RunResult:
     learn = job.learn
     ck = Checkpointer(job.out / "checkpoints", ctx.checkpoint_every, job.lr)
     learn.cbs.append(ck)
+    tb = None
+    if job.train.tensorboard and learn.dist.is_main:
+        from imageclf.tracking import TensorBoardLog
+
+        tb = TensorBoardLog(job.out / "tensorboard")
+        tb.start(learn, resumed=job.start != (0, 0))
+        learn.cbs.append(tb)
     with graceful_stop():
         learn.run_plan(job.plan, *job.start)
     if learn.interrupted:
@@ -260,6 +278,8 @@ def _train(job: _Job, ctx: RunContext) -> RunResult:
         return RunResult(job.out, dict(learn.history.rows[-1]) if learn.history.rows else {},
                          found)
     metrics = rundir.write_results(learn, job.out, job.lr, time.perf_counter() - job.t0,
-                                   preds)
+                                   preds, job.train.metric)
+    if tb is not None:
+        tb.finish(job.out, metrics)
     log.info("run written to %s", job.out)
     return RunResult(job.out, metrics, found)

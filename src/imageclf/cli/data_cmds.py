@@ -45,7 +45,8 @@ def print_verify(data: Path, report: object) -> None:
 
 def verify(data: o.DataArg, csv: o.Csv = None, label_regex: o.LabelRegex = None,
            valid_pct: o.ValidPct = 0.2, seed: o.Seed = 0, multi_label: o.MultiLabel = False,
-           as_json: o.Json = False,
+           image_col: o.ImageCol = None, label_col: o.LabelCol = None,
+           split_col: o.SplitCol = None, as_json: o.Json = False,
            quick: Annotated[bool, typer.Option(
                "--quick", help="Read only each file's header: much faster on very large "
                "sets, but a truncated or corrupt image passes.")] = False,
@@ -55,8 +56,13 @@ def verify(data: o.DataArg, csv: o.Csv = None, label_regex: o.LabelRegex = None,
     """Check every file by decoding it as training does (or with --quick its header only);
     print counts per class and split, the class balance, and the unreadable files with the
     reason."""
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     from imageclf.cli.options import err
     from imageclf.data.sources import find_items
@@ -65,7 +71,8 @@ def verify(data: o.DataArg, csv: o.Csv = None, label_regex: o.LabelRegex = None,
     if quick and full:
         raise ConfigError("--quick and --full contradict each other: choose one")
     items = find_items(data, csv_file=csv, label_regex=label_regex, valid_pct=valid_pct,
-                       seed=seed, multi_label=multi_label)
+                       seed=seed, multi_label=multi_label, image_col=image_col,
+                       label_col=label_col, split_col=split_col)
     show = len(items) >= PROGRESS_FROM
     with Progress(TextColumn("verify"), BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn(), console=err, transient=True, disable=not show) as bar:
@@ -86,7 +93,8 @@ def show_batch(data: o.DataArg,
                multi_label: o.MultiLabel = False, min_scale: o.MinScale = 0.75,
                max_rotate: o.MaxRotate = 10.0, max_zoom: o.MaxZoom = 1.1,
                max_warp: o.MaxWarp = 0.2, max_lighting: o.MaxLighting = 0.2,
-               no_flip: o.NoFlip = False,
+               no_flip: o.NoFlip = False, image_col: o.ImageCol = None,
+               label_col: o.LabelCol = None, split_col: o.SplitCol = None,
                valid: Annotated[bool, typer.Option("--valid",
                                                    help="Show validation images.")] = False,
                ) -> None:
@@ -95,7 +103,8 @@ def show_batch(data: o.DataArg,
     from imageclf.plots import show_batch as draw
 
     dls = DataLoaders.from_config(o.data_config(data, locals()))
-    console.print(f"wrote {draw(dls, output, n=bs, train=not valid)}")
+    draw(dls, output, n=bs, train=not valid)
+    console.print(f"wrote {output}")
 
 
 def bench_loader(data: o.DataArg, size: o.Size = 128, presize: o.Presize = 160, bs: o.Bs = 64,

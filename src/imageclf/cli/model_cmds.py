@@ -66,7 +66,8 @@ def evaluate(model: o.ModelArg, data: o.DataArg,
                  "(and open_set.png with --ood)."
              )] = None,
              csv: o.Csv = None, label_regex: o.LabelRegex = None,
-             ood: o.Ood = None, keep: o.Keep = 0.95,
+             image_col: o.ImageCol = None, label_col: o.LabelCol = None,
+             split_col: o.SplitCol = None, ood: o.Ood = None, keep: o.Keep = 0.95,
              tta: o.Tta = False, bs: o.Bs = 32,
              precision: o.Precision = "auto",
              as_json: o.Json = False) -> None:
@@ -77,17 +78,18 @@ def evaluate(model: o.ModelArg, data: o.DataArg,
     from imageclf.predict import Predictor
 
     pred = Predictor(model, precision=precision)
+    cols = {"image_col": image_col, "label_col": label_col, "split_col": split_col}
     open_set = None
     if ood is not None:
         interp, open_set = evaluate_open_set(pred, data, ood, keep=keep, csv=csv,
                                              label_regex=label_regex, tta=tta, bs=bs,
-                                             out_dir=output)
+                                             out_dir=output, **cols)
         if output is not None:
             from imageclf.interpret import write_pictures
             write_pictures(interp, output, pred.presize, pred.method, pred.augment)
     else:
         interp = run_evaluate(pred, data, csv=csv, label_regex=label_regex, tta=tta, bs=bs,
-                              out_dir=output)
+                              out_dir=output, **cols)
     s = interp.summary()
     if open_set is not None:
         s["open_set"] = open_set
@@ -129,6 +131,8 @@ def calibrate(model: o.ModelArg, data: o.DataArg, keep: o.Keep = 0.95,
               k: Annotated[int, typer.Option("--k", help="knn: which nearest neighbour.")
                            ] = 10,
               csv: o.Csv = None, label_regex: o.LabelRegex = None, bs: o.Bs = 32,
+              image_col: o.ImageCol = None, label_col: o.LabelCol = None,
+              split_col: o.SplitCol = None,
               dry_run: Annotated[bool, typer.Option("--dry-run",
                                                     help="Print, do not store.")] = False,
               as_json: o.Json = False) -> None:
@@ -139,7 +143,8 @@ def calibrate(model: o.ModelArg, data: o.DataArg, keep: o.Keep = 0.95,
     from imageclf.predict import Predictor
 
     chosen = run_calibrate(Predictor(model), data, keep, score=score, ood=ood, csv=csv,
-                           label_regex=label_regex, bank_rows=bank_rows, k=k, bs=bs)
+                           label_regex=label_regex, bank_rows=bank_rows, k=k, bs=bs,
+                           image_col=image_col, label_col=label_col, split_col=split_col)
     report = None
     if not dry_run:
         write_calibration(model, chosen)

@@ -37,6 +37,13 @@ Bs = Annotated[int, _opt("--bs", help="Batch size (per process).")]
 Csv = Annotated[str | None, _opt("--csv", help="CSV of filename,label[,is_valid].")]
 LabelRegex = Annotated[str | None, _opt(
     "--label-regex", help="Label = group 1 of this regex on each file name.")]
+ImageCol = Annotated[str | None, _opt(
+    "--image-col", help="Parquet/Arrow DATA: the image column (default: image, img, ...).")]
+LabelCol = Annotated[str | None, _opt(
+    "--label-col", help="Parquet/Arrow DATA: the label column (default: label, labels, ...).")]
+SplitCol = Annotated[str | None, _opt(
+    "--split-col", help="Parquet/Arrow DATA: a column of train / validation (valid, val) / "
+    "test; test rows are left out. Default: the files' names (train-*, validation-*).")]
 ValidPct = Annotated[float, _opt("--valid-pct", help="Random validation share when no split.")]
 Seed = Annotated[int, _opt("--seed", help="Seed for the split, the model and augmentation.")]
 CacheDir = Annotated[str | None, _opt(
@@ -98,6 +105,18 @@ AutoResume = Annotated[bool, _opt(
 CheckpointEvery = Annotated[float, _opt(
     "--checkpoint-every", help="Minutes between checkpoints within an epoch (0: only at "
     "epoch ends).")]
+ClassWeights = Annotated[str, _opt(
+    "--class-weights", help="Weight the loss per class: auto (inverse frequency, mean 1; "
+    "multi-label: pos_weight), none, or a JSON file {class: weight}.")]
+Sampler = Annotated[str, _opt(
+    "--sampler", help="shuffle (each image once an epoch) or balanced (classes drawn equally "
+    "often, with replacement).")]
+Metric = Annotated[str | None, _opt(
+    "--metric", help="The metric the run's summary watches: accuracy, macro_f1, "
+    "balanced_accuracy, top5_accuracy, valid_loss (multi-label: accuracy_multi, mAP).")]
+Tensorboard = Annotated[bool, _opt(
+    "--tensorboard", help="Log losses, rates, metrics, images and hyperparameters to "
+    "RUN_DIR/tensorboard/ (pip install 'imageclf[tensorboard]').")]
 # --- using a model ------------------------------------------------------------------------
 ModelArg = Annotated[Path, typer.Argument(help="A model/ folder written by `imageclf train`.")]
 Json = Annotated[bool, _opt("--json", help="Print JSON.")]

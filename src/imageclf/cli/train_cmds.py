@@ -33,7 +33,10 @@ def train(data: Annotated[Path | None, typer.Argument(
           checkpoint_every: o.CheckpointEvery = 0.0, device: o.Device = "auto",
           decode: o.Decode = "cpu", decode_workers: o.DecodeWorkers = 0,
           compile: o.Compile = False, lr_find_steps: o.LrFindSteps = LR_FIND_STEPS,
-          accum_steps: o.AccumSteps = 1) -> None:
+          accum_steps: o.AccumSteps = 1, class_weights: o.ClassWeights = "none",
+          sampler: o.Sampler = "shuffle", metric: o.Metric = None,
+          tensorboard: o.Tensorboard = False, image_col: o.ImageCol = None,
+          label_col: o.LabelCol = None, split_col: o.SplitCol = None) -> None:
     """Train: fine_tune when pretrained, fit_one_cycle from scratch; write a run directory.
     Ctrl-C or SIGTERM stops after the current step with a checkpoint; --resume continues.
     An --out that already holds a run is refused (--resume or --auto-resume continue it)."""
@@ -85,9 +88,12 @@ def print_result(res: object) -> None:
                       + picked)
     if m.get("skipped_files"):
         console.print(f"{len(m['skipped_files'])} unreadable file(s) skipped", style="yellow")
-    acc = m.get("valid_accuracy", m.get("accuracy_multi"))
-    console.print(f"precision {m['precision']} on {m['device']}; valid accuracy {acc:.3f}; "
-                  f"run directory: {res.out}")
+    w = m.get("metric") or {"name": "valid_accuracy",
+                            "last": m.get("valid_accuracy", m.get("accuracy_multi"))}
+    best = (f" (best {w['best']:.4f} at epoch {w['best_epoch']})"
+            if w.get("best") is not None and w["best"] != w["last"] else "")
+    console.print(f"precision {m['precision']} on {m['device']}; {w['name']} "
+                  f"{w['last']:.4f}{best}; run directory: {res.out}")
 
 
 def lr_find(data: o.DataArg, arch: o.Arch = "resnet18", pretrained: o.Pretrained = "hub",
@@ -101,7 +107,8 @@ def lr_find(data: o.DataArg, arch: o.Arch = "resnet18", pretrained: o.Pretrained
             max_warp: o.MaxWarp = 0.2, max_lighting: o.MaxLighting = 0.2,
             no_flip: o.NoFlip = False, freeze_epochs: o.FreezeEpochs = 1,
             lr_find_steps: o.LrFindSteps = LR_FIND_STEPS, accum_steps: o.AccumSteps = 1,
-            as_json: o.Json = False) -> None:
+            image_col: o.ImageCol = None, label_col: o.LabelCol = None,
+            split_col: o.SplitCol = None, as_json: o.Json = False) -> None:
     """Run the learning-rate finder as `train --lr auto` would with these settings, and
     print its four suggestions, marking the one auto takes."""
     from imageclf.plots import plot_lr_find

@@ -23,6 +23,7 @@ import torch
 
 from imageclf.data.device_decode import decode_chunk
 from imageclf.data.images import presize_into, slot_length, verify_file
+from imageclf.data.tables import is_ref, ref_file
 from imageclf.fileio import atomic_write, commit
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,9 @@ def default_cache_dir() -> Path:
 
 
 def _stat(path: Path) -> tuple[int, int]:
+    """(size, mtime) of a file; of its table file for a table row (data/tables.py)."""
+    if is_ref(path):
+        path = ref_file(path)
     try:
         st = os.stat(path)
         return st.st_size, st.st_mtime_ns

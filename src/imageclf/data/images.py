@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from imageclf.data.tables import MARK
+
 # Images larger than this many pixels are refused as decompression bombs (PIL's own default
 # limit is 89.5 MP for a warning and twice that for an error; we refuse at the warning level).
 MAX_PIXELS = 89_478_485
@@ -60,14 +62,21 @@ def verify_file(path: str | Path, full: bool = False) -> str | None:
         except UnreadableImage as e:
             return str(e)
         return None
-    p = Path(path)
-    reason = precheck(p)
+    try:
+        source = _resolve_ref(path)
+    except UnreadableImage as e:
+        return str(e)
+    if isinstance(source, bytes):
+        reason = None if source else "empty file"
+        source = io.BytesIO(source)
+    else:
+        reason = precheck(source)
     if reason is not None:
         return reason
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(p) as im:
+            with Image.open(source) as im:
                 w, h = im.size
                 if w < 1 or h < 1:
                     return f"invalid size {w}x{h}"
@@ -107,6 +116,19 @@ def _to_rgb(im: Image.Image) -> Image.Image:
 Source = str | Path | bytes  # a file, or an image's bytes (an upload)
 
 
+def _resolve_ref(path: Source) -> Source:
+    """A row of a Parquet/Arrow table (data/tables.py) → its image's bytes (or file)."""
+    if isinstance(path, bytes | bytearray) or MARK not in str(path):
+        return path
+    from imageclf.data.tables import read_image
+    from imageclf.errors import DataError
+
+    try:
+        return read_image(path)
+    except DataError as e:
+        raise UnreadableImage(str(e)) from e
+
+
 def open_rgb(path: Source, min_short_side: int | None = None) -> Image.Image:
     """Decode a file (or an image's bytes) upright (EXIF applied) to RGB; JPEGs decoded at
     reduced size when possible.
@@ -114,6 +136,7 @@ def open_rgb(path: Source, min_short_side: int | None = None) -> Image.Image:
     With `min_short_side`, JPEG draft mode decodes at 1/2, 1/4 or 1/8 scale as long as
     the short side stays at least that big, so a 24 MP photo never exists at full size.
     """
+    path = _resolve_ref(path)
     if isinstance(path, bytes | bytearray):
         reason = None if path else "empty file"
         source = io.BytesIO(path)
@@ -143,7 +166,7 @@ def open_rgb(path: Source, min_short_side: int | None = None) -> Image.Image:
         raise UnreadableImage("not an image (unknown format)") from e
     except OSError as e:
         msg = str(e)
-        if "truncated" in msg:
+        if "truncated" in msg.lower():
             raise UnreadableImage("truncated image data") from e
         raise UnreadableImage(f"cannot decode: {msg}") from e
     except Exception as e:  # noqa: BLE001 - decoder plugins raise many kinds on garbled data

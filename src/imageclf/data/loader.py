@@ -32,6 +32,35 @@ def epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
     return torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 7 + stream) % (2**63))
 
 
+def item_weights(targets: torch.Tensor) -> torch.Tensor:
+    """Sampling weight of each item so that every class is drawn equally often: 1 / images
+    of its class; multi-label, the mean over its labels (an image with no label: 1 / images
+    with no label)."""
+    if targets.dim() == 1:
+        counts = torch.bincount(targets.long()).double()
+        return 1.0 / counts[targets.long()]
+    t = targets.double()
+    per_class = 1.0 / t.sum(0).clamp_min(1)
+    n_labels = t.sum(1)
+    none = n_labels == 0
+    w = (t @ per_class) / n_labels.clamp_min(1)
+    return torch.where(none, 1.0 / none.sum().clamp_min(1), w)
+
+
+def balanced_order(targets: torch.Tensor, seed: int, epoch: int, rank: int = 0,
+                   world_size: int = 1) -> np.ndarray:
+    """This process's share of a class-balanced epoch: as many draws as items, with
+    replacement, weighted by `item_weights`, from the (seed, epoch) generator, so a resumed
+    epoch replays it and every rank draws the same global order, then takes items r, r+N,
+    ... (padded like the shuffle so every rank has as many)."""
+    n = len(targets)
+    g = epoch_generator(seed, epoch, stream=5)
+    order = torch.multinomial(item_weights(targets), n, replacement=True, generator=g)
+    total = -(-n // world_size) * world_size
+    order = torch.cat([order, order[: total - n]])
+    return order[rank::world_size].numpy()
+
+
 class BatchLoader:
     """One split: uint8 batches gathered from the cache in a background thread, augmented on
     the device by ONE grid_sample per batch. Yields (x, y): x (B, 3, S, S) float32
@@ -89,7 +118,11 @@ class BatchLoader:
         return s
 
     def _order(self) -> np.ndarray:
-        order = np.fromiter(iter(self.sampler()), dtype=np.int64)
+        if self.train and self.cfg.sampler == "balanced":
+            order = balanced_order(self.targets, self.cfg.seed, self.epoch, self.rank,
+                                   self.world_size)
+        else:
+            order = np.fromiter(iter(self.sampler()), dtype=np.int64)
         if self.train and len(order) >= self.bs:
             order = order[: len(order) // self.bs * self.bs]  # drop the last partial batch
         return order
@@ -232,7 +265,9 @@ class DataLoaders:
                     world_size: int = 1) -> DataLoaders:
         """Find the items of `cfg.path` and make both loaders (caches are built lazily)."""
         items = find_items(cfg.path, csv_file=cfg.csv, label_regex=cfg.label_regex,
-                           valid_pct=cfg.valid_pct, seed=cfg.seed, multi_label=cfg.multi_label)
+                           valid_pct=cfg.valid_pct, seed=cfg.seed, multi_label=cfg.multi_label,
+                           image_col=cfg.image_col, label_col=cfg.label_col,
+                           split_col=cfg.split_col)
         targets = targets_tensor(items)
         tr, va = items.split_indices()
 

@@ -262,16 +262,58 @@ def _finish(paths: list[Path], names: list[list[str]], flags: list[bool], multi_
     return Items(tuple(paths), labels, tuple(classes), tuple(flags), multi_label)
 
 
+def from_tables(root: Path, *, image_col: str | None = None, label_col: str | None = None,
+                split_col: str | None = None, valid_pct: float = 0.2, seed: int = 0,
+                multi_label: bool = False, evaluate: bool = False) -> Items:
+    """Items from Parquet/Arrow files (see data/tables.py): the split from --split-col or
+    the files' names (train-*, validation-*; test rows left out), else random."""
+    from imageclf.data.tables import read_rows, table_files
+
+    rows = read_rows(table_files(root), image_col, label_col, split_col)
+    if not rows.paths:
+        raise DataError(f"no rows to use in {root}" + (
+            f" ({rows.left_out} test rows are left out)" if rows.left_out else ""))
+    ml = multi_label or rows.multi_label
+    if all(s is None for s in rows.splits):
+        flags = [True] * len(rows.paths) if evaluate else _random_split(len(rows.paths),
+                                                                        valid_pct, seed)
+    else:
+        flags = [s == "valid" for s in rows.splits]
+    if evaluate:
+        keep = [i for i, f in enumerate(flags) if f]
+        if not keep:
+            raise DataError(f"no validation rows in {root}")
+        return _finish([rows.paths[i] for i in keep], [rows.names[i] for i in keep],
+                       [True] * len(keep), ml, root, need_split=False)
+    return _finish(rows.paths, rows.names, flags, ml, root)
+
+
+def _is_tables(root: Path) -> bool:
+    """DATA is a table file, or a folder of table files with no image files."""
+    from imageclf.data.tables import TABLE_SUFFIXES, table_files
+
+    if root.is_file():
+        return root.suffix in TABLE_SUFFIXES
+    return root.is_dir() and bool(table_files(root)) and not list_images(root)
+
+
 def find_items(path: str | Path, *, csv_file: str | None = None, label_regex: str | None = None,
-               valid_pct: float = 0.2, seed: int = 0, multi_label: bool = False) -> Items:
-    """Items from DATA, by CSV, filename regex, or class folders (in that order of precedence)."""
+               valid_pct: float = 0.2, seed: int = 0, multi_label: bool = False,
+               image_col: str | None = None, label_col: str | None = None,
+               split_col: str | None = None) -> Items:
+    """Items from DATA, by CSV, filename regex, Parquet/Arrow tables or class folders (in that
+    order of precedence)."""
     root = Path(path)
     if csv_file is not None:
         return from_csv(Path(csv_file), valid_pct, seed, multi_label or None, image_root=root)
     if root.is_file() and root.suffix.lower() == ".csv":
         return from_csv(root, valid_pct, seed, multi_label or None)
+    if label_regex is None and _is_tables(root):
+        return from_tables(root, image_col=image_col, label_col=label_col,
+                           split_col=split_col, valid_pct=valid_pct, seed=seed,
+                           multi_label=multi_label)
     if not root.is_dir():
-        raise ConfigError(f"DATA {root} is not a folder or a .csv file")
+        raise ConfigError(f"DATA {root} is not a folder, a .csv, .parquet or .arrow file")
     items = (from_regex(root, label_regex, valid_pct, seed) if label_regex is not None
              else from_folders(root, valid_pct, seed))
     # one label per image from folders or names; --multi-label trains them with sigmoids
@@ -279,10 +321,16 @@ def find_items(path: str | Path, *, csv_file: str | None = None, label_regex: st
 
 
 def find_eval_items(path: str | Path, *, csv_file: str | None = None,
-                    label_regex: str | None = None, multi_label: bool = False) -> Items:
+                    label_regex: str | None = None, multi_label: bool = False,
+                    image_col: str | None = None, label_col: str | None = None,
+                    split_col: str | None = None) -> Items:
     """The labelled images to evaluate on: the validation split when DATA has one (a valid/
-    folder, a CSV is_valid column), otherwise every labelled image."""
+    folder, a CSV is_valid column, a table's validation rows), otherwise every labelled
+    image."""
     root = Path(path)
+    if csv_file is None and label_regex is None and _is_tables(root):
+        return from_tables(root, image_col=image_col, label_col=label_col,
+                           split_col=split_col, multi_label=multi_label, evaluate=True)
     if csv_file is not None:
         return from_csv(Path(csv_file), multi_label=multi_label or None, image_root=root,
                         evaluate=True)
