@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 from common import RESULTS, ROOT
@@ -65,6 +66,9 @@ def _summary() -> str:
                     f"{s['vs_unbatched_at_32']:.1f}× unbatched; {s['failed']} failed")
         elif name == "open_set":
             text = _open_set_headline(s)
+        elif name == "imbalance":
+            text = "minority recall " + ", ".join(
+                f"{k} {100 * v['minority_recall']:.1f}%" for k, v in s.items())
         elif name.startswith("device"):
             text = (f"warm epochs {100 * r['warm_fraction_of_ceiling']:.0f}% of the step's "
                     f"ceiling ({r['warm_img_per_s']:.0f} of {r['ceiling_img_per_s']:.0f} img/s)")
@@ -400,9 +404,31 @@ def _open_set(r: dict) -> str:
     return "\n".join([*lines, "", ""])
 
 
+def _imbalance(r: dict) -> str:
+    m, st = r["machine"], r["settings"]
+    cut = ", ".join(f"{c} ({r['train_counts'][c]})" for c in r["minority"])
+    others = round(statistics.median(v for c, v in r["train_counts"].items()
+                                     if c not in r["minority"]))
+    lines = [
+        "## Imbalanced classes: class weights and the balanced sampler", "",
+        f"`bench/bench_imbalance.py`: Imagenette with 3 classes cut to {st['keep']:.0%} of"
+        f" their training images ({cut} left; the others about"
+        f" {others} each), validation untouched; resnet18 from scratch, {st['epochs']} epochs at"
+        f" {st['size']} px (presize {st['presize']}), one-cycle at {st['lr']}, the same seed"
+        f" for each way (seeds {st['seeds']}; medians). Measured {m['date']} on {m['cpu']}"
+        f" ({m['cores']} cores), commit {m['commit']}.", "",
+        "| training | accuracy | balanced accuracy | macro-F1 | minority recall |"
+        " majority recall |", "|---|---:|---:|---:|---:|---:|"]
+    for way, v in r["summary"].items():
+        lines.append(f"| {way.replace('_', ' ')} | {100 * v['accuracy']:.1f}% |"
+                     f" {100 * v['balanced_accuracy']:.1f}% | {100 * v['macro_f1']:.1f}% |"
+                     f" {100 * v['minority_recall']:.1f}% | {100 * v['majority_recall']:.1f}% |")
+    return "\n".join([*lines, "", ""])
+
+
 SECTIONS = {"loader": _loader, "train": _train, "predict": _predict, "lr_find": _lr_find,
             "lr_rules": _lr_rules, "ddp-cpu": _ddp, "serve": _serve,
-            "open_set": _open_set}
+            "open_set": _open_set, "imbalance": _imbalance}
 
 
 def _read(name: str) -> dict | None:

@@ -114,6 +114,12 @@ class Interpretation:
             out["top5_accuracy"] = M.top_k_accuracy(self.probs, self.targets, 5)
         return out
 
+    def plot_confusion_matrix(self, path: str | Path | None = None):
+        """The confusion matrix as a Figure (saved when given a path)."""
+        from imageclf.plots import plot_confusion_matrix
+
+        return plot_confusion_matrix(self.confusion_matrix(), self.classes, path)
+
     def most_confused(self, min_count: int = 1) -> list[tuple[str, str, int]]:
         if self.multi_label:
             return []

@@ -7,12 +7,14 @@ import copy
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from imageclf import metrics as M
-from imageclf.callbacks import Callback, History, LRSweep, OneCycle
+from imageclf.callbacks import Callback, History, LRSweep, OneCycle, PrintEpochs
 from imageclf.distributed import Dist
 from imageclf.errors import ConfigError
 from imageclf.hardware import check_compiler, resolve_precision, tune_for_training
@@ -20,6 +22,11 @@ from imageclf.losses import LossFn, make_loss
 from imageclf.lr_finder import suggest
 from imageclf.models import Classifier, freeze, norm_params, param_groups, unfreeze
 from imageclf.progress import TrainProgress
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from imageclf.interpret import Interpretation
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +39,13 @@ class LRFindResult:
     losses: list[float]
     suggestions: dict[str, float]
     images_per_step: int = 0  # the sweep's full steps (the last of an epoch may be short)
+
+    def plot(self, path: str | Path | None = None) -> Figure:
+        """The loss against the rate with the suggestions marked (saved when given a
+        path; a notebook shows the Figure inline)."""
+        from imageclf.plots import plot_lr_find
+
+        return plot_lr_find(self.lrs, self.losses, self.suggestions, path)
 
 
 @dataclass
@@ -78,7 +92,8 @@ class Learner:
                  cbs: Sequence[Callback] = (), device: torch.device | str | None = None,
                  channels_last: bool = True, dist: Dist | None = None,
                  compile: bool = False, accum: int = 1,
-                 class_weights: torch.Tensor | None = None) -> None:
+                 class_weights: torch.Tensor | None = None,
+                 show_progress: bool | None = None) -> None:
         if accum < 1:
             raise ConfigError(f"--accum-steps must be at least 1; got {accum}")
         self.dls = dls
@@ -104,6 +119,11 @@ class Learner:
         self.opt = self._make_optimizer()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.scaler)
         self.cbs: list[Callback] = list(cbs)
+        # a bar per epoch and a row per epoch; by default only in a notebook (the command
+        # line brings its own, and a script stays quiet)
+        if show_progress or (show_progress is None and in_notebook()
+                             and not any(isinstance(c, PrintEpochs) for c in self.cbs)):
+            self.cbs.append(PrintEpochs())
         self.history = History()
         self._extra: list[Callback] = []
         self.stop_training = False
@@ -169,6 +189,23 @@ class Learner:
         self._wrap()
 
     # --- the loop ----------------------------------------------------------------------
+    def plot_losses(self, path: str | Path | None = None) -> Figure:
+        """Training loss per batch and validation loss per epoch, as a Figure."""
+        from imageclf.plots import plot_losses
+
+        return plot_losses(self.history.batch_losses, self.history.rows, len(self.dls.train),
+                           path)
+
+    def interpret(self) -> Interpretation:
+        """The validation split's interpretation: confusion matrix, per-class scores, top
+        losses (`interp.plot_confusion_matrix()`, `interp.summary()`)."""
+        from imageclf.interpret import Interpretation
+
+        logits, y = self.last_preds if self.last_preds is not None else self.get_preds()
+        valid = self.dls.valid
+        return Interpretation.from_logits(logits, y, self.dls.classes, self.multi_label,
+                                          [valid.paths[i] for i in valid.index])
+
     @property
     def sweeping(self) -> bool:
         """The lr finder's sweep is running (its batches are not training)."""
@@ -370,6 +407,14 @@ class Learner:
         keep = max(3, n - 1) if n > 5 else n
         return LRFindResult(lrs, losses, suggest(lrs[:keep], losses[:keep]),
                             max(sweep.step_images, default=0))
+
+
+def in_notebook() -> bool:
+    """Running in a Jupyter kernel."""
+    import sys
+
+    shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
+    return type(shell).__name__ == "ZMQInteractiveShell"
 
 
 def set_seed(seed: int) -> None:

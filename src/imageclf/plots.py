@@ -7,12 +7,29 @@ notebook shows it inline) and saves it as a PNG when given a path."""
 
 from __future__ import annotations
 
+import io
 import math
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from matplotlib.figure import Figure
+
+
+def _png(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    return buf.getvalue()
+
+
+def show_inline() -> None:
+    """In IPython / Jupyter, show a returned Figure as a PNG (what the inline backend does
+    for pyplot figures), without importing pyplot or changing matplotlib's backend."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    if shell is not None:
+        shell.display_formatter.formatters["image/png"].for_type(Figure, _png)
 
 
 def save(fig: Figure, path: str | Path | None) -> Figure:
@@ -135,3 +152,5 @@ def plot_open_set(known: torch.Tensor, unknown: torch.Tensor, threshold: float |
     ax.legend(fontsize=8)
     return save(fig, path)
 
+
+show_inline()

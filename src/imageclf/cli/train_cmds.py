@@ -9,9 +9,9 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
+from imageclf.callbacks import PrintEpochs
 from imageclf.cli import options as o
 from imageclf.cli.options import console, err
-from imageclf.cli.printer import PrintEpochs
 from imageclf.config import LR_FIND_STEPS
 from imageclf.errors import ConfigError
 

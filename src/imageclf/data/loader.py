@@ -277,6 +277,13 @@ class DataLoaders:
 
         return cls(items, make(tr, True), make(va, False), cfg)
 
+    def show_batch(self, n: int = 16, train: bool = True, path: str | Path | None = None):
+        """A grid of one augmented training (or validation) batch with its labels, as a
+        matplotlib Figure (saved when given a path)."""
+        from imageclf.plots import show_batch
+
+        return show_batch(self, path, n=n, train=train)
+
     def prepare(self) -> None:
         """Decode and cache both splits now."""
         self.train.prepare()
