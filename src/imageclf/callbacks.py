@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -108,6 +109,27 @@ class History(Callback):
         row |= learn.last_validation
         row |= {"seconds": p.epoch_seconds + p.valid_seconds, "img_per_s": p.epoch_img_per_s}
         self.rows.append(row)
+
+
+class SizeSchedule(Callback):
+    """Progressive resizing: the training size of each epoch, from `sizes` spread evenly over
+    the run's epochs (stage i covers epochs [i·E/S, (i+1)·E/S)). The one grid_sample
+    resamples the presize cache to the stage's size, so a smaller stage costs less in the
+    model and nothing in the loader. The stage follows from the epoch alone, so a resumed
+    run (mid-stage too) trains each epoch at the size it had. The lr finder's sweep runs at
+    the first stage's size, where training starts."""
+
+    order = -20  # before the epoch's batches are drawn
+
+    def __init__(self, sizes: Sequence[int], total_epochs: int) -> None:
+        self.sizes, self.total = list(sizes), max(1, total_epochs)
+
+    def size_at(self, epoch: int) -> int:
+        return self.sizes[min(len(self.sizes) - 1, epoch * len(self.sizes) // self.total)]
+
+    def on_epoch_start(self, learn: Learner) -> None:
+        epoch = 0 if learn.sweeping else learn.progress.epochs_done
+        learn.dls.train.augment.size = self.size_at(epoch)
 
 
 class OneCycle(Callback):

@@ -92,6 +92,8 @@ def save_checkpoint(learn: Learner, folder: Path, lr: LRChoice | None = None) ->
     epoch, batch = progress["epochs_done"], progress["batch_in_epoch"]
     tensors = {f"model.{k}": v.detach().cpu().contiguous()
                for k, v in learn.model.state_dict().items()}
+    if learn.ema is not None:  # the moving average continues where it stood
+        tensors |= {f"ema.{k}": v.cpu().contiguous() for k, v in learn.ema.state_dict().items()}
     opt_t, opt_info = _opt_tensors(learn.opt)
     tensors |= opt_t
     tensors["rng.torch"] = torch.get_rng_state()
@@ -168,6 +170,12 @@ def restore(learn: Learner, info: dict, tensors: dict[str, torch.Tensor],
     that epoch's first batches dropped."""
     model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     learn.model.load_state_dict(model)
+    ema = {k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")}
+    if learn.ema is not None:
+        if not ema:
+            raise DamagedFileError("this checkpoint has no moving average of the weights, "
+                                   "but the run uses --ema")
+        learn.ema.load_state_dict(ema)
     if info.get("frozen"):
         learn.freeze()
     else:

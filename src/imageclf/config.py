@@ -68,6 +68,7 @@ class DataConfig:
     decode_workers: int = 0  # 0: one per CPU core
     decode: str = "cpu"  # cpu: Pillow in worker processes; device: JPEGs on the training device
     sampler: str = "shuffle"  # shuffle: each image once an epoch; balanced: classes equally
+    valid_size: int | None = None  # side validation (and the exported model) sees; None: size
     image_col: str | None = None  # Parquet/Arrow data: the columns (None: found by name)
     label_col: str | None = None
     split_col: str | None = None
@@ -95,6 +96,9 @@ class DataConfig:
             raise ConfigError(f"--decode must be cpu or device; got {self.decode!r}")
         if not 0 < self.valid_pct < 1:
             raise ConfigError(f"--valid-pct must be between 0 and 1; got {self.valid_pct}")
+        if self.valid_size is not None and not 8 <= self.valid_size <= self.presize:
+            raise ConfigError(f"--valid-size must be between 8 and --presize ({self.presize}); "
+                              f"got {self.valid_size}")
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"--sampler must be one of {', '.join(SAMPLERS)}; "
                               f"got {self.sampler!r}")
@@ -150,6 +154,10 @@ class TrainConfig:
     class_weights: str = "none"  # none | auto (inverse frequency) | a JSON file {class: w}
     metric: str | None = None  # what the run's summary watches (None: valid accuracy)
     tensorboard: bool = False  # write RUN_DIR/tensorboard/
+    sizes: tuple[int, ...] | None = None  # progressive resizing: the size per stage
+    ema: float = 0.0  # decay of the weights' moving average (0: off)
+    mixup: float = 0.0  # Beta(alpha, alpha) of mixup (0: off)
+    cutmix: float = 0.0  # Beta(alpha, alpha) of CutMix (0: off)
 
     @property
     def fine_tunes(self) -> bool:
@@ -192,6 +200,13 @@ class TrainConfig:
             raise ConfigError(f"--wd must be >= 0; got {self.wd}")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"--label-smoothing must be in [0, 1); got {self.label_smoothing}")
+        if self.sizes is not None and (not self.sizes or any(
+                not isinstance(v, int) or v < 8 for v in self.sizes)):
+            raise ConfigError(f"--sizes must be sizes of at least 8 pixels; got {self.sizes}")
+        if not (self.ema == 0 or 0 < self.ema < 1):
+            raise ConfigError(f"--ema must be a decay in (0, 1), e.g. 0.999; got {self.ema}")
+        if self.mixup < 0 or self.cutmix < 0:
+            raise ConfigError("--mixup and --cutmix take a Beta alpha >= 0 (0: off)")
         if self.tensorboard:
             from imageclf.tracking import check_tensorboard
 

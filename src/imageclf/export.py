@@ -39,7 +39,8 @@ def learner_meta(learn: Learner) -> ModelMeta:
     cfg, ml = learn.dls.cfg, learn.multi_label
     n = len(learn.dls.classes)
     return ModelMeta(arch=learn.model.arch, head=learn.model.head_kind,
-                     classes=tuple(learn.dls.classes), size=cfg.size, presize=cfg.presize,
+                     classes=tuple(learn.dls.classes), size=learn.dls.valid.augment.size,
+                     train_size=cfg.size, ema=learn.ema is not None, presize=cfg.presize,
                      resize_method=cfg.resize_method,
                      mean=tuple(learn.dls.valid.augment.mean.tolist()),
                      std=tuple(learn.dls.valid.augment.std.tolist()),
@@ -48,8 +49,8 @@ def learner_meta(learn: Learner) -> ModelMeta:
 
 
 def export_learner(learn: Learner, folder: str | Path) -> Path:
-    """Save a Learner's model as a model/ folder."""
-    return save_model(learn.model, folder, learner_meta(learn))
+    """Save a Learner's model as a model/ folder (its weights' moving average with --ema)."""
+    return save_model(learn.eval_model, folder, learner_meta(learn))
 
 
 def weights_path(folder: Path, meta: ModelMeta) -> Path:

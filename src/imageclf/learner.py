@@ -16,6 +16,7 @@ import torch
 from imageclf import metrics as M
 from imageclf.callbacks import Callback, History, LRSweep, OneCycle, PrintEpochs
 from imageclf.distributed import Dist
+from imageclf.ema import WeightEMA
 from imageclf.errors import ConfigError
 from imageclf.hardware import check_compiler, resolve_precision, tune_for_training
 from imageclf.losses import LossFn, make_loss
@@ -93,7 +94,8 @@ class Learner:
                  channels_last: bool = True, dist: Dist | None = None,
                  compile: bool = False, accum: int = 1,
                  class_weights: torch.Tensor | None = None,
-                 show_progress: bool | None = None) -> None:
+                 show_progress: bool | None = None, ema: float = 0.0, mixup: float = 0.0,
+                 cutmix: float = 0.0) -> None:
         if accum < 1:
             raise ConfigError(f"--accum-steps must be at least 1; got {accum}")
         self.dls = dls
@@ -112,6 +114,9 @@ class Learner:
         if compile:
             check_compiler(self.device)
         self.train_model: torch.nn.Module = self.model
+        # the weights' moving average, validated and exported instead when on
+        self.ema = WeightEMA(self.model, ema) if ema else None
+        self.mixup, self.cutmix = mixup, cutmix
         self._wrap()
         self.groups = param_groups(self.model)
         self.n_groups = len(self.groups)
@@ -242,6 +247,8 @@ class Learner:
         last). With several processes, gradients are exchanged only for the batch before a
         step. Override to change the step itself."""
         size, self.stepped = self._group()
+        if (self.mixup or self.cutmix) and not self.sweeping:
+            x, y = self._mix(x, y)
         sync = self.stepped or self._ddp is None
         with contextlib.nullcontext() if sync else self._ddp.no_sync():
             with self.autocast():
@@ -255,6 +262,24 @@ class Learner:
         self.scaler.step(self.opt)
         self.scaler.update()
         self.opt.zero_grad(set_to_none=True)
+        if self.ema is not None and not self.sweeping:
+            self.ema.update(self.model)
+
+    def _mix(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mixup / CutMix of this batch, drawn from its (seed, epoch, batch) generator."""
+        from imageclf.data.loader import epoch_generator
+        from imageclf.data.mix import mix_batch
+
+        g = epoch_generator(self.dls.cfg.seed, self.progress.epochs_done,
+                            1000 + self.progress.batch_in_epoch)
+        x, y, _ = mix_batch(x, y, len(self.dls.classes), self.mixup, self.cutmix, g)
+        return x, y
+
+    @property
+    def eval_model(self) -> Classifier:
+        """The weights validation, interpretation and export use: the moving average when
+        --ema is on, else the model itself."""
+        return self.ema.module if self.ema is not None else self.model
 
     def _fit(self, epochs: int, extra: Sequence[Callback] = (), validate: bool = True,
              start_batch: int = 0) -> None:
@@ -272,7 +297,7 @@ class Learner:
                 start_batch, n = 0, 0
                 progress.start()
                 for x, y in self.dls.train:
-                    self.batch_size = x.shape[0]
+                    self.batch_size, self.batch_side = x.shape[0], x.shape[-1]
                     self._call("on_batch_start")
                     self.train_step(x, y)
                     n += 1
@@ -304,11 +329,12 @@ class Learner:
     def get_preds(self, loader=None) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits (N, C) float32, targets) over a loader, default the validation split."""
         loader = loader or self.dls.valid
-        self.model.eval()
+        model = self.eval_model
+        model.eval()
         outs, ys = [], []
         for x, y in loader:
             with self.autocast():
-                outs.append(self.model(x).float())
+                outs.append(model(x).float())
             ys.append(y)
         logits, targets = torch.cat(outs).cpu(), torch.cat(ys).cpu()
         if self.dist.active and not getattr(loader, "train", False):  # sharded: reassemble

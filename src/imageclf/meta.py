@@ -65,7 +65,8 @@ class ModelMeta:
                       "the classifier head's kind")
     classes: tuple[str, ...] = _spec("a non-empty list of distinct class names", _names,
                                      "output order of the model")
-    size: int = _spec("a positive integer", _pos_int, "side of the images the model sees")
+    size: int = _spec("a positive integer", _pos_int,
+                      "side of the images the model predicts at (its validation size)")
     presize: int = _spec("a positive integer", _pos_int,
                          "side of the CPU resize before the centre resize to size")
     resize_method: str = _spec("crop, squish or pad", lambda v: v in RESIZE_METHODS,
@@ -84,6 +85,13 @@ class ModelMeta:
         lambda v: v is None or (isinstance(v, list) and all(_prob(x) for x in v)),
         "multi-label: a class is predicted when its sigmoid reaches its threshold",
         default=None)
+    train_size: int | None = _spec("null or a positive integer",
+                                   lambda v: v is None or _pos_int(v),
+                                   "side of the images it was trained at (the last stage's "
+                                   "with --sizes)", default=None)
+    ema: bool = _spec("true or false", lambda v: isinstance(v, bool),
+                      "the weights are the moving average of training's (--ema)",
+                      default=False)
     min_confidence: float | None = _spec(
         "null or a number in [0, 1]", lambda v: v is None or _prob(v),
         "models calibrated before `open_set` existed: below this top softmax probability the "

@@ -88,7 +88,7 @@ class Predictor:
 
     def __init__(self, folder: str | Path, device: str | torch.device = "cpu",
                  precision: str = "auto", min_confidence: float | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, size: int | None = None) -> None:
         self.folder = Path(folder)
         model, meta = load_model(self.folder)
         self.meta = meta
@@ -97,7 +97,11 @@ class Predictor:
         self.precision = resolve_precision(precision, self.device, training=False)
         self.model = model.to(self.device, memory_format=torch.channels_last).eval()
         self.classes: list[str] = list(meta.classes)
-        self.size, self.presize = meta.size, meta.presize
+        # the size it predicts at: model.json's (its validation size), or the one asked for
+        self.size, self.presize = size or meta.size, meta.presize
+        if not 8 <= self.size <= self.presize:
+            raise ConfigError(f"--size must be between 8 and the model's presize "
+                              f"({self.presize}); got {self.size}")
         self.method = meta.resize_method
         self.multi_label = meta.multi_label
         self.augment = BatchAugment(self.size, mean=meta.mean, std=meta.std)

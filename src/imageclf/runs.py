@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from imageclf import rundir
-from imageclf.callbacks import Callback
+from imageclf.callbacks import Callback, SizeSchedule
 from imageclf.checkpoint import (
     Checkpointer,
     checkpoint_position,
@@ -76,12 +76,20 @@ def build_learner(data: DataConfig, train: TrainConfig, ctx: RunContext | None =
                                   world_size=ctx.dist.world_size)
     check_metric(train.metric, dls.multi_label, len(dls.classes))
     weights = class_weights(train.class_weights, dls.train.targets, dls.classes)
+    cbs = list(ctx.cbs)
+    if train.sizes:
+        if train.sizes[-1] != data.size or max(train.sizes) > data.presize:
+            raise ConfigError(f"--sizes {','.join(map(str, train.sizes))} must end at --size "
+                              f"({data.size}) and stay within --presize ({data.presize})")
+        epochs = train.epochs + (train.freeze_epochs if train.fine_tunes else 0)
+        cbs.append(SizeSchedule(train.sizes, epochs))
     set_seed(train.seed)
     model = create_model(train.arch, len(dls.classes), train.pretrained, train.head)
     return Learner(dls, model, wd=train.wd, precision=train.precision,
-                   label_smoothing=train.label_smoothing, cbs=ctx.cbs, device=ctx.device,
+                   label_smoothing=train.label_smoothing, cbs=cbs, device=ctx.device,
                    dist=ctx.dist, compile=train.compile, accum=train.accum,
-                   class_weights=weights)
+                   class_weights=weights, ema=train.ema, mixup=train.mixup,
+                   cutmix=train.cutmix)
 
 
 def run_lr_find(learn: Learner, train: TrainConfig, out: Path | None = None) -> LRFindResult:

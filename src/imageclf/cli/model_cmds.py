@@ -35,11 +35,13 @@ def predict(model: o.ModelArg,
             min_confidence: o.MinConfidence = None,
             tta: o.Tta = False,
             bs: o.Bs = 32, precision: o.Precision = "auto",
+            size: Annotated[int | None, typer.Option(
+                "--size", help="Predict at this side instead of the model's own.")] = None,
             as_json: o.Json = False) -> None:
     """Top-k labels per image; unreadable files are reported per file, never a crash."""
     from imageclf.predict import Predictor
 
-    pred = Predictor(model, min_confidence=min_confidence, precision=precision)
+    pred = Predictor(model, min_confidence=min_confidence, precision=precision, size=size)
     paths = _expand_inputs(inputs)
     if not paths:
         raise ConfigError("no image files found in the given inputs")

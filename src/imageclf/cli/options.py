@@ -117,6 +117,16 @@ Metric = Annotated[str | None, _opt(
 Tensorboard = Annotated[bool, _opt(
     "--tensorboard", help="Log losses, rates, metrics, images and hyperparameters to "
     "RUN_DIR/tensorboard/ (pip install 'imageclf[tensorboard]').")]
+Sizes = Annotated[str | None, _opt(
+    "--sizes", help="Progressive resizing: training sizes per stage, spread over the epochs, "
+    "ending at --size (e.g. 64,96,128).")]
+ValidSize = Annotated[int | None, _opt(
+    "--valid-size", help="Side validation and the exported model see (default --size; a "
+    "little above it often predicts better).")]
+Ema = Annotated[float, _opt("--ema", help="Keep a moving average of the weights with this "
+                             "decay (e.g. 0.999) and validate/export it (0: off).")]
+Mixup = Annotated[float, _opt("--mixup", help="Mixup with Beta(alpha, alpha) (0: off).")]
+Cutmix = Annotated[float, _opt("--cutmix", help="CutMix with Beta(alpha, alpha) (0: off).")]
 # --- using a model ------------------------------------------------------------------------
 ModelArg = Annotated[Path, typer.Argument(help="A model/ folder written by `imageclf train`.")]
 Json = Annotated[bool, _opt("--json", help="Print JSON.")]
@@ -164,10 +174,21 @@ def data_config(data: Path, opts: dict[str, Any], **fixed: Any) -> DataConfig:
     return DataConfig(path=str(data), aug=aug_config(opts), **kw)
 
 
+def parse_sizes(text: str | None) -> tuple[int, ...] | None:
+    """--sizes 64,96,128 → (64, 96, 128)."""
+    if text is None:
+        return None
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"--sizes takes sizes separated by commas, e.g. 64,96,128; got "
+                          f"{text!r}") from None
+
+
 def train_config(opts: dict[str, Any], **fixed: Any) -> TrainConfig:
     """TrainConfig from a command's options, matched by name (`fixed` overrides them)."""
     names = {f.name for f in dataclasses.fields(TrainConfig)}
-    opts = dict(opts, accum=opts.get("accum_steps", 1))
+    opts = dict(opts, accum=opts.get("accum_steps", 1), sizes=parse_sizes(opts.get("sizes")))
     return TrainConfig(**({k: v for k, v in opts.items() if k in names} | fixed))
 
 

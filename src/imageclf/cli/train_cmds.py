@@ -36,7 +36,9 @@ def train(data: Annotated[Path | None, typer.Argument(
           accum_steps: o.AccumSteps = 1, class_weights: o.ClassWeights = "none",
           sampler: o.Sampler = "shuffle", metric: o.Metric = None,
           tensorboard: o.Tensorboard = False, image_col: o.ImageCol = None,
-          label_col: o.LabelCol = None, split_col: o.SplitCol = None) -> None:
+          label_col: o.LabelCol = None, split_col: o.SplitCol = None, sizes: o.Sizes = None,
+          valid_size: o.ValidSize = None, ema: o.Ema = 0.0, mixup: o.Mixup = 0.0,
+          cutmix: o.Cutmix = 0.0) -> None:
     """Train: fine_tune when pretrained, fit_one_cycle from scratch; write a run directory.
     Ctrl-C or SIGTERM stops after the current step with a checkpoint; --resume continues.
     An --out that already holds a run is refused (--resume or --auto-resume continue it)."""

@@ -79,7 +79,8 @@ class BatchLoader:
                                   cache_dir or cfg.cache_dir, cfg.decode_workers,
                                   role=role or ("train" if train else "valid"),
                                   decode_device=self.device if cfg.decode == "device" else None)
-        self.augment = BatchAugment(cfg.size, cfg.aug, mean, std)
+        size = cfg.size if train else (cfg.valid_size or cfg.size)
+        self.augment = BatchAugment(size, cfg.aug, mean, std)
         self.bs = cfg.bs
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
