@@ -81,19 +81,20 @@ def split_classes(full: Path, root: Path, seed: int) -> tuple[Path, list[str], l
     return known, held, near
 
 
-def scores(pred: Predictor, paths: list[Path], stats: OpenSetStats, bs: int
-           ) -> dict[str, torch.Tensor]:
-    seen = run_images(pred, paths, bs=bs, features=True)
-    out = pred.scores(seen.outputs, [n for n in openset.scores_for(pred.multi_label)
-                                     if n != "knn"], stats)
+def scores(pred: Predictor, out, stats: OpenSetStats) -> dict[str, torch.Tensor]:
+    """Every score of one set's outputs (knn at several k)."""
+    got = pred.scores(out, [n for n in openset.scores_for(pred.multi_label) if n != "knn"],
+                      stats)
     for k in KS:
-        out[f"knn@{k}"] = pred.scores(seen.outputs, ["knn"], stats, k)["knn"]
-    return out
+        got[f"knn@{k}"] = pred.scores(out, ["knn"], stats, k)["knn"]
+    return got
 
 
 def measure(model: Path, data: Path, near: list[Path], far: dict[str, Path], bs: int
             ) -> dict:
-    """Every score's figures against near and far unknowns, for one trained model."""
+    """Every score's figures against near and far unknowns, for one trained model, with the
+    statistics `calibrate` would build (bank and class means from the training images,
+    the fused score standardised on the known validation images)."""
     pred = Predictor(model)
     items = find_items(data, multi_label=pred.multi_label)
     train, valid = items.split_indices()
@@ -102,9 +103,15 @@ def measure(model: Path, data: Path, near: list[Path], far: dict[str, Path], bs:
     labels = torch.tensor([items.labels[train[i]][0] for i in seen.kept])
     order = torch.tensor([pred.classes.index(c) for c in items.classes])
     stats = OpenSetStats.fit(seen.outputs.features, order[labels], len(pred.classes))
-    known = scores(pred, [items.paths[i] for i in valid], stats, bs)
-    sets = {"near": scores(pred, near, stats, bs)}
-    far_scores = {name: scores(pred, list_images(d), stats, bs) for name, d in far.items()}
+    known_out = run_images(pred, [items.paths[i] for i in valid], bs=bs, features=True).outputs
+    stats.fit_fusion(known_out.logits, known_out.features, pred.multi_label)
+    known = scores(pred, known_out, stats)
+
+    def of(paths: list[Path]) -> dict[str, torch.Tensor]:
+        return scores(pred, run_images(pred, paths, bs=bs, features=True).outputs, stats)
+
+    sets = {"near": of(near)}
+    far_scores = {name: of(list_images(d)) for name, d in far.items()}
     sets["far"] = {n: torch.cat([s[n] for s in far_scores.values()]) for n in known}
     sets |= {f"far-{name}": s for name, s in far_scores.items()}
     return {"bank_rows": int(stats.bank.shape[0]), "n_known": len(known["energy"]),
@@ -142,6 +149,8 @@ def main() -> None:
     ap.add_argument("--lr", default="3e-3")
     ap.add_argument("--far", type=int, default=300, help="Images of each far-OOD kind.")
     ap.add_argument("--no-multi-label", action="store_true")
+    ap.add_argument("--runs", help="Keep the trained runs here; a run already there is "
+                    "scored again, not retrained.")
     a = ap.parse_args()
     full = imagenette(a.data)
     runs = []
@@ -153,17 +162,17 @@ def main() -> None:
             data, held, near = split_classes(full, root, seed)
             kinds = ["softmax"] + ([] if a.no_multi_label else ["multi_label"])
             for kind in kinds:
-                out = root / f"run-{kind}"
-                t0 = time.perf_counter()
-                imageclf("train", str(data), "--arch", "resnet18", "--pretrained", "none",
-                         "--size", str(a.size), "--presize", str(a.presize), "--bs", str(a.bs),
-                         "--epochs", str(a.epochs), "--lr", a.lr, "--seed", str(seed),
-                         *cache, "--out", str(out),
-                         *(["--multi-label"] if kind == "multi_label" else []))
+                out = (Path(a.runs) if a.runs else root) / f"seed{seed}-{kind}"
+                if not (out / "model").is_dir():
+                    imageclf("train", str(data), "--arch", "resnet18", "--pretrained", "none",
+                             "--size", str(a.size), "--presize", str(a.presize), "--bs",
+                             str(a.bs), "--epochs", str(a.epochs), "--lr", a.lr, "--seed",
+                             str(seed), *cache, "--out", str(out),
+                             *(["--multi-label"] if kind == "multi_label" else []))
                 m = json.loads((out / "metrics.json").read_text())
                 row = {"seed": seed, "kind": kind, "held_out": held,
                        "valid_accuracy": m.get("valid_accuracy", m.get("accuracy_multi")),
-                       "train_seconds": round(time.perf_counter() - t0, 1)}
+                       "train_seconds": round(m["wall_seconds"], 1)}
                 row |= measure(out / "model", data, near, far, a.bs)
                 print(json.dumps({k: v for k, v in row.items() if k != "figures"}), flush=True)
                 for s, f in row["figures"].items():

@@ -66,6 +66,11 @@ def _summary() -> str:
                     f"{s['vs_unbatched_at_32']:.1f}× unbatched; {s['failed']} failed")
         elif name == "open_set":
             text = _open_set_headline(s)
+        elif name.startswith("time_to_accuracy"):
+            f = s.get("fastest_fraction")
+            text = (f"fastest recipe reaches fastai's {100 * s['target_accuracy']:.1f}% at "
+                    + (f"{f:.2f}× fastai's wall" if f is not None else "never")
+                    + f"; best {100 * s['fastest_best_accuracy']:.1f}%")
         elif name == "imbalance":
             text = "minority recall " + ", ".join(
                 f"{k} {100 * v['minority_recall']:.1f}%" for k, v in s.items())
@@ -426,9 +431,33 @@ def _imbalance(r: dict) -> str:
     return "\n".join([*lines, "", ""])
 
 
+def _time_to_accuracy(r: dict) -> str:
+    m, rows, s = r["machine"], r["rows"], r["summary"]
+    lines = [
+        "## Time to accuracy: resnet18 from scratch, 128 px final size", "",
+        "`bench/bench_time_to_accuracy.py`: Imagenette, batch 64, each tool a whole"
+        " process from a cold cache; validation accuracy logged with the wall time after"
+        f" every epoch. Target: fastai's final accuracy, {100 * s['target_accuracy']:.1f}%"
+        f" after {s['fastai_wall_seconds']:.0f} s. Measured {m['date']} on {m['cpu']}"
+        f" ({m['cores']} cores), commit {m['commit']}.", "",
+        "| run | recipe | reaches the target at | / fastai's wall | best accuracy |"
+        " wall | accuracy per epoch (s) |", "|---|---|---:|---:|---:|---:|---|"]
+    for name, row in rows.items():
+        at = row.get("reached_at_seconds")
+        frac = row.get("fraction_of_fastai_wall")
+        pts = ", ".join(f"{100 * p['valid_accuracy']:.1f}% ({p['seconds']:.0f})"
+                        for p in row["points"])
+        lines.append(f"| {name} | `{row['args']}` | {'-' if at is None else f'{at:.0f} s'} |"
+                     f" {'-' if frac is None else f'{frac:.2f}×'} |"
+                     f" {100 * row['best_accuracy']:.1f}% | {row['wall_seconds']:.0f} s |"
+                     f" {pts} |")
+    return "\n".join([*lines, "", ""])
+
+
 SECTIONS = {"loader": _loader, "train": _train, "predict": _predict, "lr_find": _lr_find,
             "lr_rules": _lr_rules, "ddp-cpu": _ddp, "serve": _serve,
-            "open_set": _open_set, "imbalance": _imbalance}
+            "open_set": _open_set, "imbalance": _imbalance,
+            "time_to_accuracy": _time_to_accuracy}
 
 
 def _read(name: str) -> dict | None:
@@ -447,7 +476,7 @@ def render() -> None:
         r = _read(name)
         if r is not None:
             parts.append(fn(r))
-        if name in ("train", "lr_rules"):  # further runs (other machines, settings)
+        if name in ("train", "lr_rules", "time_to_accuracy"):  # further runs (settings)
             for path in sorted(RESULTS.glob(f"{name}-*.json")):
                 parts.append(fn(json.loads(path.read_text())))
     device = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("device*.json"))]

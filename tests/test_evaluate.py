@@ -70,7 +70,8 @@ def test_calibrate_and_none_of_these(run_dir: Path, tmp_path: Path):
     assert Predictor(model, min_confidence=0.0).predict(ood)[0].labels != [NONE_LABEL]
 
 
-@pytest.mark.parametrize("score", ["msp", "max_logit", "energy", "knn", "mahalanobis"])
+@pytest.mark.parametrize("score", ["msp", "max_logit", "energy", "knn", "mahalanobis",
+                                   "msp+mahalanobis"])
 def test_calibrated_threshold_keeps_the_asked_share(run_dir: Path, tmp_path: Path, score):
     """Through the whole path: calibrate, store, load, predict the validation images."""
     model, data = _copy_model(run_dir, tmp_path), _data(run_dir)
@@ -148,7 +149,8 @@ def test_evaluate_ood_on_trivially_different_unknowns(run_dir: Path, tmp_path: P
     assert res.returncode == 0, res.stderr
     chosen = json.loads(res.stdout)
     assert chosen["ood"]["scores"][chosen["score"]]["auroc"] == 1.0
-    assert set(chosen["ood"]["scores"]) == {"msp", "max_logit", "energy", "knn", "mahalanobis"}
+    assert set(chosen["ood"]["scores"]) == {"msp", "max_logit", "energy", "knn", "mahalanobis",
+                                            "msp+mahalanobis"}
     assert (model / "open_set.png").is_file()
     html = (run / "report.html").read_text()  # the run's report is rebuilt with the figure
     assert "None of these" in html and 'alt="open-set scores"' in html

@@ -128,3 +128,20 @@ def test_rule_applies_its_score():
     assert torch.allclose(rule(CONFIDENT, None), openset.energy(CONFIDENT))
     with pytest.raises(ConfigError, match="needs features"):
         openset.NoneRule("knn", -0.1)(CONFIDENT, None)
+
+
+def test_fused_score_standardises_each_part_on_the_known_images():
+    feats = torch.tensor([[0.0, 0.0], [0.2, 0.0], [4.0, 4.0], [4.2, 4.0]])
+    labels = torch.tensor([0, 0, 1, 1])
+    stats = openset.OpenSetStats.fit(feats, labels, 2)
+    logits = torch.tensor([[3.0, 0.0], [1.0, 0.0], [0.0, 2.0], [0.0, 0.5]])
+    stats.fit_fusion(logits, feats, multi_label=False)
+    fused = openset.score_of("msp+mahalanobis", logits, feats, stats)
+    a, b = openset.msp(logits), openset.mahalanobis(feats, stats.means, stats.precision)
+    expected = (a - a.mean()) / a.std() + (b - b.mean()) / b.std()
+    torch.testing.assert_close(fused, expected)
+    assert float(fused.mean()) == pytest.approx(0.0, abs=1e-5)  # centred on the known
+    kept = stats.only("msp+mahalanobis")
+    assert kept.bank is None and kept.fusion is not None and kept.means is not None
+    with pytest.raises(ConfigError):
+        openset.score_of("msp+mahalanobis", logits, feats, openset.OpenSetStats())

@@ -213,6 +213,8 @@ def calibrate(predictor: Predictor, data: str | Path, keep: float = 0.95, *,
                                  len(predictor.classes), bank_rows)
     valid = run_images(predictor, [items.paths[i] for i in valid_idx], bs=bs,
                        features=needs_stats, what=f"validation images in {data}")
+    if stats is not None:  # the fused score is standardised on the known images
+        stats.fit_fusion(valid.outputs.logits, valid.outputs.features, predictor.multi_label)
     valid_targets = targets[torch.tensor([valid_idx[i] for i in valid.kept])]
     thresholds = None
     if predictor.multi_label:

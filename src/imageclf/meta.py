@@ -17,7 +17,8 @@ FORMAT_VERSION = 1
 RESIZE_METHODS = ("crop", "squish", "pad")
 LOSSES = ("cross_entropy", "bce_multi_label")
 # open-set scores a model may store as its "none of these" rule (see openset.py)
-OPEN_SET_SCORES = ("msp", "max_logit", "energy", "sigmoid_max", "knn", "mahalanobis")
+OPEN_SET_SCORES = ("msp", "max_logit", "energy", "sigmoid_max", "knn", "mahalanobis",
+                   "msp+mahalanobis", "sigmoid_max+mahalanobis")
 
 
 def _num(v: Any) -> bool:
@@ -102,10 +103,11 @@ class ModelMeta:
         "how `calibrate` chose the rule: keep, n and rule (the score, or "
         "multi_label_thresholds)", default=None)
     open_set: dict[str, Any] | None = _spec(
-        "null or an object with `score` (msp, max_logit, energy, sigmoid_max, knn or "
-        "mahalanobis), a number `threshold`, and for knn an integer `k` ≥ 1", _open_set,
+        "null or an object with `score` (msp, max_logit, energy, sigmoid_max, knn, "
+        "mahalanobis, msp+mahalanobis or sigmoid_max+mahalanobis), a number `threshold`, "
+        "and for knn an integer `k` ≥ 1", _open_set,
         "the `none of these` rule from `calibrate`: below `threshold` on `score`, the answer "
-        "is none; knn and mahalanobis read their training statistics from `file`",
+        "is none; the feature scores read their training statistics from `file`",
         default=None)
     weights: str = _spec("a .safetensors file name inside the folder",
                          lambda v: isinstance(v, str) and v.endswith(".safetensors"),

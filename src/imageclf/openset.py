@@ -12,7 +12,11 @@ features (B, D), plus the figures that compare them (AUROC, FPR at a kept share)
 - `knn`: minus the cosine distance to the k-th nearest training feature (Sun et al. 2022),
   features L2-normalised;
 - `mahalanobis`: minus the smallest Mahalanobis distance to a class mean, with one shared
-  covariance (Lee et al. 2018).
+  covariance (Lee et al. 2018);
+- `msp+mahalanobis` (`sigmoid_max+mahalanobis` for multi-label models): the sum of the two
+  scores, each standardised by its mean and spread on the known validation images, so
+  the confidence that tells near classes apart and the feature distance that tells far
+  images apart vote equally.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ from imageclf.fileio import atomic_write
 from imageclf.meta import OPEN_SET_SCORES as SCORES
 
 LOGIT_SCORES = SCORES[:4]  # msp, max_logit, energy, sigmoid_max
-FEATURE_SCORES = SCORES[4:]  # knn, mahalanobis
+FEATURE_SCORES = SCORES[4:]  # knn, mahalanobis and the fused scores
+FUSED = SCORES[6:]  # msp+mahalanobis, sigmoid_max+mahalanobis
 STATS_FILE = "open_set.safetensors"
 BANK_ROWS = 10_000  # at most this many training features are kept for knn (fp16)
 KNN_K = 10
@@ -181,7 +186,7 @@ def default_score(multi_label: bool) -> str | None:
 def scores_for(multi_label: bool) -> tuple[str, ...]:
     """The scores that make sense for a kind of model."""
     first = "sigmoid_max" if multi_label else "msp"
-    return (first, "max_logit", "energy", *FEATURE_SCORES)
+    return (first, "max_logit", "energy", "knn", "mahalanobis", f"{first}+mahalanobis")
 
 
 @dataclass
@@ -191,6 +196,7 @@ class OpenSetStats:
     bank: torch.Tensor | None = None  # (N, D) fp16, normalised
     means: torch.Tensor | None = None  # (C, D)
     precision: torch.Tensor | None = None  # (D, D)
+    fusion: torch.Tensor | None = None  # (4,): mean, std of the logit score, of mahalanobis
 
     @classmethod
     def fit(cls, features: torch.Tensor, labels: torch.Tensor, n_classes: int,
@@ -198,12 +204,22 @@ class OpenSetStats:
         means, prec = fit_mahalanobis(features, labels, n_classes)
         return cls(sample_bank(features, labels, rows), means, prec)
 
+    def fit_fusion(self, logits: torch.Tensor, features: torch.Tensor, multi_label: bool
+                   ) -> None:
+        """The standardisation of the fused score, from known (validation) images."""
+        first = sigmoid_max(logits) if multi_label else msp(logits)
+        maha = mahalanobis(features, self.means, self.precision)
+        self.fusion = torch.stack([first.mean(), first.std().clamp_min(1e-6), maha.mean(),
+                                   maha.std().clamp_min(1e-6)]).float()
+
     def only(self, score: str) -> OpenSetStats:
         """Just what `score` needs (what is stored with it)."""
         if score == "knn":
             return OpenSetStats(bank=self.bank)
         if score == "mahalanobis":
             return OpenSetStats(means=self.means, precision=self.precision)
+        if score in FUSED:
+            return OpenSetStats(means=self.means, precision=self.precision, fusion=self.fusion)
         return OpenSetStats()
 
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -224,20 +240,6 @@ class OpenSetStats:
         return cls(**found)
 
 
-def all_scores(logits: torch.Tensor, features: torch.Tensor | None, multi_label: bool,
-               stats: OpenSetStats | None = None, k: int = KNN_K) -> dict[str, torch.Tensor]:
-    """Every score computable from these outputs: the logit scores of the model's kind, and
-    knn / mahalanobis where `stats` holds what they need."""
-    out = {name: score_of(name, logits, features, stats, k)
-           for name in scores_for(multi_label) if name in LOGIT_SCORES}
-    if features is not None and stats is not None:
-        if stats.bank is not None:
-            out["knn"] = knn(features, stats.bank, min(k, len(stats.bank)))
-        if stats.means is not None and stats.precision is not None:
-            out["mahalanobis"] = mahalanobis(features, stats.means, stats.precision)
-    return out
-
-
 def score_of(name: str, logits: torch.Tensor, features: torch.Tensor | None,
              stats: OpenSetStats | None, k: int = KNN_K) -> torch.Tensor:
     """One score by name."""
@@ -255,6 +257,11 @@ def score_of(name: str, logits: torch.Tensor, features: torch.Tensor | None,
         return knn(features, stats.bank, min(k, len(stats.bank)))
     if name == "mahalanobis" and stats.means is not None and stats.precision is not None:
         return mahalanobis(features, stats.means, stats.precision)
+    if name in FUSED and stats.fusion is not None and stats.means is not None:
+        first = sigmoid_max(logits) if name.startswith("sigmoid_max") else msp(logits)
+        f = stats.fusion.float()
+        maha = mahalanobis(features, stats.means, stats.precision)
+        return (first - f[0]) / f[1] + (maha - f[2]) / f[3]
     raise ConfigError(f"unknown open-set score {name!r} (or its statistics are missing); "
                       f"choose from {', '.join(SCORES)}")
 

@@ -1,0 +1,119 @@
+"""Time to accuracy: how soon is a model good enough? fastai 2.8.12 against imageclf's same
+recipe and imageclf's fastest recipe, side by side, each a whole process from a cold cache.
+
+    python bench/bench_time_to_accuracy.py [--data DIR] [--fastest "ARGS"] [--name NAME]
+        [--recipes NAME=ARGS ...] [--skip-fastai]
+
+Imagenette, resnet18 from scratch, 128 px final size, batch 64. Each process's validation
+accuracy is logged with the wall time since its start after every epoch (read from its
+output as it happens). Reported: the wall time at which each first reaches fastai's final
+accuracy, and the best accuracy each reaches. --recipes adds imageclf rows (ablations:
+the same seed and epochs with one technique on or off). Writes bench/results/NAME.json and
+regenerates docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import fastai_python, imagenette, machine, save
+from report import render
+
+HERE = Path(__file__).resolve().parent
+SAME = "--size 128 --presize 160 --epochs 2 --lr 3e-3"
+FASTEST = ("--sizes 64,96 --size 96 --presize 112 --valid-size 112 --epochs 3 --lr 3e-3 "
+           "--head timm")
+ROW = re.compile(r"^epoch (\d+)\s.*valid_accuracy=([0-9.]+)")
+
+
+def curve(cmd: list[str]) -> dict:
+    """Run one process; (seconds since start, epoch, accuracy) at each epoch it reports."""
+    t0 = time.perf_counter()
+    errors = tempfile.TemporaryFile("w+")  # read at the end: a full pipe would stall it
+    # unbuffered: each epoch's line arrives when it is printed, so its time is right
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errors, text=True,
+                         bufsize=1, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    points = []
+    for line in p.stdout:
+        line = line.strip()
+        if line.startswith("{"):
+            r = json.loads(line)
+            points.append({"seconds": round(time.perf_counter() - t0, 1), "epoch": r["epoch"],
+                           "valid_accuracy": r["valid_accuracy"]})
+        elif m := ROW.match(line):
+            points.append({"seconds": round(time.perf_counter() - t0, 1),
+                           "epoch": int(m.group(1)), "valid_accuracy": float(m.group(2))})
+        print(f"  [{time.perf_counter() - t0:6.1f}s] {line[:150]}", flush=True)
+    code = p.wait()
+    errors.seek(0)
+    err = errors.read()
+    if code != 0:
+        raise SystemExit(f"{cmd[:4]} failed:\n{err[-3000:]}")
+    return {"wall_seconds": round(time.perf_counter() - t0, 1), "points": points}
+
+
+def first_reaching(points: list[dict], target: float) -> float | None:
+    return next((p["seconds"] for p in points if p["valid_accuracy"] >= target), None)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data")
+    ap.add_argument("--fastest", default=FASTEST)
+    ap.add_argument("--recipes", nargs="*", default=[],
+                    help="More imageclf rows, NAME='ARGS' each.")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--skip-fastai", action="store_true",
+                    help="Reuse the fastai curve already in bench/results/NAME.json.")
+    ap.add_argument("--name", default="time_to_accuracy")
+    a = ap.parse_args()
+    data = imagenette(a.data)
+    rows: dict[str, dict] = {}
+    prev = HERE / "results" / f"{a.name}.json"
+    recipes = {"imageclf_same": SAME, "imageclf_fastest": a.fastest}
+    recipes |= dict(r.split("=", 1) for r in a.recipes)
+    with tempfile.TemporaryDirectory() as tmp:
+        if a.skip_fastai and prev.exists():
+            rows["fastai"] = json.loads(prev.read_text())["rows"]["fastai"]
+        else:
+            print("fastai 2.8.12: fit_one_cycle(2, 3e-3), Resize(160), "
+                  "aug_transforms(size=128, min_scale=0.75)", flush=True)
+            rows["fastai"] = curve([str(fastai_python()), str(HERE / "fastai_curve.py"),
+                                    str(data), "128", "160", "64", "2", "3e-3"])
+            rows["fastai"]["args"] = "fit_one_cycle(2, 3e-3) at 128, Resize(160)"
+        for name, args in recipes.items():
+            print(f"{name}: {args}", flush=True)
+            out = Path(tmp) / name
+            rows[name] = curve([sys.executable, "-m", "imageclf", "train", str(data),
+                                "--arch", "resnet18", "--pretrained", "none", "--bs", "64",
+                                "--seed", str(a.seed), *shlex.split(args),
+                                "--cache-dir", f"{tmp}/cache-{name}", "--out", str(out)])
+            rows[name]["args"] = args
+    target = rows["fastai"]["points"][-1]["valid_accuracy"]
+    ref_wall = rows["fastai"]["wall_seconds"]
+    summary = {"target_accuracy": target, "fastai_wall_seconds": ref_wall}
+    for r in rows.values():
+        r["reached_at_seconds"] = first_reaching(r["points"], target)
+        r["best_accuracy"] = max(p["valid_accuracy"] for p in r["points"])
+        if r["reached_at_seconds"] is not None:
+            r["fraction_of_fastai_wall"] = round(r["reached_at_seconds"] / ref_wall, 3)
+    summary["fastest_fraction"] = rows["imageclf_fastest"].get("fraction_of_fastai_wall")
+    summary["fastest_best_accuracy"] = rows["imageclf_fastest"]["best_accuracy"]
+    result = {"machine": machine(), "settings": vars(a) | {"data": str(data)}, "rows": rows,
+              "summary": summary}
+    print(save(a.name, result))
+    print(json.dumps(summary, indent=1))
+    render()
+
+
+if __name__ == "__main__":
+    main()
