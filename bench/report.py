@@ -370,10 +370,15 @@ def _best(figs: dict, exclude: str) -> tuple[str, dict]:
 
 def _open_set_headline(s: dict) -> str:
     soft = s["softmax"]
-    name, near = _best(soft["near"], "msp")
-    return (f"near-OOD AUROC: msp {100 * soft['near']['msp']['auroc']:.1f}, best {name} "
-            f"{100 * near['auroc']:.1f}; far-OOD: msp {100 * soft['far']['msp']['auroc']:.1f}"
-            f", knn@10 {100 * soft['far']['knn@10']['auroc']:.1f}")
+
+    def auroc(split: str, name: str) -> str:
+        return f"{name} {100 * soft[split][name]['auroc']:.1f}"
+
+    best_near, _ = _best(soft["near"], "msp")
+    best_far, _ = _best(soft["far"], "msp")
+    return (f"near-OOD AUROC {auroc('near', 'msp')}, {auroc('near', best_near)}; far-OOD "
+            f"{auroc('far', 'msp')}, {auroc('far', best_far)}, "
+            f"{auroc('far', 'msp+mahalanobis')}")
 
 
 def _open_set(r: dict) -> str:
@@ -394,11 +399,14 @@ def _open_set(r: dict) -> str:
         f" Valid accuracy: {acc}. Seeds {', '.join(map(str, seeds))}; medians below"
         f" (AUROC, higher is better; FPR at 95% TPR, lower is better)."
         f" Measured {m['date']} on {m['cpu']} ({m['cores']} cores), commit {m['commit']}.", ""]
-    for kind, sets in r["summary"].items():
+    for kind in sorted(r["summary"], key=lambda k: k != "softmax"):
+        sets = r["summary"][kind]
         names = list(sets["near"])
         cols = [c for c in ("near", "far", "far-shapes", "far-uniform", "far-gaussian")
                 if c in sets]
-        lines += [f"**{kind.replace('_', '-')} model**", "",
+        what = (" (valid accuracy above: per class decision)" if kind == "multi_label"
+                else "")
+        lines += [f"**{kind.replace('_', '-')} model**{what}", "",
                   "| score | " + " | ".join(f"{c} AUROC | {c} FPR95" for c in cols) + " |",
                   "|---|" + "---:|" * (2 * len(cols))]
         for name in names:
