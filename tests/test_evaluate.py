@@ -11,7 +11,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from imageclf.errors import ConfigError, DamagedFileError
-from imageclf.evaluate import calibrate, evaluate, write_calibration
+from imageclf.evaluate import calibrate, evaluate, subsample_per_class, write_calibration
 from imageclf.predict import NONE_LABEL, Predictor
 
 from .helpers import run_cli
@@ -157,3 +157,13 @@ def test_evaluate_ood_on_trivially_different_unknowns(run_dir: Path, tmp_path: P
     res = run_cli("evaluate", str(model), str(data), "--ood", str(ood))
     assert res.returncode == 0, res.stderr
     assert "0 of 6 unknown images got a class" in res.stdout
+
+
+def test_calibrate_runs_at_most_bank_rows_training_images():
+    idx = list(range(100, 160))
+    labels = [(0,)] * 40 + [(1,)] * 15 + [(2,)] * 5
+    keep = subsample_per_class(idx, labels, 30)
+    got = [labels[idx.index(i)][0] for i in keep]
+    assert keep == sorted(keep) and len(keep) == 25  # 10 + 10 + all 5 of the small class
+    assert got.count(0) == 10 and got.count(1) == 10 and got.count(2) == 5
+    assert subsample_per_class(idx, labels, 100) == idx

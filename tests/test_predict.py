@@ -84,8 +84,9 @@ def test_multi_label_model_answers_none(tmp_path: Path):
     p = pred.predict(grey)[0]
     assert max(p.probs) < 0.5 and p.labels == [NONE_LABEL], p.probs
     chosen = calibrate(pred, root / "labels.csv", keep=0.9)
-    # without --ood, auto keeps the per-class thresholds alone (openset.default_score)
-    assert chosen.score is None and len(chosen.thresholds) == 3
+    # without --ood, auto is the documented default (openset.default_score), beside the
+    # per-class thresholds
+    assert chosen.score == "sigmoid_max+mahalanobis" and len(chosen.thresholds) == 3
     with pytest.raises(ConfigError, match="a multi-label model takes auto, sigmoid_max"):
         calibrate(pred, root / "labels.csv", score="msp")
     # a gate on sigmoid_max besides the thresholds: the grey image is still none, by the gate

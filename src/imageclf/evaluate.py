@@ -163,6 +163,24 @@ class Calibration:
         return out
 
 
+def subsample_per_class(idx: list[int], labels: Sequence[Sequence[int]], rows: int,
+                        seed: int = 0) -> list[int]:
+    """At most `rows` of `idx`, an equal share per (first) label, drawn with a fixed seed;
+    a class smaller than its share keeps all its images. In the original order."""
+    if len(idx) <= rows:
+        return list(idx)
+    by_class: dict[int, list[int]] = {}
+    for i, labs in zip(idx, labels, strict=True):
+        by_class.setdefault(labs[0] if labs else -1, []).append(i)
+    share = max(1, rows // len(by_class))
+    g = torch.Generator().manual_seed(seed)
+    keep = []
+    for members in by_class.values():
+        pick = torch.randperm(len(members), generator=g)[:share].tolist()
+        keep += [members[j] for j in pick]
+    return sorted(keep)
+
+
 def _labels_of(items_labels: Sequence[Sequence[int]]) -> torch.Tensor:
     return torch.tensor([labs[0] if labs else -1 for labs in items_labels])
 
@@ -203,6 +221,10 @@ def calibrate(predictor: Predictor, data: str | Path, keep: float = 0.95, *,
     if needs_stats:
         if not train_idx:
             raise DataError(f"{data} has no training images: knn and mahalanobis need them")
+        # at most bank_rows training images, an equal share per class: the cost of
+        # calibrating stays bounded on a large data set
+        train_idx = subsample_per_class(train_idx, [items.labels[i] for i in train_idx],
+                                        bank_rows)
         train = run_images(predictor, [items.paths[i] for i in train_idx], bs=bs,
                            features=True, what=f"training images in {data}")
         labels = _labels_of([items.labels[train_idx[i]] for i in train.kept])
