@@ -7,9 +7,10 @@ recipe and imageclf's fastest recipe, side by side, each a whole process from a 
 Imagenette, resnet18 from scratch, 128 px final size, batch 64. Each process's validation
 accuracy is logged with the wall time since its start after every epoch (read from its
 output as it happens). Reported: the wall time at which each first reaches fastai's final
-accuracy, and the best accuracy each reaches. --recipes adds imageclf rows (ablations:
-the same seed and epochs with one technique on or off). Writes bench/results/NAME.json and
-regenerates docs/benchmarks.md.
+accuracy, and the best accuracy each reaches; each imageclf model is then evaluated with
+and without test-time augmentation (`evaluate --tta`, untimed). --recipes adds imageclf rows
+(ablations: the same seed and epochs with one technique on or off). Writes
+bench/results/NAME.json and regenerates docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -98,6 +99,12 @@ def main() -> None:
                                 "--seed", str(a.seed), *shlex.split(args),
                                 "--cache-dir", f"{tmp}/cache-{name}", "--out", str(out)])
             rows[name]["args"] = args
+            # test-time augmentation on the final model (not part of the timed run)
+            for key, extra in (("final_accuracy", []), ("tta_accuracy", ["--tta"])):
+                ev = subprocess.run([sys.executable, "-m", "imageclf", "evaluate",
+                                     str(out / "model"), str(data), "--json", *extra],
+                                    capture_output=True, text=True, check=True)
+                rows[name][key] = json.loads(ev.stdout.strip().splitlines()[-1])["accuracy"]
     target = rows["fastai"]["points"][-1]["valid_accuracy"]
     ref_wall = rows["fastai"]["wall_seconds"]
     summary = {"target_accuracy": target, "fastai_wall_seconds": ref_wall}

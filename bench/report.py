@@ -449,7 +449,7 @@ def _time_to_accuracy(r: dict) -> str:
         f" after {s['fastai_wall_seconds']:.0f} s. Measured {m['date']} on {m['cpu']}"
         f" ({m['cores']} cores), commit {m['commit']}.", "",
         "| run | recipe | reaches the target at | / fastai's wall | best accuracy |"
-        " wall | accuracy per epoch (s) |", "|---|---|---:|---:|---:|---:|---|"]
+        " with TTA | wall | accuracy per epoch (s) |", "|---|---|---:|---:|---:|---:|---:|---|"]
     for name, row in rows.items():
         at = row.get("reached_at_seconds")
         frac = row.get("fraction_of_fastai_wall")
@@ -457,7 +457,10 @@ def _time_to_accuracy(r: dict) -> str:
                         for p in row["points"])
         lines.append(f"| {name} | `{row['args']}` | {'-' if at is None else f'{at:.0f} s'} |"
                      f" {'-' if frac is None else f'{frac:.2f}×'} |"
-                     f" {100 * row['best_accuracy']:.1f}% | {row['wall_seconds']:.0f} s |"
+                     f" {100 * row['best_accuracy']:.1f}% |"
+                     + (f" {100 * row['tta_accuracy']:.1f}% |" if "tta_accuracy" in row
+                        else " - |")
+                     + f" {row['wall_seconds']:.0f} s |"
                      f" {pts} |")
     return "\n".join([*lines, "", ""])
 
