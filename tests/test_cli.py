@@ -126,6 +126,7 @@ def test_unknown_arch_and_hub_errors_are_one_line(folder_dataset: Path):
     assert r.returncode == 2 and "did you mean" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end_offline(tmp_path: Path):
     """The README's first command, small: draws shapes, verifies, runs lr_find, trains at
     its `minimum` suggestion (--lr auto from scratch), writes the run with model and report."""
@@ -167,6 +168,7 @@ def test_a_new_run_never_replaces_an_earlier_one(folder_dataset: Path, tmp_path:
             if f.is_file()} == files
 
 
+@pytest.mark.slow
 def test_train_imbalance_options_and_watched_metric(folder_dataset: Path, tmp_path: Path):
     run = tmp_path / "run"
     _run("train", str(folder_dataset), "--pretrained", "none", "--size", "24", "--presize",

@@ -129,6 +129,7 @@ def test_score_must_suit_the_model(run_dir: Path):
         calibrate(Predictor(run_dir / "model"), _data(run_dir), score="sigmoid_max")
 
 
+@pytest.mark.slow
 def test_evaluate_ood_on_trivially_different_unknowns(run_dir: Path, tmp_path: Path):
     run, data = tmp_path / "run", _data(run_dir)
     shutil.copytree(run_dir, run)

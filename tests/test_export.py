@@ -34,6 +34,7 @@ def test_export_round_trip_gives_identical_logits(learn, tmp_path: Path):
         load_model(tmp_path / "model")
 
 
+@pytest.mark.slow
 def test_onnx_matches_pytorch(run_dir: Path, tmp_path: Path):
     ort = pytest.importorskip("onnxruntime")
     out = tmp_path / "m.onnx"

@@ -104,6 +104,7 @@ def test_mixing_adds_no_resample(folder_dataset: Path, monkeypatch: pytest.Monke
     assert len(calls) == len(learn.dls.train) + len(learn.dls.valid)  # one per batch
 
 
+@pytest.mark.slow
 def test_size_ema_and_valid_size_round_trip_through_export(folder_dataset: Path,
                                                            tmp_path: Path):
     run = tmp_path / "run"

@@ -85,6 +85,7 @@ def test_rows_decode_into_the_cache_with_the_corrupt_one_reported(hf: Path, tmp_
     assert out["n_usable"] == 23 and len(out["unreadable"]) == 1
 
 
+@pytest.mark.slow
 def test_train_and_evaluate_on_parquet(hf: Path, tmp_path: Path):
     run = tmp_path / "run"
     r = run_cli("train", str(hf), "--pretrained", "none", "--size", "24", "--presize", "32",

@@ -33,6 +33,7 @@ def data(tmp_path: Path) -> Path:
     return make_folder_dataset(tmp_path / "data", n_train=8, n_valid=3)
 
 
+@pytest.mark.slow
 def test_scalars_images_and_hparams(data: Path, tmp_path: Path):
     run = tmp_path / "run"
     r = run_cli("train", str(data), *ARGS, "--epochs", "2", "--lr", "auto",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +71,9 @@ class _Table:
     def __init__(self, file: Path) -> None:
         pa = _pyarrow()
         self.file = file
+        # one reader per file is shared by the decoding threads (verify, the Predictor):
+        # pyarrow's file readers are not safe to use from several threads at once
+        self.lock = threading.Lock()
         if file.suffix == ".parquet":
             self.pq = pa.parquet.ParquetFile(str(file))
             meta = self.pq.metadata
@@ -99,10 +103,10 @@ class _Table:
         return c, row - self.starts[c]
 
     def read_chunk(self, chunk: int, columns: list[str]) -> Any:
-        if self.pq is not None:
-            return self.pq.read_row_group(chunk, columns=columns)
-        batch = self.ipc.get_batch(chunk)
-        return batch.select(columns)
+        with self.lock:
+            if self.pq is not None:
+                return self.pq.read_row_group(chunk, columns=columns)
+            return self.ipc.get_batch(chunk).select(columns)
 
     def batches(self, columns: list[str]) -> Iterator[Any]:
         """Record batches of `columns`, in order, never the whole file at once."""
