@@ -4,7 +4,8 @@ recipe and imageclf's fastest recipe, side by side, each a whole process from a 
     python bench/bench_time_to_accuracy.py [--data DIR] [--fastest "ARGS"] [--name NAME]
         [--recipes NAME=ARGS ...] [--skip-fastai]
 
-Imagenette, resnet18 from scratch, 128 px final size, batch 64. Each process's validation
+Imagenette, resnet18 from scratch, batch 64 (fastai and the same recipe at 128 px; the fastest
+recipe chooses its sizes). Each process's validation
 accuracy is logged with the wall time since its start after every epoch (read from its
 output as it happens). Reported: the wall time at which each first reaches fastai's final
 accuracy, and the best accuracy each reaches; each imageclf model is then evaluated with

@@ -25,6 +25,10 @@ data loader), `bench_train.py` (a whole training run, resnet18 from scratch),
 evidence behind `--lr auto`; `--transfer` for fine-tuning), `bench_ddp.py` (one process
 against torchrun with several) and `bench_serve.py` (`imageclf serve` under concurrent
 clients against a FastAPI endpoint calling fastai's `learn.predict`).
+`bench_time_to_accuracy.py` logs accuracy against wall time per epoch for fastai's recipe,
+imageclf's same recipe and its fastest one. imageclf alone: `bench_open_set.py` (which
+"none of these" score tells unknown images from known ones) and `bench_imbalance.py`
+(class weights and the balanced sampler on a cut-down class set).
 `bench/bench_device.py` measures the training device: the training step on a batch already
 on the device (the ceiling) against end-to-end training from a fresh cache;
 `bash bench/gpu_checks.sh DATA [OUT]` runs the GPU tests and its rows on a machine with a
@@ -442,7 +446,7 @@ def _imbalance(r: dict) -> str:
 def _time_to_accuracy(r: dict) -> str:
     m, rows, s = r["machine"], r["rows"], r["summary"]
     lines = [
-        "## Time to accuracy: resnet18 from scratch, 128 px final size", "",
+        "## Time to accuracy: resnet18 from scratch on Imagenette", "",
         "`bench/bench_time_to_accuracy.py`: Imagenette, batch 64, each tool a whole"
         " process from a cold cache; validation accuracy logged with the wall time after"
         f" every epoch. Target: fastai's final accuracy, {100 * s['target_accuracy']:.1f}%"

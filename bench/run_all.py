@@ -11,7 +11,8 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 SCRIPTS = ["bench_loader.py", "bench_train.py", "bench_predict.py", "bench_lr_find.py",
-           "bench_lr_rules.py", "bench_ddp.py", "bench_serve.py"]
+           "bench_lr_rules.py", "bench_ddp.py", "bench_serve.py", "bench_time_to_accuracy.py",
+           "bench_open_set.py", "bench_imbalance.py"]
 
 if __name__ == "__main__":
     import torch
