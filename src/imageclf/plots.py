@@ -136,12 +136,20 @@ def plot_open_set(known: torch.Tensor, unknown: torch.Tensor, threshold: float |
     """Histograms of the known and unknown images' open-set scores, the threshold drawn."""
     fig = Figure(figsize=(6.5, 3.8))
     ax = fig.subplots()
-    lo = float(min(known.min(), unknown.min()))
-    hi = float(max(known.max(), unknown.max()))
-    bins = torch.linspace(lo, hi if hi > lo else lo + 1e-6, 41).tolist()
-    ax.hist(known.float().numpy(), bins=bins, alpha=0.6, density=True,
+    # a long tail (the distances of noise images) would squeeze the rest into one bin: the
+    # range is the known images' and as much again below it, with anything beyond counted
+    # in the end bins
+    k_lo, k_hi = (float(v) for v in torch.quantile(known.float(),
+                                                   torch.tensor([0.005, 1.0])))
+    lo = min(k_lo, max(k_lo - (k_hi - k_lo), float(unknown.min())))
+    hi = max(k_hi, float(torch.quantile(unknown.float(), 0.995)))
+    if threshold is not None:
+        lo, hi = min(lo, threshold), max(hi, threshold)
+    hi = hi if hi > lo else lo + 1e-6
+    bins = torch.linspace(lo, hi, 41).tolist()
+    ax.hist(known.float().clamp(lo, hi).numpy(), bins=bins, alpha=0.6, density=True,
             label=f"known classes ({len(known)})", color="tab:blue")
-    ax.hist(unknown.float().numpy(), bins=bins, alpha=0.6, density=True,
+    ax.hist(unknown.float().clamp(lo, hi).numpy(), bins=bins, alpha=0.6, density=True,
             label=f"unknown ({len(unknown)})", color="tab:orange")
     if threshold is not None:
         ax.axvline(threshold, color="black", linestyle="--",
