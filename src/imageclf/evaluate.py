@@ -101,7 +101,8 @@ def evaluate_open_set(predictor: Predictor, data: str | Path, ood: str | Path, *
                       ) -> tuple[Interpretation, dict]:
     """The model on DATA's validation images (known) and on the images in `ood` (unknown):
     AUROC and FPR at `keep` of every score the model can compute, and for its own rule how
-    many unknowns it accepted, as which class. With `out_dir`, open_set.png there."""
+    many unknowns it accepted, as which class. With `out_dir`, evaluate's pictures and
+    open_set.png there."""
     feats = predictor.rule is not None and predictor.rule.needs_features
     interp, known_out = _evaluate(predictor, data, csv=csv, label_regex=label_regex, tta=tta,
                                   bs=bs, features=feats, **cols)
@@ -125,8 +126,9 @@ def evaluate_open_set(predictor: Predictor, data: str | Path, ood: str | Path, *
               "unknown_accepted": sum(ls != [NONE_LABEL] for ls in decided),
               "unknown_accepted_as": dict(accepted.most_common()),
               "known_answered_none": known_none, "skipped_unknown": seen.skipped}
-    if out_dir is not None:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
+    if out_dir is not None:  # evaluate's pictures, and the scores' histogram
+        write_pictures(interp, out_dir, predictor.presize, predictor.method,
+                       predictor.augment)
         plot_open_set(known[score], unknown[score], predictor.none_threshold, score,
                       Path(out_dir) / "open_set.png")
     return interp, report
@@ -167,18 +169,8 @@ def subsample_per_class(idx: list[int], labels: Sequence[Sequence[int]], rows: i
                         seed: int = 0) -> list[int]:
     """At most `rows` of `idx`, an equal share per (first) label, drawn with a fixed seed;
     a class smaller than its share keeps all its images. In the original order."""
-    if len(idx) <= rows:
-        return list(idx)
-    by_class: dict[int, list[int]] = {}
-    for i, labs in zip(idx, labels, strict=True):
-        by_class.setdefault(labs[0] if labs else -1, []).append(i)
-    share = max(1, rows // len(by_class))
-    g = torch.Generator().manual_seed(seed)
-    keep = []
-    for members in by_class.values():
-        pick = torch.randperm(len(members), generator=g)[:share].tolist()
-        keep += [members[j] for j in pick]
-    return sorted(keep)
+    pick = openset.per_class_sample(_labels_of(labels), rows, seed)
+    return [idx[i] for i in pick.tolist()]
 
 
 def _labels_of(items_labels: Sequence[Sequence[int]]) -> torch.Tensor:

@@ -108,20 +108,26 @@ def fit_mahalanobis(features: torch.Tensor, labels: torch.Tensor, n_classes: int
     return means, torch.linalg.inv(cov)
 
 
-def sample_bank(features: torch.Tensor, labels: torch.Tensor, rows: int = BANK_ROWS,
-                seed: int = 0) -> torch.Tensor:
-    """Normalised features, fp16, at most `rows`: subsampled per class (an equal share each,
-    a smaller class keeps all of its images), with a fixed seed."""
-    if len(features) <= rows:
-        return normalise(features).half()
+def per_class_sample(labels: torch.Tensor, rows: int, seed: int = 0) -> torch.Tensor:
+    """Sorted indices of at most `rows` items (at least one per class when there are more
+    classes than rows): an equal share per label value, a smaller class keeping all of its
+    items, drawn with a fixed seed; every index when they fit."""
+    if len(labels) <= rows:
+        return torch.arange(len(labels))
     g = torch.Generator().manual_seed(seed)
     classes = labels.unique()
-    share = rows // len(classes)
+    share = max(1, rows // len(classes))
     keep = []
     for c in classes:
         idx = torch.nonzero(labels == c).flatten()
         keep.append(idx[torch.randperm(len(idx), generator=g)[:share]])
-    return normalise(features[torch.cat(keep).sort().values]).half()
+    return torch.cat(keep).sort().values
+
+
+def sample_bank(features: torch.Tensor, labels: torch.Tensor, rows: int = BANK_ROWS,
+                seed: int = 0) -> torch.Tensor:
+    """Normalised features, fp16, at most `rows`: subsampled per class (`per_class_sample`)."""
+    return normalise(features[per_class_sample(labels, rows, seed)]).half()
 
 
 # --- comparing scores --------------------------------------------------------------------

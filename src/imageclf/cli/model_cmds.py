@@ -86,9 +86,6 @@ def evaluate(model: o.ModelArg, data: o.DataArg,
         interp, open_set = evaluate_open_set(pred, data, ood, keep=keep, csv=csv,
                                              label_regex=label_regex, tta=tta, bs=bs,
                                              out_dir=output, **cols)
-        if output is not None:
-            from imageclf.interpret import write_pictures
-            write_pictures(interp, output, pred.presize, pred.method, pred.augment)
     else:
         interp = run_evaluate(pred, data, csv=csv, label_regex=label_regex, tta=tta, bs=bs,
                               out_dir=output, **cols)
