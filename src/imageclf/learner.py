@@ -201,15 +201,19 @@ class Learner:
         return plot_losses(self.history.batch_losses, self.history.rows, len(self.dls.train),
                            path)
 
-    def interpret(self) -> Interpretation:
+    def interpret(self, preds: tuple[torch.Tensor, torch.Tensor] | None = None
+                  ) -> Interpretation:
         """The validation split's interpretation: confusion matrix, per-class scores, top
-        losses (`interp.plot_confusion_matrix()`, `interp.summary()`)."""
+        losses, unreadable files (`interp.plot_confusion_matrix()`, `interp.summary()`).
+        `preds`: (logits, targets) of a pass already made, else the last validation's, else
+        a new pass."""
         from imageclf.interpret import Interpretation
 
-        logits, y = self.last_preds if self.last_preds is not None else self.get_preds()
+        logits, y = preds or self.last_preds or self.get_preds()
         valid = self.dls.valid
+        paths = [valid.paths[i] for i in valid.index]  # every rank's shard, in order
         return Interpretation.from_logits(logits, y, self.dls.classes, self.multi_label,
-                                          [valid.paths[i] for i in valid.index])
+                                          paths, skipped=self.dls.skipped())
 
     @property
     def sweeping(self) -> bool:

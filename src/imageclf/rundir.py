@@ -187,13 +187,10 @@ def interpret_run(learn: Learner, out: Path, k: int = 9,
                   preds: tuple[torch.Tensor, torch.Tensor] | None = None) -> Interpretation:
     """Validation-split interpretation of a trained learner: interpretation.json (accuracy,
     per-class scores, most confused pairs), confusion_matrix.png and top_losses.png."""
-    from imageclf.interpret import Interpretation, write_pictures
+    from imageclf.interpret import write_pictures
 
-    logits, y = preds if preds is not None else learn.get_preds()
     valid, cfg = learn.dls.valid, learn.dls.cfg
-    paths = [valid.paths[i] for i in valid.index]  # every rank's shard, in order
-    interp = Interpretation.from_logits(logits, y, learn.dls.classes, learn.multi_label, paths,
-                                        skipped=learn.dls.skipped())
+    interp = learn.interpret(preds)
     write_json(out / "interpretation.json", interp.summary(), sort_keys=True)
     write_pictures(interp, out, cfg.presize, cfg.resize_method, valid.augment, k)
     return interp
