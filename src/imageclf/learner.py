@@ -23,6 +23,7 @@ from imageclf.losses import LossFn, make_loss
 from imageclf.lr_finder import suggest
 from imageclf.models import Classifier, freeze, norm_params, param_groups, unfreeze
 from imageclf.progress import TrainProgress
+from imageclf.smallconv import use_for_training
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -109,6 +110,8 @@ class Learner:
         tune_for_training(self.device)
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=fmt)
+        if self.device.type == "cpu" and not compile:
+            use_for_training(self.model)  # faster weight gradients on small feature maps
         self.dist = dist or Dist()
         self.compile = compile
         if compile:
