@@ -76,15 +76,32 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-fastai", action="store_true",
                     help="Reuse the fastai curve already in bench/results/NAME.json.")
+    ap.add_argument("--fastai-from", help="Reuse the fastai curve of this results name "
+                    "(ablations: the target only, not a side-by-side figure).")
+    ap.add_argument("--no-same", action="store_true", help="Leave out imageclf_same.")
+    ap.add_argument("--only", nargs="*", help="Run only these --recipes rows (no same, no "
+                    "fastest); the rest of bench/results/NAME.json is kept.")
+    ap.add_argument("--eval-sizes", default="",
+                    help="Also evaluate each final model at these sides (comma separated): "
+                    "the test-time resolution, untimed.")
     ap.add_argument("--name", default="time_to_accuracy")
     a = ap.parse_args()
     data = imagenette(a.data)
     rows: dict[str, dict] = {}
     prev = HERE / "results" / f"{a.name}.json"
-    recipes = {"imageclf_same": SAME, "imageclf_fastest": a.fastest}
-    recipes |= dict(r.split("=", 1) for r in a.recipes)
+    recipes = {} if a.no_same else {"imageclf_same": SAME}
+    recipes |= {"imageclf_fastest": a.fastest} | dict(r.split("=", 1) for r in a.recipes)
+    if a.only:
+        rows = json.loads(prev.read_text())["rows"]
+        recipes = {k: v for k, v in recipes.items() if k in a.only}
     with tempfile.TemporaryDirectory() as tmp:
-        if a.skip_fastai and prev.exists():
+        if a.only:
+            pass
+        elif a.fastai_from:
+            rows["fastai"] = json.loads((HERE / "results" / f"{a.fastai_from}.json")
+                                        .read_text())["rows"]["fastai"]
+            rows["fastai"]["reused_from"] = a.fastai_from
+        elif a.skip_fastai and prev.exists():
             rows["fastai"] = json.loads(prev.read_text())["rows"]["fastai"]
         else:
             print("fastai 2.8.12: fit_one_cycle(2, 3e-3), Resize(160), "
@@ -101,11 +118,14 @@ def main() -> None:
                                 "--cache-dir", f"{tmp}/cache-{name}", "--out", str(out)])
             rows[name]["args"] = args
             # test-time augmentation on the final model (not part of the timed run)
-            for key, extra in (("final_accuracy", []), ("tta_accuracy", ["--tta"])):
+            views = [("final_accuracy", []), ("tta_accuracy", ["--tta"])]
+            views += [(f"accuracy_at_{s}", ["--size", s]) for s in a.eval_sizes.split(",") if s]
+            for key, extra in views:
                 ev = subprocess.run([sys.executable, "-m", "imageclf", "evaluate",
                                      str(out / "model"), str(data), "--json", *extra],
                                     capture_output=True, text=True, check=True)
                 rows[name][key] = json.loads(ev.stdout.strip().splitlines()[-1])["accuracy"]
+            rows[name]["train_args"] = json.loads((out / "config.json").read_text())
     target = rows["fastai"]["points"][-1]["valid_accuracy"]
     ref_wall = rows["fastai"]["wall_seconds"]
     summary = {"target_accuracy": target, "fastai_wall_seconds": ref_wall}

@@ -35,8 +35,7 @@ def predict(model: o.ModelArg,
             min_confidence: o.MinConfidence = None,
             tta: o.Tta = False,
             bs: o.Bs = 32, precision: o.Precision = "auto",
-            size: Annotated[int | None, typer.Option(
-                "--size", help="Predict at this side instead of the model's own.")] = None,
+            size: o.PredictSize = None,
             as_json: o.Json = False) -> None:
     """Top-k labels per image; unreadable files are reported per file, never a crash."""
     from imageclf.predict import Predictor
@@ -71,7 +70,7 @@ def evaluate(model: o.ModelArg, data: o.DataArg,
              image_col: o.ImageCol = None, label_col: o.LabelCol = None,
              split_col: o.SplitCol = None, ood: o.Ood = None, keep: o.Keep = 0.95,
              tta: o.Tta = False, bs: o.Bs = 32,
-             precision: o.Precision = "auto",
+             precision: o.Precision = "auto", size: o.PredictSize = None,
              as_json: o.Json = False) -> None:
     """Accuracy, per-class table and most-confused pairs on DATA's validation split (or every
     labelled image when DATA has no split); with --ood, the open-set figures on unknowns."""
@@ -79,7 +78,7 @@ def evaluate(model: o.ModelArg, data: o.DataArg,
     from imageclf.evaluate import evaluate_open_set
     from imageclf.predict import Predictor
 
-    pred = Predictor(model, precision=precision)
+    pred = Predictor(model, precision=precision, size=size)
     cols = {"image_col": image_col, "label_col": label_col, "split_col": split_col}
     open_set = None
     if ood is not None:

@@ -154,6 +154,8 @@ Token = Annotated[str | None, _opt("--token", help="Require 'Authorization: Bear
 CorsOrigin = Annotated[str | None, _opt("--cors-origin",
                                         help="Allow this origin's pages to call the API.")]
 Tta = Annotated[bool, _opt("--tta", help="Average flipped/zoomed views.")]
+PredictSize = Annotated[int | None, _opt(
+    "--size", help="Predict at this side instead of the model's own (model.json size).")]
 Output = Annotated[Path | None, _opt("-o", "--output")]
 
 
