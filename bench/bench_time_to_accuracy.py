@@ -10,7 +10,8 @@ accuracy is logged with the wall time since its start after every epoch (read fr
 output as it happens). Reported: the wall time at which each first reaches fastai's final
 accuracy, and the best accuracy each reaches; each imageclf model is then evaluated with
 and without test-time augmentation (`evaluate --tta`, untimed). --recipes adds imageclf rows
-(ablations: the same seed and epochs with one technique on or off). Writes
+(ablations: the same seed and epochs with one technique on or off); leading NAME=VALUE
+words in a recipe set environment variables (IMAGECLF_CONV_GRAD=native). Writes
 bench/results/NAME.json and regenerates docs/benchmarks.md.
 """
 
@@ -34,16 +35,17 @@ HERE = Path(__file__).resolve().parent
 SAME = "--size 128 --presize 160 --epochs 2 --lr 3e-3"
 FASTEST = ("--sizes 64,96 --size 96 --presize 112 --valid-size 112 --epochs 3 --lr 3e-3 "
            "--head timm")
+ENV = re.compile(r"^[A-Z][A-Z0-9_]*=")
 ROW = re.compile(r"^epoch (\d+)\s.*valid_accuracy=([0-9.]+)")
 
 
-def curve(cmd: list[str]) -> dict:
+def curve(cmd: list[str], env: dict[str, str] | None = None) -> dict:
     """Run one process; (seconds since start, epoch, accuracy) at each epoch it reports."""
     t0 = time.perf_counter()
     errors = tempfile.TemporaryFile("w+")  # read at the end: a full pipe would stall it
     # unbuffered: each epoch's line arrives when it is printed, so its time is right
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errors, text=True,
-                         bufsize=1, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                         bufsize=1, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
     points = []
     for line in p.stdout:
         line = line.strip()
@@ -78,6 +80,8 @@ def main() -> None:
                     help="Reuse the fastai curve already in bench/results/NAME.json.")
     ap.add_argument("--fastai-from", help="Reuse the fastai curve of this results name "
                     "(ablations: the target only, not a side-by-side figure).")
+    ap.add_argument("--title", help="The docs section's heading (a further results set).")
+    ap.add_argument("--note", help="A sentence for the docs section (what the set shows).")
     ap.add_argument("--no-same", action="store_true", help="Leave out imageclf_same.")
     ap.add_argument("--only", nargs="*", help="Run only these --recipes rows (no same, no "
                     "fastest); the rest of bench/results/NAME.json is kept.")
@@ -112,10 +116,13 @@ def main() -> None:
         for name, args in recipes.items():
             print(f"{name}: {args}", flush=True)
             out = Path(tmp) / name
+            words = shlex.split(args)  # leading NAME=VALUE words set the environment
+            env = dict(w.split("=", 1) for w in words if ENV.match(w))
+            words = [w for w in words if not ENV.match(w)]
             rows[name] = curve([sys.executable, "-m", "imageclf", "train", str(data),
                                 "--arch", "resnet18", "--pretrained", "none", "--bs", "64",
-                                "--seed", str(a.seed), *shlex.split(args),
-                                "--cache-dir", f"{tmp}/cache-{name}", "--out", str(out)])
+                                "--seed", str(a.seed), *words,
+                                "--cache-dir", f"{tmp}/cache-{name}", "--out", str(out)], env)
             rows[name]["args"] = args
             # test-time augmentation on the final model (not part of the timed run)
             views = [("final_accuracy", []), ("tta_accuracy", ["--tta"])]

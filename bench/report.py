@@ -444,26 +444,38 @@ def _imbalance(r: dict) -> str:
 
 
 def _time_to_accuracy(r: dict) -> str:
-    m, rows, s = r["machine"], r["rows"], r["summary"]
+    m, rows, s, st = r["machine"], r["rows"], r["summary"], r["settings"]
+    reused = rows["fastai"].get("reused_from")
+    sizes = sorted({int(k.rsplit("_", 1)[1]) for row in rows.values() for k in row
+                    if k.startswith("accuracy_at_")})
     lines = [
-        "## Time to accuracy: resnet18 from scratch on Imagenette", "",
-        "`bench/bench_time_to_accuracy.py`: Imagenette, batch 64, each tool a whole"
+        f"## {st.get('title') or 'Time to accuracy: resnet18 from scratch on Imagenette'}",
+        "", "`bench/bench_time_to_accuracy.py`: Imagenette, batch 64, each run a whole"
         " process from a cold cache; validation accuracy logged with the wall time after"
         f" every epoch. Target: fastai's final accuracy, {100 * s['target_accuracy']:.1f}%"
-        f" after {s['fastai_wall_seconds']:.0f} s. Measured {m['date']} on {m['cpu']}"
+        f" after {s['fastai_wall_seconds']:.0f} s"
+        + (f" (fastai's row is reused from `{reused}`, measured in that run: its target"
+           " only, not a side-by-side figure)" if reused else "")
+        + f". {st['note'] + ' ' if st.get('note') else ''}Measured {m['date']} on {m['cpu']}"
         f" ({m['cores']} cores), commit {m['commit']}.", "",
         "| run | recipe | reaches the target at | / fastai's wall | best accuracy |"
-        " with TTA | wall | accuracy per epoch (s) |", "|---|---|---:|---:|---:|---:|---:|---|"]
+        " with TTA |" + "".join(f" at {z} px |" for z in sizes)
+        + " wall | accuracy per epoch (s) |",
+        "|---|---|---:|---:|---:|---:|" + "---:|" * len(sizes) + "---:|---|"]
     for name, row in rows.items():
+        if name == "fastai" and reused:
+            continue
         at = row.get("reached_at_seconds")
         frac = row.get("fraction_of_fastai_wall")
         pts = ", ".join(f"{100 * p['valid_accuracy']:.1f}% ({p['seconds']:.0f})"
                         for p in row["points"])
+        at_sizes = "".join(f" {100 * row[f'accuracy_at_{z}']:.1f}% |"
+                           if f"accuracy_at_{z}" in row else " - |" for z in sizes)
         lines.append(f"| {name} | `{row['args']}` | {'-' if at is None else f'{at:.0f} s'} |"
                      f" {'-' if frac is None else f'{frac:.2f}×'} |"
                      f" {100 * row['best_accuracy']:.1f}% |"
                      + (f" {100 * row['tta_accuracy']:.1f}% |" if "tta_accuracy" in row
-                        else " - |")
+                        else " - |") + at_sizes
                      + f" {row['wall_seconds']:.0f} s |"
                      f" {pts} |")
     return "\n".join([*lines, "", ""])

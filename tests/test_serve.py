@@ -2,6 +2,7 @@
 the real server as a program: a browser on its page, SIGTERM with requests in flight."""
 
 import asyncio
+import json
 import shutil
 import signal
 import socket
@@ -66,7 +67,28 @@ def test_answers_equal_the_predictors(run_dir: Path):
     card = _get(app, "/model").json()
     assert card["classes"] == ["blue", "green", "red"] and card["arch"] == "resnet18"
     assert 0 <= card["metrics"]["valid_accuracy"] <= 1
+    assert card["tta"] is False and card["predict_size"] == ref_size(run_dir)
     assert _get(app, "/health").json()["model_loaded"] is True
+
+
+def ref_size(run_dir: Path) -> int:
+    return json.loads((run_dir / "model" / "model.json").read_text())["size"]
+
+
+def test_tta_and_size_answer_as_the_predictor(run_dir: Path):
+    size = ref_size(run_dir) + 8
+    app = create_app(run_dir, ServeConfig(tta=True, size=size), precision="fp32")
+    files = _files(run_dir)
+    ref = Predictor(run_dir / "model", precision="fp32", size=size).predict(files, tta=True)
+    plain = Predictor(run_dir / "model", precision="fp32").predict(files)
+    got = _post(app, {"files": [("files", (f.name, f.read_bytes(), "image/jpeg"))
+                                for f in files]})[0].json()
+    for g, r, p in zip(got, ref, plain, strict=True):
+        assert [t["prob"] for t in g["top"]] == pytest.approx([q for _, q in r.top], abs=1e-5)
+        # the views and the size change the answer: the test can tell them apart
+        assert [t["prob"] for t in g["top"]] != pytest.approx([q for _, q in p.top], abs=1e-5)
+    card = _get(app, "/model").json()
+    assert card["tta"] is True and card["predict_size"] == size
 
 
 def test_concurrent_requests_share_forward_passes(run_dir: Path):

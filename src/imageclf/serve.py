@@ -59,8 +59,10 @@ class Batcher:
     inference thread: the event loop never waits on torch. It waits only while images are
     on their way (`coming`: uploads still being decoded), so a lone request runs at once."""
 
-    def __init__(self, predictor: Predictor, max_batch: int, max_wait: float) -> None:
+    def __init__(self, predictor: Predictor, max_batch: int, max_wait: float,
+                 tta: bool = False) -> None:
         self.predictor, self.max_batch, self.max_wait = predictor, max_batch, max_wait
+        self.tta = tta  # average the flipped/zoomed views: better answers, 4x the compute
         self.forward_calls = 0
         self.images = 0
         self.coming = 0  # images accepted and still decoding: worth waiting for
@@ -110,7 +112,7 @@ class Batcher:
     def _forward(self, x: torch.Tensor) -> list[tuple[torch.Tensor, float | None]]:
         self.forward_calls += 1
         self.images += x.shape[0]
-        probs, scores = self.predictor.judge(x)
+        probs, scores = self.predictor.judge(x, self.tta)
         if scores is None:
             return [(p, None) for p in probs]
         return [(p, float(s)) for p, s in zip(probs, scores, strict=True)]
@@ -196,6 +198,8 @@ class ServeConfig:
     top_k: int = 5
     token: str | None = None
     cors_origin: str | None = None
+    tta: bool = False  # test-time augmentation on every request
+    size: int | None = None  # predict at this side instead of the model's own
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:
@@ -216,7 +220,7 @@ def model_card(predictor: Predictor, model_dir: Path) -> dict:
     card = {k: v for k, v in predictor.meta.to_json().items() if k != "weights"}
     # the rule in force: --min-confidence may override the stored one
     card |= {"none_rule": predictor.none_rule, "none_threshold": predictor.none_threshold,
-             "metrics": None}
+             "metrics": None, "predict_size": predictor.size}
     metrics = model_dir.parent / "metrics.json"
     with contextlib.suppress(OSError, ValueError):
         found = json.loads(metrics.read_text())
@@ -232,9 +236,9 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None, *,
     cfg = config or ServeConfig()
     folder = resolve_model_dir(model_dir)
     predictor = Predictor(folder, device=device, precision=precision,
-                          min_confidence=min_confidence)
+                          min_confidence=min_confidence, size=cfg.size)
     torch.set_num_threads(os.cpu_count() or 1)  # one inference thread uses every core
-    batcher = Batcher(predictor, cfg.max_batch, cfg.max_wait_ms / 1000)
+    batcher = Batcher(predictor, cfg.max_batch, cfg.max_wait_ms / 1000, tta=cfg.tta)
     decoders = ThreadPoolExecutor(min(4, os.cpu_count() or 1),
                                   thread_name_prefix="imageclf-decode")
 
@@ -284,7 +288,7 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None, *,
     @app.get("/model")
     async def model() -> dict:
         """The public part of model.json and the run's metrics when known."""
-        return model_card(predictor, folder)
+        return model_card(predictor, folder) | {"tta": batcher.tta}
 
     @app.post("/predict", responses={413: {}, 415: {}, 422: {}, 400: {}})
     async def predict(request: Request) -> JSONResponse:

@@ -16,7 +16,8 @@ def serve(model: o.ServeModelArg, host: o.Host = "127.0.0.1", port: o.Port = 800
           max_upload_mb: o.MaxUploadMb = 20.0, max_files: o.MaxFiles = 16,
           token: o.Token = None, cors_origin: o.CorsOrigin = None,
           min_confidence: o.MinConfidence = None, device: o.Device = "auto",
-          precision: o.Precision = "auto") -> None:
+          precision: o.Precision = "auto", tta: o.Tta = False,
+          size: o.PredictSize = None) -> None:
     """Serve the model: a page at / and an HTTP API (POST /predict, GET /health, GET /model,
     docs at /docs), batching concurrent requests. Ctrl-C or SIGTERM drains the requests in
     flight, then exits."""
@@ -30,7 +31,7 @@ def serve(model: o.ServeModelArg, host: o.Host = "127.0.0.1", port: o.Port = 800
     cfg = ServeConfig(max_batch=max_batch, max_wait_ms=max_wait_ms,
                       max_upload_mb=max_upload_mb, max_files=max_files,
                       token=token or os.environ.get("IMAGECLF_TOKEN") or None,
-                      cors_origin=cors_origin)
+                      cors_origin=cors_origin, tta=tta, size=size)
     _check_port(host, port)
     app = create_app(model, cfg, device=dev, precision=precision,
                      min_confidence=min_confidence)
