@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import imagenette, machine, run, save, subset
+from common import imagenette, machine, pretrain_body, run, save, subset
 from report import render
 
 
@@ -56,20 +56,9 @@ def main() -> None:
         cache = ["--cache-dir", f"{tmp}/cache"]  # decoded once, shared by every run
         size = ["--size", str(a.size), "--presize", str(a.presize), "--bs", str(a.bs)]
         if a.transfer:
-            classes = sorted(p.name for p in (full / "train").iterdir() if p.is_dir())
-            half = len(classes) // 2
-            for split in (p.name for p in full.iterdir() if p.is_dir()):
-                for i, c in enumerate(classes):
-                    src, dst = (full, "pre") if i < half else (data, "fine")
-                    (Path(tmp) / dst / split).mkdir(parents=True, exist_ok=True)
-                    (Path(tmp) / dst / split / c).symlink_to((src / split / c).resolve())
-            imageclf("train", f"{tmp}/pre", "--arch", a.arch, "--pretrained", "none", *size,
-                     *cache, "--epochs", str(a.pretrain_epochs), "--out", f"{tmp}/pre-run")
-            m = json.loads(Path(f"{tmp}/pre-run/metrics.json").read_text())
-            pretrain = {"classes": classes[:half], "epochs": a.pretrain_epochs,
-                        "valid_accuracy": m["valid_accuracy"], "lr": m["lr"]}
-            print("pretrained body:", pretrain, flush=True)
-            data, a.pretrained = Path(f"{tmp}/fine"), f"{tmp}/pre-run/model"
+            data, body, pretrain = pretrain_body(full, data, tmp, ["--arch", a.arch, *size,
+                                                                   *cache], a.pretrain_epochs)
+            a.pretrained = str(body)
         common = ["--arch", a.arch, "--pretrained", a.pretrained, *size]
         for seed in (int(s) for s in a.seeds.split(",")):
             out = imageclf("lr-find", str(data), *common, *cache, "--seed", str(seed),

@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -80,6 +81,8 @@ def main() -> None:
                     help="Reuse the fastai curve already in bench/results/NAME.json.")
     ap.add_argument("--fastai-from", help="Reuse the fastai curve of this results name "
                     "(ablations: the target only, not a side-by-side figure).")
+    ap.add_argument("--keep-models", help="Copy each run's model/ folder under this folder "
+                    "(for bench_bn_recal.py).")
     ap.add_argument("--title", help="The docs section's heading (a further results set).")
     ap.add_argument("--note", help="A sentence for the docs section (what the set shows).")
     ap.add_argument("--no-same", action="store_true", help="Leave out imageclf_same.")
@@ -133,6 +136,8 @@ def main() -> None:
                                     capture_output=True, text=True, check=True)
                 rows[name][key] = json.loads(ev.stdout.strip().splitlines()[-1])["accuracy"]
             rows[name]["train_args"] = json.loads((out / "config.json").read_text())
+            if a.keep_models:
+                shutil.copytree(out / "model", Path(a.keep_models) / name, dirs_exist_ok=True)
     target = rows["fastai"]["points"][-1]["valid_accuracy"]
     ref_wall = rows["fastai"]["wall_seconds"]
     summary = {"target_accuracy": target, "fastai_wall_seconds": ref_wall}

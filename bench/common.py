@@ -78,6 +78,27 @@ def run(cmd: list[str], env: dict[str, str] | None = None) -> str:
     return r.stdout
 
 
+def pretrain_body(full: Path, data: Path, tmp: str, train_args: list[str], epochs: int
+                  ) -> tuple[Path, Path, dict]:
+    """The fine-tuning setting without hub weights: resnet-style body trained from scratch on
+    the first half of `full`'s classes (all their images), the other half of `data`'s kept to
+    fine-tune on. Returns (fine-tuning data, the body's model/ folder, what it reached)."""
+    classes = sorted(p.name for p in (full / "train").iterdir() if p.is_dir())
+    half = len(classes) // 2
+    for split in (p.name for p in full.iterdir() if p.is_dir()):
+        for i, c in enumerate(classes):
+            src, dst = (full, "pre") if i < half else (data, "fine")
+            (Path(tmp) / dst / split).mkdir(parents=True, exist_ok=True)
+            (Path(tmp) / dst / split / c).symlink_to((src / split / c).resolve())
+    run([sys.executable, "-m", "imageclf", "train", f"{tmp}/pre", "--pretrained", "none",
+         *train_args, "--epochs", str(epochs), "--out", f"{tmp}/pre-run"])
+    m = json.loads(Path(f"{tmp}/pre-run/metrics.json").read_text())
+    info = {"classes": classes[:half], "epochs": epochs, "valid_accuracy": m["valid_accuracy"],
+            "lr": m["lr"]}
+    print("pretrained body:", info, flush=True)
+    return Path(f"{tmp}/fine"), Path(f"{tmp}/pre-run/model"), info
+
+
 def run_json(cmd: list[str], env: dict[str, str] | None = None) -> dict:
     """Run one tool in its own process and parse the JSON object of its last output line."""
     return json.loads(run(cmd, env).strip().splitlines()[-1])

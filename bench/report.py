@@ -28,7 +28,9 @@ clients against a FastAPI endpoint calling fastai's `learn.predict`).
 `bench_time_to_accuracy.py` logs accuracy against wall time per epoch for fastai's recipe,
 imageclf's same recipe and its fastest one. imageclf alone: `bench_open_set.py` (which
 "none of these" score tells unknown images from known ones) and `bench_imbalance.py`
-(class weights and the balanced sampler on a cut-down class set).
+(class weights and the balanced sampler on a cut-down class set), `bench_finetune.py`
+(the training techniques when fine-tuning on small data) and `bench_bn_recal.py` (whether
+BatchNorm statistics need recomputing after a size change).
 `bench/bench_device.py` measures the training device: the training step on a batch already
 on the device (the ceiling) against end-to-end training from a fresh cache;
 `bash bench/gpu_checks.sh DATA [OUT]` runs the GPU tests and its rows on a machine with a
@@ -75,6 +77,13 @@ def _summary() -> str:
             text = (f"fastest recipe reaches fastai's {100 * s['target_accuracy']:.1f}% at "
                     + (f"{f:.2f}× fastai's wall" if f is not None else "never")
                     + f"; best {100 * s['fastest_best_accuracy']:.1f}%")
+        elif name == "finetune":
+            text = "median valid accuracy " + ", ".join(
+                f"{k} {100 * v['valid_accuracy']:.1f}%" for k, v in s.items())
+        elif name == "bn_recal":
+            text = "recomputed BatchNorm statistics: " + ", ".join(
+                f"{x['size']} px {100 * (x['recalibrated_accuracy'] - x['accuracy']):+.1f}"
+                " points" for x in r["rows"])
         elif name == "imbalance":
             text = "minority recall " + ", ".join(
                 f"{k} {100 * v['minority_recall']:.1f}%" for k, v in s.items())
@@ -481,10 +490,52 @@ def _time_to_accuracy(r: dict) -> str:
     return "\n".join([*lines, "", ""])
 
 
+def _finetune(r: dict) -> str:
+    m, st, pre = r["machine"], r["settings"], r["pretrain"]
+    seeds = st["seeds"].split(",")
+    lines = [
+        "## Fine-tuning on small data: the new techniques and defaults", "",
+        f"`bench/bench_finetune.py`: resnet18 body trained here from scratch on"
+        f" {len(pre['classes'])} Imagenette classes ({pre['epochs']} epochs,"
+        f" {100 * pre['valid_accuracy']:.1f}% valid there), fine-tuned (`fine_tune`: 1 frozen"
+        f" + {st['epochs']} epochs) on the other classes, {st['subset']} images per class, at"
+        f" {st['size']} px (presize {st['presize']}); per seed one lr_find sweep (valley) fixes"
+        f" the rate for every variant. Seeds {', '.join(seeds)}; medians. Measured"
+        f" {m['date']} on {m['cpu']} ({m['cores']} cores), commit {m['commit']}.", "",
+        "| variant | args | valid accuracy | with TTA | per seed | wall (s) |",
+        "|---|---|---:|---:|---|---:|"]
+    for name, v in r["summary"].items():
+        per = ", ".join(f"{100 * x['valid_accuracy']:.1f}%" for x in r["runs"]
+                        if x["variant"] == name)
+        args = next(x["args"] for x in r["runs"] if x["variant"] == name)
+        lines.append(f"| {name} | `{args or '(defaults)'}` | {100 * v['valid_accuracy']:.1f}% |"
+                     f" {100 * v['tta_accuracy']:.1f}% | {per} | {v['wall_seconds']:.0f} |")
+    return "\n".join([*lines, "", ""])
+
+
+def _bn_recal(r: dict) -> str:
+    m, st = r["machine"], r["settings"]
+    lines = [
+        "## BatchNorm statistics after a size change", "",
+        f"`bench/bench_bn_recal.py` on `{Path(st['model']).name}` (last trained at"
+        f" {st['train_size']} px, exported for {st['model_size']} px): validation accuracy"
+        f" with the running statistics from training, and with them recomputed as an exact"
+        f" average over {st['batches']} augmented training batches at the same side (weights"
+        f" unchanged). fp32. Measured {m['date']} on {m['cpu']} ({m['cores']} cores),"
+        f" commit {m['commit']}.", "",
+        "| side | accuracy | recomputed statistics | difference |", "|---:|---:|---:|---:|"]
+    for x in r["rows"]:
+        d = x["recalibrated_accuracy"] - x["accuracy"]
+        lines.append(f"| {x['size']} | {100 * x['accuracy']:.1f}% |"
+                     f" {100 * x['recalibrated_accuracy']:.1f}% | {100 * d:+.1f} points |")
+    return "\n".join([*lines, "", ""])
+
+
 SECTIONS = {"loader": _loader, "train": _train, "predict": _predict, "lr_find": _lr_find,
             "lr_rules": _lr_rules, "ddp-cpu": _ddp, "serve": _serve,
             "open_set": _open_set, "imbalance": _imbalance,
-            "time_to_accuracy": _time_to_accuracy}
+            "time_to_accuracy": _time_to_accuracy, "finetune": _finetune,
+            "bn_recal": _bn_recal}
 
 
 def _read(name: str) -> dict | None:

@@ -1,0 +1,94 @@
+"""Fine-tuning on small data: do the time-to-accuracy techniques and defaults hold there?
+
+    python bench/bench_finetune.py [--data DIR] [--subset 250] [--seeds 0,1]
+        [--variants NAME='ARGS' ...] [--name finetune]
+
+A body this script trains itself (resnet18 from scratch on the first half of Imagenette's
+classes, all their images, 64 px) is fine-tuned (`fine_tune`: 1 frozen + 4 epochs) on the
+other half, --subset images per class. Per seed one lr_find sweep (valley, the fine-tuning
+default) fixes the rate; then one run per variant with that seed and rate, so only the
+variant differs. Each variant's final model is also evaluated with --tta. Writes
+bench/results/NAME.json and regenerates docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import imagenette, machine, pretrain_body, run, run_json, save, subset
+from report import render
+
+VARIANTS = [
+    "defaults=",
+    "conv_grad_native=IMAGECLF_CONV_GRAD=native",
+    "ema_0.99=--ema 0.99",
+    "label_smoothing_0.1=--label-smoothing 0.1",
+]
+
+
+def imageclf(*args: str, env: dict[str, str] | None = None) -> str:
+    return run([sys.executable, "-m", "imageclf", *args], env)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data")
+    ap.add_argument("--subset", type=int, default=250, help="Images per class to fine-tune on.")
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--presize", type=int, default=80)
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--pretrain-epochs", type=int, default=4)
+    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--variants", nargs="*", default=VARIANTS)
+    ap.add_argument("--name", default="finetune")
+    a = ap.parse_args()
+    full = imagenette(a.data)
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = ["--cache-dir", f"{tmp}/cache"]
+        size = ["--arch", "resnet18", "--size", str(a.size), "--presize", str(a.presize),
+                "--bs", "64", *cache]
+        data, body, pretrain = pretrain_body(full, subset(full, a.subset), tmp, size,
+                                             a.pretrain_epochs)
+        common = [str(data), "--pretrained", str(body), *size]
+        for seed in (int(s) for s in a.seeds.split(",")):
+            sweep = run_json([sys.executable, "-m", "imageclf", "lr-find", *common,
+                              "--seed", str(seed), "--json"])
+            lr = sweep["suggestions"]["valley"]
+            for variant in a.variants:
+                name, args = variant.split("=", 1)
+                words = shlex.split(args)  # leading NAME=VALUE words set the environment
+                env = dict(w.split("=", 1) for w in words if w[:1].isupper() and "=" in w)
+                words = [w for w in words if not (w[:1].isupper() and "=" in w)]
+                out = f"{tmp}/run-{seed}-{name}"
+                t0 = time.perf_counter()
+                imageclf("train", *common, "--seed", str(seed), "--epochs", str(a.epochs),
+                         "--lr", repr(lr), *words, "--out", out, env=env)
+                wall = round(time.perf_counter() - t0, 1)
+                m = json.loads(Path(f"{out}/metrics.json").read_text())
+                tta = json.loads(imageclf("evaluate", f"{out}/model", str(data), "--tta",
+                                          "--json").strip().splitlines()[-1])["accuracy"]
+                row = {"seed": seed, "variant": name, "args": args, "lr": lr,
+                       "valid_accuracy": m["valid_accuracy"], "tta_accuracy": tta,
+                       "wall_seconds": wall}
+                print(row, flush=True)
+                runs.append(row)
+    names = [v.split("=", 1)[0] for v in a.variants]
+    summary = {n: {k: statistics.median(r[k] for r in runs if r["variant"] == n)
+                   for k in ("valid_accuracy", "tta_accuracy", "wall_seconds")} for n in names}
+    result = {"machine": machine(), "settings": vars(a) | {"data": str(full)},
+              "pretrain": pretrain, "runs": runs, "summary": summary}
+    print(save(a.name, result))
+    print(json.dumps(summary, indent=1))
+    render()
+
+
+if __name__ == "__main__":
+    main()
