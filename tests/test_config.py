@@ -76,3 +76,12 @@ def test_a_bad_flag_value_is_one_line(folder_dataset: Path, tmp_path: Path):
                 "--max-warp", "1.5", "-o", str(tmp_path / "b.png"))
     assert r.returncode == 2 and "--max-warp must be in [0, 1); got 1.5" in r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "b.png").exists()
+
+
+def test_head_auto_is_timms_from_scratch_and_concat_when_fine_tuning():
+    assert TrainConfig().model_head == "timm"
+    assert TrainConfig(pretrained="hub").model_head == "concat"
+    assert TrainConfig(pretrained="some/model", head="timm").model_head == "timm"
+    assert TrainConfig(head="concat").model_head == "concat"
+    with pytest.raises(ConfigError, match="--head must be auto, concat or timm"):
+        TrainConfig(head="linear")

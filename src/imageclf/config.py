@@ -139,7 +139,7 @@ class TrainConfig:
 
     arch: str = "resnet18"
     pretrained: str = "none"  # hub | none | PATH (weights file or an imageclf model/ folder)
-    head: str = "concat"
+    head: str = "auto"  # auto: timm's plain head from scratch, fastai's concat when pretrained
     epochs: int = 4
     freeze_epochs: int = 1
     lr: str = "auto"  # a number, or a finder rule (auto, valley, slide, minimum, steep)
@@ -165,6 +165,16 @@ class TrainConfig:
         return self.pretrained != "none"
 
     @property
+    def model_head(self) -> str:
+        """The head built: auto is timm's plain one (pool + linear) from scratch, where it
+        learns sooner than fastai's concat head with its dropout (Imagenette, 2 epochs at
+        64 px: 65.5% vs 60.7%; the demo's shapes: 82% vs 32%), and the concat head when
+        fine-tuning a pretrained body, as fastai does."""
+        if self.head != "auto":
+            return self.head
+        return "concat" if self.fine_tunes else "timm"
+
+    @property
     def sweeps_frozen(self) -> bool:
         """Fine-tuning sweeps the learning rate with the body frozen, as fastai's
         vision_learner does: the rate it picks is first used on the frozen model (fine_tune's
@@ -179,6 +189,8 @@ class TrainConfig:
         return self.lr if self.lr in LR_RULES else None
 
     def __post_init__(self) -> None:
+        if self.head not in ("auto", "concat", "timm"):
+            raise ConfigError(f"--head must be auto, concat or timm; got {self.head!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}; "
                               f"got {self.precision!r}")

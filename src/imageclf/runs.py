@@ -84,7 +84,7 @@ def build_learner(data: DataConfig, train: TrainConfig, ctx: RunContext | None =
         epochs = train.epochs + (train.freeze_epochs if train.fine_tunes else 0)
         cbs.append(SizeSchedule(train.sizes, epochs))
     set_seed(train.seed)
-    model = create_model(train.arch, len(dls.classes), train.pretrained, train.head)
+    model = create_model(train.arch, len(dls.classes), train.pretrained, train.model_head)
     return Learner(dls, model, wd=train.wd, precision=train.precision,
                    label_smoothing=train.label_smoothing, cbs=cbs, device=ctx.device,
                    dist=ctx.dist, compile=train.compile, accum=train.accum,

@@ -74,7 +74,9 @@ Pretrained = Annotated[str, _opt(
     "--pretrained", help="hub (timm's weights; the command line's default), none, a "
     ".safetensors/.pth file, or an imageclf model/ folder. The Python TrainConfig defaults "
     "to none, so that building settings in code never reaches the network.")]
-Head = Annotated[str, _opt("--head", help="concat (fastai's) or timm (pool + linear).")]
+Head = Annotated[str, _opt("--head", help="auto, concat (fastai's: concat pool, BN, dropout, "
+                                   "two linear layers) or timm (pool + linear). auto: timm "
+                                   "from scratch, concat when fine-tuning.")]
 Epochs = Annotated[int, _opt("--epochs")]
 FreezeEpochs = Annotated[int, _opt("--freeze-epochs",
                                    help="Epochs of the head alone first, when pretrained.")]

@@ -18,7 +18,7 @@ from imageclf.errors import ConfigError
 
 def train(data: Annotated[Path | None, typer.Argument(
               help="A folder of class folders, or a CSV (not needed with --resume).")] = None,
-          arch: o.Arch = "resnet18", pretrained: o.Pretrained = "hub", head: o.Head = "concat",
+          arch: o.Arch = "resnet18", pretrained: o.Pretrained = "hub", head: o.Head = "auto",
           size: o.Size = 224, presize: o.Presize = 460, epochs: o.Epochs = 4,
           freeze_epochs: o.FreezeEpochs = 1, lr: o.Lr = "auto", wd: o.Wd = 0.01,
           bs: o.Bs = 64, precision: o.Precision = "auto",
@@ -99,7 +99,7 @@ def print_result(res: object) -> None:
 
 
 def lr_find(data: o.DataArg, arch: o.Arch = "resnet18", pretrained: o.Pretrained = "hub",
-            head: o.Head = "concat", size: o.Size = 224, presize: o.Presize = 460,
+            head: o.Head = "auto", size: o.Size = 224, presize: o.Presize = 460,
             bs: o.Bs = 64, wd: o.Wd = 0.01, precision: o.Precision = "auto",
             seed: o.Seed = 0, output: o.Output = None, csv: o.Csv = None,
             label_regex: o.LabelRegex = None, valid_pct: o.ValidPct = 0.2,
