@@ -25,8 +25,9 @@ def test_export_round_trip_gives_identical_logits(learn, tmp_path: Path):
     model, meta = load_model(tmp_path / "model")
     with torch.no_grad():
         out = model(x.contiguous())
+    # --head auto from scratch built timm's head, and model.json records the one built
     assert meta.classes == ("blue", "green", "red") and (meta.arch, meta.head) == (
-        "resnet18", "concat")
+        "resnet18", "timm")
     assert (meta.size, meta.presize, meta.resize_method) == (32, 40, "crop")
     assert torch.allclose(out, ref, atol=1e-5)
     (tmp_path / "model" / "model.json").write_text("{broken")

@@ -70,7 +70,8 @@ def test_multi_label_model_answers_none(tmp_path: Path):
     res = train_run(DataConfig(path=str(root / "labels.csv"), size=32, presize=40, bs=10,
                                multi_label=True),
                     TrainConfig(arch="resnet18", pretrained="none", epochs=8, lr="3e-3",
-                                precision="fp32", out=str(tmp_path / "run")))
+                                precision="fp32", out=str(tmp_path / "run"),
+                                head="concat"))  # the model the figures below hold for
     meta = json.loads((res.out / "model" / "model.json").read_text())
     assert meta["multi_label"] and meta["thresholds"] == [0.5, 0.5, 0.5]
     pred = Predictor(res.out / "model")
