@@ -18,7 +18,7 @@ import copy
 import torch
 
 from common import imagenette, machine, save
-from imageclf import DataConfig, DataLoaders, Predictor
+from imageclf import DataConfig, DataLoaders, ModelMeta, Predictor
 from imageclf.evaluate import evaluate
 
 
@@ -47,8 +47,7 @@ def main() -> None:
     ap.add_argument("--name", default="bn_recal")
     a = ap.parse_args()
     data = imagenette(a.data)
-    base = Predictor(a.model, precision="fp32")
-    meta = base.meta
+    meta = ModelMeta.read(a.model)
     sizes = [int(s) for s in a.sizes.split(",") if s] or [meta.size]
     rows = []
     for size in sizes:

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import imagenette, machine, pretrain_body, run, run_json, save, subset
+from common import imagenette, machine, pretrain_body, run, run_json, save, split_env, subset
 from report import render
 
 VARIANTS = [
@@ -64,9 +63,7 @@ def main() -> None:
             lr = sweep["suggestions"]["valley"]
             for variant in a.variants:
                 name, args = variant.split("=", 1)
-                words = shlex.split(args)  # leading NAME=VALUE words set the environment
-                env = dict(w.split("=", 1) for w in words if w[:1].isupper() and "=" in w)
-                words = [w for w in words if not (w[:1].isupper() and "=" in w)]
+                env, words = split_env(args)
                 out = f"{tmp}/run-{seed}-{name}"
                 t0 = time.perf_counter()
                 imageclf("train", *common, "--seed", str(seed), "--epochs", str(a.epochs),

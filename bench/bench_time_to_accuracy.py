@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import re
-import shlex
 import shutil
 import subprocess
 import sys
@@ -29,13 +28,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import fastai_python, imagenette, machine, save
+from common import fastai_python, imagenette, machine, save, split_env
 from report import render
 
 HERE = Path(__file__).resolve().parent
 SAME = "--size 128 --presize 160 --epochs 2 --lr 3e-3 --head concat"  # fastai's head too
 FASTEST = "--sizes 48,64 --size 64 --presize 112 --epochs 2 --lr 3e-3 --head timm"
-ENV = re.compile(r"^[A-Z][A-Z0-9_]*=")
 ROW = re.compile(r"^epoch (\d+)\s.*valid_accuracy=([0-9.]+)")
 
 
@@ -118,9 +116,7 @@ def main() -> None:
         for name, args in recipes.items():
             print(f"{name}: {args}", flush=True)
             out = Path(tmp) / name
-            words = shlex.split(args)  # leading NAME=VALUE words set the environment
-            env = dict(w.split("=", 1) for w in words if ENV.match(w))
-            words = [w for w in words if not ENV.match(w)]
+            env, words = split_env(args)
             rows[name] = curve([sys.executable, "-m", "imageclf", "train", str(data),
                                 "--arch", "resnet18", "--pretrained", "none", "--bs", "64",
                                 "--seed", str(a.seed), *words,

@@ -7,6 +7,8 @@ import datetime as dt
 import json
 import os
 import platform
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -66,6 +68,17 @@ def subset(data: Path, per_class: int) -> Path:
             for f in sorted(cls.iterdir())[:per_class]:
                 shutil.copy2(f, dst / f.name)
     return out
+
+
+ENV_WORD = re.compile(r"^[A-Z][A-Z0-9_]*=")
+
+
+def split_env(args: str) -> tuple[dict[str, str], list[str]]:
+    """A recipe's words: its leading NAME=VALUE words (environment variables, e.g.
+    IMAGECLF_CONV_GRAD=native) and the command-line words."""
+    words = shlex.split(args)
+    env = dict(w.split("=", 1) for w in words if ENV_WORD.match(w))
+    return env, [w for w in words if not ENV_WORD.match(w)]
 
 
 def run(cmd: list[str], env: dict[str, str] | None = None) -> str:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imageclf.errors import ConfigError
-from imageclf.meta import RESIZE_METHODS
+from imageclf.meta import HEADS, RESIZE_METHODS
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 LR_RULES = ("auto", "valley", "slide", "minimum", "steep")  # --lr values that run lr_find
@@ -189,8 +189,8 @@ class TrainConfig:
         return self.lr if self.lr in LR_RULES else None
 
     def __post_init__(self) -> None:
-        if self.head not in ("auto", "concat", "timm"):
-            raise ConfigError(f"--head must be auto, concat or timm; got {self.head!r}")
+        if self.head not in ("auto", *HEADS):
+            raise ConfigError(f"--head must be auto, {' or '.join(HEADS)}; got {self.head!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}; "
                               f"got {self.precision!r}")

@@ -15,6 +15,7 @@ from imageclf.fileio import write_json
 
 FORMAT_VERSION = 1
 RESIZE_METHODS = ("crop", "squish", "pad")
+HEADS = ("concat", "timm")  # the classifier heads models.make_head builds
 LOSSES = ("cross_entropy", "bce_multi_label")
 # open-set scores a model may store as its "none of these" rule (see openset.py)
 OPEN_SET_SCORES = ("msp", "max_logit", "energy", "sigmoid_max", "knn", "mahalanobis",
@@ -62,7 +63,7 @@ class ModelMeta:
 
     arch: str = _spec("a timm architecture name", lambda v: isinstance(v, str) and v,
                       "backbone, rebuilt with timm without downloading anything")
-    head: str = _spec("concat or timm", lambda v: v in ("concat", "timm"),
+    head: str = _spec("concat or timm", lambda v: v in HEADS,
                       "the classifier head's kind")
     classes: tuple[str, ...] = _spec("a non-empty list of distinct class names", _names,
                                      "output order of the model")

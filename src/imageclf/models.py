@@ -13,9 +13,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 from imageclf.errors import ConfigError
+from imageclf.meta import HEADS
 
 log = logging.getLogger(__name__)
-HEADS = ("concat", "timm")
 
 
 class ConcatPool(nn.Module):

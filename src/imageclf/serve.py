@@ -215,12 +215,13 @@ def page() -> str:
     return importlib.resources.files("imageclf").joinpath("static/index.html").read_text()
 
 
-def model_card(predictor: Predictor, model_dir: Path) -> dict:
-    """GET /model: the public part of model.json, and the run's headline metrics."""
+def model_card(predictor: Predictor, model_dir: Path, tta: bool = False) -> dict:
+    """GET /model: the public part of model.json, how it predicts here (the rule, side and
+    TTA in force), and the run's headline metrics."""
     card = {k: v for k, v in predictor.meta.to_json().items() if k != "weights"}
     # the rule in force: --min-confidence may override the stored one
     card |= {"none_rule": predictor.none_rule, "none_threshold": predictor.none_threshold,
-             "metrics": None, "predict_size": predictor.size}
+             "metrics": None, "predict_size": predictor.size, "tta": tta}
     metrics = model_dir.parent / "metrics.json"
     with contextlib.suppress(OSError, ValueError):
         found = json.loads(metrics.read_text())
@@ -288,7 +289,7 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None, *,
     @app.get("/model")
     async def model() -> dict:
         """The public part of model.json and the run's metrics when known."""
-        return model_card(predictor, folder) | {"tta": batcher.tta}
+        return model_card(predictor, folder, batcher.tta)
 
     @app.post("/predict", responses={413: {}, 415: {}, 422: {}, 400: {}})
     async def predict(request: Request) -> JSONResponse:

@@ -22,7 +22,7 @@ from torch import nn
 
 # Most output positions (oh * ow) for which the matrix product beats oneDNN's weight
 # gradient, by compute dtype. In fp32 (AVX-512) the two tied at every size measured, so fp32
-# keeps the native kernel. Figures: docs/benchmarks.md, "Small feature maps".
+# keeps the native kernel. Figures: docs/recipes.md, "Small feature maps".
 MAX_POSITIONS = {torch.bfloat16: 16}
 
 
