@@ -53,7 +53,7 @@ def main() -> None:
     for size in sizes:
         pred = Predictor(a.model, precision="fp32", size=size)
         before = evaluate(pred, data, bs=64).summary()["accuracy"]
-        cfg = DataConfig(path=str(data), size=size, presize=meta.presize, bs=64, seed=0)
+        cfg = DataConfig.build(path=str(data), size=size, presize=meta.presize, bs=64, seed=0)
         dls = DataLoaders.from_config(cfg, mean=meta.mean, std=meta.std)
         dls.train.set_epoch(0)
         pred.model = recalibrate(pred.model, dls.train, a.batches)

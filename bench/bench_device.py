@@ -78,10 +78,10 @@ def main() -> None:
     if a.subset:
         data = subset(data, a.subset)
     _, dev = from_env(a.device)
-    tcfg = TrainConfig(arch=a.arch, pretrained="none", head="timm", precision=a.precision,
+    tcfg = TrainConfig.build(arch=a.arch, pretrained="none", head="timm", precision=a.precision,
                        compile=a.compile)
     with tempfile.TemporaryDirectory() as tmp:
-        dcfg = DataConfig(path=str(data), size=a.size, presize=a.presize, bs=a.bs,
+        dcfg = DataConfig.build(path=str(data), size=a.size, presize=a.presize, bs=a.bs,
                           cache_dir=f"{tmp}/cache", decode=a.decode)
         # the ceiling first, on its own learner: the end-to-end run starts from fresh weights
         # and optimiser state, and its cache is still cold

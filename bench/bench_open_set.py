@@ -37,7 +37,8 @@ from PIL import Image
 
 from common import imagenette, machine, run, save
 from imageclf import openset
-from imageclf.data.sources import find_items, list_images
+from imageclf.config import DataSource
+from imageclf.data.sources import list_images, resolve
 from imageclf.demo import make_shapes_dataset
 from imageclf.evaluate import run_images
 from imageclf.openset import OpenSetStats
@@ -83,10 +84,10 @@ def split_classes(full: Path, root: Path, seed: int) -> tuple[Path, list[str], l
 
 def scores(pred: Predictor, out, stats: OpenSetStats) -> dict[str, torch.Tensor]:
     """Every score of one set's outputs (knn at several k)."""
-    got = pred.scores(out, [n for n in openset.scores_for(pred.multi_label) if n != "knn"],
-                      stats)
+    got = openset.score_outputs([n for n in openset.scores_for(pred.multi_label)
+                                 if n != "knn"], out, stats)
     for k in KS:
-        got[f"knn@{k}"] = pred.scores(out, ["knn"], stats, k)["knn"]
+        got[f"knn@{k}"] = openset.score_outputs(["knn"], out, stats, k)["knn"]
     return got
 
 
@@ -96,7 +97,7 @@ def measure(model: Path, data: Path, near: list[Path], far: dict[str, Path], bs:
     statistics `calibrate` would build (bank and class means from the training images,
     the fused score standardised on the known validation images)."""
     pred = Predictor(model)
-    items = find_items(data, multi_label=pred.multi_label)
+    items = resolve(DataSource(path=str(data), multi_label=pred.multi_label))
     train, valid = items.split_indices()
     t0 = time.perf_counter()
     seen = run_images(pred, [items.paths[i] for i in train], bs=bs, features=True)

@@ -212,8 +212,8 @@ def _lr_rules(r: dict) -> str:
             f"pretrained: {st['pretrained']}, {st['epochs']} epochs")
     lines = [
         "## Learning-rate finder: which suggestion trains best"
-        + (" (fine-tuning)" if pre else " (from scratch)" if st["pretrained"] == "none"
-           else ""),
+        + (f" (fine-tuning; {st['sweep']})" if pre and st.get("sweep") else " (fine-tuning)"
+           if pre else " (from scratch)" if st["pretrained"] == "none" else ""),
         "",
         f"`bench/bench_lr_rules.py`: {st['arch']}, {body};"
         f" {st['subset'] or 'all'} Imagenette images per class, presize {st['presize']},"

@@ -30,8 +30,8 @@ def learn(folder_dataset: Path):
     from imageclf.config import DataConfig, TrainConfig
     from imageclf.runs import build_learner
 
-    return build_learner(DataConfig(path=str(folder_dataset), size=32, presize=40, bs=6),
-                         TrainConfig(arch="resnet18", pretrained="none", precision="fp32"))
+    return build_learner(DataConfig.build(path=str(folder_dataset), size=32, presize=40, bs=6),
+                         TrainConfig.build(arch="resnet18", pretrained="none", precision="fp32"))
 
 
 @pytest.fixture(scope="session")
@@ -42,9 +42,9 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from imageclf.config import DataConfig, TrainConfig
     from imageclf.runs import train_run
 
-    res = train_run(DataConfig(path=str(data), size=32, presize=40, bs=10,
+    res = train_run(DataConfig.build(path=str(data), size=32, presize=40, bs=10,
                                cache_dir=str(tmp / "cache")),
-                    TrainConfig(arch="resnet18", pretrained="none", epochs=4, lr="2e-3",
+                    TrainConfig.build(arch="resnet18", pretrained="none", epochs=4, lr="2e-3",
                                 precision="fp32", out=str(tmp / "run"),
                                 # the head these tests' expectations were set with (their
                                 # open-set figures depend on the model, not on the head rule)

@@ -16,10 +16,10 @@ data, bs, out = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
 accum = int(sys.argv[6]) if len(sys.argv) > 6 else 0
 aug = AugConfig(flip_p=0.0, p_affine=0.0, p_lighting=0.0, min_scale=1.0) if accum else AugConfig()
 dist, dev = from_env("cpu")
-learn = build_learner(DataConfig(path=data, size=32, presize=40, bs=bs, cache_dir=str(out / "c"),
-                                 aug=aug),
-                      TrainConfig(arch=sys.argv[4], head=sys.argv[5], pretrained="none",
-                                  precision="fp32", seed=0, accum=max(accum, 1)),
+learn = build_learner(DataConfig.build(path=data, size=32, presize=40, bs=bs,
+                                       cache_dir=str(out / "c"), aug=aug),
+                      TrainConfig.build(arch=sys.argv[4], head=sys.argv[5], pretrained="none",
+                                        precision="fp32", accum_steps=max(accum, 1)),
                       RunContext(dev, dist=dist))
 learn.fit_one_cycle(2, 1e-3)
 params = {k: v.detach().contiguous() for k, v in learn.model.named_parameters()}

@@ -93,3 +93,11 @@ def final_metrics(run: Path) -> dict:
     return {k: m[k] for k in ("valid_loss", "valid_accuracy", "train_loss", "epochs")} | {
         "rows": [{k: v for k, v in r.items() if k not in ("seconds", "img_per_s")}
                  for r in m["history"]]}
+
+
+def find(path: str | Path, seed: int = 0, evaluate: bool = False, **source: object):
+    """The Items of a data set: its DataSource (path and `source` fields) resolved."""
+    from imageclf.config import DataSource
+    from imageclf.data.sources import resolve
+
+    return resolve(DataSource(path=str(path), **source), seed, evaluate)

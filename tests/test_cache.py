@@ -15,7 +15,7 @@ from .helpers import add_bad_files, solid
 
 
 def _cfg(path: Path, bs: int = 4, **kw) -> DataConfig:
-    return DataConfig(path=str(path), size=24, presize=32, bs=bs, **kw)
+    return DataConfig.build(path=str(path), size=24, presize=32, bs=bs, **kw)
 
 
 def test_cache_dir_precedence(monkeypatch, tmp_path: Path):
@@ -86,7 +86,7 @@ def test_half_written_or_garbled_cache_is_never_used(folder_dataset: Path, _cach
 def test_bad_files_are_left_out_and_reported(folder_dataset: Path):
     expected = add_bad_files(folder_dataset / "train" / "red")
     dls = DataLoaders.from_config(_cfg(folder_dataset))
-    skipped = {Path(s["path"]).name: s["reason"] for s in dls.skipped()}
+    skipped = {Path(s.path).name: s.reason for s in dls.skipped()}
     assert set(skipped) == set(expected)
     for name, fragment in expected.items():
         assert fragment in skipped[name]

@@ -1,6 +1,5 @@
 """Checkpoints: what they hold, their integrity, a stop within an accumulation group."""
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -27,19 +26,20 @@ def test_a_stop_inside_an_accumulation_group_waits_for_its_step(folder_dataset: 
             if (learn.progress.epochs_done, learn.progress.batch_in_epoch) == (0, 3):
                 STOP.requested = "SIGTERM"
 
-    data = DataConfig(path=str(folder_dataset), size=32, presize=40, bs=3)
-    train = TrainConfig(pretrained="none", precision="fp32", epochs=2, lr="2e-3", accum=2)
-    ref = runs.train_run(data, dataclasses.replace(train, out=str(tmp_path / "ref")))
+    data = DataConfig.build(path=str(folder_dataset), size=32, presize=40, bs=3)
+    train = TrainConfig.build(pretrained="none", precision="fp32", epochs=2, lr="2e-3",
+                              accum_steps=2)
+    ref = runs.train_run(data, train.replace(out=str(tmp_path / "ref")))
     with pytest.raises(runs.Interrupted):
-        runs.train_run(data, dataclasses.replace(train, out=str(tmp_path / "run")),
+        runs.train_run(data, train.replace(out=str(tmp_path / "run")),
                        runs.RunContext(cbs=[StopAt()]))
     info = json.loads((tmp_path / "run" / "checkpoints" / "last.json").read_text())
     assert checkpoint_position(info) == (0, 4)
     res = runs.resume_run(tmp_path / "run")
-    assert res.metrics["history"] == [
-        r | {k: res.metrics["history"][i][k] for k in ("seconds", "img_per_s")}
-        for i, r in enumerate(ref.metrics["history"])]
-    assert res.metrics["global_batch"] == 6
+    assert res.metrics.history == [
+        r | {k: res.metrics.history[i][k] for k in ("seconds", "img_per_s")}
+        for i, r in enumerate(ref.metrics.history)]
+    assert res.metrics.global_batch == 6
 
 
 

@@ -36,8 +36,8 @@ def test_verify_json_lists_unreadable(folder_dataset: Path):
     found = {Path(u["path"]).name: u["reason"] for u in full["unreadable"]}
     assert set(found) == set(expected) and full["checked"] == "decode"
     assert full["counts"]["train"]["green"] == 6
-    dls = DataLoaders.from_config(DataConfig(path=str(folder_dataset), size=24, presize=32))
-    assert found == {Path(u["path"]).name: u["reason"] for u in dls.skipped()}
+    dls = DataLoaders.from_config(DataConfig.build(path=str(folder_dataset), size=24, presize=32))
+    assert found == {Path(u.path).name: u.reason for u in dls.skipped()}
 
 
 def test_show_batch_writes_png(folder_dataset: Path, tmp_path: Path):
@@ -60,7 +60,8 @@ def test_bench_loader_json(folder_dataset: Path):
     out = json.loads(r.stdout)
     assert (out["device"], out["decode"], out["decoded"]) == ("cpu", "device", 18)
     r = _run("bench", "loader", str(folder_dataset), "--decode", "gpu", ok=False)
-    assert r.returncode == 2 and "--decode must be cpu or device" in r.stderr
+    assert r.returncode == 2
+    assert "--decode (decode in DataConfig) must be one of cpu, device" in r.stderr
 
 
 @pytest.mark.slow
@@ -70,7 +71,7 @@ def test_bad_setting_is_one_clear_line(folder_dataset: Path):
                         "--size", "64", "--presize", "32"], capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 2
-    assert "--presize (32) must be >= --size (64)" in r.stderr
+    assert "--presize (presize in DataConfig) must be >= --size (64)" in r.stderr
     assert "Traceback" not in r.stderr
 
 
@@ -89,7 +90,7 @@ def test_train_and_lr_find_cli(folder_dataset: Path, tmp_path: Path):
     assert f"used {m['lr']:.2e} ({rule})." in (out / "report.html").read_text()
     assert (out / "lr_find.png").is_file() and (out / "report.html").is_file()
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["train"]["pretrained"] == "none" and cfg["data"]["size"] == 32
+    assert cfg["train"]["model"]["pretrained"] == "none" and cfg["data"]["size"] == 32
     r = _run("lr-find", str(folder_dataset), "--pretrained", "none", "--size", "32",
              "--presize", "40", "--bs", "6", "--json", "-o", str(tmp_path / "lr.png"),
              "--lr-find-steps", "25", "--accum-steps", "2")
@@ -101,7 +102,8 @@ def test_train_and_lr_find_cli(folder_dataset: Path, tmp_path: Path):
     found = json.loads((out / "lr_find.json").read_text())
     assert len(found["lrs"]) <= 30 and found["images_per_step"] == 6
     r = _run("lr-find", str(folder_dataset), "--lr-find-steps", "5", ok=False)
-    assert r.returncode == 2 and "--lr-find-steps must be at least 10" in r.stderr
+    assert r.returncode == 2
+    assert "--lr-find-steps (lr_find_steps in ScheduleConfig) must be >= 10" in r.stderr
     r = _run("report", str(out))
     assert "report.html" in r.stdout
 
@@ -135,7 +137,7 @@ def test_demo_runs_end_to_end_offline(tmp_path: Path):
     run = tmp_path / "demo" / "run"
     cfg = json.loads((run / "config.json").read_text())
     m = json.loads((run / "metrics.json").read_text())
-    assert cfg["train"]["lr"] == "auto" and m["lr_rule"] in ("minimum", "valley")
+    assert cfg["train"]["schedule"]["lr"] == "auto" and m["lr_rule"] in ("minimum", "valley")
     assert m["lr"] == m["lr_find"][m["lr_rule"]]
     assert f"trained at {m['lr_rule']} {m['lr']:.2e}" in r.stdout
     for name in ("report.html", "lr_find.json", "model/model.json", "metrics.json"):
@@ -163,7 +165,7 @@ def test_a_new_run_never_replaces_an_earlier_one(folder_dataset: Path, tmp_path:
     r = train("--auto-resume")
     assert f"{out} is already trained (--auto-resume); nothing to do" in r.stdout
     r = train("--auto-resume", epochs="2", ok=False)
-    assert r.returncode == 2 and "train.epochs: 1 there, 2 now" in r.stderr
+    assert r.returncode == 2 and "--epochs: 1 there, 2 now" in r.stderr
     assert {f: (f.stat().st_mtime_ns, f.read_bytes()) for f in out.rglob("*")
             if f.is_file()} == files
 
@@ -178,7 +180,7 @@ def test_train_imbalance_options_and_watched_metric(folder_dataset: Path, tmp_pa
     assert m["metric"]["name"] == "macro_f1" and m["metric"]["last"] == m["macro_f1"]
     assert m["class_counts"]["train"] == {"blue": 6, "green": 6, "red": 6}
     cfg = json.loads((run / "config.json").read_text())
-    assert cfg["train"]["class_weights"] == "auto" and cfg["data"]["sampler"] == "balanced"
+    assert cfg["train"]["reg"]["class_weights"] == "auto" and cfg["data"]["sampler"] == "balanced"
     interp = json.loads((run / "interpretation.json").read_text())
     assert {"macro_f1", "balanced_accuracy"} <= set(interp)
     html = (run / "report.html").read_text()
@@ -189,4 +191,5 @@ def test_train_imbalance_options_and_watched_metric(folder_dataset: Path, tmp_pa
     assert bad.returncode == 2 and "--metric 'top5_accuracy'" in bad.stderr
     assert not (tmp_path / "bad").exists()  # the claim is given back: --out can be reused
     bad = _run("train", str(folder_dataset), "--sampler", "weighted", ok=False)
-    assert bad.returncode == 2 and "--sampler must be one of shuffle, balanced" in bad.stderr
+    assert bad.returncode == 2 and "--sampler (sampler in DataConfig) must be one of " \
+        "shuffle, balanced" in bad.stderr

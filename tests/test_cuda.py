@@ -51,8 +51,9 @@ def data(tmp_path: Path) -> Path:
 def test_training_steps_never_wait_for_the_gpu(data: Path, precision: str):
     if precision == "bf16" and not torch.cuda.is_bf16_supported():
         pytest.skip("this GPU has no bf16")
-    learn = build_learner(DataConfig(path=str(data), size=32, presize=40, bs=8),
-                          TrainConfig(arch="resnet18", pretrained="none", precision=precision),
+    learn = build_learner(DataConfig.build(path=str(data), size=32, presize=40, bs=8),
+                          TrainConfig.build(arch="resnet18", pretrained="none",
+                                            precision=precision),
                           RunContext("cuda"))
     assert learn.precision.name == precision and learn.scaler.is_enabled() == (
         precision == "fp16")
@@ -72,13 +73,13 @@ def test_predictor_on_the_gpu_agrees_with_the_cpu(data: Path, tmp_path: Path):
     from imageclf.predict import Predictor
     from imageclf.runs import train_run
 
-    res = train_run(DataConfig(path=str(data), size=32, presize=40, bs=8),
-                    TrainConfig(arch="resnet18", pretrained="none", epochs=2, lr="1e-2",
+    res = train_run(DataConfig.build(path=str(data), size=32, presize=40, bs=8),
+                    TrainConfig.build(arch="resnet18", pretrained="none", epochs=2, lr="1e-2",
                                 out=str(tmp_path / "run")), RunContext("cuda"))
     gpu = Predictor(res.out / "model", device="cuda", precision="fp32")
     cpu = Predictor(res.out / "model", device="cpu", precision="fp32")
     x = torch.stack([cpu.load(f) for f in sorted((data / "valid").rglob("*.jpg"))])
-    assert torch.allclose(gpu.logits(x), cpu.logits(x), atol=1e-3, rtol=1e-3)
+    assert torch.allclose(gpu.outputs(x).logits, cpu.outputs(x).logits, atol=1e-3, rtol=1e-3)
     assert [p.labels for p in gpu.predict(sorted((data / "valid").rglob("*.jpg")))] == [
         p.labels for p in cpu.predict(sorted((data / "valid").rglob("*.jpg")))]
 

@@ -4,13 +4,14 @@ from pathlib import Path
 
 from PIL import Image
 
-from imageclf.data.sources import find_items
 from imageclf.demo import make_shapes_dataset
+
+from .helpers import find
 
 
 def test_shapes_are_drawn_into_train_and_valid_class_folders(tmp_path: Path):
     make_shapes_dataset(tmp_path / "shapes", n_train=3, n_valid=2)
-    items = find_items(tmp_path / "shapes")
+    items = find(tmp_path / "shapes")
     assert items.classes == ("circle", "square", "star", "triangle")
     counts = items.counts()
     assert set(counts["train"].values()) == {3} and set(counts["valid"].values()) == {2}

@@ -94,10 +94,10 @@ def test_device_decode_fills_the_cache_like_pillow(tmp_path: Path, method: str, 
 
 def test_device_decode_through_the_loader(tmp_path: Path):
     data = make_folder_dataset(tmp_path / "data", n_train=4, n_valid=2)
-    cfg = DataConfig(path=str(data), size=24, presize=32, bs=4, decode="device")
+    cfg = DataConfig.build(path=str(data), size=24, presize=32, bs=4, decode="device")
     dls = DataLoaders.from_config(cfg)
     assert dls.train.cache.decode_device == torch.device("cpu")
     xs = [x for x, _ in dls.train]
     assert sum(len(x) for x in xs) == 12 and dls.train.cache.stats.decoded == 12
     with pytest.raises(ConfigError, match="--decode"):
-        DataConfig(path=str(data), decode="gpu")
+        DataConfig.build(path=str(data), decode="gpu")

@@ -20,7 +20,7 @@ from .helpers import run_cli
 def test_evaluate_matches_the_training_run(run_dir: Path):
     """Predictor's decode/presize/centre-resize is the validation path: same loss, same
     accuracy as the learner measured on the same images."""
-    data = Path(json.loads((run_dir / "config.json").read_text())["data"]["path"])
+    data = Path(json.loads((run_dir / "config.json").read_text())["data"]["source"]["path"])
     pred = Predictor(run_dir / "model", precision="fp32")  # as the run was trained
     interp = evaluate(pred, data, out_dir=run_dir / "eval")
     m = json.loads((run_dir / "metrics.json").read_text())
@@ -32,7 +32,7 @@ def test_evaluate_matches_the_training_run(run_dir: Path):
 
 
 def _data(run_dir: Path) -> Path:
-    return Path(json.loads((run_dir / "config.json").read_text())["data"]["path"])
+    return Path(json.loads((run_dir / "config.json").read_text())["data"]["source"]["path"])
 
 
 def _copy_model(run_dir: Path, tmp_path: Path) -> Path:
@@ -59,7 +59,7 @@ def test_calibrate_and_none_of_these(run_dir: Path, tmp_path: Path):
     assert meta["open_set"]["score"] == "msp" and meta["min_confidence"] is None
     assert not (model / "open_set.safetensors").exists()  # msp needs no statistics
     pred = Predictor(model)
-    assert pred.none_rule == "msp" and pred.none_threshold == pytest.approx(chosen.threshold)
+    assert pred.rule.name == "msp" and pred.rule.threshold == pytest.approx(chosen.threshold)
     # an out-of-distribution image: answered `none` once the threshold is above its confidence
     ood = _noise(tmp_path / "ood", 1) / "n0.png"
     top = pred.predict(ood)[0].top[0][1]
@@ -92,7 +92,7 @@ def test_knn_bank_round_trips_through_the_model_folder(run_dir: Path, tmp_path: 
     meta = json.loads((model / "model.json").read_text())
     assert meta["open_set"] | {"threshold": 0} == {
         "score": "knn", "threshold": 0, "keep": 0.9, "n": 12, "k": 2, "rows": 6,
-        "file": "open_set.safetensors"}
+        "file": "open_set.safetensors", "ood": None}
     stored = load_file(model / "open_set.safetensors")  # safetensors: no pickle to run
     assert set(stored) == {"bank"} and stored["bank"].dtype == torch.float16
     assert stored["bank"].shape[0] == 6  # 2 per class of the 3, of 30 training images
@@ -101,7 +101,7 @@ def test_knn_bank_round_trips_through_the_model_folder(run_dir: Path, tmp_path: 
     # recalibrating with a score that needs no statistics removes the file
     write_calibration(model, calibrate(pred, data, keep=0.9, score="energy"))
     assert not (model / "open_set.safetensors").exists()
-    assert Predictor(model).none_rule == "energy"
+    assert Predictor(model).rule.name == "energy"
 
 
 def test_a_missing_statistics_file_is_a_clear_error(run_dir: Path, tmp_path: Path):

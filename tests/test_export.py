@@ -10,7 +10,7 @@ import torch
 
 from imageclf.errors import DamagedFileError
 from imageclf.export import export_learner, load_model
-from imageclf.predict import Predictor
+from imageclf.predict import Predictor, to_probs
 
 from .helpers import run_cli
 
@@ -42,10 +42,10 @@ def test_onnx_matches_pytorch(run_dir: Path, tmp_path: Path):
     r = run_cli("export", str(run_dir / "model"), "--onnx", "-o", str(out))
     assert r.returncode == 0 and out.is_file(), r.stderr
     pred = Predictor(run_dir / "model", precision="fp32")  # ONNX runs in fp32
-    data = Path(json.loads((run_dir / "config.json").read_text())["data"]["path"])
+    data = Path(json.loads((run_dir / "config.json").read_text())["data"]["source"]["path"])
     paths = sorted((data / "valid").rglob("*.jpg"))[:5]
     x = torch.stack([pred.load(p) for p in paths])
-    ours = pred.probs_from_logits(pred.logits(x))
+    ours = to_probs(pred.outputs(x).logits, pred.multi_label)
     rgb = pred.augment.denormalize(pred.augment(x, train=False)).numpy()
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     theirs = sess.run(["probs"], {"image": rgb.astype(np.float32)})[0]

@@ -62,8 +62,8 @@ def test_overfits_a_tiny_batch(learn):
 def test_same_seed_same_metrics(folder_dataset: Path):
     runs = []
     for _ in range(2):
-        lr = build_learner(DataConfig(path=str(folder_dataset), size=32, presize=40, bs=6),
-                           TrainConfig(pretrained="none", precision="fp32", seed=3))
+        lr = build_learner(DataConfig.build(path=str(folder_dataset), size=32, presize=40, bs=6),
+                           TrainConfig.build(pretrained="none", precision="fp32"))
         lr.fit_one_cycle(1, 1e-3)
         runs.append(lr.history.rows[-1]["valid_loss"])
     assert runs[0] == runs[1]
@@ -79,8 +79,8 @@ def test_compiled_training_matches_eager(folder_dataset: Path):
 
     rows = {}
     for comp in (False, True):
-        learn = build_learner(DataConfig(path=str(folder_dataset), size=32, presize=40, bs=6),
-                              TrainConfig(arch="test_resnet", head="timm", pretrained="none",
+        learn = build_learner(DataConfig.build(path=str(folder_dataset), size=32, presize=40, bs=6),
+                              TrainConfig.build(arch="test_resnet", head="timm", pretrained="none",
                                           precision="fp32", compile=comp))
         learn.run_plan(fine_tune_plan(1, 1e-3, learn.n_groups))  # frozen, then unfrozen
         assert isinstance(learn.train_model, OptimizedModule) == comp
@@ -104,9 +104,10 @@ def test_accumulated_batches_step_like_one_batch_of_their_size(tmp_path: Path):
     data = make_folder_dataset(tmp_path / "data", n_train=17, n_valid=2)  # 51 train images
 
     def run(bs: int, accum: int):
-        learn = build_learner(DataConfig(path=str(data), size=32, presize=40, bs=bs, aug=PLAIN),
-                              TrainConfig(arch="convnext_atto", head="timm", precision="fp32",
-                                          accum=accum))
+        learn = build_learner(DataConfig.build(path=str(data), size=32, presize=40, bs=bs,
+                                               aug=PLAIN),
+                              TrainConfig.build(arch="convnext_atto", head="timm",
+                                                precision="fp32", accum_steps=accum))
         start = {k: v.clone() for k, v in learn.model.state_dict().items()}
         learn.fit_one_cycle(2, 2e-3)
         return learn, start
@@ -121,9 +122,9 @@ def test_accumulated_batches_step_like_one_batch_of_their_size(tmp_path: Path):
     for a, b in zip(one.history.rows, acc.history.rows, strict=True):
         assert a["valid_loss"] == pytest.approx(b["valid_loss"], rel=1e-3)
     # the epoch's last group may be short: 5 batches of 10 in groups of 2 make 3 steps
-    short = build_learner(DataConfig(path=str(data), size=32, presize=40, bs=10, aug=PLAIN),
-                          TrainConfig(arch="convnext_atto", head="timm", precision="fp32",
-                                      accum=2))
+    short = build_learner(DataConfig.build(path=str(data), size=32, presize=40, bs=10, aug=PLAIN),
+                          TrainConfig.build(arch="convnext_atto", head="timm", precision="fp32",
+                                      accum_steps=2))
     steps = []
     short.opt.register_step_post_hook(lambda opt, args, kwargs: steps.append(1))
     short.fit_one_cycle(1, 1e-3)
@@ -133,3 +134,31 @@ def test_accumulated_batches_step_like_one_batch_of_their_size(tmp_path: Path):
 def test_spread_lrs():
     assert spread_lrs((1e-4, 1e-2), 3) == pytest.approx([1e-4, 1e-3, 1e-2])
     assert spread_lrs(3e-3, 3) == [3e-3] * 3
+
+
+def test_clip_grad_caps_the_gradients_global_norm(folder_dataset: Path):
+    """--clip-grad: at each step the optimiser sees gradients of global norm at most the
+    setting's; without it they are left as they are (here well above it)."""
+    from imageclf.callbacks import Callback
+
+    class Norms(Callback):
+        def __init__(self) -> None:
+            self.seen: list[float] = []
+
+        def on_step_start(self, learn) -> None:
+            grads = [p.grad for p in learn.model.parameters() if p.grad is not None]
+            self.seen.append(float(torch.linalg.vector_norm(
+                torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+
+    def norms(clip: float | None) -> list[float]:
+        learn = build_learner(DataConfig.build(path=str(folder_dataset), size=32, presize=40,
+                                               bs=6),
+                              TrainConfig.build(pretrained="none", precision="fp32",
+                                                clip_grad=clip))
+        rec = Norms()
+        learn.cbs.append(rec)
+        learn.fit(1, 1e-3)
+        return rec.seen
+
+    free, clipped = norms(None), norms(0.01)
+    assert max(free) > 0.05 and all(n <= 0.01 * 1.001 for n in clipped)

@@ -14,7 +14,7 @@ from .helpers import solid
 
 
 def _cfg(path: Path, bs: int = 4, **kw) -> DataConfig:
-    return DataConfig(path=str(path), size=24, presize=32, bs=bs, **kw)
+    return DataConfig.build(path=str(path), size=24, presize=32, bs=bs, **kw)
 
 
 def test_batches_labels_and_determinism(folder_dataset: Path):
@@ -47,7 +47,7 @@ def test_random_presize_crop_moves_along_long_side(tmp_path: Path):
                 im = np.zeros((32, 64, 3), np.uint8)
                 im[:, :32] = col  # left half coloured, right half black
                 Image.fromarray(im).save(d / f"{i}.png")
-    cfg = DataConfig(path=str(tmp_path), size=32, presize=32, bs=8,
+    cfg = DataConfig.build(path=str(tmp_path), size=32, presize=32, bs=8,
                      aug=AugConfig(flip_p=0, p_affine=0, p_lighting=0, min_scale=1.0,
                                    ratio=(1, 1)))
     dls = DataLoaders.from_config(cfg)
@@ -67,7 +67,7 @@ def test_multi_label_targets_are_multi_hot(tmp_path: Path):
         solid((200, 20 * i, 0), (16, 16)).save(tmp_path / f"{i}.png")
     rows = ["fn,labels"] + [f"{i}.png,{'red warm' if i % 2 else 'red'}" for i in range(8)]
     (tmp_path / "l.csv").write_text("\n".join(rows) + "\n")
-    dls = DataLoaders.from_config(DataConfig(path=str(tmp_path / "l.csv"), size=16,
+    dls = DataLoaders.from_config(DataConfig.build(path=str(tmp_path / "l.csv"), size=16,
                                              presize=16, bs=4, valid_pct=0.25))
     x, y = next(iter(dls.valid))
     assert dls.multi_label and y.dtype == torch.float32 and y.shape[1] == 2

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from imageclf.errors import DamagedFileError
-from imageclf.meta import FORMAT_VERSION, ModelMeta, schema_markdown
+from imageclf.meta import FORMAT_VERSION, ModelMeta, OpenSetRule, schema_markdown
+from imageclf.openset import NoneRule
 
 META = ModelMeta(arch="resnet18", head="concat", classes=("a", "b"), size=32, presize=40,
                  resize_method="crop", mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
@@ -20,11 +21,15 @@ def test_round_trip_and_frozen(tmp_path: Path):
     assert back == META and back.format_version == FORMAT_VERSION
     with pytest.raises(dataclasses.FrozenInstanceError):
         back.size = 64
-    assert META.none_rule is None
+    assert NoneRule.of_model(META, tmp_path).name is None
     # a model calibrated before open-set scores: its min_confidence is msp
-    assert dataclasses.replace(META, min_confidence=0.4).none_rule == "msp"
-    assert dataclasses.replace(META, open_set={"score": "energy", "threshold": 2.5}
-                               ).none_rule == "energy"
+    assert NoneRule.of_model(dataclasses.replace(META, min_confidence=0.4), tmp_path).name \
+        == "msp"
+    calibrated = dataclasses.replace(META, open_set={"score": "energy", "threshold": 2.5})
+    assert isinstance(calibrated.open_set, OpenSetRule)
+    assert NoneRule.of_model(calibrated, tmp_path).name == "energy"
+    calibrated.write(tmp_path)
+    assert ModelMeta.read(tmp_path) == calibrated
 
 
 @pytest.mark.parametrize("change,needle", [

@@ -72,18 +72,18 @@ def test_transfer_beats_scratch(tmp_path: Path):
     a = make_folder_dataset(tmp_path / "a", n_train=16, n_valid=4)
     b = make_folder_dataset(tmp_path / "b", n_train=4, n_valid=6,
                             classes=("cyan", "magenta", "yellow"))
-    data_a = DataConfig(path=str(a), size=32, presize=40, bs=8)
-    pre = build_learner(data_a, TrainConfig(pretrained="none", precision="fp32", seed=1))
+    data_a = DataConfig.build(path=str(a), size=32, presize=40, bs=8, seed=1)
+    pre = build_learner(data_a, TrainConfig.build(pretrained="none", precision="fp32"))
     pre.fit_one_cycle(6, 3e-3)
     from imageclf.export import export_learner
 
     export_learner(pre, tmp_path / "pre" / "model")
-    data_b = DataConfig(path=str(b), size=32, presize=40, bs=6)
+    data_b = DataConfig.build(path=str(b), size=32, presize=40, bs=6, seed=2)
     results = {}
     for name, pretrained in (("transfer", str(tmp_path / "pre" / "model")),
                              ("scratch", "none")):
-        learn = build_learner(data_b, TrainConfig(pretrained=pretrained, precision="fp32",
-                                                  seed=2))
+        learn = build_learner(data_b, TrainConfig.build(pretrained=pretrained,
+                                                        precision="fp32"))
         learn.fine_tune(2, 2e-3, freeze_epochs=1)
         results[name] = learn.history.rows[-1]
     assert results["transfer"]["valid_loss"] < results["scratch"]["valid_loss"], results

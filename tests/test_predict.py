@@ -67,15 +67,15 @@ def test_multi_label_model_answers_none(tmp_path: Path):
         solid((g, g, g), (48, 40), seed=i).save(root / "empty" / f"g{i}.jpg", quality=90)
         rows.append(f"empty/g{i}.jpg,,{i % len(levels) == len(levels) - 1}")
     (root / "labels.csv").write_text("\n".join(rows) + "\n")
-    res = train_run(DataConfig(path=str(root / "labels.csv"), size=32, presize=40, bs=10,
+    res = train_run(DataConfig.build(path=str(root / "labels.csv"), size=32, presize=40, bs=10,
                                multi_label=True),
-                    TrainConfig(arch="resnet18", pretrained="none", epochs=8, lr="3e-3",
+                    TrainConfig.build(arch="resnet18", pretrained="none", epochs=8, lr="3e-3",
                                 precision="fp32", out=str(tmp_path / "run"),
                                 head="concat"))  # the model the figures below hold for
     meta = json.loads((res.out / "model" / "model.json").read_text())
     assert meta["multi_label"] and meta["thresholds"] == [0.5, 0.5, 0.5]
     pred = Predictor(res.out / "model")
-    assert pred.none_rule == "multi_label_thresholds"
+    assert pred.rule.name == "multi_label_thresholds"
     known = pred.predict(sorted((root / "valid" / "red").glob("*.jpg")))
     assert all(p.labels == ["red"] for p in known), [p.top for p in known]
     # a new grey picture (noise never seen in training) is none of red/green/blue; with

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from imageclf.callbacks import Callback, SizeSchedule
-from imageclf.config import DataConfig
+from imageclf.config import DataConfig, OptimConfig, RegConfig
 from imageclf.data import augment
 from imageclf.data.loader import DataLoaders
 from imageclf.data.mix import mix_batch
@@ -35,10 +35,12 @@ class Shapes(Callback):
 
 
 def _learner(data: Path, **kw) -> Learner:
-    dls = DataLoaders.from_config(DataConfig(path=str(data), size=32, presize=40, bs=6,
+    dls = DataLoaders.from_config(DataConfig.build(path=str(data), size=32, presize=40, bs=6,
                                              cache_dir=str(data.parent / "cache")))
     torch.manual_seed(0)
-    return Learner(dls, create_model("resnet18", 3, "none", "timm"), precision="fp32", **kw)
+    cbs = kw.pop("cbs", ())
+    return Learner(dls, create_model("resnet18", 3, "none", "timm"),
+                   OptimConfig(precision="fp32"), RegConfig(**kw), cbs=cbs)
 
 
 def test_size_schedule_changes_shapes_at_stage_boundaries_only(folder_dataset: Path):
@@ -116,7 +118,7 @@ def test_size_ema_and_valid_size_round_trip_through_export(folder_dataset: Path,
     meta = json.loads((run / "model" / "model.json").read_text())
     assert meta["size"] == 40 and meta["train_size"] == 32 and meta["ema"] is True
     cfg = json.loads((run / "config.json").read_text())
-    assert cfg["train"]["sizes"] == [24, 32] and cfg["train"]["ema"] == 0.9
+    assert cfg["train"]["schedule"]["sizes"] == [24, 32] and cfg["train"]["reg"]["ema"] == 0.9
     pred = Predictor(run / "model")
     assert pred.size == 40
     small = Predictor(run / "model", size=32)

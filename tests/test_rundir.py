@@ -76,7 +76,7 @@ def test_an_unwritable_out_is_refused_early(tmp_path: Path):
 
 
 def test_config_round_trip_and_a_damaged_one(tmp_path: Path):
-    d, t = DataConfig(path="x", size=32, presize=40), TrainConfig(epochs=2, lr="1e-3")
+    d, t = DataConfig.build(path="x", size=32, presize=40), TrainConfig.build(epochs=2, lr="1e-3")
     write_config(tmp_path, d, t)
     assert read_config(tmp_path) == (d, t)
     (tmp_path / "config.json").write_text("{")

@@ -25,11 +25,12 @@ def test_a_tiny_auto_rate_is_reported(folder_dataset: Path, tmp_path: Path,
     tiny = {"valley": 2e-7, "slide": 1e-7, "minimum": 1e-8, "steep": 1e-7}
     monkeypatch.setattr(runs, "run_lr_find",
                         lambda learn, train, out: LRFindResult([1e-7], [1.0], tiny))
-    data = DataConfig(path=str(folder_dataset), size=32, presize=40, bs=6)
-    train = TrainConfig(pretrained="none", precision="fp32", epochs=0, out=str(tmp_path / "r"))
+    data = DataConfig.build(path=str(folder_dataset), size=32, presize=40, bs=6)
+    train = TrainConfig.build(pretrained="none", precision="fp32", epochs=0,
+                              out=str(tmp_path / "r"))
     with caplog.at_level("WARNING", logger="imageclf.runs"):
         res = runs.train_run(data, train)
-    assert res.metrics["lr_rule"] == "valley" and res.metrics["lr"] == 2e-7
+    assert res.metrics.lr_rule == "valley" and res.metrics.lr == 2e-7
     assert "is tiny" in caplog.text and "--lr-find-steps" in caplog.text
 
 
@@ -47,13 +48,13 @@ def test_fine_tuning_sweeps_the_rate_with_the_body_frozen(folder_dataset: Path,
             self.seen.append(sum(p.numel() for p in learn.model.body.parameters()
                                  if p.requires_grad))
 
-    data = DataConfig(path=str(folder_dataset), size=32, presize=40, bs=6)
+    data = DataConfig.build(path=str(folder_dataset), size=32, presize=40, bs=6)
     scratch = BodyTrainable()
-    runs.train_run(data, TrainConfig(pretrained="none", precision="fp32", epochs=0,
+    runs.train_run(data, TrainConfig.build(pretrained="none", precision="fp32", epochs=0,
                                      lr_find_steps=10, out=str(tmp_path / "a")),
                    runs.RunContext(cbs=[scratch]))
     tune = BodyTrainable()
-    res = runs.train_run(data, TrainConfig(pretrained=str(tmp_path / "a" / "model"),
+    res = runs.train_run(data, TrainConfig.build(pretrained=str(tmp_path / "a" / "model"),
                                            precision="fp32", epochs=0, freeze_epochs=1,
                                            lr_find_steps=10, out=str(tmp_path / "b")),
                          runs.RunContext(cbs=[tune]))
@@ -62,7 +63,7 @@ def test_fine_tuning_sweeps_the_rate_with_the_body_frozen(folder_dataset: Path,
     assert scratch.seen and set(scratch.seen) == {n_body}  # every body weight in the sweep
     assert len(tune.seen) > sweep and set(tune.seen[:sweep]) == {max(tune.seen)}
     assert 0 < max(tune.seen) < n_body / 100  # only the norm layers' scales and shifts
-    assert res.metrics["lr_rule"] == "valley"
+    assert res.metrics.lr_rule == "valley"
 
 
 def test_salted_folder_trains_and_every_bad_file_is_reported(tmp_path: Path):
@@ -76,13 +77,13 @@ def test_salted_folder_trains_and_every_bad_file_is_reported(tmp_path: Path):
     solid((30, 40, 220), (50, 40)).convert("CMYK").save(odd / "cmyk.jpg")
     solid((30, 40, 220), (50, 40)).convert("P").save(odd / "palette.gif")
     solid((30, 40, 220), (50, 40)).save(odd / "png_named.jpg", format="PNG")
-    res = train_run(DataConfig(path=str(data), size=32, presize=40, bs=6),
-                    TrainConfig(pretrained="none", epochs=1, lr="1e-3", precision="fp32",
+    res = train_run(DataConfig.build(path=str(data), size=32, presize=40, bs=6),
+                    TrainConfig.build(pretrained="none", epochs=1, lr="1e-3", precision="fp32",
                                 out=str(tmp_path / "run")))
-    skipped = {Path(s["path"]).name for s in res.metrics["skipped_files"]}
-    assert len(res.metrics["skipped_files"]) == len(bad_train) + len(bad_valid)
+    skipped = {Path(s.path).name for s in res.metrics.skipped_files}
+    assert len(res.metrics.skipped_files) == len(bad_train) + len(bad_valid)
     assert skipped == set(bad_train)
-    assert all(s["reason"] for s in res.metrics["skipped_files"])
+    assert all(s.reason for s in res.metrics.skipped_files)
     saved = json.loads((res.out / "metrics.json").read_text())
     assert len(saved["skipped_files"]) == len(bad_train) + len(bad_valid)
     html = (res.out / "report.html").read_text()
@@ -91,7 +92,7 @@ def test_salted_folder_trains_and_every_bad_file_is_reported(tmp_path: Path):
     # 18 good + 4 oddities used for training; every unreadable one left out
     from imageclf.data.loader import DataLoaders
 
-    dls = DataLoaders.from_config(DataConfig(path=str(data), size=32, presize=40, bs=6))
+    dls = DataLoaders.from_config(DataConfig.build(path=str(data), size=32, presize=40, bs=6))
     assert dls.train.n_items == 18 + 4 and dls.valid.n_items == 9
     interp = evaluate(Predictor(res.out / "model"), data)
-    assert interp.n == 9 and {Path(s["path"]).name for s in interp.skipped} == set(bad_valid)
+    assert interp.n == 9 and {Path(s.path).name for s in interp.skipped} == set(bad_valid)

@@ -287,4 +287,4 @@ def test_a_port_in_use_or_a_missing_model_is_one_line(run_dir: Path, tmp_path: P
     r = run_cli("serve", str(tmp_path / "nowhere"))
     assert r.returncode == 2 and "neither a model/ folder" in r.stderr
     r = run_cli("serve", str(run_dir), "--max-batch", "0")
-    assert r.returncode == 2 and "--max-batch must be at least 1" in r.stderr
+    assert r.returncode == 2 and "--max-batch (max_batch in ServeConfig) must be >= 1" in r.stderr

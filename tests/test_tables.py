@@ -12,11 +12,10 @@ import pytest
 
 from imageclf.config import DataConfig
 from imageclf.data.loader import DataLoaders
-from imageclf.data.sources import find_eval_items, find_items
 from imageclf.data.tables import read_image, split_ref
 from imageclf.errors import ConfigError, DataError
 
-from .helpers import COLOURS, run_cli, solid
+from .helpers import COLOURS, find, run_cli, solid
 
 CLASSES = ["blue", "green", "red"]
 
@@ -60,21 +59,21 @@ def hf(tmp_path: Path) -> Path:
 
 
 def test_hugging_face_layout_splits_and_class_names(hf: Path):
-    items = find_items(hf)
+    items = find(hf)
     assert items.classes == tuple(CLASSES) and len(items) == 18 + 6
     assert sum(items.is_valid) == 6
     file, col, row = split_ref(items.paths[4])
     assert file.name.startswith("train-") and col == "image" and row == 4
-    assert len(find_eval_items(hf)) == 6  # the validation rows
+    assert len(find(hf, evaluate=True)) == 6  # the validation rows
     assert read_image(items.paths[0]) == _jpeg("blue", 0)
 
 
 def test_rows_decode_into_the_cache_with_the_corrupt_one_reported(hf: Path, tmp_path: Path):
-    dls = DataLoaders.from_config(DataConfig(path=str(hf), size=24, presize=32, bs=4,
+    dls = DataLoaders.from_config(DataConfig.build(path=str(hf), size=24, presize=32, bs=4,
                                              cache_dir=str(tmp_path / "cache")))
     skipped = dls.skipped()
-    assert len(skipped) == 1 and split_ref(skipped[0]["path"])[2] == 4
-    assert "truncated" in skipped[0]["reason"]
+    assert len(skipped) == 1 and split_ref(skipped[0].path)[2] == 4
+    assert "truncated" in skipped[0].reason
     assert dls.train.n_items == 17 and dls.valid.n_items == 6
     x, y = next(iter(dls.train))
     assert x.shape == (4, 3, 24, 24)
@@ -106,13 +105,13 @@ def test_split_column_string_labels_and_arrow_files(tmp_path: Path):
     table = pa.Table.from_pylist(rows)
     pq.write_table(table, tmp_path / "all.parquet")
     with pytest.raises(ConfigError, match="--image-col and --label-col"):
-        find_items(tmp_path / "all.parquet")
-    items = find_items(tmp_path / "all.parquet", image_col="img", label_col="cls",
+        find(tmp_path / "all.parquet")
+    items = find(tmp_path / "all.parquet", image_col="img", label_col="cls",
                        split_col="part")
     assert len(items) == 5 and sum(items.is_valid) == 2  # the test row is left out
     assert items.classes == ("green", "red")
     with pytest.raises(ConfigError, match="--label-col 'nope'.*has columns img, cls, part"):
-        find_items(tmp_path / "all.parquet", image_col="img", label_col="nope")
+        find(tmp_path / "all.parquet", image_col="img", label_col="nope")
     # Arrow IPC: the file format and the stream format (what `datasets` caches)
     with pa.OSFile(str(tmp_path / "f.arrow"), "wb") as sink, \
             pa.ipc.new_file(sink, table.schema) as w:
@@ -123,12 +122,12 @@ def test_split_column_string_labels_and_arrow_files(tmp_path: Path):
             pa.ipc.new_stream(sink, table.schema) as w:
         w.write_table(table)
     for f in (tmp_path / "f.arrow", tmp_path / "s"):
-        got = find_items(f, image_col="img", label_col="cls", split_col="part")
+        got = find(f, image_col="img", label_col="cls", split_col="part")
         assert len(got) == 5 and read_image(got.paths[3]) == rows[3]["img"]
     bad = pa.Table.from_pylist([{"img": b"x", "cls": "a", "part": "holdout"}])
     pq.write_table(bad, tmp_path / "bad.parquet")
     with pytest.raises(DataError, match="split value 'holdout'"):
-        find_items(tmp_path / "bad.parquet", image_col="img", label_col="cls",
+        find(tmp_path / "bad.parquet", image_col="img", label_col="cls",
                    split_col="part")
 
 

@@ -4,18 +4,17 @@ from pathlib import Path
 
 import pytest
 
-from imageclf.data.sources import find_items
 from imageclf.data.verify import class_balance, verify_items
 
-from .helpers import add_bad_files
+from .helpers import add_bad_files, find
 
 
 def test_counts_and_unreadable_files(folder_dataset: Path):
     bad = add_bad_files(folder_dataset / "valid" / "red")
-    items = find_items(folder_dataset)
+    items = find(folder_dataset)
     header, full = verify_items(items, full=False), verify_items(items)
-    assert {Path(u["path"]).name for u in full.unreadable} == set(bad)
-    assert {Path(u["path"]).name for u in header.unreadable} == set(bad) - {"truncated.jpg"}
+    assert {Path(u.path).name for u in full.unreadable} == set(bad)
+    assert {Path(u.path).name for u in header.unreadable} == set(bad) - {"truncated.jpg"}
     d = full.to_dict()
     assert d["counts"]["valid"] == {"blue": 3, "green": 3, "red": 3}
     assert d["n_usable"] == 27 and d["n_items"] == 27 + len(bad)
@@ -32,7 +31,7 @@ def test_class_balance_and_its_warnings():
 
 
 def test_progress_is_reported_per_file(folder_dataset: Path):
-    items = find_items(folder_dataset)
+    items = find(folder_dataset)
     done = []
     verify_items(items, progress=done.append)
     assert sum(done) == len(items)

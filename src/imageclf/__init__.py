@@ -20,29 +20,30 @@ _LAZY = {
     "TrainProgress": "imageclf.progress",
     "DataConfig": "imageclf.config",
     "TrainConfig": "imageclf.config",
+    "DataSource": "imageclf.config",
     "BatchAugment": "imageclf.data.augment",
     "PresizeCache": "imageclf.data.cache",
     "BatchLoader": "imageclf.data.loader",
     "DataLoaders": "imageclf.data.loader",
     "Items": "imageclf.data.sources",
-    "find_items": "imageclf.data.sources",
+    "resolve": "imageclf.data.sources",
     "Learner": "imageclf.learner",
     "Predictor": "imageclf.predict",
 }
 
 __all__ = [
     "AugConfig", "BatchAugment", "BatchLoader", "ConfigError", "DamagedFileError", "DataConfig",
-    "DataError", "DataLoaders", "ImageclfError", "Items", "Learner", "ModelMeta", "Predictor",
-    "PresizeCache", "TrainConfig", "TrainProgress", "__version__", "find_items",
+    "DataError", "DataLoaders", "DataSource", "ImageclfError", "Items", "Learner", "ModelMeta",
+    "Predictor", "PresizeCache", "TrainConfig", "TrainProgress", "__version__", "resolve",
 ]
 assert sorted(_LAZY) == sorted(n for n in __all__ if n != "__version__")
 
 if TYPE_CHECKING:
-    from imageclf.config import AugConfig, DataConfig, TrainConfig
+    from imageclf.config import AugConfig, DataConfig, DataSource, TrainConfig
     from imageclf.data.augment import BatchAugment
     from imageclf.data.cache import PresizeCache
     from imageclf.data.loader import BatchLoader, DataLoaders
-    from imageclf.data.sources import Items, find_items
+    from imageclf.data.sources import Items, resolve
     from imageclf.errors import ConfigError, DamagedFileError, DataError, ImageclfError
     from imageclf.learner import Learner
     from imageclf.meta import ModelMeta

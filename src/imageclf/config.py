@@ -1,163 +1,142 @@
-"""Frozen settings for data, augmentation, model and training, with a JSON round trip."""
+"""The settings of data, augmentation, model and training: frozen dataclasses whose fields
+each declare one setting (settings.py), with a JSON round trip.
+
+DataConfig holds a DataSource (where the labelled images are) and an AugConfig; TrainConfig
+holds one part per job: ModelConfig, ScheduleConfig, OptimConfig, RegConfig, OutputConfig.
+`DataConfig.build(path="data", size=128)` and `TrainConfig.build(arch="resnet34",
+epochs=8)` take the flat names the command line uses."""
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from imageclf.errors import ConfigError
 from imageclf.meta import HEADS, RESIZE_METHODS
+from imageclf.settings import Settings, setting
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 LR_RULES = ("auto", "valley", "slide", "minimum", "steep")  # --lr values that run lr_find
 SAMPLERS = ("shuffle", "balanced")
-__all__ = ["AugConfig", "ConfigError", "DataConfig", "TrainConfig", "from_dict", "to_dict"]
+FLIP_P = 0.5  # fastai's aug_transforms: a horizontal flip half the time
+LR_FIND_STEPS = 100  # batches in the learning-rate finder's sweep, by default
+__all__ = ["AugConfig", "ConfigError", "DataConfig", "DataSource", "ModelConfig",
+           "OptimConfig", "OutputConfig", "RegConfig", "ScheduleConfig", "TrainConfig"]
+
+
+def parse_sizes(text: str | None) -> tuple[int, ...] | None:
+    """--sizes 64,96,128 -> (64, 96, 128)."""
+    if text is None:
+        return None
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"--sizes takes sizes separated by commas, e.g. 64,96,128; got "
+                          f"{text!r}") from None
+
+
+def _no_flip(no_flip: bool) -> float:
+    return 0.0 if no_flip else FLIP_P
+
+
+# --- data ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DataSource(Settings):
+    """Where the labelled images are and how they are split: class folders, file names and a
+    regex, a CSV, or Parquet/Arrow tables (data/sources.py resolves it)."""
+
+    section = "Data"
+    path: str | None = setting(None, "Class folders, a CSV, or Parquet/Arrow files "
+                               "(docs/data-sources.md).", argument=True, cli_type=Path)
+    csv: str | None = setting(None, "CSV of filename,label[,is_valid].")
+    label_regex: str | None = setting(None, "Label: group 1 of this regex on file names.")
+    image_col: str | None = setting(None, "Parquet/Arrow: the image column.")
+    label_col: str | None = setting(None, "Parquet/Arrow: the label column.")
+    split_col: str | None = setting(None, "Parquet/Arrow: the train/valid/test column.")
+    valid_pct: float = setting(0.2, "Random validation share (DATA unsplit).",
+                               gt=0, lt=1)
+    multi_label: bool = setting(False, "Several or no labels per image (sigmoids).")
+
+    def check(self) -> None:
+        for name in ("path", "csv"):  # a Path given in Python is held as text, as in JSON
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, str):
+                object.__setattr__(self, name, str(v))
+        if self.csv is not None and self.label_regex is not None:
+            raise self.error("label_regex", "and --csv both give the labels: choose one")
 
 
 @dataclass(frozen=True)
-class AugConfig:
+class AugConfig(Settings):
     """Batch augmentation settings (fastai's `aug_transforms` defaults)."""
 
-    flip_p: float = 0.5
-    max_rotate: float = 10.0  # degrees
-    max_zoom: float = 1.1
-    max_warp: float = 0.2
-    min_scale: float = 0.75  # random-resized crop: smallest area fraction kept
-    ratio: tuple[float, float] = (1.0, 1.0)  # aspect range of the crop (fastai: square)
-    max_lighting: float = 0.2
-    p_affine: float = 0.75
-    p_lighting: float = 0.75
-    pad_mode: str = "reflection"
-
-    def __post_init__(self) -> None:
-        if self.pad_mode not in ("reflection", "border", "zeros"):
-            raise ConfigError(
-                f"pad_mode must be one of reflection, border, zeros; got {self.pad_mode!r}"
-            )
-        if not 0 < self.min_scale <= 1:
-            raise ConfigError(f"--min-scale must be in (0, 1]; got {self.min_scale}")
-        if self.max_zoom < 1:
-            raise ConfigError(f"--max-zoom must be >= 1; got {self.max_zoom}")
-        if not 0 <= self.max_rotate <= 180:
-            raise ConfigError(f"--max-rotate must be between 0 and 180 degrees; "
-                              f"got {self.max_rotate}")
-        if not 0 <= self.max_warp < 1:
-            raise ConfigError(f"--max-warp must be in [0, 1); got {self.max_warp}")
-        if not 0 <= self.max_lighting < 1:
-            raise ConfigError(f"--max-lighting must be in [0, 1); got {self.max_lighting}")
-        if not 0 <= self.flip_p <= 1:
-            raise ConfigError(f"flip_p must be a probability in [0, 1]; got {self.flip_p}")
+    section = "Augmentation"
+    flip_p: float = setting(FLIP_P, "No horizontal flips (text, digits, ...).", ge=0, le=1,
+                            flag="--no-flip", cli_type=bool, cli_default=False, parse=_no_flip)
+    max_rotate: float = setting(10.0, "Largest rotation in degrees.", ge=0, le=180)
+    max_zoom: float = setting(1.1, "Largest zoom in.", ge=1)
+    max_warp: float = setting(0.2, "Largest perspective warp (0: none).", ge=0, lt=1)
+    min_scale: float = setting(0.75, "Random-resized crop: smallest area share kept.",
+                               gt=0, le=1)
+    ratio: tuple[float, float] = setting((1.0, 1.0), "Aspect range of the crop (fastai: "
+                                         "square).", cli=False)
+    max_lighting: float = setting(0.2, "Largest brightness/contrast change (0: none).",
+                                  ge=0, lt=1)
+    p_affine: float = setting(0.75, "Share of images given the geometric changes.", ge=0,
+                              le=1, cli=False)
+    p_lighting: float = setting(0.75, "Share of images given the lighting change.", ge=0,
+                                le=1, cli=False)
+    pad_mode: str = setting("reflection", "What the sampling grid reads outside the image.",
+                            choices=("reflection", "border", "zeros"), cli=False)
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(Settings):
     """Where the images are, how they are split, presized and batched."""
 
-    path: str = "."
-    size: int = 224
-    presize: int = 460
-    resize_method: str = "crop"
-    bs: int = 64
-    valid_pct: float = 0.2
-    seed: int = 0
-    label_regex: str | None = None
-    csv: str | None = None
-    multi_label: bool = False
-    cache_dir: str | None = None
-    decode_workers: int = 0  # 0: one per CPU core
-    decode: str = "cpu"  # cpu: Pillow in worker processes; device: JPEGs on the training device
-    sampler: str = "shuffle"  # shuffle: each image once an epoch; balanced: classes equally
-    valid_size: int | None = None  # side validation (and the exported model) sees; None: size
-    image_col: str | None = None  # Parquet/Arrow data: the columns (None: found by name)
-    label_col: str | None = None
-    split_col: str | None = None
+    section = "Data"
+    source: DataSource = field(default_factory=DataSource)
+    size: int = setting(224, "Side of the images the model sees.", ge=8)
+    presize: int = setting(460, "Side of the CPU presize (>= --size).", ge=8)
+    resize_method: str = setting("crop", "How a non-square image becomes square.",
+                                 choices=RESIZE_METHODS)
+    bs: int = setting(64, "Batch size (per process).", ge=1)
+    seed: int = setting(0, "Seed of split, initialisation, augmentation.")
+    cache_dir: str | None = setting(None, "Presize cache folder (default "
+                                    "$IMAGECLF_CACHE_DIR).")
+    decode_workers: int = setting(0, "Processes decoding the cache's first build (0: one "
+                                  "per core).", ge=0)
+    decode: str = setting("cpu", "First decode: cpu (Pillow, JPEG draft mode) or device "
+                          "(JPEGs on the training device, nvJPEG on a GPU).",
+                          choices=("cpu", "device"))
+    sampler: str = setting("shuffle", "shuffle (each image once an epoch) or balanced "
+                           "(classes drawn equally often).", choices=SAMPLERS)
+    valid_size: int | None = setting(None, "Side validation and the exported model see "
+                                     "(default --size).", ge=8)
     aug: AugConfig = field(default_factory=AugConfig)
 
-    def __post_init__(self) -> None:
-        if self.size < 8:
-            raise ConfigError(f"--size must be at least 8 pixels; got {self.size}")
+    def check(self) -> None:
         if self.presize < self.size:
-            raise ConfigError(
-                f"--presize ({self.presize}) must be >= --size ({self.size}): presizing leaves "
-                f"margin for augmentation; try --presize {max(self.size, round(self.size * 1.25))}"
-            )
-        if self.resize_method not in RESIZE_METHODS:
-            raise ConfigError(
-                f"--resize-method must be one of {', '.join(RESIZE_METHODS)}; "
-                f"got {self.resize_method!r}"
-            )
-        if self.bs < 1:
-            raise ConfigError(f"--bs must be at least 1; got {self.bs}")
-        if self.decode_workers < 0:
-            raise ConfigError(f"--decode-workers must be >= 0 (0: one per CPU core); "
-                              f"got {self.decode_workers}")
-        if self.decode not in ("cpu", "device"):
-            raise ConfigError(f"--decode must be cpu or device; got {self.decode!r}")
-        if not 0 < self.valid_pct < 1:
-            raise ConfigError(f"--valid-pct must be between 0 and 1; got {self.valid_pct}")
-        if self.valid_size is not None and not 8 <= self.valid_size <= self.presize:
-            raise ConfigError(f"--valid-size must be between 8 and --presize ({self.presize}); "
-                              f"got {self.valid_size}")
-        if self.sampler not in SAMPLERS:
-            raise ConfigError(f"--sampler must be one of {', '.join(SAMPLERS)}; "
-                              f"got {self.sampler!r}")
+            raise self.error("presize", f"must be >= --size ({self.size}): presizing leaves "
+                             "margin for augmentation; try --presize "
+                             f"{max(self.size, round(self.size * 1.25))}", self.presize)
+        if self.valid_size is not None and self.valid_size > self.presize:
+            raise self.error("valid_size", f"must be at most --presize ({self.presize})",
+                             self.valid_size)
 
 
-def to_dict(cfg: Any) -> dict[str, Any]:
-    """A JSON-ready dict of a settings dataclass (nested dataclasses included)."""
-    return dataclasses.asdict(cfg)
-
-
-def _build(cls: type, data: dict[str, Any]) -> Any:
-    kwargs = {}
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(data) - set(names)
-    if unknown:
-        raise ConfigError(f"unknown {cls.__name__} settings: {sorted(unknown)}")
-    for name, value in data.items():
-        ftype = names[name].type
-        if isinstance(value, dict) and name == "aug":
-            value = _build(AugConfig, value)
-        elif isinstance(value, list) and "tuple" in str(ftype):
-            value = tuple(value)
-        kwargs[name] = value
-    return cls(**kwargs)
-
-
-def from_dict(cls: type, data: dict[str, Any]) -> Any:
-    """Rebuild a settings dataclass from `to_dict`'s output."""
-    return _build(cls, data)
-
-
-LR_FIND_STEPS = 100  # batches in the learning-rate finder's sweep, by default
-
-
+# --- training -------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class TrainConfig:
-    """Model and training settings of one run."""
+class ModelConfig(Settings):
+    """The network: backbone, its starting weights, the head."""
 
-    arch: str = "resnet18"
-    pretrained: str = "none"  # hub | none | PATH (weights file or an imageclf model/ folder)
-    head: str = "auto"  # auto: timm's plain head from scratch, fastai's concat when pretrained
-    epochs: int = 4
-    freeze_epochs: int = 1
-    lr: str = "auto"  # a number, or a finder rule (auto, valley, slide, minimum, steep)
-    wd: float = 0.01
-    precision: str = "auto"
-    label_smoothing: float = 0.0
-    seed: int = 0
-    out: str | None = None
-    compile: bool = False  # torch.compile the training forward (inductor)
-    lr_find_steps: int = LR_FIND_STEPS  # the finder's sweep: at most this many steps
-    accum: int = 1  # batches per optimiser step (gradient accumulation)
-    class_weights: str = "none"  # none | auto (inverse frequency) | a JSON file {class: w}
-    metric: str | None = None  # what the run's summary watches (None: valid accuracy)
-    tensorboard: bool = False  # write RUN_DIR/tensorboard/
-    sizes: tuple[int, ...] | None = None  # progressive resizing: the size per stage
-    ema: float = 0.0  # decay of the weights' moving average (0: off)
-    mixup: float = 0.0  # Beta(alpha, alpha) of mixup (0: off)
-    cutmix: float = 0.0  # Beta(alpha, alpha) of CutMix (0: off)
+    section = "Model"
+    arch: str = setting("resnet18", "Any timm architecture name.")
+    pretrained: str = setting("none", "hub (timm's weights), none, a .safetensors/.pth "
+                              "file, or an imageclf model/ folder.", cli_default="hub")
+    head: str = setting("auto", "concat (fastai's), timm (pool + linear), or auto: timm "
+                        "from scratch, concat when fine-tuning.", choices=("auto", *HEADS))
 
     @property
     def fine_tunes(self) -> bool:
@@ -165,7 +144,7 @@ class TrainConfig:
         return self.pretrained != "none"
 
     @property
-    def model_head(self) -> str:
+    def built_head(self) -> str:
         """The head built: auto is timm's plain one (pool + linear) from scratch, where it
         learns sooner than fastai's concat head with its dropout (Imagenette, 2 epochs at
         64 px: 65.5% vs 60.7%; the demo's shapes: 82% vs 32%), and the concat head when
@@ -174,13 +153,21 @@ class TrainConfig:
             return self.head
         return "concat" if self.fine_tunes else "timm"
 
-    @property
-    def sweeps_frozen(self) -> bool:
-        """Fine-tuning sweeps the learning rate with the body frozen, as fastai's
-        vision_learner does: the rate it picks is first used on the frozen model (fine_tune's
-        first phase), and a sweep through the whole pretrained body blows up sooner, for a
-        smaller rate."""
-        return self.fine_tunes and self.freeze_epochs > 0
+
+@dataclass(frozen=True)
+class ScheduleConfig(Settings):
+    """How long and how fast: epochs, the rate, the sizes per stage."""
+
+    section = "Schedule"
+    epochs: int = setting(4, "Epochs (after --freeze-epochs when pretrained).", ge=0)
+    freeze_epochs: int = setting(1, "Epochs of the head alone first, when pretrained.", ge=0)
+    lr: str = setting("auto", "A number, or lr_find's suggestion: valley, slide, minimum, "
+                      "steep; auto: valley when pretrained, minimum from scratch.")
+    lr_find_steps: int = setting(LR_FIND_STEPS, "Steps of the learning-rate finder's sweep.",
+                                 ge=10)
+    sizes: tuple[int, ...] | None = setting(
+        None, "Progressive resizing: sizes per stage, ending at --size (e.g. 64,96,128).",
+        cli_type=str, parse=parse_sizes)
 
     @property
     def lr_rule(self) -> str | None:
@@ -188,42 +175,106 @@ class TrainConfig:
         suggestion once the sweep has run), None for a number."""
         return self.lr if self.lr in LR_RULES else None
 
-    def __post_init__(self) -> None:
-        if self.head not in ("auto", *HEADS):
-            raise ConfigError(f"--head must be auto, {' or '.join(HEADS)}; got {self.head!r}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}; "
-                              f"got {self.precision!r}")
+    def check(self) -> None:
         if self.lr_rule is None:
             try:
                 value = float(self.lr)
             except ValueError:
-                raise ConfigError(f"--lr must be a number or one of {', '.join(LR_RULES)} "
-                                  f"(lr_find's suggestions); got {self.lr!r}") from None
+                raise self.error("lr", f"must be a number or one of {', '.join(LR_RULES)} "
+                                 "(lr_find's suggestions)", self.lr) from None
             if not 0 < value < 10:
-                raise ConfigError(f"--lr must be between 0 and 10; got {self.lr}")
-        if self.accum < 1:
-            raise ConfigError(f"--accum-steps must be at least 1; got {self.accum}")
-        if self.lr_find_steps < 10:
-            raise ConfigError(f"--lr-find-steps must be at least 10; got {self.lr_find_steps}")
-        if self.epochs < 0 or self.freeze_epochs < 0:
-            raise ConfigError("--epochs and --freeze-epochs must be >= 0")
-        if self.wd < 0:
-            raise ConfigError(f"--wd must be >= 0; got {self.wd}")
-        if not 0 <= self.label_smoothing < 1:
-            raise ConfigError(f"--label-smoothing must be in [0, 1); got {self.label_smoothing}")
+                raise self.error("lr", "must be between 0 and 10", self.lr)
         if self.sizes is not None and (not self.sizes or any(
                 not isinstance(v, int) or v < 8 for v in self.sizes)):
-            raise ConfigError(f"--sizes must be sizes of at least 8 pixels; got {self.sizes}")
-        if not (self.ema == 0 or 0 < self.ema < 1):
-            raise ConfigError(f"--ema must be a decay in (0, 1), e.g. 0.999; got {self.ema}")
-        if self.mixup < 0 or self.cutmix < 0:
-            raise ConfigError("--mixup and --cutmix take a Beta alpha >= 0 (0: off)")
-        if self.tensorboard:
-            from imageclf.tracking import check_tensorboard
+            raise self.error("sizes", "must be sizes of at least 8 pixels", self.sizes)
 
-            check_tensorboard()
+
+@dataclass(frozen=True)
+class OptimConfig(Settings):
+    """The optimiser step: AdamW's decay, precision, accumulation, clipping, compiling."""
+
+    section = "Optimiser"
+    wd: float = setting(0.01, "AdamW weight decay (not on norms and biases).", ge=0)
+    precision: str = setting("auto", "auto (bf16 where native, else fp32), bf16, fp16 or "
+                             "fp32.", choices=PRECISIONS)
+    accum_steps: int = setting(1, "Batches whose gradients add up to one step (bs x N "
+                               "images a step).", ge=1)
+    clip_grad: float | None = setting(None, "Clip the gradients' global norm to this "
+                                      "(default: no clipping).", gt=0)
+    compile: bool = setting(False, "torch.compile the training step: slower start, faster "
+                            "steps (GPUs, long runs).")
+
+
+@dataclass(frozen=True)
+class RegConfig(Settings):
+    """Regularisation and imbalance: what changes the loss or the images it sees."""
+
+    section = "Regularisation"
+    label_smoothing: float = setting(0.0, "Label smoothing of the cross-entropy.", ge=0, lt=1)
+    class_weights: str = setting("none", "Loss weight per class: auto (inverse frequency), "
+                                 "none, or a JSON file {class: weight}.")
+    ema: float = setting(0.0, "Validate and export a moving average of the weights with "
+                         "this decay (e.g. 0.999; 0: off).", ge=0, lt=1)
+    mixup: float = setting(0.0, "Mixup with Beta(alpha, alpha) (0: off).", ge=0)
+    cutmix: float = setting(0.0, "CutMix with Beta(alpha, alpha) (0: off).", ge=0)
+
+    def check(self) -> None:
         if self.class_weights not in ("none", "auto") and not self.class_weights.endswith(
                 ".json"):
-            raise ConfigError("--class-weights must be auto, none or a .json file of "
-                              f"{{class: weight}}; got {self.class_weights!r}")
+            raise self.error("class_weights", "must be auto, none or a .json file of "
+                             "{class: weight}", self.class_weights)
+
+
+@dataclass(frozen=True)
+class OutputConfig(Settings):
+    """What the run writes and watches."""
+
+    section = "Run"
+    out: str | None = setting(None, "Run directory (default runs/<time>).")
+    metric: str | None = setting(None, "What the summary watches: accuracy, macro_f1, "
+                                 "balanced_accuracy, top5_accuracy, valid_loss, mAP, ...")
+    tensorboard: bool = setting(False, "Log to RUN_DIR/tensorboard/ (pip install "
+                                "'imageclf[tensorboard]').")
+
+
+@dataclass(frozen=True)
+class TrainConfig(Settings):
+    """Model and training settings of one run, one part per job."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    reg: RegConfig = field(default_factory=RegConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    @property
+    def sweeps_frozen(self) -> bool:
+        """Fine-tuning sweeps the learning rate with the body frozen, as fastai's
+        vision_learner does: the rate it picks is first used on the frozen model (fine_tune's
+        first phase), and a sweep through the whole pretrained body blows up sooner, for a
+        smaller rate."""
+        return self.model.fine_tunes and self.schedule.freeze_epochs > 0
+
+
+# --- config.json of runs written before the settings were nested ----------------------------
+_RENAMED = {"accum": "accum_steps"}
+_DROPPED = ("seed",)  # TrainConfig's copy of DataConfig.seed (the command line set both)
+
+
+def read_settings(obj: Any, where: str) -> tuple[DataConfig, TrainConfig]:
+    """(DataConfig, TrainConfig) of a config.json object, today's layout or the flat one
+    that runs before the nesting wrote."""
+    if not isinstance(obj, dict) or "data" not in obj or "train" not in obj:
+        raise ConfigError(f"{where}: expected an object with data and train")
+    data, train = obj["data"], obj["train"]
+    if "path" in data:  # flat: DataSource's fields at the top, aug nested
+        flat = {k: v for k, v in data.items() if k != "aug"} | dict(data.get("aug", {}))
+        data = DataConfig.build(flat)
+    else:
+        data = DataConfig.from_json(data, f"{where}: data")
+    if "model" not in train:
+        flat = {_RENAMED.get(k, k): v for k, v in train.items() if k not in _DROPPED}
+        train = TrainConfig.build(flat)
+    else:
+        train = TrainConfig.from_json(train, f"{where}: train")
+    return data, train

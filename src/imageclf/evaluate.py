@@ -13,13 +13,15 @@ from typing import Any
 import torch
 
 from imageclf import openset
-from imageclf.data.sources import find_eval_items, find_items, list_images
+from imageclf.config import DataSource
+from imageclf.data.sources import list_images, resolve
 from imageclf.errors import ConfigError, DataError
 from imageclf.interpret import Interpretation, map_targets, write_pictures
-from imageclf.meta import ModelMeta
+from imageclf.meta import CalibrationInfo, ModelMeta, OodFigures, OpenSetRule
 from imageclf.openset import OpenSetStats
 from imageclf.plots import plot_open_set
-from imageclf.predict import NONE_LABEL, Outputs, Predictor
+from imageclf.predict import NONE_LABEL, Outputs, Predictor, to_probs
+from imageclf.records import Skipped
 
 
 @dataclass
@@ -28,7 +30,7 @@ class Seen:
 
     outputs: Outputs
     kept: list[int]  # indices (into the paths given) of the images that were read
-    skipped: list[dict] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
 
 
 def run_images(predictor: Predictor, paths: Sequence[str | Path], *, bs: int = 32,
@@ -44,41 +46,43 @@ def run_images(predictor: Predictor, paths: Sequence[str | Path], *, bs: int = 3
             if e is None:
                 kept.append(offset + j)
             else:
-                skipped.append({"path": path, "reason": e})
+                skipped.append(Skipped(path, e))
         offset += len(chunk)
     if not kept:
         raise DataError(f"none of the {len(paths)} {what} could be read")
     return Seen(Outputs.cat(parts), kept, skipped)
 
 
-def evaluate(predictor: Predictor, data: str | Path, *, csv: str | None = None,
-             label_regex: str | None = None, tta: bool = False, bs: int = 32,
-             out_dir: str | Path | None = None, k: int = 9, **cols: str | None
-             ) -> Interpretation:
+def evaluate(predictor: Predictor, data: DataSource | str | Path, *, tta: bool = False,
+             bs: int = 32, out_dir: str | Path | None = None, k: int = 9) -> Interpretation:
     """Run DATA's validation split (or all its labelled images) through the model; with
     `out_dir`, write confusion_matrix.png and top_losses.png there. Unreadable files are
     listed in `skipped`, never raised."""
-    interp, _ = _evaluate(predictor, data, csv=csv, label_regex=label_regex, tta=tta, bs=bs,
-                          **cols)
+    interp, _ = _evaluate(predictor, data, tta=tta, bs=bs)
     if out_dir is not None:
         write_pictures(interp, out_dir, predictor.presize, predictor.method, predictor.augment,
                        k)
     return interp
 
 
-def _evaluate(predictor: Predictor, data: str | Path, *, csv: str | None,
-              label_regex: str | None, tta: bool, bs: int, features: bool = False,
-              **cols: str | None) -> tuple[Interpretation, Outputs]:
-    """`cols`: image_col, label_col, split_col of Parquet/Arrow data."""
-    items = find_eval_items(data, csv_file=csv, label_regex=label_regex,
-                            multi_label=predictor.multi_label, **cols)
+def _source(data: DataSource | str | Path, predictor: Predictor) -> DataSource:
+    """The data source, read as the model reads labels (one or several per image)."""
+    src = data if isinstance(data, DataSource) else DataSource(path=str(data))
+    return dataclasses.replace(src, multi_label=predictor.multi_label)
+
+
+def _evaluate(predictor: Predictor, data: DataSource | str | Path, *, tta: bool, bs: int,
+              features: bool = False) -> tuple[Interpretation, Outputs]:
+    src = _source(data, predictor)
+    items = resolve(src, evaluate=True)
     targets = map_targets(items.labels, items.classes, predictor.classes, predictor.multi_label)
     seen = run_images(predictor, items.paths, bs=bs, tta=tta, features=features,
-                      what=f"labelled images in {data}")
+                      what=f"labelled images in {src.path}")
     interp = Interpretation.from_logits(
         seen.outputs.logits, targets[torch.tensor(seen.kept)], predictor.classes,
         predictor.multi_label, [items.paths[i] for i in seen.kept],
-        predictor.thresholds.tolist() if predictor.multi_label else None, seen.skipped)
+        predictor.rule.class_thresholds.tolist() if predictor.multi_label else None,
+        seen.skipped)
     return interp, seen.outputs
 
 
@@ -94,42 +98,44 @@ def unknown_images(folder: str | Path) -> list[Path]:
     return paths
 
 
-def evaluate_open_set(predictor: Predictor, data: str | Path, ood: str | Path, *,
-                      keep: float = 0.95, csv: str | None = None,
-                      label_regex: str | None = None, tta: bool = False, bs: int = 32,
-                      out_dir: str | Path | None = None, **cols: str | None
-                      ) -> tuple[Interpretation, dict]:
+def evaluate_open_set(predictor: Predictor, data: DataSource | str | Path, ood: str | Path,
+                      *, keep: float = 0.95, tta: bool = False, bs: int = 32,
+                      out_dir: str | Path | None = None) -> tuple[Interpretation, dict]:
     """The model on DATA's validation images (known) and on the images in `ood` (unknown):
     AUROC and FPR at `keep` of every score the model can compute, and for its own rule how
     many unknowns it accepted, as which class. With `out_dir`, evaluate's pictures and
     open_set.png there."""
-    feats = predictor.rule is not None and predictor.rule.needs_features
-    interp, known_out = _evaluate(predictor, data, csv=csv, label_regex=label_regex, tta=tta,
-                                  bs=bs, features=feats, **cols)
-    seen = run_images(predictor, unknown_images(ood), bs=bs, tta=tta, features=feats,
-                      what=f"images in --ood {ood}")
+    rule = predictor.rule
+    interp, known_out = _evaluate(predictor, data, tta=tta, bs=bs,
+                                  features=rule.needs_features)
+    seen = run_images(predictor, unknown_images(ood), bs=bs, tta=tta,
+                      features=rule.needs_features, what=f"images in --ood {ood}")
     names = list(openset.scores_for(predictor.multi_label)[:3])
-    if predictor.rule is not None and predictor.rule.score not in names:
-        names.append(predictor.rule.score)
-    known = predictor.scores(known_out, names)
-    unknown = predictor.scores(seen.outputs, names)
+    if rule.score is not None and rule.score not in names:
+        names.append(rule.score)
+    known = openset.score_outputs(names, known_out, rule.stats, rule.k)
+    unknown = openset.score_outputs(names, seen.outputs, rule.stats, rule.k)
     figures = openset.compare(known, unknown, keep)
-    score = predictor.rule.score if predictor.rule is not None else names[0]
-    probs = predictor.probs_from_logits(seen.outputs.logits)
-    decided = predictor.decide(probs, unknown[score])
-    accepted = Counter(c for labels in decided for c in labels if c != NONE_LABEL)
-    known_none = sum(ls == [NONE_LABEL] for ls in predictor.decide(
-        predictor.probs_from_logits(known_out.logits), known[score]))
+    score = rule.score or names[0]
+
+    def decided(out: Outputs, scores: torch.Tensor) -> list[list[str]]:
+        return rule.decide(to_probs(out.logits, predictor.multi_label), scores,
+                           predictor.classes)
+
+    unknown_labels = decided(seen.outputs, unknown[score])
+    accepted = Counter(c for labels in unknown_labels for c in labels if c != NONE_LABEL)
+    known_none = sum(ls == [NONE_LABEL] for ls in decided(known_out, known[score]))
     report = {"ood": str(ood), "n_known": len(known[score]), "n_unknown": len(seen.kept),
-              "keep": keep, "rule": predictor.none_rule, "score": score,
-              "threshold": predictor.none_threshold, "scores": figures,
-              "unknown_accepted": sum(ls != [NONE_LABEL] for ls in decided),
+              "keep": keep, "rule": rule.name, "score": score,
+              "threshold": rule.threshold, "scores": figures,
+              "unknown_accepted": sum(ls != [NONE_LABEL] for ls in unknown_labels),
               "unknown_accepted_as": dict(accepted.most_common()),
-              "known_answered_none": known_none, "skipped_unknown": seen.skipped}
+              "known_answered_none": known_none,
+              "skipped_unknown": [s.to_json() for s in seen.skipped]}
     if out_dir is not None:  # evaluate's pictures, and the scores' histogram
         write_pictures(interp, out_dir, predictor.presize, predictor.method,
                        predictor.augment)
-        plot_open_set(known[score], unknown[score], predictor.none_threshold, score,
+        plot_open_set(known[score], unknown[score], rule.threshold, score,
                       Path(out_dir) / "open_set.png")
     return interp, report
 
@@ -151,17 +157,19 @@ class Calibration:
     stats: OpenSetStats | None = None
     histogram: tuple[torch.Tensor, torch.Tensor] | None = None  # known, unknown scores
 
+    def rule(self, file: str | None = None) -> OpenSetRule:
+        """What model.json stores of it (`file`: where the training statistics went)."""
+        knn = self.score == "knn"
+        return OpenSetRule(self.score, self.threshold, self.keep, self.n, self.k,
+                           int(self.stats.bank.shape[0]) if knn and self.stats else None,
+                           file, OodFigures(**self.ood) if self.ood is not None else None)
+
     def to_dict(self) -> dict[str, Any]:
-        """The JSON of `calibrate --json` (and what model.json stores, beside the file)."""
-        out = {"score": self.score, "threshold": self.threshold, "keep": self.keep,
-               "n": self.n}
-        if self.score == "knn":
-            out["k"] = self.k
-            out["rows"] = int(self.stats.bank.shape[0]) if self.stats else 0
+        """The JSON of `calibrate --json`: the rule, and multi-label per-class thresholds."""
+        out = self.rule().to_json() if self.score is not None else {
+            "score": None, "threshold": None, "keep": self.keep, "n": self.n}
         if self.thresholds is not None:
             out["thresholds"] = self.thresholds
-        if self.ood is not None:
-            out["ood"] = self.ood
         return out
 
 
@@ -177,10 +185,10 @@ def _labels_of(items_labels: Sequence[Sequence[int]]) -> torch.Tensor:
     return torch.tensor([labs[0] if labs else -1 for labs in items_labels])
 
 
-def calibrate(predictor: Predictor, data: str | Path, keep: float = 0.95, *,
-              score: str = "auto", ood: str | Path | None = None, csv: str | None = None,
-              label_regex: str | None = None, bank_rows: int = openset.BANK_ROWS,
-              k: int = openset.KNN_K, bs: int = 32, **cols: str | None) -> Calibration:
+def calibrate(predictor: Predictor, data: DataSource | str | Path, keep: float = 0.95, *,
+              score: str = "auto", ood: str | Path | None = None,
+              bank_rows: int = openset.BANK_ROWS, k: int = openset.KNN_K, bs: int = 32
+              ) -> Calibration:
     """Choose the "none of these" rule on DATA: the threshold on `score` that keeps `keep`
     of the validation images. DATA is split as training splits it (its valid/ folder or
     is_valid column, else the same 20% with seed 0): thresholds come from the validation
@@ -199,8 +207,9 @@ def calibrate(predictor: Predictor, data: str | Path, keep: float = 0.95, *,
                           f"{', '.join(allowed)}")
     if bank_rows < 1 or k < 1:
         raise ConfigError(f"--bank-rows and --k must be at least 1; got {bank_rows}, {k}")
-    items = find_items(data, csv_file=csv, label_regex=label_regex,
-                       multi_label=predictor.multi_label, **cols)
+    src = _source(data, predictor)
+    items = resolve(src)
+    data = src.path
     train_idx, valid_idx = items.split_indices()
     if not valid_idx:
         raise DataError(f"{data} has no validation images to calibrate on")
@@ -237,12 +246,12 @@ def calibrate(predictor: Predictor, data: str | Path, keep: float = 0.95, *,
         for c in range(len(predictor.classes)):
             pos = probs[valid_targets[:, c] > 0.5, c]
             thresholds.append(openset.threshold_for(pos, keep) if len(pos) else 0.5)
-    known = predictor.scores(valid.outputs, candidates, stats, k)
+    known = openset.score_outputs(candidates, valid.outputs, stats, k)
     figures = hist = None
     if ood is not None:
         unk = run_images(predictor, unknown_images(ood), bs=bs, features=needs_stats,
                          what=f"images in --ood {ood}")
-        unknown = predictor.scores(unk.outputs, candidates, stats, k)
+        unknown = openset.score_outputs(candidates, unk.outputs, stats, k)
         figures = openset.compare(known, unknown, keep)
         if score == "auto":
             score = openset.best(figures)
@@ -265,20 +274,21 @@ def write_calibration(folder: str | Path, chosen: Calibration) -> Path:
     stats_path, png = folder / openset.STATS_FILE, folder / "open_set.png"
     open_set = None
     if chosen.score is not None:
-        open_set = {k: v for k, v in chosen.to_dict().items() if k != "thresholds"}
+        file = None
         if chosen.stats is not None and chosen.score in openset.FEATURE_SCORES:
             chosen.stats.save(stats_path)  # before model.json names it
-            open_set["file"] = openset.STATS_FILE
+            file = openset.STATS_FILE
+        open_set = chosen.rule(file)
     if chosen.histogram is not None:
         plot_open_set(*chosen.histogram, chosen.threshold, chosen.score, png,
                       f"calibrated: {chosen.score}, keeps {chosen.keep:.0%} of known")
     changes: dict = {"open_set": open_set, "min_confidence": None,
-                     "calibration": {"keep": chosen.keep, "n": chosen.n,
-                                     "rule": chosen.score or "multi_label_thresholds"}}
+                     "calibration": CalibrationInfo(chosen.keep, chosen.n, chosen.score
+                                                    or openset.MULTI_LABEL_THRESHOLDS)}
     if chosen.thresholds is not None:
         changes["thresholds"] = tuple(chosen.thresholds)
     written = dataclasses.replace(meta, **changes).write(folder)
-    if open_set is None or "file" not in open_set:  # what the new model.json no longer uses
+    if open_set is None or open_set.file is None:  # what the new model.json no longer uses
         stats_path.unlink(missing_ok=True)
     if chosen.histogram is None:
         png.unlink(missing_ok=True)

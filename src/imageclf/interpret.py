@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from imageclf import metrics as M
 from imageclf.errors import ConfigError, DataError
+from imageclf.records import Skipped
 
 
 def most_confused(cm: torch.Tensor, classes: Sequence[str], min_count: int = 1
@@ -55,13 +56,13 @@ class Interpretation:
     losses: torch.Tensor  # (N,)
     paths: list[str]
     thresholds: torch.Tensor | None = None
-    skipped: list[dict] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
 
     @classmethod
     def from_logits(cls, logits: torch.Tensor, targets: torch.Tensor, classes: Sequence[str],
                     multi_label: bool, paths: Sequence[str | Path],
                     thresholds: Sequence[float] | None = None,
-                    skipped: Sequence[dict] = ()) -> Interpretation:
+                    skipped: Sequence[Skipped] = ()) -> Interpretation:
         probs = logits.float().sigmoid() if multi_label else logits.float().softmax(1)
         th = torch.tensor(list(thresholds)) if thresholds is not None else (
             torch.full((len(classes),), 0.5) if multi_label else None)
@@ -149,7 +150,7 @@ class Interpretation:
                **self.scores(), "per_class": self.per_class(),
                "most_confused": [{"actual": a, "predicted": p, "count": c}
                                  for a, p, c in self.most_confused()],
-               "skipped_files": self.skipped}
+               "skipped_files": [s.to_json() for s in self.skipped]}
         if not self.multi_label:
             out["confusion_matrix"] = self.confusion_matrix().tolist()
         return out

@@ -15,11 +15,11 @@ import torch
 
 from imageclf import metrics as M
 from imageclf.callbacks import Callback, History, LRSweep, OneCycle, PrintEpochs
+from imageclf.config import OptimConfig, RegConfig
 from imageclf.distributed import Dist
 from imageclf.ema import WeightEMA
-from imageclf.errors import ConfigError
 from imageclf.hardware import check_compiler, resolve_precision, tune_for_training
-from imageclf.losses import LossFn, make_loss
+from imageclf.losses import LossFn, class_weights, make_loss
 from imageclf.lr_finder import suggest
 from imageclf.models import Classifier, freeze, norm_params, param_groups, unfreeze
 from imageclf.progress import TrainProgress
@@ -89,41 +89,25 @@ def spread_lrs(lr: float | Sequence[float], n: int) -> list[float]:
 class Learner:
     """A model, its data, loss, optimiser and callbacks; the training loop lives here."""
 
-    def __init__(self, dls, model: Classifier, *, loss_func: LossFn | None = None,
-                 wd: float = 0.01, precision: str = "auto", label_smoothing: float = 0.0,
-                 cbs: Sequence[Callback] = (), device: torch.device | str | None = None,
-                 channels_last: bool = True, dist: Dist | None = None,
-                 compile: bool = False, accum: int = 1,
-                 class_weights: torch.Tensor | None = None,
-                 show_progress: bool | None = None, ema: float = 0.0, mixup: float = 0.0,
-                 cutmix: float = 0.0) -> None:
-        if accum < 1:
-            raise ConfigError(f"--accum-steps must be at least 1; got {accum}")
+    def __init__(self, dls, model: Classifier, optim: OptimConfig | None = None,
+                 reg: RegConfig | None = None, *, cbs: Sequence[Callback] = (),
+                 device: torch.device | str | None = None, dist: Dist | None = None,
+                 loss_func: LossFn | None = None, show_progress: bool | None = None) -> None:
         self.dls = dls
-        self.accum = accum  # batches whose gradients add up to one optimiser step
+        self.optim, self.reg = optim or OptimConfig(), reg or RegConfig()
+        self.accum = self.optim.accum_steps  # batches whose gradients make one step
         self.device = torch.device(device or dls.train.device)
         self.multi_label = bool(dls.multi_label)
-        # class_weights: per-class loss weights (softmax) or pos_weight (multi-label)
-        self.loss_func = loss_func or make_loss(self.multi_label, label_smoothing,
-                                                class_weights)
-        self.precision = resolve_precision(precision, self.device)
-        tune_for_training(self.device)
-        fmt = torch.channels_last if channels_last else torch.contiguous_format
-        self.model = model.to(self.device, memory_format=fmt)
-        if self.device.type == "cpu" and not compile:
-            use_for_training(self.model)  # faster weight gradients on small feature maps
+        self.loss_func = loss_func or self._make_loss()
+        self.precision = resolve_precision(self.optim.precision, self.device)
         self.dist = dist or Dist()
-        self.compile = compile
-        if compile:
-            check_compiler(self.device)
+        self.model = self._place(model)
         self.train_model: torch.nn.Module = self.model
         # the weights' moving average, validated and exported instead when on
-        self.ema = WeightEMA(self.model, ema) if ema else None
-        self.mixup, self.cutmix = mixup, cutmix
+        self.ema = WeightEMA(self.model, self.reg.ema) if self.reg.ema else None
         self._wrap()
         self.groups = param_groups(self.model)
         self.n_groups = len(self.groups)
-        self.wd = wd
         self.opt = self._make_optimizer()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.scaler)
         self.cbs: list[Callback] = list(cbs)
@@ -145,6 +129,23 @@ class Learner:
         self.plan: list[Phase] = []
         log.info("precision %s on %s", self.precision.name, self.device)
 
+    def _make_loss(self) -> LossFn:
+        """Cross-entropy (label smoothing, class weights) or BCE (pos_weight) as `reg`
+        asks, the weights from the training split's targets."""
+        weights = class_weights(self.reg.class_weights, self.dls.train.targets,
+                                self.dls.classes)
+        return make_loss(self.multi_label, self.reg.label_smoothing, weights)
+
+    def _place(self, model: Classifier) -> Classifier:
+        """The model on the device, channels_last, with the CPU's small-map convolutions."""
+        tune_for_training(self.device)
+        model = model.to(self.device, memory_format=torch.channels_last)
+        if self.device.type == "cpu" and not self.optim.compile:
+            use_for_training(model)  # faster weight gradients on small feature maps
+        if self.optim.compile:
+            check_compiler(self.device)
+        return model
+
     # --- optimiser -------------------------------------------------------------------
     def _make_optimizer(self) -> torch.optim.Optimizer:
         """AdamW with one (decay, no-decay) pair of param groups per layer group: no weight
@@ -154,7 +155,7 @@ class Learner:
         for i, params in enumerate(self.groups):
             decay = [p for p in params if id(p) not in norms and p.ndim > 1]
             no_decay = [p for p in params if id(p) in norms or p.ndim <= 1]
-            groups.append({"params": decay, "weight_decay": self.wd, "layer": i})
+            groups.append({"params": decay, "weight_decay": self.optim.wd, "layer": i})
             groups.append({"params": no_decay, "weight_decay": 0.0, "layer": i})
         # the fused kernel (one pass over all parameters) where PyTorch has it for the device
         fused = self.device.type in ("cpu", "cuda")
@@ -184,7 +185,7 @@ class Learner:
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             wrapped = self._ddp = DistributedDataParallel(self.model, device_ids=ids)
-        self.train_model = torch.compile(wrapped) if self.compile else wrapped
+        self.train_model = torch.compile(wrapped) if self.optim.compile else wrapped
 
     def freeze(self) -> None:
         """Train only the head (and the body's norm layers)."""
@@ -254,18 +255,21 @@ class Learner:
         last). With several processes, gradients are exchanged only for the batch before a
         step. Override to change the step itself."""
         size, self.stepped = self._group()
-        if (self.mixup or self.cutmix) and not self.sweeping:
+        if (self.reg.mixup or self.reg.cutmix) and not self.sweeping:
             x, y = self._mix(x, y)
         sync = self.stepped or self._ddp is None
         with contextlib.nullcontext() if sync else self._ddp.no_sync():
             with self.autocast():
                 out = self.train_model(x)
             self.loss = self.loss_func(out, y)
-            self._call("after_loss")
+            self._call("on_backward_start")
             self.scaler.scale(self.loss / size if size > 1 else self.loss).backward()
         if not self.stepped:
             return
-        self._call("before_step")
+        if self.optim.clip_grad is not None:
+            self.scaler.unscale_(self.opt)  # the norm of the true gradients (fp16's scaler)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.optim.clip_grad)
+        self._call("on_step_start")
         self.scaler.step(self.opt)
         self.scaler.update()
         self.opt.zero_grad(set_to_none=True)
@@ -279,7 +283,7 @@ class Learner:
 
         g = epoch_generator(self.dls.cfg.seed, self.progress.epochs_done,
                             1000 + self.progress.batch_in_epoch)
-        x, y, _ = mix_batch(x, y, len(self.dls.classes), self.mixup, self.cutmix, g)
+        x, y, _ = mix_batch(x, y, len(self.dls.classes), self.reg.mixup, self.reg.cutmix, g)
         return x, y
 
     @property

@@ -12,6 +12,7 @@ from typing import Any
 
 from imageclf.errors import DamagedFileError
 from imageclf.fileio import write_json
+from imageclf.records import Record, doc
 
 FORMAT_VERSION = 1
 RESIZE_METHODS = ("crop", "squish", "pad")
@@ -20,6 +21,39 @@ LOSSES = ("cross_entropy", "bce_multi_label")
 # open-set scores a model may store as its "none of these" rule (see openset.py)
 OPEN_SET_SCORES = ("msp", "max_logit", "energy", "sigmoid_max", "knn", "mahalanobis",
                    "msp+mahalanobis", "sigmoid_max+mahalanobis")
+KNN_K = 10  # knn's neighbour, by default
+
+
+@dataclass(frozen=True)
+class OodFigures(Record):
+    """How each open-set score told known images from `calibrate --ood`'s unknown ones."""
+
+    folder: str = doc("the --ood folder")
+    n: int = doc("unknown images read there")
+    scores: dict[str, dict[str, float]] = doc("per score: auroc, and fpr at the kept share")
+
+
+@dataclass(frozen=True)
+class OpenSetRule(Record):
+    """The stored "none of these" rule: below `threshold` on `score`, the answer is none."""
+
+    score: str = doc("the open-set score (see open-set.md)")
+    threshold: float = doc("below it, the answer is none")
+    keep: float | None = doc("share of the known validation images it keeps", None)
+    n: int | None = doc("validation images it was chosen on", None)
+    k: int = doc("knn: which nearest neighbour", KNN_K)
+    rows: int | None = doc("knn: training features in the bank", None)
+    file: str | None = doc("the feature scores' training statistics, inside the folder", None)
+    ood: OodFigures | None = doc("with --ood: every score's figures on the unknowns", None)
+
+
+@dataclass(frozen=True)
+class CalibrationInfo(Record):
+    """How `calibrate` chose the rule."""
+
+    keep: float = doc("share of known images kept")
+    n: int = doc("validation images")
+    rule: str = doc("the score chosen, or multi_label_thresholds")
 
 
 def _num(v: Any) -> bool:
@@ -44,11 +78,15 @@ def _prob(v: Any) -> bool:
 
 
 def _open_set(v: Any) -> bool:
-    if v is None:
+    if v is None or isinstance(v, OpenSetRule):
         return True
     return (isinstance(v, dict) and v.get("score") in OPEN_SET_SCORES
             and _num(v.get("threshold"))
             and (v["score"] != "knn" or _pos_int(v.get("k"))))
+
+
+def _calibration(v: Any) -> bool:
+    return v is None or isinstance(v, dict | CalibrationInfo)
 
 
 def _spec(expect: str, check: Any, doc: str, **kw: Any) -> Any:
@@ -99,11 +137,11 @@ class ModelMeta:
         "models calibrated before `open_set` existed: below this top softmax probability the "
         "answer is `none` (read as the msp score; `calibrate` now writes `open_set`)",
         default=None)
-    calibration: dict[str, Any] | None = _spec(
-        "null or an object", lambda v: v is None or isinstance(v, dict),
+    calibration: CalibrationInfo | None = _spec(
+        "null or an object", _calibration,
         "how `calibrate` chose the rule: keep, n and rule (the score, or "
         "multi_label_thresholds)", default=None)
-    open_set: dict[str, Any] | None = _spec(
+    open_set: OpenSetRule | None = _spec(
         "null or an object with `score` (msp, max_logit, energy, sigmoid_max, knn, "
         "mahalanobis, msp+mahalanobis or sigmoid_max+mahalanobis), a number `threshold`, "
         "and for knn an integer `k` ≥ 1", _open_set,
@@ -127,21 +165,14 @@ class ModelMeta:
             v = getattr(self, name)
             if isinstance(v, list):
                 object.__setattr__(self, name, tuple(v))
+        for name, cls in (("open_set", OpenSetRule), ("calibration", CalibrationInfo)):
+            v = getattr(self, name)
+            if isinstance(v, dict):  # as JSON gives it: the typed record
+                object.__setattr__(self, name, cls.from_json(v, f"model.json: {name}"))
 
     @property
     def n_classes(self) -> int:
         return len(self.classes)
-
-    @property
-    def none_rule(self) -> str | None:
-        """How the stored model answers "none of these": the open-set score below its
-        threshold, else (multi-label) no class passing its threshold; None: it always picks
-        a class. A `min_confidence` (models calibrated before open-set scores) is msp."""
-        if self.open_set:
-            return self.open_set["score"]
-        if self.min_confidence:
-            return "msp"
-        return "multi_label_thresholds" if self.multi_label else None
 
     def to_json(self) -> dict[str, Any]:
         """model.json's object."""

@@ -101,12 +101,6 @@ def mean_average_precision(logits: torch.Tensor, target: torch.Tensor) -> float:
     return float(ap.mean()) if len(ap) else float("nan")
 
 
-def multi_label_decisions(logits: torch.Tensor, thresholds: float | torch.Tensor = 0.5
-                          ) -> torch.Tensor:
-    """(N, C) bool: the classes whose sigmoid reaches its threshold."""
-    return torch.sigmoid(logits.float()) >= torch.as_tensor(thresholds)
-
-
 def exact_match(pred: torch.Tensor, target: torch.Tensor) -> float:
     """Share of images whose whole set of labels is right."""
     return float((pred == target.bool()).all(1).float().mean())

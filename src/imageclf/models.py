@@ -61,9 +61,13 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, S, S) → (B, n_classes)
         return self.head(self.body(x))
 
-    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits, features): the features are the body's average-pooled output (B, D), in
-        float32, what the open-set scores knn and mahalanobis compare."""
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The body's unpooled feature map (B, D, h, w), as timm's `forward_features`."""
+        return self.body(x)
+
+    def logits_and_pooled(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, pooled features): the features are the body's average-pooled output
+        (B, D), in float32, what the open-set scores knn and mahalanobis compare."""
         fmap = self.body(x)
         return self.head(fmap), fmap.float().mean((2, 3))
 

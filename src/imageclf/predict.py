@@ -19,9 +19,14 @@ from imageclf.data.images import UnreadableImage, load_centre_square
 from imageclf.errors import ConfigError
 from imageclf.export import load_model
 from imageclf.hardware import resolve_precision
-from imageclf.openset import KNN_K, NoneRule, OpenSetStats, score_of
+from imageclf.openset import NONE_LABEL, NoneRule
 
-NONE_LABEL = "none"
+__all__ = ["NONE_LABEL", "Outputs", "Prediction", "Predictor", "to_probs"]
+
+
+def to_probs(logits: torch.Tensor, multi_label: bool) -> torch.Tensor:
+    """Sigmoid per class (multi-label) or softmax over classes."""
+    return logits.sigmoid() if multi_label else logits.softmax(1)
 
 
 @dataclass
@@ -80,8 +85,8 @@ class Outputs:
 class Predictor:
     """A trained model ready for new images: `predict(paths)` → list of Prediction.
 
-    "None of these" comes from model.json: the open-set score and threshold `calibrate`
-    stored (`open_set`), or an older model's `min_confidence` (msp), or for multi-label
+    "None of these" is `self.rule` (openset.NoneRule.of_model): the open-set score and
+    threshold `calibrate` stored, or an older model's `min_confidence`, or for multi-label
     models no class passing its threshold. `min_confidence` given here replaces the stored
     rule with msp at that threshold.
     """
@@ -105,31 +110,8 @@ class Predictor:
         self.method = meta.resize_method
         self.multi_label = meta.multi_label
         self.augment = BatchAugment(self.size, mean=meta.mean, std=meta.std)
-        th = meta.thresholds
-        self.thresholds = torch.tensor(th if th else [0.5] * len(self.classes))
-        if min_confidence is not None and not 0 <= min_confidence <= 1:
-            raise ConfigError(f"--min-confidence must be between 0 and 1; got {min_confidence}")
-        self.rule: NoneRule | None = None
-        if min_confidence is not None:
-            self.rule = NoneRule("msp", min_confidence) if min_confidence > 0 else None
-        elif meta.open_set:
-            self.rule = NoneRule.from_meta(meta.open_set, self.folder)
-        elif meta.min_confidence:
-            self.rule = NoneRule("msp", meta.min_confidence)
+        self.rule = NoneRule.of_model(meta, self.folder, min_confidence)  # "none of these"
         self.threads = threads or min(4, os.cpu_count() or 1)
-
-    @property
-    def none_rule(self) -> str | None:
-        """How this model answers "none of these": the open-set score's name,
-        multi_label_thresholds, or None (it always picks a class)."""
-        if self.rule is not None:
-            return self.rule.score
-        return "multi_label_thresholds" if self.multi_label else None
-
-    @property
-    def none_threshold(self) -> float | None:
-        """The threshold of the open-set rule in force (None without one)."""
-        return self.rule.threshold if self.rule is not None else None
 
     # --- images → tensors ------------------------------------------------------------
     def load(self, path: str | Path | bytes) -> torch.Tensor:
@@ -164,7 +146,7 @@ class Predictor:
         for v in self.inputs(x, tta):
             with self.precision.autocast():
                 if features:
-                    out, f = self.model.forward_features(v)
+                    out, f = self.model.logits_and_pooled(v)
                     feats.append(f.float())
                 else:
                     out = self.model(v)
@@ -180,52 +162,12 @@ class Predictor:
             logits = torch.stack([o.softmax(1) for o in outs]).mean(0).clamp_min(1e-12).log()
         return Outputs(logits.cpu(), raw.cpu(), feat)
 
-    def logits(self, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
-        """Model outputs (B, C) float32 for a uint8 batch; TTA averages probabilities, so
-        with `tta` this returns log-probabilities (softmax) or logits of the mean sigmoid."""
-        return self.outputs(x, tta).logits
-
-    def probs_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        """Sigmoid per class (multi-label) or softmax over classes."""
-        return logits.sigmoid() if self.multi_label else logits.softmax(1)
-
-    def scores(self, out: Outputs, names: Sequence[str], stats: OpenSetStats | None = None,
-               k: int | None = None) -> dict[str, torch.Tensor]:
-        """Open-set scores by name: msp and sigmoid_max read the (TTA-combined)
-        probabilities, max_logit and energy the raw logits, knn and mahalanobis the
-        features with `stats` (by default, this model's stored statistics)."""
-        if stats is None and self.rule is not None:
-            stats = self.rule.stats
-        k = k or (self.rule.k if self.rule is not None else KNN_K)
-        return {n: score_of(n, out.logits if n in ("msp", "sigmoid_max") else out.raw,
-                            out.features, stats, k) for n in names}
-
     def judge(self, x: torch.Tensor, tta: bool = False
               ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(probabilities (B, C), the none rule's score per image or None): the one path
         from a batch to what `answer` needs, for predict, evaluate and serve."""
-        rule = self.rule
-        out = self.outputs(x, tta, features=rule is not None and rule.needs_features)
-        score = self.scores(out, [rule.score])[rule.score] if rule is not None else None
-        return self.probs_from_logits(out.logits), score
-
-    # --- decisions ---------------------------------------------------------------------
-    def decide(self, probs: torch.Tensor, scores: torch.Tensor | None = None
-               ) -> list[list[str]]:
-        """Labels per image after the "none of these" rule: `none` when the image's score
-        is below the rule's threshold; otherwise the top class, or (multi-label) every class
-        passing its threshold, `none` if no class does."""
-        out = []
-        for j, p in enumerate(probs):
-            if (self.rule is not None and scores is not None
-                    and float(scores[j]) < self.rule.threshold):
-                out.append([NONE_LABEL])
-            elif self.multi_label:
-                hit = [self.classes[i] for i in torch.nonzero(p >= self.thresholds).flatten()]
-                out.append(hit or [NONE_LABEL])
-            else:
-                out.append([self.classes[int(p.argmax())]])
-        return out
+        out = self.outputs(x, tta, features=self.rule.needs_features)
+        return to_probs(out.logits, self.multi_label), self.rule.scores(out)
 
     def batches(self, paths: Sequence[str | Path], bs: int = 32
                 ) -> Iterator[tuple[list[str], torch.Tensor | None, list[str | None]]]:
@@ -237,29 +179,17 @@ class Predictor:
             good = [v for v in loaded if not isinstance(v, str)]
             yield chunk, (torch.stack(good) if good else None), errors
 
-    def none_score(self, p: torch.Tensor, score: float | None = None
-                   ) -> tuple[float, float] | None:
-        """(score, threshold) of the "none of these" rule for one image: the open-set
-        score against its threshold, or (multi-label without one) the class that comes
-        closest to passing its threshold, its probability against that threshold. None when
-        the model always answers a class."""
-        if self.rule is not None and score is not None:
-            return float(score), self.rule.threshold
-        if self.multi_label:
-            i = int((p - self.thresholds).argmax())
-            return float(p[i]), float(self.thresholds[i])
-        return None
-
     def answer(self, path: str, p: torch.Tensor, score: float | None = None,
                top_k: int = 3) -> Prediction:
         """One image's Prediction from its probabilities (C,) and its open-set score."""
         k = max(1, min(top_k, len(self.classes)))
         vals, idx = p.topk(k)
         scores = torch.tensor([score]) if score is not None else None
-        shown = self.none_score(p, score)
+        shown = self.rule.shown(p, score)
         return Prediction(path, [(self.classes[int(i)], float(v))
                                  for v, i in zip(vals, idx, strict=True)],
-                          self.decide(p[None], scores)[0], p.tolist(), none_rule=self.none_rule,
+                          self.rule.decide(p[None], scores, self.classes)[0], p.tolist(),
+                          none_rule=self.rule.name,
                           none_score=shown[0] if shown else None,
                           none_threshold=shown[1] if shown else None)
 

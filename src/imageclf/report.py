@@ -107,42 +107,41 @@ def _open_set_section(model: Path) -> list[str]:
 
 def build_report(run_dir: str | Path) -> Path:
     """Write RUN_DIR/report.html from the files a training run left there."""
+    from imageclf.rundir import read_metrics
+
     run = Path(run_dir)
-    metrics = _read_json(run / "metrics.json")
-    if metrics is None:
+    if not (run / "metrics.json").exists():
         raise DamagedFileError(f"{run} is not a run directory: metrics.json is missing")
+    m = read_metrics(run)
     config = _read_json(run / "config.json") or {}
     interp = _read_json(run / "interpretation.json") or {}
-    acc = metrics.get("valid_accuracy", metrics.get("accuracy_multi"))
-    watched = metrics.get("metric") or {}
+    acc = m.accuracy
     kpis = [("valid accuracy", f"{acc:.1%}" if isinstance(acc, float) else "-"),
-            ("valid loss", _fmt(metrics.get("valid_loss", "-"))),
-            ("epochs", _fmt(metrics.get("epochs", "-"))),
-            ("training time", f"{metrics.get('train_seconds', 0):.0f} s"),
-            ("images/s", f"{metrics.get('train_img_per_s', 0):.0f}"),
-            ("images per step", _fmt(metrics.get("global_batch", "-"))),
-            ("processes", _fmt(metrics.get("processes", 1))),
-            ("precision", _fmt(f"{metrics.get('precision')} on {metrics.get('device')}"))]
-    if watched.get("name") not in (None, "valid_accuracy", "accuracy_multi"):
-        kpis.insert(0, (f"{watched['name']} (watched)", _fmt(watched.get("last"))))
+            ("valid loss", _fmt(m.final.get("valid_loss", "-"))),
+            ("epochs", _fmt(m.epochs)),
+            ("training time", f"{m.train_seconds:.0f} s"),
+            ("images/s", f"{m.train_img_per_s:.0f}"),
+            ("images per step", _fmt(m.global_batch)),
+            ("processes", _fmt(m.processes)),
+            ("precision", _fmt(f"{m.precision} on {m.device}"))]
+    if m.watched.name not in ("valid_accuracy", "accuracy_multi"):
+        kpis.insert(0, (f"{m.watched.name} (watched)", _fmt(m.watched.last)))
     kpis += [(k.replace("_", " "), _fmt(interp[k])) for k in SET_METRICS
              if isinstance(interp.get(k), float)]
     parts = [f"<h1>imageclf run: {escape(run.resolve().name)}</h1>",
              "".join(f'<span class="kpi">{escape(k)}<b>{v}</b></span>' for k, v in kpis)]
-    lrf = metrics.get("lr_find")
     parts.append("<h2>Learning-rate finder</h2>")
-    if lrf:
+    if m.lr_find:
         parts.append("<p>Suggestions: " + ", ".join(f"{escape(k)} {v:.2e}" for k, v in
-                                                     lrf.items())
-                     + f"; used {metrics.get('lr', 0):.2e}"
-                     + (f" ({escape(str(metrics['lr_rule']))})" if metrics.get("lr_rule") else "")
-                     + ".</p>")
+                                                     m.lr_find.items())
+                     + f"; used {m.lr:.2e}"
+                     + (f" ({escape(m.lr_rule)})" if m.lr_rule else "") + ".</p>")
         parts.append(_img(run / "lr_find.png", "lr_find plot"))
     else:
-        given = _fmt(metrics.get("lr"), "lr")
+        given = _fmt(m.lr, "lr")
         parts.append(f"<p>Not run: the learning rate was given ({given}).</p>")
     parts += ["<h2>Losses</h2>", _img(run / "losses.png", "loss curves"),
-              "<h2>Per epoch</h2>", _table(metrics.get("history", []))]
+              "<h2>Per epoch</h2>", _table(m.history)]
     if interp:
         parts.append("<h2>Confusion matrix</h2>")
         parts.append(_img(run / "confusion_matrix.png", "confusion matrix")
@@ -157,9 +156,9 @@ def build_report(run_dir: str | Path) -> Path:
                   "<h2>Per class</h2>", _table(interp.get("per_class", []), ("class",),
                                                  ["class", "precision", "recall", "f1", "support"]
                                                  + (["ap"] if interp.get("multi_label") else []))]
-    parts += _balance_section(metrics.get("class_counts"))
+    parts += _balance_section(m.class_counts)
     parts += _open_set_section(run / "model")
-    skipped = metrics.get("skipped_files", [])
+    skipped = [s.to_json() for s in m.skipped_files]
     parts.append(f"<h2>Skipped files ({len(skipped)})</h2>")
     parts.append(_table(skipped, ("path", "reason")) if skipped else
                  "<p>None: every file was readable.</p>")

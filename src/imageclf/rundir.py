@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import datetime as dt
 import json
 import os
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from imageclf import __version__
-from imageclf.config import DataConfig, TrainConfig, from_dict, to_dict
+from imageclf.config import DataConfig, TrainConfig, read_settings
 from imageclf.errors import ConfigError, DamagedFileError
 from imageclf.fileio import write_json
 from imageclf.lr_finder import LRChoice
+from imageclf.records import Record, Skipped, doc
 
 if TYPE_CHECKING:
     import torch
@@ -26,6 +29,69 @@ if TYPE_CHECKING:
 CLAIM = "run.json"  # created exclusively before any work: the directory belongs to one run
 # what a run writes into its directory: finding one of them there means a run is there
 RUN_FILES = (CLAIM, "config.json", "checkpoints", "model", "metrics.json")
+
+
+@dataclass(frozen=True)
+class Watched(Record):
+    """The metric a run's summary watches (`--metric`) over its epochs."""
+
+    name: str = doc("its name in the epoch rows (valid_accuracy, macro_f1, valid_loss, ...)")
+    last: float | None = doc("its value at the last epoch")
+    best: float | None = doc("its best value (lowest for losses)", None)
+    best_epoch: int | None = doc("the epoch of the best value", None)
+
+
+@dataclass(frozen=True)
+class RunMetrics(Record):
+    """metrics.json: a finished run's results. `final` is stored flat at the top of the
+    object (train_loss, valid_loss, valid_accuracy, ... as the last epoch's row has
+    them)."""
+
+    final: dict[str, float] = doc("the last epoch's losses and metrics, at the top level")
+    epochs: int = doc("epochs trained")
+    lr: float = doc("the rate trained at (the head's, when fine-tuning)")
+    train_seconds: float = doc("time in the training steps", 0.0)
+    wall_seconds: float = doc("the run's time end to end (this resumption's, if resumed)",
+                              0.0)
+    global_batch: int = doc("images per optimiser step: bs x accumulation x processes", 0)
+    processes: int = doc("training processes", 1)
+    train_img_per_s: float = doc("training images per second, the job's", 0.0)
+    precision: str = doc("the precision trained in: bf16, fp16 or fp32", "")
+    device: str = doc("the training device of rank 0", "")
+    skipped_files: list[Skipped] = doc("unreadable files, left out", default_factory=list)
+    history: list[dict[str, float]] = doc("a row per epoch, as metrics.csv",
+                                          default_factory=list)
+    metric: Watched | None = doc("the watched metric (runs before --metric: none)", None)
+    class_counts: dict[str, dict[str, int]] = doc("images per class, for train and valid",
+                                                  default_factory=dict)
+    lr_find: dict[str, float] | None = doc("lr_find's four suggestions, when it ran", None)
+    lr_rule: str | None = doc("the suggestion trained at (none: the rate was a number)", None)
+
+    @property
+    def accuracy(self) -> float | None:
+        """Valid accuracy, or the multi-label accuracy per decision."""
+        return self.final.get("valid_accuracy", self.final.get("accuracy_multi"))
+
+    @property
+    def watched(self) -> Watched:
+        """The watched metric; valid accuracy for a run that recorded none."""
+        if self.metric is not None:
+            return self.metric
+        name = "accuracy_multi" if "accuracy_multi" in self.final else "valid_accuracy"
+        return Watched(name, self.accuracy)
+
+    def to_json(self) -> dict:
+        out = super().to_json()
+        return out.pop("final") | out
+
+    @classmethod
+    def from_json(cls, obj: object, where: str = "metrics.json") -> RunMetrics:
+        if not isinstance(obj, dict):
+            return super().from_json(obj, where)
+        names = {f.name for f in dataclasses.fields(cls)}
+        final = {k: v for k, v in obj.items() if k not in names}
+        return super().from_json({k: v for k, v in obj.items() if k in names}
+                                 | {"final": final}, where)
 
 
 def default_run_dir() -> Path:
@@ -97,16 +163,16 @@ def _claim(path: Path, overwrite: bool) -> Path:
 # --- settings -------------------------------------------------------------------------
 def write_config(out: Path, data: DataConfig, train: TrainConfig) -> None:
     """config.json: every setting needed to rerun (and to resume)."""
-    write_json(out / "config.json", {"data": to_dict(data), "train": to_dict(train)},
+    write_json(out / "config.json", {"data": data.to_json(), "train": train.to_json()},
                sort_keys=True)
 
 
 def read_config(run: Path) -> tuple[DataConfig, TrainConfig]:
     """The settings in RUN/config.json."""
     try:
-        cfg = json.loads((run / "config.json").read_text())
-        return from_dict(DataConfig, cfg["data"]), from_dict(TrainConfig, cfg["train"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        return read_settings(json.loads((run / "config.json").read_text()),
+                             str(run / "config.json"))
+    except (OSError, ValueError, KeyError, TypeError, ConfigError) as e:
         raise DamagedFileError(f"{run / 'config.json'}: cannot be read as a run's settings "
                                f"({type(e).__name__}: {e})") from e
 
@@ -126,10 +192,11 @@ def checkpoint_view(out: Path) -> str | None:
         return "an unreadable one"
 
 
-def read_metrics(run: Path) -> dict:
+def read_metrics(run: Path) -> RunMetrics:
     """RUN/metrics.json of a finished run."""
     try:
-        return json.loads((run / "metrics.json").read_text())
+        return RunMetrics.from_json(json.loads((run / "metrics.json").read_text()),
+                                    str(run / "metrics.json"))
     except (OSError, ValueError) as e:
         raise DamagedFileError(f"{run / 'metrics.json'} is damaged ({e})") from e
 
@@ -146,7 +213,8 @@ def write_lr_find(out: Path, res: LRFindResult) -> None:
 
 
 def write_results(learn: Learner, out: Path, lr: LRChoice, wall: float,
-                  preds: tuple[torch.Tensor, torch.Tensor], metric: str | None = None) -> dict:
+                  preds: tuple[torch.Tensor, torch.Tensor], metric: str | None = None
+                  ) -> RunMetrics:
     """A trained run's files: metrics.csv, losses.png, metrics.json, model/, the validation
     interpretation and report.html. Returns the metrics."""
     from imageclf.export import export_learner
@@ -163,20 +231,15 @@ def write_results(learn: Learner, out: Path, lr: LRChoice, wall: float,
     plot_losses(learn.history.batch_losses, rows, len(learn.dls.train), out / "losses.png")
     last = rows[-1] if rows else {}
     p = learn.progress
-    metrics = {k: v for k, v in last.items() if k not in ("epoch", "seconds", "img_per_s")}
-    metrics |= {"epochs": len(rows), "lr": lr.lr, "train_seconds": p.train_seconds,
-                "wall_seconds": wall,
-                "global_batch": learn.dls.cfg.bs * learn.accum * learn.dist.world_size,
-                "processes": learn.dist.world_size, "train_img_per_s": p.img_per_s,
-                "precision": learn.precision.name, "device": str(learn.device),
-                "skipped_files": learn.dls.skipped(), "history": rows,
-                "metric": watch(rows, check_metric(metric, learn.multi_label,
-                                                   len(learn.dls.classes))),
-                "class_counts": learn.dls.items.counts()}
-    if lr.suggestions is not None:
-        metrics["lr_find"] = lr.suggestions
-        metrics["lr_rule"] = lr.rule  # the suggestion trained at (None: the rate was a number)
-    write_json(out / "metrics.json", metrics)
+    watched = watch(rows, check_metric(metric, learn.multi_label, len(learn.dls.classes)))
+    metrics = RunMetrics(
+        {k: v for k, v in last.items() if k not in ("epoch", "seconds", "img_per_s")},
+        len(rows), lr.lr, p.train_seconds, wall,
+        learn.dls.cfg.bs * learn.accum * learn.dist.world_size, learn.dist.world_size,
+        p.img_per_s, learn.precision.name, str(learn.device), learn.dls.skipped(), rows,
+        Watched(**watched), learn.dls.items.counts(), lr.suggestions,
+        lr.rule if lr.suggestions is not None else None)
+    write_json(out / "metrics.json", metrics.to_json())
     export_learner(learn, out / "model")
     interpret_run(learn, out, preds=preds)
     build_report(out)

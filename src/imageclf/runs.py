@@ -3,7 +3,6 @@ writes are rundir's)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -21,16 +20,17 @@ from imageclf.checkpoint import (
     read_checkpoint,
     restore,
 )
-from imageclf.config import DataConfig, TrainConfig, to_dict
+from imageclf.config import DataConfig, TrainConfig
 from imageclf.data.loader import DataLoaders
 from imageclf.distributed import Dist
 from imageclf.errors import ConfigError, ImageclfError
 from imageclf.hardware import resolve_precision
 from imageclf.learner import Learner, LRFindResult, Phase, fine_tune_plan, set_seed, spread_lrs
-from imageclf.losses import class_weights
 from imageclf.lr_finder import LRChoice, resolve_rule
 from imageclf.metrics import check_metric
 from imageclf.models import check_arch, create_model
+from imageclf.rundir import RunMetrics
+from imageclf.settings import differences
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class RunResult:
     """Where a run wrote its files, and its final metrics."""
 
     out: Path
-    metrics: dict
+    metrics: RunMetrics | None  # rank 0's; None on the other ranks (rank 0 writes the run)
     lr_find: dict[str, float] | None  # lr_find suggestions when it ran
     already_done: bool = False  # --auto-resume found the run finished: nothing was trained
 
@@ -70,32 +70,32 @@ def build_learner(data: DataConfig, train: TrainConfig, ctx: RunContext | None =
     """Data loaders, model and learner for a run (no training). With several processes,
     each loads its shard of both splits (`data.bs` is the batch size per process)."""
     ctx = ctx or RunContext()
-    check_arch(train.arch)
-    resolve_precision(train.precision, torch.device(ctx.device))  # bad settings fail early
+    check_arch(train.model.arch)
+    resolve_precision(train.optim.precision, torch.device(ctx.device))  # fail early
     dls = DataLoaders.from_config(data, device=ctx.device, rank=ctx.dist.rank,
                                   world_size=ctx.dist.world_size)
-    check_metric(train.metric, dls.multi_label, len(dls.classes))
-    weights = class_weights(train.class_weights, dls.train.targets, dls.classes)
+    check_metric(train.output.metric, dls.multi_label, len(dls.classes))
     cbs = list(ctx.cbs)
-    if train.sizes:
-        if train.sizes[-1] != data.size or max(train.sizes) > data.presize:
-            raise ConfigError(f"--sizes {','.join(map(str, train.sizes))} must end at --size "
+    sizes = train.schedule.sizes
+    if sizes:
+        if sizes[-1] != data.size or max(sizes) > data.presize:
+            raise ConfigError(f"--sizes {','.join(map(str, sizes))} must end at --size "
                               f"({data.size}) and stay within --presize ({data.presize})")
-        epochs = train.epochs + (train.freeze_epochs if train.fine_tunes else 0)
-        cbs.append(SizeSchedule(train.sizes, epochs))
-    set_seed(train.seed)
-    model = create_model(train.arch, len(dls.classes), train.pretrained, train.model_head)
-    return Learner(dls, model, wd=train.wd, precision=train.precision,
-                   label_smoothing=train.label_smoothing, cbs=cbs, device=ctx.device,
-                   dist=ctx.dist, compile=train.compile, accum=train.accum,
-                   class_weights=weights, ema=train.ema, mixup=train.mixup,
-                   cutmix=train.cutmix)
+        epochs = train.schedule.epochs + (train.schedule.freeze_epochs
+                                          if train.model.fine_tunes else 0)
+        cbs.append(SizeSchedule(sizes, epochs))
+    dls.train.prepare()  # the presize cache is built before the model is made
+    set_seed(data.seed)
+    m = train.model
+    model = create_model(m.arch, len(dls.classes), m.pretrained, m.built_head)
+    return Learner(dls, model, train.optim, train.reg, cbs=cbs, device=ctx.device,
+                   dist=ctx.dist)
 
 
 def run_lr_find(learn: Learner, train: TrainConfig, out: Path | None = None) -> LRFindResult:
     """The finder's sweep as a run does it (at most `train.lr_find_steps` optimiser steps);
     lr_find.json and lr_find.png in `out` when given."""
-    res = learn.lr_find(num_it=train.lr_find_steps)
+    res = learn.lr_find(num_it=train.schedule.lr_find_steps)
     if out is not None:
         rundir.write_lr_find(out, res)
     return res
@@ -108,14 +108,15 @@ def choose_lr(learn: Learner, train: TrainConfig, out: Path | None = None
     frozen model). Several processes: every rank freezes (rebuilding DDP is collective),
     rank 0 alone sweeps, and its choice is sent to the others. Returns the choice and, on
     the rank that swept, the sweep."""
-    if train.lr_rule is None:
-        return LRChoice(float(train.lr)), None
+    schedule = train.schedule
+    if schedule.lr_rule is None:
+        return LRChoice(float(schedule.lr)), None
     if train.sweeps_frozen:
         learn.freeze()
     dist = learn.dist
     res = run_lr_find(learn, train, out) if dist.is_main else None
     found = dist.broadcast(res.suggestions if res is not None else None)
-    rule = resolve_rule(train.lr_rule, found, train.fine_tunes)
+    rule = resolve_rule(schedule.lr_rule, found, train.model.fine_tunes)
     lr = found[rule]
     log.info("lr_find suggests %.2e (%s)", lr, rule)
     if lr < 1e-5:
@@ -147,7 +148,8 @@ def train_run(data: DataConfig, train: TrainConfig, ctx: RunContext | None = Non
     `overwrite`."""
     ctx = ctx or RunContext()
     dist = ctx.dist
-    out = Path(dist.decide(lambda: str(rundir.claim(train.out, overwrite))))
+    _check_extras(train)
+    out = Path(dist.decide(lambda: str(rundir.claim(train.output.out, overwrite))))
     try:
         learn = build_learner(data, train, ctx)
     except ImageclfError:  # a setting the data refuses (--metric, --class-weights, ...)
@@ -158,10 +160,11 @@ def train_run(data: DataConfig, train: TrainConfig, ctx: RunContext | None = Non
         rundir.write_config(out, data, train)
     t0 = time.perf_counter()
     lr, _ = choose_lr(learn, train, out)
-    if train.fine_tunes:
-        plan = fine_tune_plan(train.epochs, lr.lr, learn.n_groups, train.freeze_epochs)
+    epochs, freeze_epochs = train.schedule.epochs, train.schedule.freeze_epochs
+    if train.model.fine_tunes:
+        plan = fine_tune_plan(epochs, lr.lr, learn.n_groups, freeze_epochs)
     else:
-        plan = [Phase(train.epochs, spread_lrs(lr.lr, learn.n_groups))]
+        plan = [Phase(epochs, spread_lrs(lr.lr, learn.n_groups))]
     return _train(_Job(learn, out, plan, lr, t0, train), ctx)
 
 
@@ -174,6 +177,7 @@ def resume_run(run_dir: str | Path, ctx: RunContext | None = None) -> RunResult:
     run = Path(run_dir)
     data, train, info, tensors = dist.decide(
         lambda: (*rundir.read_config(run), *read_checkpoint(run / "checkpoints")))
+    _check_extras(train)
     learn = build_learner(data, train, ctx)
     keys = {"train": learn.dls.train.cache.key, "valid": learn.dls.valid.cache.key}
     if keys != info["cache"]:
@@ -183,7 +187,7 @@ def resume_run(run_dir: str | Path, ctx: RunContext | None = None) -> RunResult:
     was, now = info.get("world_size", 1), dist.world_size
     restart_epoch = was != now and batch > 0
     if was != now and dist.is_main:
-        per = data.bs * train.accum
+        per = data.bs * train.optim.accum_steps
         log.warning("%s: its checkpoint was written by %d process(es) and this job has %d: "
                     "each step now sees %d images instead of %d%s", run, was, now, per * now,
                     per * was, f", and epoch {epoch} starts again from its beginning "
@@ -205,10 +209,10 @@ def auto_run(data: DataConfig, train: TrainConfig, ctx: RunContext | None = None
     other settings is refused, never mixed with this one."""
     ctx = ctx or RunContext()
     dist = ctx.dist
-    if not train.out:
+    if not train.output.out:
         raise ConfigError("--auto-resume needs --out: the run directory a restarted job finds "
                           "again")
-    out = Path(train.out)
+    out = Path(train.output.out)
     state, metrics = dist.decide(lambda: _auto_state(out, data, train))
     # Only rank 0 reads and writes the run. If its machine sees no checkpoint where another
     # machine holds one (--out on a machine's own disk, and an elastic job's new node made
@@ -223,7 +227,7 @@ def auto_run(data: DataConfig, train: TrainConfig, ctx: RunContext | None = None
             "storage every machine sees, or start the job with that machine as rank 0")
     if state == "done":
         log.info("%s is already trained; nothing to do", out)
-        return RunResult(out, metrics, metrics.get("lr_find"), already_done=True)
+        return RunResult(out, metrics, metrics.lr_find, already_done=True)
     if state == "resume":
         return resume_run(out, ctx)
     if state == "restart":
@@ -231,17 +235,15 @@ def auto_run(data: DataConfig, train: TrainConfig, ctx: RunContext | None = None
     return train_run(data, train, ctx, overwrite=True)
 
 
-def _auto_state(out: Path, data: DataConfig, train: TrainConfig) -> tuple[str, dict | None]:
+def _auto_state(out: Path, data: DataConfig, train: TrainConfig
+                ) -> tuple[str, RunMetrics | None]:
     """What --auto-resume does with --out: start, restart, resume or done (see auto_run),
     with the finished run's metrics."""
     if not rundir.run_files(out):
         return "start", None
     if (out / "config.json").exists():
         old_data, old_train = rundir.read_config(out)
-        changed = [f"{scope}.{k}: {a[k]!r} there, {b[k]!r} now"
-                   for scope, a, b in (("data", _flat(old_data), _flat(data)),
-                                       ("train", _flat(old_train), _flat(train)))
-                   for k in a if k != "out" and a[k] != b.get(k)]
+        changed = differences(old_data, data) + differences(old_train, train, ("out",))
         if changed:
             raise ConfigError(f"--auto-resume: {out} holds a run with other settings ("
                               + "; ".join(changed) + "); give another --out, or the same "
@@ -256,12 +258,12 @@ def _auto_state(out: Path, data: DataConfig, train: TrainConfig) -> tuple[str, d
     return "restart", None
 
 
-def _flat(cfg: object) -> dict:
-    """A settings dataclass as flat JSON values (nested ones as aug.x), as config.json
-    reads back."""
-    d = json.loads(json.dumps(to_dict(cfg)))
-    return {f"{k}.{kk}" if isinstance(v, dict) else k: vv
-            for k, v in d.items() for kk, vv in (v.items() if isinstance(v, dict) else [(k, v)])}
+def _check_extras(train: TrainConfig) -> None:
+    """Optional packages the settings need, before any work (the logger checks again)."""
+    if train.output.tensorboard:
+        from imageclf.tracking import check_tensorboard
+
+        check_tensorboard()
 
 
 def _train(job: _Job, ctx: RunContext) -> RunResult:
@@ -269,7 +271,7 @@ def _train(job: _Job, ctx: RunContext) -> RunResult:
     ck = Checkpointer(job.out / "checkpoints", ctx.checkpoint_every, job.lr)
     learn.cbs.append(ck)
     tb = None
-    if job.train.tensorboard and learn.dist.is_main:
+    if job.train.output.tensorboard and learn.dist.is_main:
         from imageclf.tracking import TensorBoardLog
 
         tb = TensorBoardLog(job.out / "tensorboard")
@@ -283,10 +285,9 @@ def _train(job: _Job, ctx: RunContext) -> RunResult:
     preds = learn.last_preds if learn.last_preds is not None else learn.get_preds()
     found = job.lr.suggestions
     if not learn.dist.is_main:  # rank 0 writes the run
-        return RunResult(job.out, dict(learn.history.rows[-1]) if learn.history.rows else {},
-                         found)
+        return RunResult(job.out, None, found)
     metrics = rundir.write_results(learn, job.out, job.lr, time.perf_counter() - job.t0,
-                                   preds, job.train.metric)
+                                   preds, job.train.output.metric)
     if tb is not None:
         tb.finish(job.out, metrics)
     log.info("run written to %s", job.out)

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import hmac
 import importlib.resources
-import json
 import logging
 import os
 import time
@@ -31,15 +30,17 @@ from starlette.exceptions import HTTPException
 
 from imageclf import __version__
 from imageclf.data.images import UnreadableImage
-from imageclf.errors import ConfigError
+from imageclf.errors import ConfigError, ImageclfError
 from imageclf.predict import Prediction, Predictor
+from imageclf.rundir import read_metrics
+from imageclf.settings import Settings, setting
 
 log = logging.getLogger(__name__)
 access = logging.getLogger("imageclf.serve.access")
 PUBLIC = ("/", "/health")  # open without the token: the page asks for it, probes need none
 # metrics.json fields shown on the model card (never paths, history or skipped files)
-CARD_METRICS = ("valid_accuracy", "valid_loss", "accuracy_multi", "epochs", "lr", "lr_rule",
-                "precision", "train_img_per_s")
+CARD_FINAL = ("valid_accuracy", "valid_loss", "accuracy_multi")
+CARD_METRICS = ("epochs", "lr", "lr_rule", "precision", "train_img_per_s")
 
 
 def resolve_model_dir(path: str | Path) -> Path:
@@ -188,26 +189,21 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 @dataclass(frozen=True)
-class ServeConfig:
+class ServeConfig(Settings):
     """How the server batches and what it accepts."""
 
-    max_batch: int = 32
-    max_wait_ms: float = 5.0
-    max_upload_mb: float = 20.0
-    max_files: int = 16
-    top_k: int = 5
-    token: str | None = None
-    cors_origin: str | None = None
-    tta: bool = False  # test-time augmentation on every request
-    size: int | None = None  # predict at this side instead of the model's own
-
-    def __post_init__(self) -> None:
-        if self.max_batch < 1:
-            raise ConfigError(f"--max-batch must be at least 1; got {self.max_batch}")
-        if self.max_wait_ms < 0:
-            raise ConfigError(f"--max-wait-ms must be >= 0; got {self.max_wait_ms}")
-        if self.max_upload_mb <= 0 or self.max_files < 1:
-            raise ConfigError("--max-upload-mb must be > 0 and --max-files at least 1")
+    section = "Serving"
+    max_batch: int = setting(32, "Most images in one forward pass.", ge=1)
+    max_wait_ms: float = setting(5.0, "Longest wait for more images to batch.", ge=0)
+    max_upload_mb: float = setting(20.0, "Largest request body.", gt=0)
+    max_files: int = setting(16, "Most files in one request.", ge=1)
+    top_k: int = setting(5, "Classes listed per image.", ge=1, cli=False)
+    token: str | None = setting(None, "Require this bearer token (default "
+                                "$IMAGECLF_TOKEN).")
+    cors_origin: str | None = setting(None, "Allow this origin's pages to call the API.")
+    tta: bool = setting(False, "Average flipped/zoomed views (4x compute).")
+    size: int | None = setting(None, "Predict at this side (default: the model's).",
+                               ge=8)
 
 
 def page() -> str:
@@ -220,12 +216,13 @@ def model_card(predictor: Predictor, model_dir: Path, tta: bool = False) -> dict
     TTA in force), and the run's headline metrics."""
     card = {k: v for k, v in predictor.meta.to_json().items() if k != "weights"}
     # the rule in force: --min-confidence may override the stored one
-    card |= {"none_rule": predictor.none_rule, "none_threshold": predictor.none_threshold,
+    card |= {"none_rule": predictor.rule.name, "none_threshold": predictor.rule.threshold,
              "metrics": None, "predict_size": predictor.size, "tta": tta}
-    metrics = model_dir.parent / "metrics.json"
-    with contextlib.suppress(OSError, ValueError):
-        found = json.loads(metrics.read_text())
-        card["metrics"] = {k: found[k] for k in CARD_METRICS if k in found}
+    if (model_dir.parent / "metrics.json").exists():
+        with contextlib.suppress(ImageclfError):  # a damaged file: no metrics on the card
+            m = read_metrics(model_dir.parent)
+            card["metrics"] = {k: m.final[k] for k in CARD_FINAL if k in m.final} | {
+                k: getattr(m, k) for k in CARD_METRICS}
     return card
 
 

@@ -11,7 +11,6 @@ past its checkpoint are purged, so no step appears twice.
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +22,7 @@ from imageclf.errors import ConfigError
 
 if TYPE_CHECKING:
     from imageclf.learner import Learner
+    from imageclf.rundir import RunMetrics
 
 INSTALL = "pip install 'imageclf[tensorboard]'"
 
@@ -39,18 +39,13 @@ def global_step(learn: Learner) -> int:
     return p.epochs_done * len(learn.dls.train) + p.batch_in_epoch
 
 
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested settings as TensorBoard hparams: dotted names, values int/float/str/bool."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        name = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out |= _flat(v, name + ".")
-        elif isinstance(v, bool | int | float | str):
-            out[name] = v
-        else:
-            out[name] = "none" if v is None else str(v)
-    return out
+def hparams(out: Path) -> dict[str, Any]:
+    """The run's settings as TensorBoard hparams: flat names, values int/float/str/bool."""
+    from imageclf.rundir import read_config
+
+    data, train = read_config(out)
+    return {k: v if isinstance(v, bool | int | float | str) else
+            "none" if v is None else str(v) for k, v in (data.flat() | train.flat()).items()}
 
 
 def _png(path: Path) -> np.ndarray | None:
@@ -132,7 +127,7 @@ class TensorBoardLog(Callback):
             self._flush()
             self.writer.flush()
 
-    def finish(self, out: Path, metrics: dict[str, Any]) -> None:
+    def finish(self, out: Path, metrics: RunMetrics) -> None:
         """After the run's files are written: the lr_find curve and the confusion matrix,
         and the settings as hparams with the final metrics."""
         if self.writer is None:
@@ -141,10 +136,9 @@ class TensorBoardLog(Callback):
             img = _png(out / f"{name}.png")
             if img is not None:
                 self.writer.add_image(f"images/{name}", img, 0, dataformats="HWC")
-        config = json.loads((out / "config.json").read_text())
-        final = {f"hparam/{k}": v for k, v in metrics.items()
+        final = {f"hparam/{k}": v for k, v in metrics.to_json().items()
                  if isinstance(v, int | float) and not isinstance(v, bool)
                  and k not in ("epochs", "processes", "global_batch")}
-        self.writer.add_hparams(_flat(config), final, run_name=".")
+        self.writer.add_hparams(hparams(out), final, run_name=".")
         self.writer.close()
         self.writer = None

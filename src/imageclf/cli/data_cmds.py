@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 import time
@@ -13,6 +14,7 @@ from rich.table import Table
 
 from imageclf.cli import options as o
 from imageclf.cli.options import console
+from imageclf.config import DataConfig
 from imageclf.errors import ConfigError
 
 PROGRESS_FROM = 500  # files: smaller sets are checked before a bar would be read
@@ -43,10 +45,8 @@ def print_verify(data: Path, report: object) -> None:
                       "finds truncated or corrupt image data")
 
 
-def verify(data: o.DataArg, csv: o.Csv = None, label_regex: o.LabelRegex = None,
-           valid_pct: o.ValidPct = 0.2, seed: o.Seed = 0, multi_label: o.MultiLabel = False,
-           image_col: o.ImageCol = None, label_col: o.LabelCol = None,
-           split_col: o.SplitCol = None, as_json: o.Json = False,
+@o.settings_command(only=("source", "seed"))
+def verify(data: DataConfig, as_json: o.Json = False,
            quick: Annotated[bool, typer.Option(
                "--quick", help="Read only each file's header: much faster on very large "
                "sets, but a truncated or corrupt image passes.")] = False,
@@ -65,14 +65,12 @@ def verify(data: o.DataArg, csv: o.Csv = None, label_regex: o.LabelRegex = None,
     )
 
     from imageclf.cli.options import err
-    from imageclf.data.sources import find_items
+    from imageclf.data.sources import resolve
     from imageclf.data.verify import verify_items
 
     if quick and full:
         raise ConfigError("--quick and --full contradict each other: choose one")
-    items = find_items(data, csv_file=csv, label_regex=label_regex, valid_pct=valid_pct,
-                       seed=seed, multi_label=multi_label, image_col=image_col,
-                       label_col=label_col, split_col=split_col)
+    items = resolve(data.source, data.seed)
     show = len(items) >= PROGRESS_FROM
     with Progress(TextColumn("verify"), BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn(), console=err, transient=True, disable=not show) as bar:
@@ -82,19 +80,15 @@ def verify(data: o.DataArg, csv: o.Csv = None, label_regex: o.LabelRegex = None,
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
-        print_verify(data, report)
+        print_verify(Path(data.source.path), report)
 
 
-def show_batch(data: o.DataArg,
-               output: Annotated[Path, typer.Option("-o", "--output")] = Path("batch.png"),
-               size: o.Size = 224, presize: o.Presize = 460, bs: o.Bs = 16, csv: o.Csv = None,
-               label_regex: o.LabelRegex = None, valid_pct: o.ValidPct = 0.2, seed: o.Seed = 0,
-               cache_dir: o.CacheDir = None, resize_method: o.ResizeMethod = "crop",
-               multi_label: o.MultiLabel = False, min_scale: o.MinScale = 0.75,
-               max_rotate: o.MaxRotate = 10.0, max_zoom: o.MaxZoom = 1.1,
-               max_warp: o.MaxWarp = 0.2, max_lighting: o.MaxLighting = 0.2,
-               no_flip: o.NoFlip = False, image_col: o.ImageCol = None,
-               label_col: o.LabelCol = None, split_col: o.SplitCol = None,
+@o.settings_command(exclude=("decode", "decode_workers", "sampler", "valid_size"),
+                    defaults={"bs": 16})
+def show_batch(data: DataConfig,
+               output: Annotated[Path, typer.Option("-o", "--output",
+                                                    help="The PNG to write.")
+                                 ] = Path("batch.png"),
                valid: Annotated[bool, typer.Option("--valid",
                                                    help="Show validation images.")] = False,
                ) -> None:
@@ -102,18 +96,16 @@ def show_batch(data: o.DataArg,
     from imageclf.data.loader import DataLoaders
     from imageclf.plots import show_batch as draw
 
-    dls = DataLoaders.from_config(o.data_config(data, locals()))
-    draw(dls, output, n=bs, train=not valid)
+    dls = DataLoaders.from_config(data)
+    draw(dls, output, n=data.bs, train=not valid)
     console.print(f"wrote {output}")
 
 
-def bench_loader(data: o.DataArg, size: o.Size = 128, presize: o.Presize = 160, bs: o.Bs = 64,
-                 epochs: Annotated[int, typer.Option("--epochs")] = 3, csv: o.Csv = None,
-                 label_regex: o.LabelRegex = None, valid_pct: o.ValidPct = 0.2,
-                 seed: o.Seed = 0, cache_dir: o.CacheDir = None,
-                 resize_method: o.ResizeMethod = "crop", device: o.Device = "auto",
-                 decode: o.Decode = "cpu", decode_workers: o.DecodeWorkers = 0,
-                 as_json: o.Json = False) -> None:
+@o.settings_command(exclude=("multi_label", "image_col", "label_col", "split_col", "sampler",
+                             "valid_size", "aug"), defaults={"size": 128, "presize": 160})
+def bench_loader(data: DataConfig, epochs: Annotated[int, typer.Option(
+                     "--epochs", help="Passes over the training split.")] = 3,
+                 device: o.Device = "auto", as_json: o.Json = False) -> None:
     """Iterate the training loader E times with full augmentation; images/s per epoch.
 
     The first epoch is cold (decodes into the cache) unless the cache already holds the
@@ -126,9 +118,8 @@ def bench_loader(data: o.DataArg, size: o.Size = 128, presize: o.Presize = 160, 
 
     o.check_device(device)
     _, dev = from_env(device)
-    opts = locals()
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = o.data_config(data, opts, cache_dir=cache_dir or tmp)
+        cfg = dataclasses.replace(data, cache_dir=data.cache_dir or tmp)
         dls = DataLoaders.from_config(cfg, device=dev)
         rows = []
         for epoch in range(epochs):
@@ -145,8 +136,8 @@ def bench_loader(data: o.DataArg, size: o.Size = 128, presize: o.Presize = 160, 
                          "cache": "cold" if epoch == 0 and dls.train.cache.stats.decoded
                          else "warm"})
         dls.train.cache.wait()
-    result = {"tool": "imageclf", "size": size, "presize": presize, "bs": bs, "epochs": rows,
-              "device": str(dev), "decode": decode,
+    result = {"tool": "imageclf", "size": data.size, "presize": data.presize, "bs": data.bs,
+              "epochs": rows, "device": str(dev), "decode": data.decode,
               "decoded": dls.train.cache.stats.decoded}
     if as_json:
         print(json.dumps(result))

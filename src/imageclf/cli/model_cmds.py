@@ -13,6 +13,7 @@ from rich.text import Text
 from imageclf.cli import options as o
 from imageclf.cli.options import console, err
 from imageclf.cli.printer import print_open_set, score_table
+from imageclf.config import DataSource
 from imageclf.errors import ConfigError
 
 
@@ -61,14 +62,13 @@ def predict(model: o.ModelArg,
         raise typer.Exit(1)
 
 
-def evaluate(model: o.ModelArg, data: o.DataArg,
+@o.settings_command(exclude=("valid_pct", "multi_label"))
+def evaluate(model: o.ModelArg, data: DataSource,
              output: Annotated[Path | None, typer.Option(
                  "-o", "--output", help="Folder for confusion_matrix.png, top_losses.png "
                  "(and open_set.png with --ood)."
              )] = None,
-             csv: o.Csv = None, label_regex: o.LabelRegex = None,
-             image_col: o.ImageCol = None, label_col: o.LabelCol = None,
-             split_col: o.SplitCol = None, ood: o.Ood = None, keep: o.Keep = 0.95,
+             ood: o.Ood = None, keep: o.Keep = 0.95,
              tta: o.Tta = False, bs: o.Bs = 32,
              precision: o.Precision = "auto", size: o.PredictSize = None,
              as_json: o.Json = False) -> None:
@@ -79,15 +79,12 @@ def evaluate(model: o.ModelArg, data: o.DataArg,
     from imageclf.predict import Predictor
 
     pred = Predictor(model, precision=precision, size=size)
-    cols = {"image_col": image_col, "label_col": label_col, "split_col": split_col}
     open_set = None
     if ood is not None:
-        interp, open_set = evaluate_open_set(pred, data, ood, keep=keep, csv=csv,
-                                             label_regex=label_regex, tta=tta, bs=bs,
-                                             out_dir=output, **cols)
+        interp, open_set = evaluate_open_set(pred, data, ood, keep=keep, tta=tta, bs=bs,
+                                             out_dir=output)
     else:
-        interp = run_evaluate(pred, data, csv=csv, label_regex=label_regex, tta=tta, bs=bs,
-                              out_dir=output, **cols)
+        interp = run_evaluate(pred, data, tta=tta, bs=bs, out_dir=output)
     s = interp.summary()
     if open_set is not None:
         s["open_set"] = open_set
@@ -117,7 +114,8 @@ def evaluate(model: o.ModelArg, data: o.DataArg,
         console.print(f"pictures in {output}")
 
 
-def calibrate(model: o.ModelArg, data: o.DataArg, keep: o.Keep = 0.95,
+@o.settings_command(exclude=("valid_pct", "multi_label"))
+def calibrate(model: o.ModelArg, data: DataSource, keep: o.Keep = 0.95,
               score: Annotated[str, typer.Option(
                   "--score", help="auto, msp, max_logit, energy, knn or mahalanobis "
                   "(multi-label: sigmoid_max instead of msp). auto: with --ood the best AUROC "
@@ -128,9 +126,7 @@ def calibrate(model: o.ModelArg, data: o.DataArg, keep: o.Keep = 0.95,
                   "share per class).")] = 10_000,
               k: Annotated[int, typer.Option("--k", help="knn: which nearest neighbour.")
                            ] = 10,
-              csv: o.Csv = None, label_regex: o.LabelRegex = None, bs: o.Bs = 32,
-              image_col: o.ImageCol = None, label_col: o.LabelCol = None,
-              split_col: o.SplitCol = None,
+              bs: o.Bs = 32,
               dry_run: Annotated[bool, typer.Option("--dry-run",
                                                     help="Print, do not store.")] = False,
               as_json: o.Json = False) -> None:
@@ -140,9 +136,8 @@ def calibrate(model: o.ModelArg, data: o.DataArg, keep: o.Keep = 0.95,
     from imageclf.evaluate import write_calibration
     from imageclf.predict import Predictor
 
-    chosen = run_calibrate(Predictor(model), data, keep, score=score, ood=ood, csv=csv,
-                           label_regex=label_regex, bank_rows=bank_rows, k=k, bs=bs,
-                           image_col=image_col, label_col=label_col, split_col=split_col)
+    chosen = run_calibrate(Predictor(model), data, keep, score=score, ood=ood,
+                           bank_rows=bank_rows, k=k, bs=bs)
     report = None
     if not dry_run:
         write_calibration(model, chosen)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -9,29 +10,25 @@ import socket
 
 from imageclf.cli import options as o
 from imageclf.cli.options import console
+from imageclf.serve import ServeConfig
 
 
-def serve(model: o.ServeModelArg, host: o.Host = "127.0.0.1", port: o.Port = 8000,
-          max_batch: o.MaxBatch = 32, max_wait_ms: o.MaxWaitMs = 5.0,
-          max_upload_mb: o.MaxUploadMb = 20.0, max_files: o.MaxFiles = 16,
-          token: o.Token = None, cors_origin: o.CorsOrigin = None,
-          min_confidence: o.MinConfidence = None, device: o.Device = "auto",
-          precision: o.Precision = "auto", tta: o.Tta = False,
-          size: o.PredictSize = None) -> None:
+@o.settings_command
+def serve(model: o.ServeModelArg, config: ServeConfig, host: o.Host = "127.0.0.1",
+          port: o.Port = 8000, min_confidence: o.MinConfidence = None,
+          device: o.Device = "auto", precision: o.Precision = "auto") -> None:
     """Serve the model: a page at / and an HTTP API (POST /predict, GET /health, GET /model,
     docs at /docs), batching concurrent requests. Ctrl-C or SIGTERM drains the requests in
     flight, then exits."""
     import uvicorn
 
     from imageclf.hardware import pick_device
-    from imageclf.serve import ServeConfig, create_app
+    from imageclf.serve import create_app
 
     o.check_device(device)
     dev = pick_device(device)
-    cfg = ServeConfig(max_batch=max_batch, max_wait_ms=max_wait_ms,
-                      max_upload_mb=max_upload_mb, max_files=max_files,
-                      token=token or os.environ.get("IMAGECLF_TOKEN") or None,
-                      cors_origin=cors_origin, tta=tta, size=size)
+    cfg = dataclasses.replace(config, token=config.token or os.environ.get("IMAGECLF_TOKEN")
+                              or None)
     _check_port(host, port)
     app = create_app(model, cfg, device=dev, precision=precision,
                      min_confidence=min_confidence)

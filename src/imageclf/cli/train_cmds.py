@@ -12,47 +12,27 @@ from rich.text import Text
 from imageclf.callbacks import PrintEpochs
 from imageclf.cli import options as o
 from imageclf.cli.options import console, err
-from imageclf.config import LR_FIND_STEPS
+from imageclf.config import LR_FIND_STEPS, DataConfig, TrainConfig
 from imageclf.errors import ConfigError
 
 
-def train(data: Annotated[Path | None, typer.Argument(
-              help="A folder of class folders, or a CSV (not needed with --resume).")] = None,
-          arch: o.Arch = "resnet18", pretrained: o.Pretrained = "hub", head: o.Head = "auto",
-          size: o.Size = 224, presize: o.Presize = 460, epochs: o.Epochs = 4,
-          freeze_epochs: o.FreezeEpochs = 1, lr: o.Lr = "auto", wd: o.Wd = 0.01,
-          bs: o.Bs = 64, precision: o.Precision = "auto",
-          label_smoothing: o.LabelSmoothing = 0.0, multi_label: o.MultiLabel = False,
-          seed: o.Seed = 0, out: o.Out = None, csv: o.Csv = None,
-          label_regex: o.LabelRegex = None, valid_pct: o.ValidPct = 0.2,
-          cache_dir: o.CacheDir = None, resize_method: o.ResizeMethod = "crop",
-          min_scale: o.MinScale = 0.75, max_rotate: o.MaxRotate = 10.0,
-          max_zoom: o.MaxZoom = 1.1, max_warp: o.MaxWarp = 0.2,
-          max_lighting: o.MaxLighting = 0.2, no_flip: o.NoFlip = False,
-          resume: o.Resume = None, auto_resume: o.AutoResume = False,
-          checkpoint_every: o.CheckpointEvery = 0.0, device: o.Device = "auto",
-          decode: o.Decode = "cpu", decode_workers: o.DecodeWorkers = 0,
-          compile: o.Compile = False, lr_find_steps: o.LrFindSteps = LR_FIND_STEPS,
-          accum_steps: o.AccumSteps = 1, class_weights: o.ClassWeights = "none",
-          sampler: o.Sampler = "shuffle", metric: o.Metric = None,
-          tensorboard: o.Tensorboard = False, image_col: o.ImageCol = None,
-          label_col: o.LabelCol = None, split_col: o.SplitCol = None, sizes: o.Sizes = None,
-          valid_size: o.ValidSize = None, ema: o.Ema = 0.0, mixup: o.Mixup = 0.0,
-          cutmix: o.Cutmix = 0.0) -> None:
+@o.settings_command(data_required=False)
+def train(data: DataConfig, train: TrainConfig, resume: o.Resume = None,
+          auto_resume: o.AutoResume = False, checkpoint_every: o.CheckpointEvery = 0.0,
+          device: o.Device = "auto") -> None:
     """Train: fine_tune when pretrained, fit_one_cycle from scratch; write a run directory.
     Ctrl-C or SIGTERM stops after the current step with a checkpoint; --resume continues.
     An --out that already holds a run is refused (--resume or --auto-resume continue it)."""
     from imageclf.distributed import from_env, shutdown
     from imageclf.runs import Interrupted, RunContext, auto_run, resume_run, train_run
 
-    opts = locals()
     if checkpoint_every < 0:
         raise ConfigError(f"--checkpoint-every must be >= 0 minutes; got {checkpoint_every}")
     o.check_device(device)
     if auto_resume and resume is not None:
         raise ConfigError("--resume RUN_DIR continues that run; --auto-resume continues --out's "
                           "run: give one of them")
-    if resume is None and data is None:
+    if resume is None and data.source.path is None:
         raise ConfigError("DATA is missing: give a data folder or CSV (or --resume RUN_DIR)")
     dist, dev = from_env(device)  # torchrun: join the process group
     ctx = RunContext(dev, [PrintEpochs(console)] if dist.is_main else [], checkpoint_every,
@@ -61,8 +41,7 @@ def train(data: Annotated[Path | None, typer.Argument(
         if resume is not None:
             res = resume_run(resume, ctx)
         else:
-            dcfg, tcfg = o.data_config(data, opts), o.train_config(opts)
-            res = (auto_run if auto_resume else train_run)(dcfg, tcfg, ctx)
+            res = (auto_run if auto_resume else train_run)(data, train, ctx)
         shutdown(wait=True)
     except Interrupted as e:
         if dist.is_main:
@@ -84,42 +63,31 @@ def print_result(res: object) -> None:
     if res.already_done:
         console.print(f"{res.out} is already trained (--auto-resume); nothing to do")
     if res.lr_find is not None:
-        rule = m.get("lr_rule")
+        rule = m.lr_rule
         picked = f"; trained at {rule} {res.lr_find[rule]:.2e}" if rule else ""
         console.print("lr_find: " + ", ".join(f"{k} {v:.2e}" for k, v in res.lr_find.items())
                       + picked)
-    if m.get("skipped_files"):
-        console.print(f"{len(m['skipped_files'])} unreadable file(s) skipped", style="yellow")
-    w = m.get("metric") or {"name": "valid_accuracy",
-                            "last": m.get("valid_accuracy", m.get("accuracy_multi"))}
-    best = (f" (best {w['best']:.4f} at epoch {w['best_epoch']})"
-            if w.get("best") is not None and w["best"] != w["last"] else "")
-    console.print(f"precision {m['precision']} on {m['device']}; {w['name']} "
-                  f"{w['last']:.4f}{best}; run directory: {res.out}")
+    if m.skipped_files:
+        console.print(f"{len(m.skipped_files)} unreadable file(s) skipped", style="yellow")
+    w = m.watched
+    best = (f" (best {w.best:.4f} at epoch {w.best_epoch})"
+            if w.best is not None and w.best != w.last else "")
+    last = "-" if w.last is None else f"{w.last:.4f}"
+    console.print(f"precision {m.precision} on {m.device}; {w.name} "
+                  f"{last}{best}; run directory: {res.out}")
 
 
-def lr_find(data: o.DataArg, arch: o.Arch = "resnet18", pretrained: o.Pretrained = "hub",
-            head: o.Head = "auto", size: o.Size = 224, presize: o.Presize = 460,
-            bs: o.Bs = 64, wd: o.Wd = 0.01, precision: o.Precision = "auto",
-            seed: o.Seed = 0, output: o.Output = None, csv: o.Csv = None,
-            label_regex: o.LabelRegex = None, valid_pct: o.ValidPct = 0.2,
-            cache_dir: o.CacheDir = None, resize_method: o.ResizeMethod = "crop",
-            multi_label: o.MultiLabel = False, min_scale: o.MinScale = 0.75,
-            max_rotate: o.MaxRotate = 10.0, max_zoom: o.MaxZoom = 1.1,
-            max_warp: o.MaxWarp = 0.2, max_lighting: o.MaxLighting = 0.2,
-            no_flip: o.NoFlip = False, freeze_epochs: o.FreezeEpochs = 1,
-            lr_find_steps: o.LrFindSteps = LR_FIND_STEPS, accum_steps: o.AccumSteps = 1,
-            image_col: o.ImageCol = None, label_col: o.LabelCol = None,
-            split_col: o.SplitCol = None, as_json: o.Json = False) -> None:
+@o.settings_command(exclude=("decode", "decode_workers", "sampler", "valid_size", "epochs",
+                             "lr", "sizes", "clip_grad", "compile", "reg", "output"))
+def lr_find(data: DataConfig, train: TrainConfig, output: o.Output = None,
+            as_json: o.Json = False) -> None:
     """Run the learning-rate finder as `train --lr auto` would with these settings, and
     print its four suggestions, marking the one auto takes."""
     from imageclf.plots import plot_lr_find
     from imageclf.runs import build_learner, choose_lr
 
-    opts = locals()
-    tcfg = o.train_config(opts, lr="auto")
-    learn = build_learner(o.data_config(data, opts), tcfg)
-    choice, res = choose_lr(learn, tcfg)
+    learn = build_learner(data, train)
+    choice, res = choose_lr(learn, train)
     if output is not None:
         plot_lr_find(res.lrs, res.losses, res.suggestions, output)
     if as_json:
@@ -131,15 +99,17 @@ def lr_find(data: o.DataArg, arch: o.Arch = "resnet18", pretrained: o.Pretrained
                                                  else ""))
 
 
-def demo(out: Annotated[Path, typer.Option("--out")] = Path("runs/demo"),
-         epochs: o.Epochs = 10,
+def demo(out: Annotated[Path, typer.Option("--out", help="Where the data and the run go.")
+                        ] = Path("runs/demo"),
+         epochs: Annotated[int, typer.Option("--epochs")] = 10,
          n_train: Annotated[int, typer.Option("--n-train", help="Training images per class.")
                             ] = 250,
-         lr_find_steps: o.LrFindSteps = LR_FIND_STEPS) -> None:
+         lr_find_steps: Annotated[int, typer.Option(
+             "--lr-find-steps", help="Steps of the learning-rate finder's sweep.")
+                                  ] = LR_FIND_STEPS) -> None:
     """Draw a shapes data set, then verify → lr_find → train → evaluate, offline."""
     from imageclf.cli.data_cmds import print_verify
-    from imageclf.config import DataConfig, TrainConfig
-    from imageclf.data.sources import find_items
+    from imageclf.data.sources import resolve
     from imageclf.data.verify import verify_items
     from imageclf.demo import make_shapes_dataset
     from imageclf.runs import RunContext, train_run
@@ -148,22 +118,22 @@ def demo(out: Annotated[Path, typer.Option("--out")] = Path("runs/demo"),
     if not (data / "train").is_dir():
         console.print(f"drawing a shapes data set into {data} ...")
         make_shapes_dataset(data, n_train=n_train, n_valid=max(10, n_train // 5))
-    print_verify(data, verify_items(find_items(data), full=True))
-    dcfg = DataConfig(path=str(data), size=64, presize=80, bs=32)
+    print_verify(data, verify_items(resolve(data), full=True))
+    dcfg = DataConfig.build(path=str(data), size=64, presize=80, bs=32)
     # from scratch on 1000 small images, timm's plain head learns much sooner than the
     # concat head with its dropout (measured: 82% vs 32% valid after 8 vs 4 epochs).
     # The rate: auto, from scratch lr_find's `minimum`; its valley (3.0e-4 on one draw)
     # reached 47.5% valid, 1e-3 68.5%, 3e-3 90.5% (10 epochs each)
-    tcfg = TrainConfig(arch="resnet18", pretrained="none", head="timm", epochs=epochs,
-                       lr="auto", out=str(out / "run"), lr_find_steps=lr_find_steps)
+    tcfg = TrainConfig.build(arch="resnet18", pretrained="none", head="timm", epochs=epochs,
+                             lr="auto", out=str(out / "run"), lr_find_steps=lr_find_steps)
     # the last demo's run is replaced
     res = train_run(dcfg, tcfg, RunContext(cbs=[PrintEpochs(console)]), overwrite=True)
-    rule = res.metrics["lr_rule"]
+    rule = res.metrics.lr_rule
     console.print(f"lr_find: trained at {rule} {res.lr_find[rule]:.2e} (valley "
                   f"{res.lr_find['valley']:.2e}, minimum {res.lr_find['minimum']:.2e}); "
                   f"plot: {res.out / 'lr_find.png'}")
-    console.print(f"valid accuracy {res.metrics['valid_accuracy']:.3f} "
-                  f"({res.metrics['precision']} on {res.metrics['device']})")
+    console.print(f"valid accuracy {res.metrics.accuracy:.3f} "
+                  f"({res.metrics.precision} on {res.metrics.device})")
     console.print(f"run directory: {res.out}; report: {res.out / 'report.html'}; "
                   f"model: {res.out / 'model'}")
     console.print(f"next: imageclf predict {res.out / 'model'} {data / 'valid'} --top-k 2")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -24,10 +25,52 @@ import torch
 from imageclf.data.device_decode import decode_chunk
 from imageclf.data.images import presize_into, slot_length, verify_file
 from imageclf.data.tables import is_ref, ref_file
+from imageclf.errors import ImageclfError
 from imageclf.fileio import atomic_write, commit
+from imageclf.records import Record, Skipped, doc
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the index's entries are objects
+
+
+@dataclass(frozen=True)
+class Slot(Record):
+    """One file's entry in the cache index."""
+
+    path: str = doc("the file (absolute)")
+    size: int = doc("its size in bytes when decoded (-1: missing)")
+    mtime: int = doc("its modification time in ns when decoded")
+    ok: bool = doc("decoded into its slot", False)
+    length: int = doc("the used long side of the slot (the image's, after presizing)", 0)
+    transposed: bool = doc("stored transposed (a portrait image)", False)
+    reason: str = doc("why it could not be used", "")
+
+
+@dataclass(frozen=True)
+class CacheIndex(Record):
+    """KEY.json beside a cache's data file: what each slot of KEY-*.u8 holds."""
+
+    version: int = doc("layout of this file")
+    presize: int = doc("the presize side")
+    method: str = doc("crop, squish or pad")
+    data: str = doc("the data file's name: uint8 (N, 3, presize, long side)")
+    shape: tuple[int, ...] = doc("the data file's array shape")
+    entries: list[Slot] = doc("one per file, in slot order")
+
+
+def _plan(index: CacheIndex | None, entries: list[Slot]
+          ) -> tuple[list[tuple[int, int]], list[int]]:
+    """([(new slot, old slot)] reusable from `index`, [new slots to decode]): a file's old
+    slot is reused while its size and mtime are unchanged."""
+    old = {e.path: (i, e) for i, e in enumerate(index.entries)} if index is not None else {}
+    reuse, todo = [], []
+    for i, e in enumerate(entries):
+        hit = old.get(e.path)
+        if hit is not None and (hit[1].size, hit[1].mtime) == (e.size, e.mtime):
+            reuse.append((i, hit[0]))
+        else:
+            todo.append(i)
+    return reuse, todo
 
 
 def default_cache_dir() -> Path:
@@ -94,17 +137,15 @@ class PresizeCache:
     def index_path(self) -> Path:
         return self.cache_dir / f"{self.key}.json"
 
-    def _read_index(self) -> dict | None:
+    def _read_index(self) -> CacheIndex | None:
         try:
-            index = json.loads(self.index_path.read_text())
-            if index.get("version") != CACHE_VERSION:
+            index = CacheIndex.from_json(json.loads(self.index_path.read_text()))
+            if index.version != CACHE_VERSION:
                 return None
-            data_file = self.cache_dir / index["data"]
-            shape = tuple(index["shape"])
-            if data_file.stat().st_size != int(np.prod(shape)):
+            if (self.cache_dir / index.data).stat().st_size != int(np.prod(index.shape)):
                 return None
             return index
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, ImageclfError):  # unreadable: built again
             return None
 
     def build(self, progress: Callable[[int, int], None] | None = None) -> CacheStats:
@@ -142,21 +183,12 @@ class PresizeCache:
                       ) -> Callable[[], None] | None:
         stats = [_stat(p) for p in self.paths]
         index = self._read_index()
-        old: dict[str, tuple[int, list]] = {}
-        if index is not None:
-            old = {e[0]: (i, e) for i, e in enumerate(index["entries"])}
+        entries = [Slot(str(p.absolute()), st[0], st[1])
+                   for p, st in zip(self.paths, stats, strict=True)]
+        reuse, todo = _plan(index, entries)
         n = len(self.paths)
-        reuse: list[tuple[int, int]] = []  # (new slot, old slot)
-        todo: list[int] = []
-        for i, (p, st) in enumerate(zip(self.paths, stats, strict=True)):
-            hit = old.get(str(p.absolute()))
-            if hit is not None and hit[1][1] == st[0] and hit[1][2] == st[1]:
-                reuse.append((i, hit[0]))
-            else:
-                todo.append(i)
-        same_layout = (index is not None and not todo and len(index["entries"]) == n
-                       and all(a == b for a, b in reuse))
-        if same_layout:
+        if index is not None and not todo and len(index.entries) == n and all(
+                a == b for a, b in reuse):
             self._open(index)
             self.stats = CacheStats(reused=n, unreadable=int((~self.ok).sum()))
             return None
@@ -164,68 +196,71 @@ class PresizeCache:
         name = f"{self.key}-{uuid.uuid4().hex[:12]}.u8"
         tmp = self.cache_dir / (name + ".tmp")
         out = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=shape)
-        entries: list[list] = [[str(p.absolute()), st[0], st[1], False, 0, False, ""]
-                               for p, st in zip(self.paths, stats, strict=True)]
         if reuse:
-            src = np.memmap(self.cache_dir / index["data"], dtype=np.uint8, mode="r",
-                            shape=tuple(index["shape"]))
+            src = np.memmap(self.cache_dir / index.data, dtype=np.uint8, mode="r",
+                            shape=index.shape)
             for new, o in reuse:
                 out[new] = src[o]
-                entries[new][3:7] = index["entries"][o][3:7]
+                entries[new] = dataclasses.replace(index.entries[o], path=entries[new].path)
             del src
-        n_bad = 0
-        n_old_bad = sum(1 for new, _ in reuse if not entries[new][3])
-        done = 0
-        if todo:
-            chunks = [todo[s:s + 32] for s in range(0, len(todo), 32)]
-            if self.decode_device is not None:
-                decoded = (decode_chunk([(i, self.paths[i]) for i in c], self.presize,
-                                        self.method, self.decode_device, out) for c in chunks)
-            else:
-                decoded = _decode_pool(self.workers, tmp, shape, self.paths, self.presize,
-                                       self.method, chunks)
-            for results in decoded:
-                for i, ok, length, transposed, reason in results:
-                    entries[i][3:7] = [ok, length, transposed, reason]
-                    n_bad += not ok
-                    done += 1
-                if progress is not None:
-                    progress(done, len(todo))
+        n_old_bad = sum(1 for new, _ in reuse if not entries[new].ok)
+        n_bad = self._decode(todo, out, tmp, shape, entries, progress)
         # no msync here: it would write the whole file to disk now, synchronously; the
         # background persist() fsyncs it before the index makes it visible to others
         del out
-        new_index = {"version": CACHE_VERSION, "presize": self.presize, "method": self.method,
-                     "data": name, "shape": list(shape), "entries": entries}
+        new_index = CacheIndex(CACHE_VERSION, self.presize, self.method, name, shape, entries)
         self._open(new_index, tmp)
-        self.stats = CacheStats(decoded=done - n_bad, reused=len(reuse),
+        self.stats = CacheStats(decoded=len(todo) - n_bad, reused=len(reuse),
                                 unreadable=n_bad + n_old_bad)
         log.info("presize cache %s: %d decoded, %d reused, %d unreadable", self.key,
                  self.stats.decoded, self.stats.reused, self.stats.unreadable)
-        old_data = index["data"] if index is not None and index["data"] != name else None
+        old_data = index.data if index is not None and index.data != name else None
 
         def persist() -> None:
             commit(tmp, self.cache_dir / name)  # written through its memory map
             # only now is the new cache visible to others
-            atomic_write(self.index_path, lambda p: Path(p).write_text(json.dumps(new_index)))
+            text = json.dumps(new_index.to_json())
+            atomic_write(self.index_path, lambda p: Path(p).write_text(text))
             if old_data is not None:
                 # readers that still map the old file keep it alive until they close it
                 (self.cache_dir / old_data).unlink(missing_ok=True)
 
         return persist
 
-    def _open(self, index: dict, data_file: Path | None = None) -> None:
-        data_file = data_file or self.cache_dir / index["data"]
-        self.data = np.memmap(data_file, dtype=np.uint8, mode="r",
-                              shape=tuple(index["shape"]))
-        self.reasons = {}
-        for i, e in enumerate(index["entries"]):
-            self.ok[i], self.lengths[i], self.transposed[i] = bool(e[3]), int(e[4]), bool(e[5])
-            if not e[3]:
-                self.reasons[i] = e[6] or _why_missing(self.paths[i])
+    def _decode(self, todo: list[int], out: np.ndarray, tmp: Path, shape: tuple[int, ...],
+                entries: list[Slot], progress: Callable[[int, int], None] | None) -> int:
+        """Decode the `todo` slots into `out` (the file `tmp`), recording each in `entries`;
+        returns how many were unreadable."""
+        n_bad = done = 0
+        chunks = [todo[s:s + 32] for s in range(0, len(todo), 32)]
+        if self.decode_device is not None:
+            decoded = (decode_chunk([(i, self.paths[i]) for i in c], self.presize,
+                                    self.method, self.decode_device, out) for c in chunks)
+        else:
+            decoded = _decode_pool(self.workers, tmp, shape, self.paths, self.presize,
+                                   self.method, chunks)
+        for results in decoded:
+            for i, ok, length, transposed, reason in results:
+                entries[i] = dataclasses.replace(entries[i], ok=bool(ok), length=int(length),
+                                                 transposed=bool(transposed), reason=reason)
+                n_bad += not ok
+                done += 1
+            if progress is not None:
+                progress(done, len(todo))
+        return n_bad
 
-    def unreadable(self) -> list[dict[str, str]]:
-        """[{"path", "reason"}] for every file that could not be used."""
-        return [{"path": str(self.paths[i]), "reason": r} for i, r in sorted(self.reasons.items())]
+    def _open(self, index: CacheIndex, data_file: Path | None = None) -> None:
+        data_file = data_file or self.cache_dir / index.data
+        self.data = np.memmap(data_file, dtype=np.uint8, mode="r", shape=index.shape)
+        self.reasons = {}
+        for i, e in enumerate(index.entries):
+            self.ok[i], self.lengths[i], self.transposed[i] = e.ok, e.length, e.transposed
+            if not e.ok:
+                self.reasons[i] = e.reason or _why_missing(self.paths[i])
+
+    def unreadable(self) -> list[Skipped]:
+        """Every file that could not be used, with the reason."""
+        return [Skipped(str(self.paths[i]), r) for i, r in sorted(self.reasons.items())]
 
 
 _worker_out: np.ndarray | None = None

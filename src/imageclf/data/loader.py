@@ -22,7 +22,8 @@ from imageclf.data.augment import (
     sample_params,
 )
 from imageclf.data.cache import PresizeCache
-from imageclf.data.sources import Items, find_items
+from imageclf.data.sources import Items, resolve
+from imageclf.records import Skipped
 
 log = logging.getLogger(__name__)
 
@@ -264,11 +265,8 @@ class DataLoaders:
                     mean: tuple[float, ...] = IMAGENET_MEAN,
                     std: tuple[float, ...] = IMAGENET_STD, rank: int = 0,
                     world_size: int = 1) -> DataLoaders:
-        """Find the items of `cfg.path` and make both loaders (caches are built lazily)."""
-        items = find_items(cfg.path, csv_file=cfg.csv, label_regex=cfg.label_regex,
-                           valid_pct=cfg.valid_pct, seed=cfg.seed, multi_label=cfg.multi_label,
-                           image_col=cfg.image_col, label_col=cfg.label_col,
-                           split_col=cfg.split_col)
+        """Resolve `cfg.source` and make both loaders (caches are built lazily)."""
+        items = resolve(cfg.source, cfg.seed)
         targets = targets_tensor(items)
         tr, va = items.split_indices()
 
@@ -290,7 +288,7 @@ class DataLoaders:
         self.train.prepare()
         self.valid.prepare()
 
-    def skipped(self) -> list[dict[str, str]]:
-        """Every file left out as unreadable, with the reason: [{"path", "reason"}]."""
+    def skipped(self) -> list[Skipped]:
+        """Every file left out as unreadable, with the reason."""
         self.prepare()
         return self.train.cache.unreadable() + self.valid.cache.unreadable()

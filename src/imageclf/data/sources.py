@@ -1,4 +1,5 @@
-"""Finding items and their labels (class folders, filename regex, CSV) and splitting them."""
+"""Resolving a DataSource: finding items and their labels (class folders, filename regex,
+CSV, Parquet/Arrow tables) and splitting them."""
 
 from __future__ import annotations
 
@@ -9,10 +10,14 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from imageclf.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from imageclf.config import DataSource
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".jfif"}
@@ -297,51 +302,63 @@ def _is_tables(root: Path) -> bool:
     return root.is_dir() and bool(table_files(root)) and not list_images(root)
 
 
-def find_items(path: str | Path, *, csv_file: str | None = None, label_regex: str | None = None,
-               valid_pct: float = 0.2, seed: int = 0, multi_label: bool = False,
-               image_col: str | None = None, label_col: str | None = None,
-               split_col: str | None = None) -> Items:
-    """Items from DATA, by CSV, filename regex, Parquet/Arrow tables or class folders (in that
-    order of precedence)."""
-    root = Path(path)
-    if csv_file is not None:
-        return from_csv(Path(csv_file), valid_pct, seed, multi_label or None, image_root=root)
-    if root.is_file() and root.suffix.lower() == ".csv":
-        return from_csv(root, valid_pct, seed, multi_label or None)
-    if label_regex is None and _is_tables(root):
-        return from_tables(root, image_col=image_col, label_col=label_col,
-                           split_col=split_col, valid_pct=valid_pct, seed=seed,
-                           multi_label=multi_label)
+KINDS = ("csv", "regex", "tables", "folders")
+
+
+def source_kind(source: DataSource) -> str:
+    """Which kind of data set `source` is: csv (--csv, or DATA a .csv file), regex
+    (--label-regex), tables (Parquet/Arrow files) or folders (class folders). The one place
+    the kind is chosen, with the one set of messages for a DATA that is none of them."""
+    if source.path is None:
+        raise ConfigError("DATA is missing: give a folder of class folders, a CSV, or "
+                          "Parquet/Arrow files")
+    root = Path(source.path)
+    if source.csv is not None or (root.is_file() and root.suffix.lower() == ".csv"):
+        return "csv"
+    if source.label_regex is None and _is_tables(root):
+        return "tables"
     if not root.is_dir():
-        raise ConfigError(f"DATA {root} is not a folder, a .csv, .parquet or .arrow file")
-    items = (from_regex(root, label_regex, valid_pct, seed) if label_regex is not None
-             else from_folders(root, valid_pct, seed))
-    # one label per image from folders or names; --multi-label trains them with sigmoids
-    return dataclasses.replace(items, multi_label=True) if multi_label else items
+        there = "" if root.exists() else " (nothing is there)"
+        raise ConfigError(f"DATA {root} is not a folder, a .csv, .parquet or .arrow "
+                          f"file{there}")
+    return "regex" if source.label_regex is not None else "folders"
 
 
-def find_eval_items(path: str | Path, *, csv_file: str | None = None,
-                    label_regex: str | None = None, multi_label: bool = False,
-                    image_col: str | None = None, label_col: str | None = None,
-                    split_col: str | None = None) -> Items:
-    """The labelled images to evaluate on: the validation split when DATA has one (a valid/
-    folder, a CSV is_valid column, a table's validation rows), otherwise every labelled
+def resolve(source: DataSource | str | Path, seed: int = 0, evaluate: bool = False) -> Items:
+    """The labelled images of a data source, split as training splits them (the source's
+    own split, else `valid_pct` at random with `seed`). `evaluate`: only the images to
+    evaluate on, all flagged valid: the validation split where the source has one (a
+    valid/ folder, an is_valid column, a table's validation rows), else every labelled
     image."""
-    root = Path(path)
-    if csv_file is None and label_regex is None and _is_tables(root):
-        return from_tables(root, image_col=image_col, label_col=label_col,
-                           split_col=split_col, multi_label=multi_label, evaluate=True)
-    if csv_file is not None:
-        return from_csv(Path(csv_file), multi_label=multi_label or None, image_root=root,
-                        evaluate=True)
-    if root.is_file() and root.suffix.lower() == ".csv":
-        return from_csv(root, multi_label=multi_label or None, evaluate=True)
-    if not root.is_dir():
-        raise ConfigError(f"DATA {root} is not a folder or a .csv file")
-    if label_regex is not None:
-        items = from_regex(root, label_regex, 0.5, 0)
-        return Items(items.paths, items.labels, items.classes, (True,) * len(items),
-                     items.multi_label)
+    from imageclf.config import DataSource
+
+    if not isinstance(source, DataSource):
+        source = DataSource(path=str(source))
+    kind = source_kind(source)
+    root = Path(source.path)
+    ml = source.multi_label
+    if kind == "csv":
+        csv_path = Path(source.csv) if source.csv is not None else root
+        image_root = root if source.csv is not None else None
+        return from_csv(csv_path, source.valid_pct, seed, ml or None, image_root, evaluate)
+    if kind == "tables":
+        return from_tables(root, image_col=source.image_col, label_col=source.label_col,
+                           split_col=source.split_col, valid_pct=source.valid_pct, seed=seed,
+                           multi_label=ml, evaluate=evaluate)
+    if kind == "regex":
+        items = from_regex(root, source.label_regex, source.valid_pct, seed)
+        if evaluate:  # file names carry no split: every labelled image
+            items = dataclasses.replace(items, is_valid=(True,) * len(items))
+    elif evaluate:
+        items = _eval_folders(root)
+    else:
+        items = from_folders(root, source.valid_pct, seed)
+    # one label per image from folders or names; --multi-label trains them with sigmoids
+    return dataclasses.replace(items, multi_label=True) if ml else items
+
+
+def _eval_folders(root: Path) -> Items:
+    """The valid/ (val/, validation/) folder's class folders, else root's."""
     valid_dir = _find_split_dir(root, VALID_NAMES)
     per_class = _class_folders(valid_dir if valid_dir is not None else root)
     paths, names = [], []

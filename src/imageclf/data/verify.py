@@ -12,6 +12,7 @@ from typing import Any
 
 from imageclf.data.images import verify_file
 from imageclf.data.sources import Items
+from imageclf.records import Skipped
 
 FEW = 5  # a class with fewer images than this in a split gets a warning
 
@@ -41,7 +42,7 @@ class VerifyReport:
 
     items: Items  # every file found
     usable: Items  # those that can be used
-    unreadable: list[dict[str, str]]  # {"path", "reason"}
+    unreadable: list[Skipped]
     full: bool  # decoded every image (else read headers)
 
     def to_dict(self) -> dict[str, Any]:
@@ -50,7 +51,8 @@ class VerifyReport:
         return {"n_items": len(self.items), "n_usable": len(self.usable),
                 "classes": list(self.items.classes), "multi_label": self.items.multi_label,
                 "counts": counts, "balance": class_balance(counts),
-                "unreadable": self.unreadable, "checked": "decode" if self.full else "header"}
+                "unreadable": [s.to_json() for s in self.unreadable],
+                "checked": "decode" if self.full else "header"}
 
 
 def verify_items(items: Items, full: bool = True, threads: int | None = None,
@@ -66,6 +68,6 @@ def verify_items(items: Items, full: bool = True, threads: int | None = None,
             reasons.append(r)
             if progress is not None:
                 progress(1)
-    bad = [{"path": str(p), "reason": r} for p, r in zip(items.paths, reasons, strict=True) if r]
+    bad = [Skipped(str(p), r) for p, r in zip(items.paths, reasons, strict=True) if r]
     usable = items.subset([i for i, r in enumerate(reasons) if r is None])
     return VerifyReport(items, usable, bad, full)

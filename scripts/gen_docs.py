@@ -1,0 +1,48 @@
+"""Rewrite the generated tables in docs/ from the declarations they describe.
+
+    .venv/bin/python scripts/gen_docs.py
+
+Each table sits between `<!-- generated: NAME -->` and `<!-- end -->`; the tests check that
+the docs hold exactly what these functions produce."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tables() -> dict[tuple[str, str], str]:
+    """(doc file, block name) -> generated text."""
+    from imageclf.config import DataConfig, TrainConfig
+    from imageclf.data.cache import CacheIndex
+    from imageclf.meta import CalibrationInfo, OpenSetRule
+    from imageclf.records import record_markdown
+    from imageclf.rundir import RunMetrics
+    from imageclf.serve import ServeConfig
+    from imageclf.settings import settings_markdown
+
+    out = {("settings.md", "settings"): settings_markdown(DataConfig, TrainConfig, ServeConfig),
+           ("run-directory.md", "metrics"): record_markdown(RunMetrics),
+           ("run-directory.md", "cache"): record_markdown(CacheIndex),
+           ("run-directory.md", "open_set"): record_markdown(OpenSetRule)
+           + "\n" + record_markdown(CalibrationInfo)}
+    return out
+
+
+def main() -> int:
+    for (doc, name), text in tables().items():
+        path = ROOT / "docs" / doc
+        src = path.read_text()
+        block = re.compile(rf"(<!-- generated: {re.escape(name)} -->\n).*?(<!-- end -->)", re.S)
+        if not block.search(src):
+            print(f"{path}: no block <!-- generated: {name} -->", file=sys.stderr)
+            return 1
+        path.write_text(block.sub(lambda m, t=text: m.group(1) + t + m.group(2), src))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
