@@ -18,14 +18,17 @@ def tables() -> dict[tuple[str, str], str]:
     """(doc file, block name) -> generated text."""
     from imageclf.config import DataConfig, TrainConfig
     from imageclf.data.cache import CacheIndex
+    from imageclf.lr_sweep import LRFindResult
     from imageclf.meta import CalibrationInfo, OpenSetRule
     from imageclf.records import record_markdown
-    from imageclf.rundir import RunMetrics
+    from imageclf.rundir import RunClaim, RunMetrics
     from imageclf.serve import ServeConfig
     from imageclf.settings import settings_markdown
 
     out = {("settings.md", "settings"): settings_markdown(DataConfig, TrainConfig, ServeConfig),
            ("run-directory.md", "metrics"): record_markdown(RunMetrics),
+           ("run-directory.md", "claim"): record_markdown(RunClaim)
+           + "\n" + record_markdown(LRFindResult),
            ("run-directory.md", "cache"): record_markdown(CacheIndex),
            ("run-directory.md", "open_set"): record_markdown(OpenSetRule)
            + "\n" + record_markdown(CalibrationInfo)}

@@ -47,7 +47,7 @@ def test_lr_sweep_grows_exponentially_and_stops_on_a_blow_up(learn):
     from imageclf.callbacks import LRSweep
 
     sweep = LRSweep(1e-5, 1e3, num_it=30)
-    learn._fit(10, [sweep], validate=False)
+    learn.loop(10, [sweep], validate=False)
     assert 3 <= len(sweep.lrs) <= 30
     ratios = [b / a for a, b in zip(sweep.lrs, sweep.lrs[1:], strict=False)]
     assert ratios == pytest.approx([ratios[0]] * len(ratios))  # a constant factor per step

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from imageclf.config import AugConfig, DataConfig, TrainConfig
-from imageclf.learner import spread_lrs
 from imageclf.models import norm_params
 from imageclf.runs import build_learner
+from imageclf.schedules import spread_lrs
 
 
 def test_freeze_keeps_body_except_norm_layers_bit_identical(learn):
@@ -75,7 +75,7 @@ def test_compiled_training_matches_eager(folder_dataset: Path):
     unfreezing; the run follows the eager one and the model keeps its plain keys."""
     from torch._dynamo.eval_frame import OptimizedModule
 
-    from imageclf.learner import fine_tune_plan
+    from imageclf.schedules import fine_tune_plan
 
     rows = {}
     for comp in (False, True):

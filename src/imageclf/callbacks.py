@@ -250,3 +250,11 @@ class PrintEpochs(Callback):
 
     def on_fit_end(self, learn: Learner) -> None:
         self._close()
+
+
+def in_notebook() -> bool:
+    """Running in a Jupyter kernel."""
+    import sys
+
+    shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
+    return type(shell).__name__ == "ZMQInteractiveShell"

@@ -1,12 +1,11 @@
-"""Learner: the training loop, fit, fit_one_cycle, fine_tune, lr_find, freeze/unfreeze."""
+"""Learner: the training loop, fit, fit_one_cycle, fine_tune, freeze/unfreeze (lr_find's
+sweep is lr_sweep.py, the recipes' phases schedules.py)."""
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,76 +13,24 @@ import numpy as np
 import torch
 
 from imageclf import metrics as M
-from imageclf.callbacks import Callback, History, LRSweep, OneCycle, PrintEpochs
+from imageclf.callbacks import Callback, History, LRSweep, OneCycle, PrintEpochs, in_notebook
 from imageclf.config import OptimConfig, RegConfig
 from imageclf.distributed import Dist
 from imageclf.ema import WeightEMA
 from imageclf.hardware import check_compiler, resolve_precision, tune_for_training
 from imageclf.losses import LossFn, class_weights, make_loss
-from imageclf.lr_finder import suggest
 from imageclf.models import Classifier, freeze, norm_params, param_groups, unfreeze
 from imageclf.progress import TrainProgress
+from imageclf.schedules import Phase, fine_tune_plan, spread_lrs
 from imageclf.smallconv import use_for_training
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from imageclf.interpret import Interpretation
+    from imageclf.lr_sweep import LRFindResult
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class LRFindResult:
-    """A finder sweep: rates, smoothed losses, and the four suggestions."""
-
-    lrs: list[float]
-    losses: list[float]
-    suggestions: dict[str, float]
-    images_per_step: int = 0  # the sweep's full steps (the last of an epoch may be short)
-
-    def plot(self, path: str | Path | None = None) -> Figure:
-        """The loss against the rate with the suggestions marked (saved when given a
-        path; a notebook shows the Figure inline)."""
-        from imageclf.plots import plot_lr_find
-
-        return plot_lr_find(self.lrs, self.losses, self.suggestions, path)
-
-
-@dataclass
-class Phase:
-    """One stretch of a training recipe: epochs at one-cycle (or constant) rates, with the
-    body frozen (True), unfrozen (False) or left as it is (None). Serialisable: a checkpoint
-    stores the plan so that a resumed run follows the same schedule."""
-
-    epochs: int
-    lr_max: list[float]
-    pct_start: float = 0.25
-    div: float = 25.0
-    div_final: float = 1e5
-    frozen: bool | None = None
-    constant: bool = False
-
-
-def fine_tune_plan(epochs: int, base_lr: float, n_groups: int, freeze_epochs: int = 1,
-                   lr_mult: float = 100.0, pct_start: float = 0.3, div: float = 5.0
-                   ) -> list[Phase]:
-    """fastai's fine_tune as phases."""
-    plan = []
-    if freeze_epochs > 0:
-        plan.append(Phase(freeze_epochs, spread_lrs(base_lr, n_groups), 0.99, frozen=True))
-    base_lr /= 2
-    plan.append(Phase(epochs, spread_lrs((base_lr / lr_mult, base_lr), n_groups), pct_start,
-                      div, frozen=False))
-    return plan
-
-
-def spread_lrs(lr: float | Sequence[float], n: int) -> list[float]:
-    """One rate for every group, or (low, high) spread log-evenly from first to last group."""
-    if isinstance(lr, int | float):
-        return [float(lr)] * n
-    lo, hi = float(lr[0]), float(lr[-1])
-    return [float(v) for v in np.geomspace(lo, hi, n)]
 
 
 class Learner:
@@ -292,8 +239,11 @@ class Learner:
         --ema is on, else the model itself."""
         return self.ema.module if self.ema is not None else self.model
 
-    def _fit(self, epochs: int, extra: Sequence[Callback] = (), validate: bool = True,
+    def loop(self, epochs: int, extra: Sequence[Callback] = (), validate: bool = True,
              start_batch: int = 0) -> None:
+        """The loop itself: `epochs` passes over the training split with `extra` callbacks
+        for this call (a schedule, the lr sweep), validating after each unless told not to;
+        the first pass starts at batch `start_batch`."""
         self._extra = list(extra)
         self.stop_training = False
         self._call("on_fit_start")
@@ -404,7 +354,7 @@ class Learner:
                                  phase.div_final, phase.pct_start)
                 sched.step = done * per_epoch + start_batch // self.accum
                 extra = [sched]
-            self._fit(phase.epochs - done, extra, start_batch=start_batch)
+            self.loop(phase.epochs - done, extra, start_batch=start_batch)
             start_batch = 0
             first += phase.epochs
             if self.stop_training:
@@ -413,45 +363,11 @@ class Learner:
     def lr_find(self, start_lr: float = 1e-7, end_lr: float = 10.0,
                 num_it: int = 100) -> LRFindResult:
         """Exponential sweep start→end over num_it optimiser steps, stopped when the
-        smoothed loss exceeds 4× its best; model, optimiser and RNG are restored afterwards,
-        in memory. Each step sees the images a training step will: `accum` batches, and
-        with several processes (the sweep runs on rank 0 alone) `accum × world_size` of
-        rank 0's batches, so the rate it finds is for the job's global batch."""
-        model_state = copy.deepcopy(self.model.state_dict())
-        opt_state = copy.deepcopy(self.opt.state_dict())
-        rng = torch.get_rng_state()
-        progress = self.progress.copy()
-        rows = list(self.history.rows)
-        sweep = LRSweep(start_lr, end_lr, num_it)
-        wrapped, self.train_model = self.train_model, self.model  # rank 0 alone: no DDP
-        accum, self.accum = self.accum, self.accum * self.dist.world_size
-        try:
-            steps = -(-len(self.dls.train) // self.accum)  # optimiser steps per epoch
-            epochs = -(-num_it // max(steps, 1))
-            self._fit(epochs, [sweep], validate=False)
-        finally:
-            self.model.load_state_dict(model_state)
-            self.opt.load_state_dict(opt_state)
-            torch.set_rng_state(rng)
-            self.progress = progress
-            self.history.rows = rows
-            self.history.clear_batches()
-            self.train_model = wrapped  # not rebuilt: building DDP is collective
-            self.accum = accum
-        n = len(sweep.losses)
-        # the last points are the blow-up that stopped the sweep: not candidates
-        lrs, losses = sweep.lrs[:n], sweep.losses
-        keep = max(3, n - 1) if n > 5 else n
-        return LRFindResult(lrs, losses, suggest(lrs[:keep], losses[:keep]),
-                            max(sweep.step_images, default=0))
+        smoothed loss exceeds 4× its best; model, optimiser and RNG are restored afterwards
+        (lr_sweep.sweep)."""
+        from imageclf.lr_sweep import sweep
 
-
-def in_notebook() -> bool:
-    """Running in a Jupyter kernel."""
-    import sys
-
-    shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
-    return type(shell).__name__ == "ZMQInteractiveShell"
+        return sweep(self, start_lr, end_lr, num_it)
 
 
 def set_seed(seed: int) -> None:

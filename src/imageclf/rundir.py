@@ -24,11 +24,22 @@ if TYPE_CHECKING:
     import torch
 
     from imageclf.interpret import Interpretation
-    from imageclf.learner import Learner, LRFindResult
+    from imageclf.learner import Learner
+    from imageclf.lr_sweep import LRFindResult
 
 CLAIM = "run.json"  # created exclusively before any work: the directory belongs to one run
 # what a run writes into its directory: finding one of them there means a run is there
 RUN_FILES = (CLAIM, "config.json", "checkpoints", "model", "metrics.json")
+
+
+@dataclass(frozen=True)
+class RunClaim(Record):
+    """run.json: the claim on a run directory, created exclusively before any work."""
+
+    started: str = doc("when the run started (ISO 8601, local time with offset)")
+    host: str = doc("the machine's name")
+    pid: int = doc("the process id of rank 0")
+    imageclf: str = doc("the imageclf version")
 
 
 @dataclass(frozen=True)
@@ -152,10 +163,10 @@ def _claim(path: Path, overwrite: bool) -> Path:
     except OSError as e:
         raise ConfigError(f"--out {path} is not writable ({e.strerror}); choose another "
                           "folder") from e
+    claim = RunClaim(dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+                     socket.gethostname(), os.getpid(), __version__)
     with os.fdopen(fd, "w") as f:
-        json.dump({"started": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-                   "host": socket.gethostname(), "pid": os.getpid(), "imageclf": __version__},
-                  f, indent=2)
+        json.dump(claim.to_json(), f, indent=2)
         f.write("\n")
     return path
 
@@ -206,9 +217,7 @@ def write_lr_find(out: Path, res: LRFindResult) -> None:
     """lr_find.json (the curve and suggestions) and lr_find.png."""
     from imageclf.plots import plot_lr_find
 
-    write_json(out / "lr_find.json", {"lrs": res.lrs, "losses": res.losses,
-                                      "suggestions": res.suggestions,
-                                      "images_per_step": res.images_per_step}, sort_keys=True)
+    write_json(out / "lr_find.json", res.to_json(), sort_keys=True)
     plot_lr_find(res.lrs, res.losses, res.suggestions, out / "lr_find.png")
 
 

@@ -25,11 +25,13 @@ from imageclf.data.loader import DataLoaders
 from imageclf.distributed import Dist
 from imageclf.errors import ConfigError, ImageclfError
 from imageclf.hardware import resolve_precision
-from imageclf.learner import Learner, LRFindResult, Phase, fine_tune_plan, set_seed, spread_lrs
+from imageclf.learner import Learner, set_seed
 from imageclf.lr_finder import LRChoice, resolve_rule
+from imageclf.lr_sweep import LRFindResult
 from imageclf.metrics import check_metric
 from imageclf.models import check_arch, create_model
 from imageclf.rundir import RunMetrics
+from imageclf.schedules import Phase, fine_tune_plan, spread_lrs
 from imageclf.settings import differences
 
 log = logging.getLogger(__name__)

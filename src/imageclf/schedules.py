@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
 
 
 def cos_anneal(start: float, end: float, pct: float) -> float:
@@ -34,3 +38,39 @@ def one_cycle_mom(pct: float, moms: tuple[float, float, float] = (0.95, 0.85, 0.
 def exp_sweep(i: int, n: int, start: float = 1e-7, end: float = 10.0) -> float:
     """Exponentially growing rate for the lr finder: start at i=0, end at i=n-1."""
     return start * (end / start) ** (i / max(n - 1, 1))
+
+
+@dataclass
+class Phase:
+    """One stretch of a training recipe: epochs at one-cycle (or constant) rates, with the
+    body frozen (True), unfrozen (False) or left as it is (None). Serialisable: a checkpoint
+    stores the plan so that a resumed run follows the same schedule."""
+
+    epochs: int
+    lr_max: list[float]
+    pct_start: float = 0.25
+    div: float = 25.0
+    div_final: float = 1e5
+    frozen: bool | None = None
+    constant: bool = False
+
+
+def fine_tune_plan(epochs: int, base_lr: float, n_groups: int, freeze_epochs: int = 1,
+                   lr_mult: float = 100.0, pct_start: float = 0.3, div: float = 5.0
+                   ) -> list[Phase]:
+    """fastai's fine_tune as phases."""
+    plan = []
+    if freeze_epochs > 0:
+        plan.append(Phase(freeze_epochs, spread_lrs(base_lr, n_groups), 0.99, frozen=True))
+    base_lr /= 2
+    plan.append(Phase(epochs, spread_lrs((base_lr / lr_mult, base_lr), n_groups), pct_start,
+                      div, frozen=False))
+    return plan
+
+
+def spread_lrs(lr: float | Sequence[float], n: int) -> list[float]:
+    """One rate for every group, or (low, high) spread log-evenly from first to last group."""
+    if isinstance(lr, int | float):
+        return [float(lr)] * n
+    lo, hi = float(lr[0]), float(lr[-1])
+    return [float(v) for v in np.geomspace(lo, hi, n)]

@@ -190,47 +190,57 @@ class BatchLoader:
             if self.train:
                 for _ in range(skip):
                     self._params(self.bs, g_aug)
-        q: queue.Queue = queue.Queue(maxsize=2)
-        stop = threading.Event()
+        for xb, yb in prefetch(self._batches(order, offsets, targets), self.device):
+            xb = xb.to(self.device, non_blocking=True)
+            yb = yb.to(self.device, non_blocking=True)
+            params = self._params(xb.shape[0], g_aug) if self.train else None
+            yield self.augment(xb, train=self.train, params=params), yb
 
-        def put(item: object) -> bool:
-            """Hand over one item unless the consumer has gone; False when it has."""
-            while not stop.is_set():
-                try:
-                    q.put(item, timeout=0.1)
-                    return True
-                except queue.Full:
-                    continue
-            return False
 
-        def produce() -> None:
+def prefetch(items: Iterator, device: torch.device, depth: int = 2) -> Iterator:
+    """`items` produced in a background thread, up to `depth` ahead of the consumer (the
+    host gathers the next batch while the device works on this one). An error there is
+    raised here; a consumer that stops early stops the thread."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        """Hand over one item unless the consumer has gone; False when it has."""
+        while not stop.is_set():
             try:
-                if self.device.type == "cuda":  # pin on this process's GPU, not on cuda:0
-                    torch.cuda.set_device(self.device)
-                for item in self._batches(order, offsets, targets):
-                    if not put(item):
-                        return
-                put(None)
-            except BaseException as e:  # noqa: BLE001 - handed to the consumer thread
-                put(e)
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
-        worker = threading.Thread(target=produce, daemon=True)
-        worker.start()
+    def produce() -> None:
         try:
-            while True:
-                item = q.get()
-                if item is None:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
-                xb, yb = item
-                xb = xb.to(self.device, non_blocking=True)
-                yb = yb.to(self.device, non_blocking=True)
-                params = self._params(xb.shape[0], g_aug) if self.train else None
-                yield self.augment(xb, train=self.train, params=params), yb
-        finally:
-            stop.set()
-            worker.join()
+            if device.type == "cuda":  # pin on this process's GPU, not on cuda:0
+                torch.cuda.set_device(device)
+            for item in items:
+                if not put(item):
+                    return
+            put(_END)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer thread
+            put(e)
+
+    worker = threading.Thread(target=produce, daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+
+
+_END = object()
 
 
 def targets_tensor(items: Items) -> torch.Tensor:
