@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def tables() -> dict[tuple[str, str], str]:
     """(doc file, block name) -> generated text."""
+    from imageclf.checkpoint import CheckpointInfo
     from imageclf.config import DataConfig, TrainConfig
     from imageclf.data.cache import CacheIndex
     from imageclf.lr_sweep import LRFindResult
@@ -30,6 +31,7 @@ def tables() -> dict[tuple[str, str], str]:
            ("run-directory.md", "claim"): record_markdown(RunClaim)
            + "\n" + record_markdown(LRFindResult),
            ("run-directory.md", "cache"): record_markdown(CacheIndex),
+           ("run-directory.md", "checkpoint"): record_markdown(CheckpointInfo),
            ("run-directory.md", "open_set"): record_markdown(OpenSetRule)
            + "\n" + record_markdown(CalibrationInfo)}
     return out

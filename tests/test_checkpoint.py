@@ -57,7 +57,7 @@ def test_damaged_or_missing_checkpoint_is_never_used(tmp_path: Path):
     (folder / "ckpt-0002-000003.safetensors.tmpabc").write_bytes(b"\0" * 100)
     assert checkpoint_position(read_checkpoint(folder)[0]) == (1, 0)
     # a damaged tensor file is refused by its recorded size/hash
-    f = folder / info["tensors"]
+    f = folder / info.tensors
     f.write_bytes(f.read_bytes()[:-10] + b"0123456789")
     with pytest.raises(DamagedFileError, match="damaged"):
         read_checkpoint(folder)
@@ -87,5 +87,5 @@ def test_a_format_1_checkpoint_still_reads(tmp_path: Path):
                   "lr_rule": lr["rule"], "lr_find": lr["suggestions"]}
     (folder / "last.json").write_text(json.dumps(old))
     got, tensors = read_checkpoint(folder)
-    assert got["progress"] == p and got["lr_choice"] == lr and tensors
+    assert got.progress == p and got.lr_choice == lr and got.format == 1 and tensors
     assert checkpoint_position(old) == checkpoint_position(got) == (1, 0)

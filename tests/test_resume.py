@@ -63,7 +63,7 @@ def test_sigterm_then_kill9_then_resume_matches_an_uninterrupted_run(data: Path,
     assert p.returncode == 143, err
     assert f"imageclf train --resume {run}" in err and "Traceback" not in err
     info, _ = read_checkpoint(run / "checkpoints")
-    p = info["progress"]
+    p = info.progress
     assert p["batch_in_epoch"] > 0 or p["epochs_done"] > 0
     if p["batch_in_epoch"]:  # the epoch so far, for its images/s once resumed
         assert p["epoch_images"] == 4 * p["batch_in_epoch"] and p["epoch_seconds"] > 0
@@ -84,7 +84,7 @@ def test_sigterm_then_kill9_then_resume_matches_an_uninterrupted_run(data: Path,
     # the images trained before each interruption still count (3 epochs x 3 classes x 20)
     done = read_checkpoint(run / "checkpoints")[0]
     ref_done = read_checkpoint(ref / "checkpoints")[0]
-    assert done["progress"]["train_images"] == ref_done["progress"]["train_images"] == 180
+    assert done.progress["train_images"] == ref_done.progress["train_images"] == 180
     # an epoch's seconds (training and validation) hold at least its training time, the part
     # before an interruption included
     for row in json.loads((run / "metrics.json").read_text())["history"]:

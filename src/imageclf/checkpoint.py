@@ -19,8 +19,9 @@ import random
 import signal
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -31,12 +32,41 @@ from imageclf.errors import DamagedFileError
 from imageclf.fileio import atomic_write, write_text
 from imageclf.lr_finder import LRChoice
 from imageclf.progress import TrainProgress
+from imageclf.records import Record, doc
 
 if TYPE_CHECKING:
     from imageclf.learner import Learner
 
 log = logging.getLogger(__name__)
 FORMAT = 2  # 2: counters under "progress", the rate under "lr_choice"
+
+
+@dataclass(frozen=True)
+class CheckpointInfo(Record):
+    """checkpoints/last.json: where training stands, and the tensor file that holds the
+    rest (written last, so it only ever names a complete tensor file)."""
+
+    format: int = doc("layout of this file (1: counters at the top level, read too)")
+    tensors: str = doc("the tensor file beside it: model, optimiser moments, RNG tensors")
+    size: int = doc("the tensor file's size in bytes")
+    sha256: str = doc("the tensor file's SHA-256")
+    progress: dict[str, Any] = doc("TrainProgress: epochs done, batch in epoch, images, "
+                                   "seconds")
+    time: float = doc("when it was written (Unix time)")
+    world_size: int = doc("processes of the job that wrote it", 1)
+    plan: list[dict[str, Any]] = doc("the recipe's phases (epochs, rates, frozen...)",
+                                     default_factory=list)
+    frozen: bool = doc("the body was frozen", False)
+    optimizer: dict[str, Any] = doc("the optimiser's param groups and non-tensor state",
+                                    default_factory=dict)
+    rng: dict[str, Any] = doc("numpy's and Python's generator state (torch's is a tensor)",
+                              default_factory=dict)
+    history: dict[str, Any] = doc("History: epoch rows, per-batch losses and rates",
+                                  default_factory=dict)
+    cache: dict[str, str] = doc("the presize cache keys of both splits: the same data",
+                                default_factory=dict)
+    lr_choice: dict[str, Any] | None = doc("LRChoice: the rate, its rule, the suggestions",
+                                           None)
 
 
 def _sha256(path: Path) -> str:
@@ -104,20 +134,16 @@ def save_checkpoint(learn: Learner, folder: Path, lr: LRChoice | None = None) ->
     name = f"ckpt-{epoch:04d}-{batch:06d}.safetensors"
     atomic_write(folder / name, lambda p: save_file(tensors, p))
     py_state = random.getstate()
-    info = {
-        "format": FORMAT, "tensors": name, "size": (folder / name).stat().st_size,
-        "sha256": _sha256(folder / name), "progress": progress, "time": time.time(),
-        "world_size": learn.dist.world_size,
-        "plan": [dataclasses.asdict(p) for p in learn.plan],
-        "frozen": not all(p.requires_grad for p in learn.model.parameters()),
-        "optimizer": opt_info,
-        "rng": {"numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
-                "python": [py_state[0], list(py_state[1]), py_state[2]]},
-        "history": learn.history.state(),
-        "cache": {"train": learn.dls.train.cache.key, "valid": learn.dls.valid.cache.key},
-        "lr_choice": lr.to_dict() if lr is not None else None,
-    }
-    write_text(folder / "last.json", json.dumps(info, indent=1) + "\n")
+    info = CheckpointInfo(
+        FORMAT, name, (folder / name).stat().st_size, _sha256(folder / name), progress,
+        time.time(), learn.dist.world_size, [dataclasses.asdict(p) for p in learn.plan],
+        not all(p.requires_grad for p in learn.model.parameters()), opt_info,
+        {"numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
+         "python": [py_state[0], list(py_state[1]), py_state[2]]},
+        learn.history.state(),
+        {"train": learn.dls.train.cache.key, "valid": learn.dls.valid.cache.key},
+        lr.to_dict() if lr is not None else None)
+    write_text(folder / "last.json", json.dumps(info.to_json(), indent=1) + "\n")
     for old in folder.glob("ckpt-*.safetensors"):  # only the newest is kept
         if old.name != name:
             old.unlink(missing_ok=True)
@@ -133,37 +159,41 @@ def _upgrade(info: dict) -> dict:
                 "epoch_images": info.get("epoch_images", 0),
                 "epoch_seconds": info.get("epoch_seconds", 0.0)}
     lr = {"lr": info["lr"], "rule": info.get("lr_rule"), "suggestions": info.get("lr_find")}
-    return info | {"progress": progress, "lr_choice": lr}
+    moved = ("epoch", "batch", "train_images", "train_seconds", "epoch_images",
+             "epoch_seconds", "lr", "lr_rule", "lr_find", "mid_epoch")
+    kept = {k: v for k, v in info.items() if k not in moved}
+    return kept | {"format": 1, "progress": progress, "lr_choice": lr}
 
 
-def checkpoint_position(info: dict) -> tuple[int, int]:
-    """(epochs done, batches done in the next epoch) of a checkpoint's last.json."""
-    p = _upgrade(info)["progress"]
+def checkpoint_position(info: CheckpointInfo | dict) -> tuple[int, int]:
+    """(epochs done, batches done in the next epoch) of a checkpoint (or its parsed
+    last.json)."""
+    p = info.progress if isinstance(info, CheckpointInfo) else _upgrade(info)["progress"]
     return p["epochs_done"], p["batch_in_epoch"]
 
 
-def read_checkpoint(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+def read_checkpoint(folder: Path) -> tuple[CheckpointInfo, dict[str, torch.Tensor]]:
     """(info, tensors) of the last complete checkpoint; a clear error when there is none."""
     last = folder / "last.json"
     if not last.exists():
         raise DamagedFileError(f"--resume: no checkpoint in {folder} (last.json is missing); "
                                "the run stopped before its first checkpoint")
     try:
-        info = _upgrade(json.loads(last.read_text()))
-        tensor_file = folder / info["tensors"]
-        TrainProgress.from_dict(info["progress"])
-    except (ValueError, KeyError, TypeError) as e:
+        info = CheckpointInfo.from_json(_upgrade(json.loads(last.read_text())), str(last))
+        tensor_file = folder / info.tensors
+        TrainProgress.from_dict(info.progress)
+    except (ValueError, KeyError, TypeError, DamagedFileError) as e:
         raise DamagedFileError(f"--resume: {last} is damaged ({type(e).__name__}: {e})") from e
-    if Path(info["tensors"]).name != info["tensors"] or not tensor_file.exists():
-        raise DamagedFileError(f"--resume: {last} names {info['tensors']!r}, which is not in "
+    if Path(info.tensors).name != info.tensors or not tensor_file.exists():
+        raise DamagedFileError(f"--resume: {last} names {info.tensors!r}, which is not in "
                                f"{folder}")
-    if tensor_file.stat().st_size != info["size"] or _sha256(tensor_file) != info["sha256"]:
+    if tensor_file.stat().st_size != info.size or _sha256(tensor_file) != info.sha256:
         raise DamagedFileError(f"--resume: {tensor_file} does not match its record in {last} "
                                "(size or SHA-256); the checkpoint is damaged")
     return info, load_file(tensor_file)
 
 
-def restore(learn: Learner, info: dict, tensors: dict[str, torch.Tensor],
+def restore(learn: Learner, info: CheckpointInfo, tensors: dict[str, torch.Tensor],
             restart_epoch: bool = False) -> None:
     """Put model, optimiser, RNGs, counters and history back as the checkpoint had them.
     `restart_epoch`: a mid-epoch checkpoint continues from its epoch's start, the record of
@@ -176,22 +206,22 @@ def restore(learn: Learner, info: dict, tensors: dict[str, torch.Tensor],
             raise DamagedFileError("this checkpoint has no moving average of the weights, "
                                    "but the run uses --ema")
         learn.ema.load_state_dict(ema)
-    if info.get("frozen"):
+    if info.frozen:
         learn.freeze()
     else:
         learn.unfreeze()
-    _load_opt(learn.opt, tensors, info["optimizer"])
+    _load_opt(learn.opt, tensors, info.optimizer)
     torch.set_rng_state(tensors["rng.torch"])
     if "rng.cuda" in tensors and learn.device.type == "cuda":
         torch.cuda.set_rng_state(tensors["rng.cuda"], learn.device)
-    kind, pos, has_gauss, gauss = info["rng"]["numpy"]
+    kind, pos, has_gauss, gauss = info.rng["numpy"]
     np.random.set_state((kind, tensors["rng.numpy"].numpy().astype(np.uint32), pos, has_gauss,
                          gauss))
-    v, state, g = info["rng"]["python"]
+    v, state, g = info.rng["python"]
     random.setstate((v, tuple(state), g))
-    learn.progress = TrainProgress.from_dict(info["progress"])
+    learn.progress = TrainProgress.from_dict(info.progress)
     batch = learn.progress.batch_in_epoch
-    history = dict(info["history"])
+    history = dict(info.history)
     if restart_epoch and batch:  # the epoch's first steps are dropped: so is their count
         learn.progress.restart_epoch()
         history["batch_losses"] = history["batch_losses"][:-batch]

@@ -14,7 +14,7 @@ import torch
 
 from imageclf import openset
 from imageclf.config import DataSource
-from imageclf.data.sources import list_images, resolve
+from imageclf.data.sources import Items, list_images, resolve
 from imageclf.errors import ConfigError, DataError
 from imageclf.interpret import Interpretation, map_targets, write_pictures
 from imageclf.meta import CalibrationInfo, ModelMeta, OodFigures, OpenSetRule
@@ -218,34 +218,15 @@ def calibrate(predictor: Predictor, data: DataSource | str | Path, keep: float =
         score = openset.default_score(predictor.multi_label)
     candidates = list(allowed) if score == "auto" else ([score] if score else [])
     needs_stats = any(c in openset.FEATURE_SCORES for c in candidates)
-    stats = None
-    if needs_stats:
-        if not train_idx:
-            raise DataError(f"{data} has no training images: knn and mahalanobis need them")
-        # at most bank_rows training images, an equal share per class: the cost of
-        # calibrating stays bounded on a large data set
-        train_idx = subsample_per_class(train_idx, [items.labels[i] for i in train_idx],
-                                        bank_rows)
-        train = run_images(predictor, [items.paths[i] for i in train_idx], bs=bs,
-                           features=True, what=f"training images in {data}")
-        labels = _labels_of([items.labels[train_idx[i]] for i in train.kept])
-        # labels in the model's order; -1 (an image with no class) indexes the last entry
-        model_index = {c: i for i, c in enumerate(predictor.classes)}
-        remap = torch.tensor([model_index.get(c, -1) for c in items.classes] + [-1])
-        stats = OpenSetStats.fit(train.outputs.features, remap[labels],
-                                 len(predictor.classes), bank_rows)
+    stats = _training_stats(predictor, items, train_idx, bank_rows, bs) if needs_stats \
+        else None
     valid = run_images(predictor, [items.paths[i] for i in valid_idx], bs=bs,
                        features=needs_stats, what=f"validation images in {data}")
     if stats is not None:  # the fused score is standardised on the known images
         stats.fit_fusion(valid.outputs.logits, valid.outputs.features, predictor.multi_label)
     valid_targets = targets[torch.tensor([valid_idx[i] for i in valid.kept])]
-    thresholds = None
-    if predictor.multi_label:
-        probs = valid.outputs.logits.sigmoid()
-        thresholds = []
-        for c in range(len(predictor.classes)):
-            pos = probs[valid_targets[:, c] > 0.5, c]
-            thresholds.append(openset.threshold_for(pos, keep) if len(pos) else 0.5)
+    thresholds = (class_thresholds(valid.outputs.logits.sigmoid(), valid_targets, keep)
+                  if predictor.multi_label else None)
     known = openset.score_outputs(candidates, valid.outputs, stats, k)
     figures = hist = None
     if ood is not None:
@@ -263,6 +244,34 @@ def calibrate(predictor: Predictor, data: DataSource | str | Path, keep: float =
                        k, {"folder": str(ood), "n": len(hist[1]), "scores": figures}
                        if figures is not None else None,
                        stats.only(score) if stats is not None else None, hist)
+
+
+def _training_stats(predictor: Predictor, items: Items, train_idx: list[int], bank_rows: int,
+                    bs: int) -> OpenSetStats:
+    """knn's bank and mahalanobis's class means and precision from at most `bank_rows`
+    training images, an equal share per class (the cost of calibrating stays bounded on a
+    large data set)."""
+    if not train_idx:
+        raise DataError("the data has no training images: knn and mahalanobis need them")
+    train_idx = subsample_per_class(train_idx, [items.labels[i] for i in train_idx], bank_rows)
+    train = run_images(predictor, [items.paths[i] for i in train_idx], bs=bs, features=True,
+                       what="training images")
+    labels = _labels_of([items.labels[train_idx[i]] for i in train.kept])
+    # labels in the model's order; -1 (an image with no class) indexes the last entry
+    model_index = {c: i for i, c in enumerate(predictor.classes)}
+    remap = torch.tensor([model_index.get(c, -1) for c in items.classes] + [-1])
+    return OpenSetStats.fit(train.outputs.features, remap[labels], len(predictor.classes),
+                            bank_rows)
+
+
+def class_thresholds(probs: torch.Tensor, targets: torch.Tensor, keep: float) -> list[float]:
+    """Multi-label: per class, the sigmoid threshold that keeps `keep` of the validation
+    images that have it (0.5 for a class none has)."""
+    out = []
+    for c in range(probs.shape[1]):
+        pos = probs[targets[:, c] > 0.5, c]
+        out.append(openset.threshold_for(pos, keep) if len(pos) else 0.5)
+    return out
 
 
 def write_calibration(folder: str | Path, chosen: Calibration) -> Path:

@@ -6,9 +6,13 @@ import base64
 import json
 from html import escape
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from imageclf.errors import DamagedFileError
 from imageclf.fileio import write_text
+
+if TYPE_CHECKING:
+    from imageclf.rundir import RunMetrics
 
 CSS = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -115,47 +119,13 @@ def build_report(run_dir: str | Path) -> Path:
     m = read_metrics(run)
     config = _read_json(run / "config.json") or {}
     interp = _read_json(run / "interpretation.json") or {}
-    acc = m.accuracy
-    kpis = [("valid accuracy", f"{acc:.1%}" if isinstance(acc, float) else "-"),
-            ("valid loss", _fmt(m.final.get("valid_loss", "-"))),
-            ("epochs", _fmt(m.epochs)),
-            ("training time", f"{m.train_seconds:.0f} s"),
-            ("images/s", f"{m.train_img_per_s:.0f}"),
-            ("images per step", _fmt(m.global_batch)),
-            ("processes", _fmt(m.processes)),
-            ("precision", _fmt(f"{m.precision} on {m.device}"))]
-    if m.watched.name not in ("valid_accuracy", "accuracy_multi"):
-        kpis.insert(0, (f"{m.watched.name} (watched)", _fmt(m.watched.last)))
-    kpis += [(k.replace("_", " "), _fmt(interp[k])) for k in SET_METRICS
-             if isinstance(interp.get(k), float)]
     parts = [f"<h1>imageclf run: {escape(run.resolve().name)}</h1>",
-             "".join(f'<span class="kpi">{escape(k)}<b>{v}</b></span>' for k, v in kpis)]
-    parts.append("<h2>Learning-rate finder</h2>")
-    if m.lr_find:
-        parts.append("<p>Suggestions: " + ", ".join(f"{escape(k)} {v:.2e}" for k, v in
-                                                     m.lr_find.items())
-                     + f"; used {m.lr:.2e}"
-                     + (f" ({escape(m.lr_rule)})" if m.lr_rule else "") + ".</p>")
-        parts.append(_img(run / "lr_find.png", "lr_find plot"))
-    else:
-        given = _fmt(m.lr, "lr")
-        parts.append(f"<p>Not run: the learning rate was given ({given}).</p>")
+             "".join(f'<span class="kpi">{escape(k)}<b>{v}</b></span>'
+                     for k, v in _kpis(m, interp))]
+    parts += _lr_section(run, m)
     parts += ["<h2>Losses</h2>", _img(run / "losses.png", "loss curves"),
               "<h2>Per epoch</h2>", _table(m.history)]
-    if interp:
-        parts.append("<h2>Confusion matrix</h2>")
-        parts.append(_img(run / "confusion_matrix.png", "confusion matrix")
-                     if not interp.get("multi_label") else
-                     "<p><i>multi-label model: see per-class scores</i></p>")
-        parts += ["<h2>Most confused (actual → predicted)</h2>",
-                  _table(interp.get("most_confused", [])[:30], ("actual", "predicted"),
-                         ["actual", "predicted", "count"]),
-                  "<h2>Top losses</h2>",
-                  "<p>Titles: predicted/actual, then loss / probability.</p>",
-                  _img(run / "top_losses.png", "top losses"),
-                  "<h2>Per class</h2>", _table(interp.get("per_class", []), ("class",),
-                                                 ["class", "precision", "recall", "f1", "support"]
-                                                 + (["ap"] if interp.get("multi_label") else []))]
+    parts += _interpretation_section(run, interp)
     parts += _balance_section(m.class_counts)
     parts += _open_set_section(run / "model")
     skipped = [s.to_json() for s in m.skipped_files]
@@ -168,3 +138,52 @@ def build_report(run_dir: str | Path) -> Path:
     out = run / "report.html"
     write_text(out, html)
     return out
+
+
+def _kpis(m: RunMetrics, interp: dict) -> list[tuple[str, str]]:
+    """The headline figures: (label, formatted value)."""
+    acc = m.accuracy
+    kpis = [("valid accuracy", f"{acc:.1%}" if isinstance(acc, float) else "-"),
+            ("valid loss", _fmt(m.final.get("valid_loss", "-"))),
+            ("epochs", _fmt(m.epochs)),
+            ("training time", f"{m.train_seconds:.0f} s"),
+            ("images/s", f"{m.train_img_per_s:.0f}"),
+            ("images per step", _fmt(m.global_batch)),
+            ("processes", _fmt(m.processes)),
+            ("precision", _fmt(f"{m.precision} on {m.device}"))]
+    if m.watched.name not in ("valid_accuracy", "accuracy_multi"):
+        kpis.insert(0, (f"{m.watched.name} (watched)", _fmt(m.watched.last)))
+    return kpis + [(k.replace("_", " "), _fmt(interp[k])) for k in SET_METRICS
+                   if isinstance(interp.get(k), float)]
+
+
+def _lr_section(run: Path, m: RunMetrics) -> list[str]:
+    """The finder's suggestions and plot, or the rate given."""
+    parts = ["<h2>Learning-rate finder</h2>"]
+    if m.lr_find:
+        parts.append("<p>Suggestions: " + ", ".join(f"{escape(k)} {v:.2e}" for k, v in
+                                                     m.lr_find.items())
+                     + f"; used {m.lr:.2e}"
+                     + (f" ({escape(m.lr_rule)})" if m.lr_rule else "") + ".</p>")
+        parts.append(_img(run / "lr_find.png", "lr_find plot"))
+    else:
+        parts.append(f"<p>Not run: the learning rate was given ({_fmt(m.lr, 'lr')}).</p>")
+    return parts
+
+
+def _interpretation_section(run: Path, interp: dict) -> list[str]:
+    """Confusion matrix, most confused pairs, top losses and per-class scores."""
+    if not interp:
+        return []
+    multi = interp.get("multi_label")
+    return ["<h2>Confusion matrix</h2>",
+            _img(run / "confusion_matrix.png", "confusion matrix") if not multi else
+            "<p><i>multi-label model: see per-class scores</i></p>",
+            "<h2>Most confused (actual → predicted)</h2>",
+            _table(interp.get("most_confused", [])[:30], ("actual", "predicted"),
+                   ["actual", "predicted", "count"]),
+            "<h2>Top losses</h2>", "<p>Titles: predicted/actual, then loss / probability.</p>",
+            _img(run / "top_losses.png", "top losses"),
+            "<h2>Per class</h2>", _table(interp.get("per_class", []), ("class",),
+                                           ["class", "precision", "recall", "f1", "support"]
+                                           + (["ap"] if multi else []))]

@@ -182,11 +182,11 @@ def resume_run(run_dir: str | Path, ctx: RunContext | None = None) -> RunResult:
     _check_extras(train)
     learn = build_learner(data, train, ctx)
     keys = {"train": learn.dls.train.cache.key, "valid": learn.dls.valid.cache.key}
-    if keys != info["cache"]:
+    if keys != info.cache:
         raise ConfigError(f"--resume {run}: the data or its presize settings changed since the "
                           "checkpoint (cache key differs); start a new run instead")
     epoch, batch = checkpoint_position(info)
-    was, now = info.get("world_size", 1), dist.world_size
+    was, now = info.world_size, dist.world_size
     restart_epoch = was != now and batch > 0
     if was != now and dist.is_main:
         per = data.bs * train.optim.accum_steps
@@ -195,10 +195,10 @@ def resume_run(run_dir: str | Path, ctx: RunContext | None = None) -> RunResult:
                     per * was, f", and epoch {epoch} starts again from its beginning "
                     "(its batches are dealt out differently)" if restart_epoch else "")
     restore(learn, info, tensors, restart_epoch)
-    plan = [Phase(**p) for p in info["plan"]]
+    plan = [Phase(**p) for p in info.plan]
     start = (epoch, 0 if restart_epoch else batch)
     log.info("resuming %s at epoch %d, batch %d", run, *start)
-    lr = LRChoice.from_dict(info["lr_choice"])
+    lr = LRChoice.from_dict(info.lr_choice)
     return _train(_Job(learn, run, plan, lr, time.perf_counter(), train, start), ctx)
 
 

@@ -128,10 +128,10 @@ class BodyTooLarge(Exception):
     """The request body passed the upload limit while it was being read."""
 
 
-class _Limits:
-    """Refuses bodies over `max_bytes` (413) by their Content-Length, or while streaming
-    when there is none, without reading the rest; checks the token; writes one access-log
-    line per request."""
+class _Gate:
+    """The ASGI layer every HTTP request passes: the token check (401), the body limit
+    (413, by Content-Length, or while streaming when there is none, without reading the
+    rest), and one access-log line per request."""
 
     def __init__(self, app: Any, max_bytes: int, token: str | None) -> None:
         self.app, self.max_bytes, self.token = app, max_bytes, token
@@ -254,7 +254,14 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None, *,
 
         app.add_middleware(CORSMiddleware, allow_origins=[cfg.cors_origin],
                            allow_methods=["GET", "POST"], allow_headers=["Authorization"])
-    app.add_middleware(_Limits, max_bytes=int(cfg.max_upload_mb * 2**20), token=cfg.token)
+    app.add_middleware(_Gate, max_bytes=int(cfg.max_upload_mb * 2**20), token=cfg.token)
+    _add_error_handlers(app)
+    _add_routes(app, folder, cfg, decoders)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error a JSON {"error": ...} with its status; tracebacks only in the log."""
 
     @app.exception_handler(HTTPException)
     async def http_error(_r: Request, e: HTTPException) -> JSONResponse:
@@ -272,6 +279,12 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None, *,
     async def internal(_r: Request, e: Exception) -> JSONResponse:
         log.exception("error serving %s", _r.url.path)  # the traceback stays in the log
         return _error(500, "internal error; the server log has the details")
+
+
+def _add_routes(app: FastAPI, folder: Path, cfg: ServeConfig, decoders: ThreadPoolExecutor
+                ) -> None:
+    """The page, /health, /model and POST /predict over app.state's predictor and batcher."""
+    predictor, batcher = app.state.predictor, app.state.batcher
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
@@ -314,8 +327,6 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None, *,
         status = 200 if answers else 422  # nothing could be read: the client's data
         return JSONResponse([r.to_dict() for r in results], status_code=status,
                             headers={"Server-Timing": f"total;dur={ms:.1f}"})
-
-    return app
 
 
 def _load(predictor: Predictor, data: bytes) -> torch.Tensor | str:
