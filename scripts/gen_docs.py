@@ -19,6 +19,7 @@ def tables() -> dict[tuple[str, str], str]:
     from imageclf.checkpoint import CheckpointInfo
     from imageclf.config import DataConfig, TrainConfig
     from imageclf.data.cache import CacheIndex
+    from imageclf.interpret import InterpretationRecord
     from imageclf.lr_sweep import LRFindResult
     from imageclf.meta import CalibrationInfo, OpenSetRule
     from imageclf.records import record_markdown
@@ -32,6 +33,7 @@ def tables() -> dict[tuple[str, str], str]:
            + "\n" + record_markdown(LRFindResult),
            ("run-directory.md", "cache"): record_markdown(CacheIndex),
            ("run-directory.md", "checkpoint"): record_markdown(CheckpointInfo),
+           ("run-directory.md", "interpretation"): record_markdown(InterpretationRecord),
            ("run-directory.md", "open_set"): record_markdown(OpenSetRule)
            + "\n" + record_markdown(CalibrationInfo)}
     return out

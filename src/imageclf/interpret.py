@@ -3,6 +3,7 @@ losses. Works on (probabilities, targets) from any source: a learner or a Predic
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 
 from imageclf import metrics as M
 from imageclf.errors import ConfigError, DataError
-from imageclf.records import Skipped
+from imageclf.records import Record, Skipped, doc
 
 
 def most_confused(cm: torch.Tensor, classes: Sequence[str], min_count: int = 1
@@ -142,18 +143,62 @@ class Interpretation:
         return (f"{self.classes[p]}/{self.classes[int(self.targets[i])]}\n"
                 f"{float(self.losses[i]):.2f} / {float(self.probs[i, p]):.2f}")
 
+    def record(self) -> InterpretationRecord:
+        """What interpretation.json (and `evaluate --json`) hold."""
+        return InterpretationRecord(
+            self.scores(), self.n, self.accuracy(),
+            float(self.losses.mean()) if self.n else float("nan"), self.multi_label,
+            list(self.classes), self.per_class(),
+            [Confused(a, p, c) for a, p, c in self.most_confused()], list(self.skipped),
+            None if self.multi_label else self.confusion_matrix().tolist())
+
     def summary(self) -> dict:
-        """The JSON of `imageclf evaluate`."""
-        out = {"n": self.n, "accuracy": self.accuracy(),
-               "loss": float(self.losses.mean()) if self.n else float("nan"),
-               "multi_label": self.multi_label, "classes": self.classes,
-               **self.scores(), "per_class": self.per_class(),
-               "most_confused": [{"actual": a, "predicted": p, "count": c}
-                                 for a, p, c in self.most_confused()],
-               "skipped_files": [s.to_json() for s in self.skipped]}
-        if not self.multi_label:
-            out["confusion_matrix"] = self.confusion_matrix().tolist()
-        return out
+        """The JSON of `imageclf evaluate` and interpretation.json."""
+        return self.record().to_json()
+
+
+@dataclass(frozen=True)
+class Confused(Record):
+    """A pair of classes the model mixes up."""
+
+    actual: str = doc("the true class")
+    predicted: str = doc("what the model answered")
+    count: int = doc("images")
+
+
+@dataclass(frozen=True)
+class InterpretationRecord(Record):
+    """interpretation.json: the validation split's interpretation. `scores` is stored flat
+    at the top of the object (macro_f1, balanced_accuracy, top5_accuracy; multi-label: mAP,
+    macro_f1, exact_match)."""
+
+    scores: dict[str, float] = doc("the whole-set metrics, at the top level")
+    n: int = doc("images evaluated")
+    accuracy: float = doc("top-1 accuracy (multi-label: right decisions per image and class)")
+    loss: float = doc("mean loss")
+    multi_label: bool = doc("independent sigmoids")
+    classes: list[str] = doc("the model's classes, in output order")
+    per_class: list[dict[str, float]] = doc("per class: precision, recall, f1, support (ap)")
+    most_confused: list[Confused] = doc("the pairs most often mixed up, most first")
+    skipped_files: list[Skipped] = doc("unreadable files, left out")
+    confusion_matrix: list[list[int]] | None = doc("rows actual, columns predicted "
+                                                   "(single-label)", None)
+
+    def to_json(self) -> dict:
+        out = super().to_json()
+        if out["confusion_matrix"] is None:
+            del out["confusion_matrix"]
+        return out.pop("scores") | out
+
+    @classmethod
+    def from_json(cls, obj: object, where: str = "interpretation.json"
+                  ) -> InterpretationRecord:
+        if not isinstance(obj, dict):
+            return super().from_json(obj, where)
+        names = {f.name for f in dataclasses.fields(cls)}
+        return super().from_json({k: v for k, v in obj.items() if k in names}
+                                 | {"scores": {k: v for k, v in obj.items() if k not in names}},
+                                 where)
 
 
 def map_targets(labels: Sequence[Sequence[int]], data_classes: Sequence[str],
