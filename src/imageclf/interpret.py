@@ -3,7 +3,6 @@ losses. Works on (probabilities, targets) from any source: a learner or a Predic
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,6 +171,7 @@ class InterpretationRecord(Record):
     at the top of the object (macro_f1, balanced_accuracy, top5_accuracy; multi-label: mAP,
     macro_f1, exact_match)."""
 
+    flat = "scores"
     scores: dict[str, float] = doc("the whole-set metrics, at the top level")
     n: int = doc("images evaluated")
     accuracy: float = doc("top-1 accuracy (multi-label: right decisions per image and class)")
@@ -188,17 +188,7 @@ class InterpretationRecord(Record):
         out = super().to_json()
         if out["confusion_matrix"] is None:
             del out["confusion_matrix"]
-        return out.pop("scores") | out
-
-    @classmethod
-    def from_json(cls, obj: object, where: str = "interpretation.json"
-                  ) -> InterpretationRecord:
-        if not isinstance(obj, dict):
-            return super().from_json(obj, where)
-        names = {f.name for f in dataclasses.fields(cls)}
-        return super().from_json({k: v for k, v in obj.items() if k in names}
-                                 | {"scores": {k: v for k, v in obj.items() if k not in names}},
-                                 where)
+        return out
 
 
 def map_targets(labels: Sequence[Sequence[int]], data_classes: Sequence[str],

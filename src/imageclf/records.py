@@ -12,7 +12,7 @@ import functools
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from imageclf.errors import DamagedFileError
 
@@ -75,11 +75,16 @@ def json_value(value: Any) -> Any:
 
 
 class Record:
-    """Base of the typed JSON records."""
+    """Base of the typed JSON records. `flat` names a dict field stored at the top level
+    of the object beside the others (metrics.json's last-epoch metrics): on reading, every
+    key that is not a field goes into it."""
+
+    flat: ClassVar[str | None] = None
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object."""
-        return {f.name: json_value(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        out = {f.name: json_value(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return out.pop(self.flat) | out if self.flat else out
 
     @classmethod
     def from_json(cls, obj: Any, where: str = "") -> Any:
@@ -90,6 +95,9 @@ class Record:
             raise DamagedFileError(f"{where}: expected a JSON object, got "
                                    f"{type(obj).__name__}")
         fields = {f.name: f for f in dataclasses.fields(cls)}
+        if cls.flat:
+            obj = {k: v for k, v in obj.items() if k in fields} | {
+                cls.flat: {k: v for k, v in obj.items() if k not in fields}}
         unknown = sorted(set(obj) - set(fields))
         missing = [n for n, f in fields.items() if n not in obj and f.default is MISSING
                    and f.default_factory is MISSING]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import dataclasses
 import datetime as dt
 import json
 import os
@@ -58,6 +57,7 @@ class RunMetrics(Record):
     object (train_loss, valid_loss, valid_accuracy, ... as the last epoch's row has
     them)."""
 
+    flat = "final"
     final: dict[str, float] = doc("the last epoch's losses and metrics, at the top level")
     epochs: int = doc("epochs trained")
     lr: float = doc("the rate trained at (the head's, when fine-tuning)")
@@ -90,19 +90,6 @@ class RunMetrics(Record):
             return self.metric
         name = "accuracy_multi" if "accuracy_multi" in self.final else "valid_accuracy"
         return Watched(name, self.accuracy)
-
-    def to_json(self) -> dict:
-        out = super().to_json()
-        return out.pop("final") | out
-
-    @classmethod
-    def from_json(cls, obj: object, where: str = "metrics.json") -> RunMetrics:
-        if not isinstance(obj, dict):
-            return super().from_json(obj, where)
-        names = {f.name for f in dataclasses.fields(cls)}
-        final = {k: v for k, v in obj.items() if k not in names}
-        return super().from_json({k: v for k, v in obj.items() if k in names}
-                                 | {"final": final}, where)
 
 
 def default_run_dir() -> Path:
