@@ -75,6 +75,10 @@ def load_model(folder: str | Path) -> tuple[torch.nn.Module, ModelMeta]:
         state = load_file(weights)
     except Exception as e:  # noqa: BLE001 - any damage to the file reads the same to a user
         raise DamagedFileError(f"{weights}: not a readable safetensors file ({e})") from e
+    from imageclf.timm_folder import from_timm_state, is_timm_layout
+
+    if is_timm_layout(state):  # a folder `export --timm` wrote: timm's own key names
+        state = from_timm_state(state, meta.arch)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

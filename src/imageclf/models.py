@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import difflib
 import logging
-import socket
 from pathlib import Path
 
 import timm
@@ -81,14 +80,6 @@ def check_arch(arch: str) -> None:
     raise ConfigError(f"--arch {arch!r} is not a timm architecture{hint}")
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    try:
-        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
 def _create(arch: str, use_hub: bool) -> nn.Module:
     """timm's model without classifier or pooling. Residual blocks start with their last
     norm at gamma 1, as torchvision and fastai do, not timm's zero: measured on Imagenette
@@ -104,10 +95,12 @@ def _create(arch: str, use_hub: bool) -> nn.Module:
 def create_body(arch: str, pretrained: str = "none") -> nn.Module:
     """A timm backbone returning feature maps, with weights from hub|none|PATH."""
     check_arch(arch)
+    from imageclf.hub import hub_endpoint, hub_reachable
+
     use_hub = pretrained == "hub"
-    if use_hub and not _hub_reachable():
+    if use_hub and not hub_reachable():
         raise ConfigError(
-            "--pretrained hub: the model hub (huggingface.co) cannot be reached. Point at a "
+            f"--pretrained hub: the model hub ({hub_endpoint()}) cannot be reached. Point at a "
             "local weights file (--pretrained weights.safetensors or .pth), an earlier run's "
             "model/ folder, or train from scratch with --pretrained none")
     body = _create(arch, use_hub)

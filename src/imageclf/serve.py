@@ -2,6 +2,7 @@
 pass.
 
 `create_app(model_dir)` returns the ASGI app (FastAPI); `imageclf serve` runs it on uvicorn.
+The Open Inference Protocol's routes (oip.py) answer through the same path.
 Uploads are decoded and presized in a thread pool, off the event loop, by the same code as
 `predict`; the model runs in one inference thread, which takes every image waiting (up to
 `max_batch`, after at most `max_wait_ms` for more) into one forward pass.
@@ -28,7 +29,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException
 
-from imageclf import __version__
+from imageclf import __version__, oip
 from imageclf.data.images import UnreadableImage
 from imageclf.errors import ConfigError, ImageclfError
 from imageclf.predict import Prediction, Predictor
@@ -37,7 +38,8 @@ from imageclf.settings import Settings, setting
 
 log = logging.getLogger(__name__)
 access = logging.getLogger("imageclf.serve.access")
-PUBLIC = ("/", "/health")  # open without the token: the page asks for it, probes need none
+# open without the token: the page asks for it, probes need none
+PUBLIC = ("/", "/health", *oip.PUBLIC)
 # metrics.json fields shown on the model card (never paths, history or skipped files)
 CARD_FINAL = ("valid_accuracy", "valid_loss", "accuracy_multi")
 CARD_METRICS = ("epochs", "lr", "lr_rule", "precision", "train_img_per_s")
@@ -204,6 +206,16 @@ class ServeConfig(Settings):
     tta: bool = setting(False, "Average flipped/zoomed views (4x compute).")
     size: int | None = setting(None, "Predict at this side (default: the model's).",
                                ge=8)
+    name: str | None = setting(None, "The model's name under /v2/models/ (default: the "
+                               "run's folder name).")
+
+
+def model_name(folder: Path, name: str | None = None) -> str:
+    """The name the server gives its model: `name`, or the run's folder (the model/
+    folder's own name when it is not inside a run)."""
+    if name:
+        return name
+    return folder.parent.name if (folder.parent / "metrics.json").exists() else folder.name
 
 
 def page() -> str:
@@ -211,10 +223,12 @@ def page() -> str:
     return importlib.resources.files("imageclf").joinpath("static/index.html").read_text()
 
 
-def model_card(predictor: Predictor, model_dir: Path, tta: bool = False) -> dict:
-    """GET /model: the public part of model.json, how it predicts here (the rule, side and
-    TTA in force), and the run's headline metrics."""
-    card = {k: v for k, v in predictor.meta.to_json().items() if k != "weights"}
+def model_card(predictor: Predictor, model_dir: Path, tta: bool = False,
+               name: str | None = None) -> dict:
+    """GET /model: its name, the public part of model.json, how it predicts here (the rule,
+    side and TTA in force), and the run's headline metrics."""
+    card = {"name": model_name(model_dir, name)}
+    card |= {k: v for k, v in predictor.meta.to_json().items() if k != "weights"}
     # the rule in force: --min-confidence may override the stored one
     card |= {"none_rule": predictor.rule.name, "none_threshold": predictor.rule.threshold,
              "metrics": None, "predict_size": predictor.size, "tta": tta}
@@ -230,7 +244,8 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None, *,
                device: str | torch.device = "cpu", precision: str = "auto",
                min_confidence: float | None = None) -> FastAPI:
     """The ASGI app serving the model in `model_dir` (a model/ folder or a run directory):
-    the page at /, POST /predict, GET /health, GET /model, OpenAPI docs at /docs."""
+    the page at /, POST /predict, GET /health, GET /model, the Open Inference Protocol
+    under /v2, OpenAPI docs at /docs."""
     cfg = config or ServeConfig()
     folder = resolve_model_dir(model_dir)
     predictor = Predictor(folder, device=device, precision=precision,
@@ -255,17 +270,25 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None, *,
         app.add_middleware(CORSMiddleware, allow_origins=[cfg.cors_origin],
                            allow_methods=["GET", "POST"], allow_headers=["Authorization"])
     app.add_middleware(_Gate, max_bytes=int(cfg.max_upload_mb * 2**20), token=cfg.token)
-    _add_error_handlers(app)
-    _add_routes(app, folder, cfg, decoders)
+    _add_error_handlers(app, cfg)
+    answer = _answerer(predictor, batcher, decoders, cfg.top_k)
+    _add_routes(app, folder, cfg, answer)
+    oip.add_v2_routes(app, model_name(folder, cfg.name), len(predictor.classes), cfg.top_k,
+                      predictor.rule.name is not None, cfg.max_files, answer)
     return app
 
 
-def _add_error_handlers(app: FastAPI) -> None:
+def _add_error_handlers(app: FastAPI, cfg: ServeConfig) -> None:
     """Every error a JSON {"error": ...} with its status; tracebacks only in the log."""
+
+    @app.exception_handler(BodyTooLarge)
+    async def too_large(_r: Request, e: BodyTooLarge) -> JSONResponse:
+        return _error(413, f"the upload passed {cfg.max_upload_mb:g} MB; this server takes "
+                           f"at most {cfg.max_upload_mb:g} MB per request")
 
     @app.exception_handler(HTTPException)
     async def http_error(_r: Request, e: HTTPException) -> JSONResponse:
-        if e.status_code == 404:
+        if e.status_code == 404 and e.detail == "Not Found":  # the router's, not a route's
             return _error(404, f"no such route: {_r.method} {_r.url.path}")
         if e.status_code == 405:
             return _error(405, f"{_r.method} is not allowed on {_r.url.path}")
@@ -281,8 +304,30 @@ def _add_error_handlers(app: FastAPI) -> None:
         return _error(500, "internal error; the server log has the details")
 
 
-def _add_routes(app: FastAPI, folder: Path, cfg: ServeConfig, decoders: ThreadPoolExecutor
-                ) -> None:
+def _answerer(predictor: Predictor, batcher: Batcher, decoders: ThreadPoolExecutor,
+              top_k: int) -> oip.Answer:
+    """uploads (name, bytes) → one Prediction each, in order: decoded and presized in the
+    decoder threads, then batched with every other request's images."""
+
+    async def answer(uploads: list[tuple[str, bytes]]) -> list[Prediction]:
+        loop = asyncio.get_running_loop()
+        batcher.coming += len(uploads)
+        try:
+            loaded = await asyncio.gather(*[loop.run_in_executor(decoders, _load, predictor,
+                                                                 data) for _, data in uploads])
+        finally:
+            batcher.coming -= len(uploads)
+        answers = await asyncio.gather(*[batcher.submit(x) for x in loaded
+                                         if not isinstance(x, str)])
+        it = iter(answers)
+        return [Prediction(name, error=x) if isinstance(x, str)
+                else predictor.answer(name, *next(it), top_k=top_k)
+                for (name, _), x in zip(uploads, loaded, strict=True)]
+
+    return answer
+
+
+def _add_routes(app: FastAPI, folder: Path, cfg: ServeConfig, answer: oip.Answer) -> None:
     """The page, /health, /model and POST /predict over app.state's predictor and batcher."""
     predictor, batcher = app.state.predictor, app.state.batcher
 
@@ -299,7 +344,7 @@ def _add_routes(app: FastAPI, folder: Path, cfg: ServeConfig, decoders: ThreadPo
     @app.get("/model")
     async def model() -> dict:
         """The public part of model.json and the run's metrics when known."""
-        return model_card(predictor, folder, batcher.tta)
+        return model_card(predictor, folder, batcher.tta, cfg.name)
 
     @app.post("/predict", responses={413: {}, 415: {}, 422: {}, 400: {}})
     async def predict(request: Request) -> JSONResponse:
@@ -309,22 +354,9 @@ def _add_routes(app: FastAPI, folder: Path, cfg: ServeConfig, decoders: ThreadPo
         t0 = time.perf_counter()
         uploads = await _read_uploads(request, cfg)
         request.state.images = len(uploads)
-        loop = asyncio.get_running_loop()
-        batcher.coming += len(uploads)
-        try:
-            loaded = await asyncio.gather(*[loop.run_in_executor(decoders, _load, predictor,
-                                                                 data) for _, data in uploads])
-        finally:
-            batcher.coming -= len(uploads)
-        answers = await asyncio.gather(*[batcher.submit(x) for x in loaded
-                                       if not isinstance(x, str)])
-        results: list[Prediction] = []
-        it = iter(answers)
-        for (name, _), x in zip(uploads, loaded, strict=True):
-            results.append(Prediction(name, error=x) if isinstance(x, str)
-                           else predictor.answer(name, *next(it), top_k=cfg.top_k))
+        results = await answer(uploads)
         ms = (time.perf_counter() - t0) * 1000
-        status = 200 if answers else 422  # nothing could be read: the client's data
+        status = 200 if any(r.error is None for r in results) else 422  # the client's data
         return JSONResponse([r.to_dict() for r in results], status_code=status,
                             headers={"Server-Timing": f"total;dur={ms:.1f}"})
 
@@ -339,15 +371,10 @@ def _load(predictor: Predictor, data: bytes) -> torch.Tensor | str:
 async def _read_uploads(request: Request, cfg: ServeConfig) -> list[tuple[str, bytes]]:
     """(name, bytes) of each uploaded file; a clear 4xx for anything else."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    try:
-        if kind == "multipart/form-data":
-            return await _multipart(request, cfg)
-        if kind.startswith("image/") or kind == "application/octet-stream":
-            body = await request.body()
-            return [(request.headers.get("x-filename", "upload"), body)]
-    except BodyTooLarge:
-        raise HTTPException(413, f"the upload passed {cfg.max_upload_mb:g} MB; this server "
-                                 f"takes at most {cfg.max_upload_mb:g} MB per request") from None
+    if kind == "multipart/form-data":  # past the size limit: BodyTooLarge, a 413
+        return await _multipart(request, cfg)
+    if kind.startswith("image/") or kind == "application/octet-stream":
+        return [(request.headers.get("x-filename", "upload"), await request.body())]
     raise HTTPException(415, "send the images as multipart/form-data (field 'file' or "
                              "'files') or one image as the body with an image content type; "
                              f"got {kind or 'no content type'}")

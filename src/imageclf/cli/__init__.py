@@ -29,7 +29,7 @@ app.command()(train_cmds.train)
 app.command("lr-find")(train_cmds.lr_find)
 app.command()(train_cmds.demo)
 for _cmd in (model_cmds.predict, model_cmds.evaluate, model_cmds.calibrate, model_cmds.export,
-             model_cmds.report):
+             model_cmds.push, model_cmds.report):
     app.command()(_cmd)
 app.command()(serve_cmd.serve)
 

@@ -1,4 +1,4 @@
-"""Commands that use a trained model: predict, evaluate, calibrate, export, report."""
+"""Commands that use a trained model: predict, evaluate, calibrate, export, push, report."""
 
 from __future__ import annotations
 
@@ -162,12 +162,38 @@ def calibrate(model: o.ModelArg, data: DataSource, keep: o.Keep = 0.95,
         console.print(f"updated {report}")
 
 
+License = Annotated[str | None, typer.Option(
+    "--license", help="The card's license, a Hub license id such as apache-2.0 (default: "
+    "none stated).")]
+Dataset = Annotated[list[str] | None, typer.Option(
+    "--dataset", help="A Hub data set id the card names as the training data (repeatable).")]
+CardName = Annotated[str | None, typer.Option(
+    "--name", help="The card's title (default: the run's folder name).")]
+
+
 def export(model: o.ModelArg,
            onnx: Annotated[bool, typer.Option("--onnx", help="Write an ONNX file.")] = False,
-           output: Annotated[Path | None, typer.Option("-o", "--output")] = None) -> None:
-    """Export a model/ folder (ONNX: normalisation inside, dynamic batch, probabilities out)."""
-    if not onnx:
-        raise ConfigError("choose an export format: --onnx")
+           timm: Annotated[bool, typer.Option(
+               "--timm", help="Write a folder timm and the Hub load: config.json, "
+               "model.safetensors in timm's layout, model.json and the card README.md."
+           )] = False,
+           output: Annotated[Path | None, typer.Option(
+               "-o", "--output", help="The ONNX file (default MODEL/model.onnx) or, with "
+               "--timm, the folder (required).")] = None,
+           license: License = None, dataset: Dataset = None, name: CardName = None) -> None:
+    """Export a model/ folder: ONNX (normalisation inside, dynamic batch, probabilities out)
+    or a timm / Hub folder with its model card."""
+    if onnx == timm:
+        raise ConfigError("choose one export format: --onnx or --timm")
+    if timm:
+        if output is None:
+            raise ConfigError("--timm needs -o DIR, the folder to write")
+        from imageclf.hub import hub_folder
+
+        out = hub_folder(model, output, name=name, license=license,
+                         datasets=tuple(dataset or ()))
+        console.print(f"wrote {out} (timm.create_model('local-dir:{out}', pretrained=True))")
+        return
     try:
         import onnx  # noqa: F401
         import onnxscript  # noqa: F401
@@ -177,6 +203,27 @@ def export(model: o.ModelArg,
     from imageclf.export import export_onnx
 
     console.print(f"wrote {export_onnx(model, output)}")
+
+
+def push(model: o.ModelArg,
+         repo_id: Annotated[str, typer.Argument(help="The Hub repository, as user/name.")],
+         private: Annotated[bool, typer.Option("--private", help="Create it private.")
+                            ] = False,
+         token: Annotated[str | None, typer.Option(
+             "--token", help="A Hub token (default: $HF_TOKEN or the saved login).")] = None,
+         license: License = None, dataset: Dataset = None) -> None:
+    """Upload MODEL to the Hugging Face Hub as a timm model with its card (what
+    `export --timm` writes)."""
+    import tempfile
+
+    from imageclf.hub import hub_folder, require_hub
+    from imageclf.hub import push as run_push
+
+    require_hub()  # before any work: offline fails at once
+    with tempfile.TemporaryDirectory(prefix="imageclf-push-") as tmp:
+        folder = hub_folder(model, Path(tmp) / "model", license=license,
+                            datasets=tuple(dataset or ()), repo_id=repo_id)
+        console.print(f"uploaded: {run_push(folder, repo_id, private=private, token=token)}")
 
 
 def report(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) -> None:

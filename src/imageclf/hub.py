@@ -1,0 +1,66 @@
+"""Sharing a model: the folder timm and the Hub read (timm's layout plus its card), and
+`push` through huggingface_hub's upload_folder."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from imageclf.card import gather, render
+from imageclf.errors import ConfigError
+from imageclf.fileio import write_text
+from imageclf.timm_folder import export_timm
+
+
+def hub_endpoint() -> str:
+    """The Hub's address: $HF_ENDPOINT, as huggingface_hub reads it, or huggingface.co."""
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
+def hub_folder(model: str | Path, out: str | Path, *, name: str | None = None,
+               license: str | None = None, datasets: tuple[str, ...] = (),
+               repo_id: str | None = None) -> Path:
+    """`out`: the model in timm's layout (config.json, model.safetensors), model.json for
+    imageclf, and README.md, the card."""
+    model = Path(model)
+    out = export_timm(model, out)
+    facts = gather(model, name or (repo_id.split("/")[-1] if repo_id else None), license,
+                   datasets)
+    write_text(out / "README.md", render(facts, repo_id))
+    return out
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hub's host accepts a connection within `timeout` seconds."""
+    url = urlsplit(hub_endpoint())
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname or "", port), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def require_hub() -> None:
+    """Raise the one-line error of an offline machine, before any work is done."""
+    if not hub_reachable():
+        raise ConfigError(f"push: the Hub ({hub_endpoint()}) cannot be reached from this machine; "
+                          "`imageclf export --timm -o DIR` writes the folder push would upload")
+
+
+def push(folder: Path, repo_id: str, *, private: bool = False, token: str | None = None,
+         message: str = "Upload imageclf model") -> str:
+    """Upload an exported folder to the Hub model repository `repo_id` (created if
+    missing); returns the commit's URL. Fails at once, in one line, when offline."""
+    try:
+        from huggingface_hub import HfApi
+    except ImportError as e:
+        raise ConfigError("push needs huggingface_hub: pip install 'imageclf[hub]'") from e
+    require_hub()
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
+                             commit_message=message)
+    return str(getattr(info, "commit_url", info))
