@@ -3,18 +3,24 @@ endpoint fastai users deploy (FastAPI calling fastai 2.8.12's `learn.predict`), 
 at 224 with random weights (latency is measured, not accuracy), driven by an async HTTP load
 generator at 1, 8 and 32 concurrent clients, each posting one Imagenette JPEG per request.
 Then a soak: 16 clients for 60 s, 5% of the uploads bad files, the server's memory watched.
+First, single-client latency: one image per request from a plain blocking client (raw body,
+multipart, and the Open Inference Protocol's infer with the binary extension), against
+`Predictor.predict` on one image in process, on the same files.
 
-Usage: bench_serve.py [--data DIR] [--seconds 15] [--soak 60]
+Usage: bench_serve.py [--data DIR] [--seconds 15] [--soak 60] [--single-only]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
+import json
 import os
 import random
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -116,6 +122,52 @@ async def load(url: str, files: list[bytes], clients: int, seconds: float,
             "bad_uploads": bad_n, "bad_refused_4xx": bad_ok}
 
 
+def _v2_body(data: bytes) -> tuple[bytes, str]:
+    """An infer request with one image as binary data: (body, its JSON header's length)."""
+    raw = len(data).to_bytes(4, "little") + data
+    head = json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
+                                   "parameters": {"binary_data_size": len(raw)}}],
+                       "outputs": [{"name": "probs", "parameters": {"binary_data": True}},
+                                   {"name": "labels"}]}).encode()
+    return head + raw, str(len(head))
+
+
+def single_client(port: int, files: list[bytes], passes: int = 3) -> dict:
+    """p50 ms of one request at a time from http.client (a keep-alive connection), per
+    kind of request, every kind sent in turn for each file so that they share the noise."""
+    conn = http.client.HTTPConnection("127.0.0.1", port)
+    boundary = "imageclfbench"
+
+    def multipart(data: bytes) -> bytes:
+        return (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
+                'filename="x.jpg"\r\nContent-Type: image/jpeg\r\n\r\n').encode() + data + (
+                    f"\r\n--{boundary}--\r\n").encode()
+
+    def kinds(data: bytes) -> dict[str, tuple[str, bytes, dict]]:
+        v2, n = _v2_body(data)
+        return {"raw body": ("/predict", data, {"Content-Type": "image/jpeg"}),
+                "multipart": ("/predict", multipart(data), {
+                    "Content-Type": f"multipart/form-data; boundary={boundary}"}),
+                "v2 infer": ("/v2/models/model/infer", v2, {
+                    "Inference-Header-Content-Length": n,
+                    "Content-Type": "application/octet-stream"})}
+
+    times: dict[str, list[float]] = {k: [] for k in kinds(b"")}
+    for i in range(passes + 1):
+        for data in files:
+            for kind, (url, body, headers) in kinds(data).items():
+                t0 = time.perf_counter()
+                conn.request("POST", url, body=body, headers=headers)
+                r = conn.getresponse()
+                r.read()
+                if r.status != 200:
+                    raise SystemExit(f"{kind}: HTTP {r.status}")
+                if i:  # the first pass warms up
+                    times[kind].append((time.perf_counter() - t0) * 1000)
+    conn.close()
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def measure(name: str, cmd: list[str], port: int, files: list[bytes], seconds: float
             ) -> dict:
     p = start(cmd, port)
@@ -141,6 +193,8 @@ def main() -> None:
     ap.add_argument("--soak", type=float, default=60.0)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--presize", type=int, default=460)
+    ap.add_argument("--single-only", action="store_true",
+                    help="Only the single-client latency against Predictor.predict.")
     a = ap.parse_args()
     data = imagenette(a.data)
     paths = sorted((data / "val").rglob("*.JPEG"))[::37][:64]
@@ -160,6 +214,22 @@ def main() -> None:
             p: run_json([sys.executable, str(HERE / "imageclf_predict.py"), str(model), p,
                          *map(str, paths[:40])])["median_ms"] for p in sorted({auto, "fp32"})}
         serve = [sys.executable, "-m", "imageclf", "serve", str(model)]
+        results["single_client"] = single = {}
+        for p in sorted({auto, "fp32"}):  # the server, then Predictor.predict, in turn
+            port = free_port()
+            proc = start([*serve, "--port", str(port), "--precision", p], port)
+            try:
+                single[p] = single_client(port, files[:40])
+            finally:
+                stop(proc)
+            single[p]["predictor"] = run_json([
+                sys.executable, str(HERE / "imageclf_predict.py"), str(model), p,
+                *map(str, paths[:40])])["median_ms"]
+            print(f"single client, {p}: " + ", ".join(f"{k} {v:.1f} ms"
+                                                       for k, v in single[p].items()))
+        if a.single_only:
+            save("serve_single", results)
+            return
         runs = []
         for name, extra in ((f"imageclf {auto}", ["--precision", auto]),
                             (f"imageclf {auto} --max-batch 1", ["--precision", auto,
@@ -214,6 +284,8 @@ def main() -> None:
         "vs_fastai_at_32": batched[top]["req_per_s"] / by["fastai fp32"][top]["req_per_s"],
         "vs_unbatched_at_32": batched[top]["req_per_s"] / single[top]["req_per_s"],
         "single_client_p50_ms": batched[1]["p50_ms"],
+        "single_client": {p: {k: v / d["predictor"] for k, v in d.items() if k != "predictor"}
+                          for p, d in single.items()},
         "predictor_ms": results["predictor_ms"][auto],
         "failed": sum(row["failed"] for r in runs for row in r["levels"]) + soak["failed"],
         "soak_rss_growth_mb": soak["rss_after_mb"] - soak["rss_before_mb"],

@@ -18,7 +18,7 @@ from imageclf.data.augment import AugParams, BatchAugment, flip_matrix, zoom_mat
 from imageclf.data.images import UnreadableImage, load_centre_square
 from imageclf.errors import ConfigError
 from imageclf.export import load_model
-from imageclf.hardware import resolve_precision
+from imageclf.hardware import resolve_precision, torch_threads
 from imageclf.openset import NONE_LABEL, NoneRule
 
 __all__ = ["NONE_LABEL", "Outputs", "Prediction", "Predictor", "to_probs"]
@@ -129,7 +129,8 @@ class Predictor:
                 return f"cannot read: {e.strerror or e}"
         if len(paths) == 1:
             return [one(paths[0])]
-        with ThreadPoolExecutor(self.threads) as pool:
+        # single-threaded torch in the decoders: the model's thread keeps the cores
+        with ThreadPoolExecutor(self.threads, initializer=torch_threads, initargs=(1,)) as pool:
             return list(pool.map(one, paths))
 
     def inputs(self, x: torch.Tensor, tta: bool = False) -> list[torch.Tensor]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import importlib.resources
 import logging
@@ -30,8 +31,10 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException
 
 from imageclf import __version__, oip
+from imageclf.batching import Batcher
 from imageclf.data.images import UnreadableImage
 from imageclf.errors import ConfigError, ImageclfError
+from imageclf.hardware import torch_threads
 from imageclf.predict import Prediction, Predictor
 from imageclf.rundir import read_metrics
 from imageclf.settings import Settings, setting
@@ -54,76 +57,6 @@ def resolve_model_dir(path: str | Path) -> Path:
         return p / "model"
     raise ConfigError(f"MODEL_DIR {p} is neither a model/ folder (model.json) nor a run "
                       "directory holding one")
-
-
-class Batcher:
-    """Gathers images of concurrent requests into batches of at most `max_batch`, waiting
-    at most `max_wait` seconds after the first for more, and runs each batch in one
-    inference thread: the event loop never waits on torch. It waits only while images are
-    on their way (`coming`: uploads still being decoded), so a lone request runs at once."""
-
-    def __init__(self, predictor: Predictor, max_batch: int, max_wait: float,
-                 tta: bool = False) -> None:
-        self.predictor, self.max_batch, self.max_wait = predictor, max_batch, max_wait
-        self.tta = tta  # average the flipped/zoomed views: better answers, 4x the compute
-        self.forward_calls = 0
-        self.images = 0
-        self.coming = 0  # images accepted and still decoding: worth waiting for
-        self._queue: asyncio.Queue | None = None
-        self._task: asyncio.Task | None = None
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="imageclf-infer")
-
-    async def submit(self, x: torch.Tensor) -> tuple[torch.Tensor, float | None]:
-        """(probabilities (C,), open-set score or None) for one uint8 image (3, P, P)."""
-        if self._task is None or self._task.done():
-            self._queue = asyncio.Queue()
-            self._task = asyncio.get_running_loop().create_task(self._run())
-        fut = asyncio.get_running_loop().create_future()
-        await self._queue.put((x, fut))
-        return await fut
-
-    async def _take(self) -> list[tuple[torch.Tensor, asyncio.Future]]:
-        items = [await self._queue.get()]
-        deadline = time.monotonic() + self.max_wait
-        while len(items) < self.max_batch:
-            with contextlib.suppress(asyncio.QueueEmpty):
-                while len(items) < self.max_batch:
-                    items.append(self._queue.get_nowait())
-            left = deadline - time.monotonic()
-            if len(items) >= self.max_batch or left <= 0 or not self.coming:
-                break
-            await asyncio.sleep(min(left, 0.001))
-        return items
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            items = await self._take()
-            x = torch.stack([x for x, _ in items])  # (B, 3, P, P) uint8
-            try:
-                answers = await loop.run_in_executor(self._thread, self._forward, x)
-            except Exception as e:  # noqa: BLE001 - every waiting request hears of it
-                log.exception("inference failed")
-                for _, fut in items:
-                    if not fut.done():
-                        fut.set_exception(e)
-                continue
-            for (_, fut), a in zip(items, answers, strict=True):
-                if not fut.done():  # its client may have gone
-                    fut.set_result(a)
-
-    def _forward(self, x: torch.Tensor) -> list[tuple[torch.Tensor, float | None]]:
-        self.forward_calls += 1
-        self.images += x.shape[0]
-        probs, scores = self.predictor.judge(x, self.tta)
-        if scores is None:
-            return [(p, None) for p in probs]
-        return [(p, float(s)) for p, s in zip(probs, scores, strict=True)]
-
-    def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-        self._thread.shutdown(wait=True)
 
 
 class BodyTooLarge(Exception):
@@ -248,12 +181,12 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None, *,
     under /v2, OpenAPI docs at /docs."""
     cfg = config or ServeConfig()
     folder = resolve_model_dir(model_dir)
-    predictor = Predictor(folder, device=device, precision=precision,
-                          min_confidence=min_confidence, size=cfg.size)
-    torch.set_num_threads(os.cpu_count() or 1)  # one inference thread uses every core
-    batcher = Batcher(predictor, cfg.max_batch, cfg.max_wait_ms / 1000, tta=cfg.tta)
-    decoders = ThreadPoolExecutor(min(4, os.cpu_count() or 1),
-                                  thread_name_prefix="imageclf-decode")
+    batcher = Batcher(functools.partial(Predictor, folder, device=device, precision=precision,
+                                        min_confidence=min_confidence, size=cfg.size),
+                      cfg.max_batch, cfg.max_wait_ms / 1000, tta=cfg.tta)
+    predictor = batcher.predictor
+    decoders = ThreadPoolExecutor(min(4, os.cpu_count() or 1), initializer=torch_threads,
+                                  initargs=(1,), thread_name_prefix="imageclf-decode")
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
