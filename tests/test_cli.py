@@ -193,3 +193,57 @@ def test_train_imbalance_options_and_watched_metric(folder_dataset: Path, tmp_pa
     bad = _run("train", str(folder_dataset), "--sampler", "weighted", ok=False)
     assert bad.returncode == 2 and "--sampler (sampler in DataConfig) must be one of " \
         "shuffle, balanced" in bad.stderr
+
+
+def _all_commands():
+    """(name, click command) of every command and sub-command."""
+    import typer
+
+    from imageclf.cli import app
+
+    def walk(cmd, prefix: str):
+        if hasattr(cmd, "commands"):  # a group (typer's own click)
+            for name, sub in cmd.commands.items():
+                yield from walk(sub, f"{prefix} {name}".strip())
+        else:
+            yield prefix, cmd
+
+    root = typer.main.get_command(app)
+    return [("", root), *walk(root, "")]
+
+
+_SENTENCE_END = (".", ")", "?", "!")
+
+
+def test_every_option_has_help_and_no_help_breaks_mid_sentence():
+    """Help text as a person wrote it: every option explained, and no line of a command's or
+    an option's help ending mid-sentence (the docstrings' own line breaks are joined)."""
+    problems = []
+    for name, cmd in _all_commands():
+        for text in filter(None, (cmd.help, cmd.short_help)):
+            for para in text.split("\n\n"):
+                if "\n" in para or not para.rstrip().endswith(_SENTENCE_END):
+                    problems.append(f"{name or 'imageclf'}: {para!r}")
+        for p in cmd.params:
+            if getattr(p, "hidden", False) or p.name == "help":
+                continue
+            text = (getattr(p, "help", None) or "").strip()
+            if not text:
+                problems.append(f"{name}: {p.opts[0]} has no help")
+            elif "\n" in text or not text.endswith(_SENTENCE_END):
+                problems.append(f"{name}: {p.opts[0]}: {text!r}")
+    assert not problems, "\n".join(problems)
+
+
+def test_root_help_lists_one_sentence_per_command_and_version():
+    r = run_cli("--help")
+    assert r.returncode == 0 and "--version" in r.stdout
+    assert "Log what the library does" in r.stdout  # --verbose explained
+    v = run_cli("--version")
+    from imageclf import __version__
+
+    assert v.returncode == 0 and v.stdout.startswith(f"imageclf {__version__}")
+    for name, cmd in _all_commands():
+        if name:
+            short = cmd.get_short_help_str(limit=1000)
+            assert "\n" not in short and short.endswith("."), (name, short)

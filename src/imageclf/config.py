@@ -278,3 +278,23 @@ def read_settings(obj: Any, where: str) -> tuple[DataConfig, TrainConfig]:
     else:
         train = TrainConfig.from_json(train, f"{where}: train")
     return data, train
+
+
+@dataclass(frozen=True)
+class ServeConfig(Settings):
+    """How the server batches and what it accepts."""
+
+    section = "Serving"
+    max_batch: int = setting(32, "Most images in one forward pass.", ge=1)
+    max_wait_ms: float = setting(5.0, "Longest wait for more images to batch.", ge=0)
+    max_upload_mb: float = setting(20.0, "Largest request body.", gt=0)
+    max_files: int = setting(16, "Most files in one request.", ge=1)
+    top_k: int = setting(5, "Classes listed per image.", ge=1, cli=False)
+    token: str | None = setting(None, "Require this bearer token (default "
+                                "$IMAGECLF_TOKEN).")
+    cors_origin: str | None = setting(None, "Allow this origin's pages to call the API.")
+    tta: bool = setting(False, "Average flipped/zoomed views (4x compute).")
+    size: int | None = setting(None, "Predict at this side (default: the model's).",
+                               ge=8)
+    name: str | None = setting(None, "The model's name under /v2/models/ (default: the "
+                               "run's folder name).")

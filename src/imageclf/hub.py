@@ -8,10 +8,7 @@ import socket
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from imageclf.card import gather, render
 from imageclf.errors import ConfigError
-from imageclf.fileio import write_text
-from imageclf.timm_folder import export_timm
 
 
 def hub_endpoint() -> str:
@@ -24,6 +21,10 @@ def hub_folder(model: str | Path, out: str | Path, *, name: str | None = None,
                repo_id: str | None = None) -> Path:
     """`out`: the model in timm's layout (config.json, model.safetensors), model.json for
     imageclf, and README.md, the card."""
+    from imageclf.card import gather, render  # torch and timm: only once there is work
+    from imageclf.fileio import write_text
+    from imageclf.timm_folder import export_timm
+
     model = Path(model)
     out = export_timm(model, out)
     facts = gather(model, name or (repo_id.split("/")[-1] if repo_id else None), license,

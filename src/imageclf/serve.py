@@ -20,7 +20,6 @@ import os
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +31,12 @@ from starlette.exceptions import HTTPException
 
 from imageclf import __version__, oip
 from imageclf.batching import Batcher
+from imageclf.config import ServeConfig
 from imageclf.data.images import UnreadableImage
 from imageclf.errors import ConfigError, ImageclfError
 from imageclf.hardware import torch_threads
 from imageclf.predict import Prediction, Predictor
 from imageclf.rundir import read_metrics
-from imageclf.settings import Settings, setting
 
 log = logging.getLogger(__name__)
 access = logging.getLogger("imageclf.serve.access")
@@ -121,26 +120,6 @@ class _Gate:
 
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
-
-
-@dataclass(frozen=True)
-class ServeConfig(Settings):
-    """How the server batches and what it accepts."""
-
-    section = "Serving"
-    max_batch: int = setting(32, "Most images in one forward pass.", ge=1)
-    max_wait_ms: float = setting(5.0, "Longest wait for more images to batch.", ge=0)
-    max_upload_mb: float = setting(20.0, "Largest request body.", gt=0)
-    max_files: int = setting(16, "Most files in one request.", ge=1)
-    top_k: int = setting(5, "Classes listed per image.", ge=1, cli=False)
-    token: str | None = setting(None, "Require this bearer token (default "
-                                "$IMAGECLF_TOKEN).")
-    cors_origin: str | None = setting(None, "Allow this origin's pages to call the API.")
-    tta: bool = setting(False, "Average flipped/zoomed views (4x compute).")
-    size: int | None = setting(None, "Predict at this side (default: the model's).",
-                               ge=8)
-    name: str | None = setting(None, "The model's name under /v2/models/ (default: the "
-                               "run's folder name).")
 
 
 def model_name(folder: Path, name: str | None = None) -> str:

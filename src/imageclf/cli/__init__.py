@@ -5,13 +5,16 @@ train_cmds, model_cmds and serve_cmd, and are registered here."""
 
 from __future__ import annotations
 
+import inspect
 import logging
 import sys
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
 from rich.text import Text
 
+from imageclf import __version__
 from imageclf.cli import data_cmds, model_cmds, serve_cmd, train_cmds
 from imageclf.cli.options import err
 from imageclf.errors import ImageclfError
@@ -22,21 +25,47 @@ bench_app = typer.Typer(no_args_is_help=True, help="Measure parts of the pipelin
 app.add_typer(bench_app, name="bench")
 _state = {"debug": False}
 
-app.command()(data_cmds.verify)
-app.command("show-batch")(data_cmds.show_batch)
-bench_app.command("loader")(data_cmds.bench_loader)
-app.command()(train_cmds.train)
-app.command("lr-find")(train_cmds.lr_find)
-app.command()(train_cmds.demo)
-for _cmd in (model_cmds.predict, model_cmds.evaluate, model_cmds.calibrate, model_cmds.export,
-             model_cmds.push, model_cmds.report):
-    app.command()(_cmd)
-app.command()(serve_cmd.serve)
+
+def help_texts(fn: Callable) -> tuple[str, str]:
+    """(help, short help) from a command's docstring: its paragraphs with the source's line
+    breaks joined, and its first sentence for the command list."""
+    doc = inspect.cleandoc(fn.__doc__ or "")
+    paragraphs = [" ".join(p.split()) for p in doc.split("\n\n") if p.strip()]
+    first = paragraphs[0] if paragraphs else ""
+    end = first.find(". ")
+    return "\n\n".join(paragraphs), first if end < 0 else first[:end + 1]
+
+
+def _register(group: typer.Typer, fn: Callable, name: str | None = None) -> None:
+    text, short = help_texts(fn)
+    group.command(name, help=text, short_help=short)(fn)
+
+
+for _name, _cmd in (("verify", data_cmds.verify), ("show-batch", data_cmds.show_batch),
+                    ("train", train_cmds.train), ("lr-find", train_cmds.lr_find),
+                    ("demo", train_cmds.demo), ("predict", model_cmds.predict),
+                    ("evaluate", model_cmds.evaluate), ("calibrate", model_cmds.calibrate),
+                    ("export", model_cmds.export), ("push", model_cmds.push),
+                    ("report", model_cmds.report), ("serve", serve_cmd.serve)):
+    _register(app, _cmd, _name)
+_register(bench_app, data_cmds.bench_loader, "loader")
+
+
+def _version(value: bool) -> None:
+    if value:
+        import platform
+
+        print(f"imageclf {__version__} (Python {platform.python_version()})")
+        raise typer.Exit
 
 
 @app.callback()
 def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
-          verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+          verbose: Annotated[bool, typer.Option(
+              "--verbose", "-v", help="Log what the library does (INFO messages).")] = False,
+          version: Annotated[bool, typer.Option(
+              "--version", help="Print the version and exit.", callback=_version,
+              is_eager=True)] = False) -> None:
     _state["debug"] = debug
     logging.basicConfig(level=logging.INFO if verbose or debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")

@@ -31,8 +31,9 @@ def _expand_inputs(inputs: list[Path]) -> list[Path]:
 
 
 def predict(model: o.ModelArg,
-            inputs: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
-            top_k: Annotated[int, typer.Option("--top-k")] = 3,
+            inputs: Annotated[list[Path], typer.Argument(help="Image files or folders.",
+                                                         metavar="INPUTS")],
+            top_k: Annotated[int, typer.Option("--top-k", help="Labels listed per image.")] = 3,
             min_confidence: o.MinConfidence = None,
             tta: o.Tta = False,
             bs: o.Bs = 32, precision: o.Precision = "auto",
@@ -206,7 +207,8 @@ def export(model: o.ModelArg,
 
 
 def push(model: o.ModelArg,
-         repo_id: Annotated[str, typer.Argument(help="The Hub repository, as user/name.")],
+         repo_id: Annotated[str, typer.Argument(help="The Hub repository, as user/name.",
+                                                    metavar="REPO_ID")],
          private: Annotated[bool, typer.Option("--private", help="Create it private.")
                             ] = False,
          token: Annotated[str | None, typer.Option(
@@ -226,7 +228,8 @@ def push(model: o.ModelArg,
         console.print(f"uploaded: {run_push(folder, repo_id, private=private, token=token)}")
 
 
-def report(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) -> None:
+def report(run_dir: Annotated[Path, typer.Argument(help="A run directory.",
+                                                                   metavar="RUN_DIR")]) -> None:
     """Rebuild RUN_DIR/report.html from the run's files."""
     from imageclf.report import build_report
 

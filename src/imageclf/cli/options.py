@@ -40,7 +40,8 @@ AutoResume = Annotated[bool, _opt(
 CheckpointEvery = Annotated[float, _opt(
     "--checkpoint-every", help="Minutes between checkpoints within an epoch (0: at epoch "
     "ends only).", panel="Run")]
-ModelArg = Annotated[Path, typer.Argument(help="A model/ folder written by `imageclf train`.")]
+ModelArg = Annotated[Path, typer.Argument(help="A model/ folder written by `imageclf train`.",
+                                          metavar="MODEL")]
 Json = Annotated[bool, _opt("--json", help="Print JSON.")]
 Bs = Annotated[int, _opt("--bs", help="Images per forward pass.")]
 Precision = Annotated[str, _opt("--precision", help="auto, bf16, fp16 or fp32.")]
@@ -54,7 +55,7 @@ Keep = Annotated[float, _opt(
     "--keep", help="Share of known (validation) images that must keep a label: the "
     "threshold's true-positive rate.")]
 ServeModelArg = Annotated[Path, typer.Argument(
-    help="A model/ folder, or a run directory holding one.")]
+    help="A model/ folder, or a run directory holding one.", metavar="MODEL")]
 Host = Annotated[str, _opt("--host", help="Address to listen on (loopback only by default).")]
 Port = Annotated[int, _opt("--port", help="Port to listen on.")]
 Tta = Annotated[bool, _opt("--tta", help="Average flipped/zoomed views.")]

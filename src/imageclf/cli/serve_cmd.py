@@ -10,15 +10,18 @@ import socket
 
 from imageclf.cli import options as o
 from imageclf.cli.options import console
-from imageclf.serve import ServeConfig
+from imageclf.config import ServeConfig
 
 
 @o.settings_command
 def serve(model: o.ServeModelArg, config: ServeConfig, host: o.Host = "127.0.0.1",
           port: o.Port = 8000, min_confidence: o.MinConfidence = None,
           device: o.Device = "auto", precision: o.Precision = "auto") -> None:
-    """Serve the model: a page at / and an HTTP API (POST /predict, GET /health, GET /model,
-    docs at /docs), batching concurrent requests. Ctrl-C or SIGTERM drains the requests in
+    """Serve the model: a page at /, an HTTP API and the Open Inference Protocol, batching
+    concurrent requests.
+
+    The API: POST /predict, GET /health and GET /model; the protocol's routes under /v2
+    (health, metadata, infer); docs at /docs. Ctrl-C or SIGTERM drains the requests in
     flight, then exits."""
     import uvicorn
 

@@ -9,7 +9,6 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
-from imageclf.callbacks import PrintEpochs
 from imageclf.cli import options as o
 from imageclf.cli.options import console, err
 from imageclf.config import LR_FIND_STEPS, DataConfig, TrainConfig
@@ -23,6 +22,7 @@ def train(data: DataConfig, train: TrainConfig, resume: o.Resume = None,
     """Train: fine_tune when pretrained, fit_one_cycle from scratch; write a run directory.
     Ctrl-C or SIGTERM stops after the current step with a checkpoint; --resume continues.
     An --out that already holds a run is refused (--resume or --auto-resume continue it)."""
+    from imageclf.callbacks import PrintEpochs
     from imageclf.distributed import from_env, shutdown
     from imageclf.runs import Interrupted, RunContext, auto_run, resume_run, train_run
 
@@ -101,13 +101,14 @@ def lr_find(data: DataConfig, train: TrainConfig, output: o.Output = None,
 
 def demo(out: Annotated[Path, typer.Option("--out", help="Where the data and the run go.")
                         ] = Path("runs/demo"),
-         epochs: Annotated[int, typer.Option("--epochs")] = 10,
+         epochs: Annotated[int, typer.Option("--epochs", help="Epochs to train.")] = 10,
          n_train: Annotated[int, typer.Option("--n-train", help="Training images per class.")
                             ] = 250,
          lr_find_steps: Annotated[int, typer.Option(
              "--lr-find-steps", help="Steps of the learning-rate finder's sweep.")
                                   ] = LR_FIND_STEPS) -> None:
     """Draw a shapes data set, then verify → lr_find → train → evaluate, offline."""
+    from imageclf.callbacks import PrintEpochs
     from imageclf.cli.data_cmds import print_verify
     from imageclf.data.sources import resolve
     from imageclf.data.verify import verify_items
