@@ -127,8 +127,26 @@ def machine() -> dict:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True, cwd=ROOT).stdout.strip()
     commit = commit or os.environ.get("BENCH_COMMIT", "")  # a copy of the tree without git
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "date": dt.date.today().isoformat(), "commit": commit}
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    return {"cpu": cpu, "isa": cpu_isa(), "cores": os.cpu_count(),
+            "python": platform.python_version(), "date": dt.date.today().isoformat(),
+            "commit": commit + ("+changes" if dirty else "")}
+
+
+def cpu_isa() -> str:
+    """The CPU's best matrix instructions, which decide its bf16 speed: the same model name
+    ("Intel(R) Xeon(R) Processor") has come with and without AMX."""
+    try:
+        flags = set(next(line for line in open("/proc/cpuinfo")
+                         if line.startswith("flags")).split())
+    except (OSError, StopIteration):
+        return "unknown"
+    if "amx_bf16" in flags:
+        return "AMX"
+    if "avx512_bf16" in flags:
+        return "AVX512-BF16"
+    return "AVX2" if "avx2" in flags else "no AVX2"
 
 
 def save(name: str, result: dict) -> Path:

@@ -40,7 +40,8 @@ CUDA GPU.
 
 def _where(r: dict) -> str:
     m = r["machine"]
-    return f"{m.get('gpu') or m['cpu']}, {m['cores']} cores"
+    isa = f" ({m['isa']})" if m.get("isa") and not m.get("gpu") else ""
+    return f"{m.get('gpu') or m['cpu']}{isa}, {m['cores']} cores"
 
 
 def _summary() -> str:
@@ -70,6 +71,10 @@ def _summary() -> str:
         elif name == "serve":
             text = (f"at 32 clients {s['vs_fastai_at_32']:.1f}× fastai's req/s, "
                     f"{s['vs_unbatched_at_32']:.1f}× unbatched; {s['failed']} failed")
+        elif name == "serve_single":
+            text = "one client, HTTP p50 / Predictor.predict: " + ", ".join(
+                f"{p} {d['raw body'] / d['predictor']:.2f}×"
+                for p, d in r["single_client"].items())
         elif name == "open_set":
             text = _open_set_headline(s)
         elif name.startswith("time_to_accuracy"):
@@ -376,6 +381,30 @@ def _serve(r: dict) -> str:
     return "\n".join(lines)
 
 
+def _serve_single(r: dict) -> str:
+    m, st = r["machine"], r["settings"]
+    lines = [
+        "## Serving: one client against Predictor.predict",
+        "",
+        f"resnet18 at {st['size']} (presize {st['presize']}), random weights. A blocking"
+        " client (http.client, one keep-alive connection) sends one Imagenette JPEG per"
+        " request, 40 files 3 times, each kind of request in turn per file; then"
+        " `Predictor.predict` on the same 40 files, one at a time, in its own process."
+        f" Medians. Measured {m['date']} on {_where(r)}, commit {m['commit']}.",
+        "",
+        "| precision | raw body (ms) | multipart (ms) | v2 infer, binary (ms) |"
+        " Predictor.predict (ms) | raw body / predict | goal: ≤ 1.1 × predict + 3 ms |",
+        "|---|---:|---:|---:|---:|---:|---|"]
+    for p, d in r["single_client"].items():
+        worst = max(d["raw body"], d["multipart"], d["v2 infer"])
+        goal = 1.1 * d["predictor"] + 3
+        lines.append(f"| {p} | {d['raw body']:.1f} | {d['multipart']:.1f} |"
+                     f" {d['v2 infer']:.1f} | {d['predictor']:.1f} |"
+                     f" {d['raw body'] / d['predictor']:.2f}× |"
+                     f" {'met' if worst <= goal else 'missed'} ({goal:.1f} ms) |")
+    return "\n".join([*lines, "", ""])
+
+
 def _best(figs: dict, exclude: str) -> tuple[str, dict]:
     name = max((n for n in figs if n != exclude), key=lambda n: figs[n]["auroc"])
     return name, figs[name]
@@ -533,6 +562,7 @@ def _bn_recal(r: dict) -> str:
 
 SECTIONS = {"loader": _loader, "train": _train, "predict": _predict, "lr_find": _lr_find,
             "lr_rules": _lr_rules, "ddp-cpu": _ddp, "serve": _serve,
+            "serve_single": _serve_single,
             "open_set": _open_set, "imbalance": _imbalance,
             "time_to_accuracy": _time_to_accuracy, "finetune": _finetune,
             "bn_recal": _bn_recal}

@@ -24,7 +24,7 @@ def tables() -> dict[tuple[str, str], str]:
     from imageclf.meta import CalibrationInfo, OpenSetRule
     from imageclf.records import record_markdown
     from imageclf.rundir import RunClaim, RunMetrics
-    from imageclf.serve import ServeConfig
+    from imageclf.config import ServeConfig
     from imageclf.settings import settings_markdown
 
     out = {("settings.md", "settings"): settings_markdown(DataConfig, TrainConfig, ServeConfig),

@@ -102,14 +102,19 @@ def export_timm(folder: str | Path, out: str | Path) -> Path:
     """Write `out`: config.json and model.safetensors in timm's layout, checked to give the
     same logits in timm, beside model.json (and open_set.safetensors) for imageclf."""
     folder, out = Path(folder), Path(out)
-    model, meta = load_model(folder)
-    full = timm.create_model(meta.arch, pretrained=False, num_classes=meta.n_classes)
-    full.load_state_dict(timm_state(model, full), strict=True)
-    _check_same_logits(model, full, meta.size)
     if out.resolve() == folder.resolve():
         raise ConfigError(f"-o {out}: choose a folder other than the model's own")
-    out.mkdir(parents=True, exist_ok=True)
+    model, meta = load_model(folder)
+    full = timm.create_model(meta.arch, pretrained=False, num_classes=meta.n_classes)
     state = timm_state(model, full)
+    try:
+        full.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ConfigError(f"timm's {meta.arch} with its classifier does not take this model's "
+                          f"weights ({str(e).splitlines()[0][:200]}); this architecture "
+                          "cannot be exported for timm") from e
+    _check_same_logits(model, full, meta.size)
+    out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "model.safetensors", lambda p: save_file(state, p,
                                                                 metadata={"format": "pt"}))
     write_json(out / "config.json", {
