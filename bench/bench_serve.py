@@ -132,8 +132,8 @@ def _v2_body(data: bytes) -> tuple[bytes, str]:
     return head + raw, str(len(head))
 
 
-def single_client(port: int, files: list[bytes], passes: int = 3) -> dict:
-    """p50 ms of one request at a time from http.client (a keep-alive connection), per
+def single_client(port: int, files: list[bytes], passes: int = 1) -> dict[str, list[float]]:
+    """ms of each request, one at a time from http.client (a keep-alive connection), per
     kind of request, every kind sent in turn for each file so that they share the noise."""
     conn = http.client.HTTPConnection("127.0.0.1", port)
     boundary = "imageclfbench"
@@ -153,7 +153,7 @@ def single_client(port: int, files: list[bytes], passes: int = 3) -> dict:
                     "Content-Type": "application/octet-stream"})}
 
     times: dict[str, list[float]] = {k: [] for k in kinds(b"")}
-    for i in range(passes + 1):
+    for _ in range(passes):
         for data in files:
             for kind, (url, body, headers) in kinds(data).items():
                 t0 = time.perf_counter()
@@ -162,9 +162,30 @@ def single_client(port: int, files: list[bytes], passes: int = 3) -> dict:
                 r.read()
                 if r.status != 200:
                     raise SystemExit(f"{kind}: HTTP {r.status}")
-                if i:  # the first pass warms up
-                    times[kind].append((time.perf_counter() - t0) * 1000)
+                times[kind].append((time.perf_counter() - t0) * 1000)
     conn.close()
+    return times
+
+
+def single_client_rounds(serve: list[str], model: Path, precision: str, paths: list[Path],
+                         rounds: int = 3) -> dict[str, float]:
+    """Median ms per request kind and for Predictor.predict, measured in turns (an HTTP
+    pass over the files, then Predictor.predict over them in its own process) so that a
+    slow spell of the shared machine falls on both."""
+    files = [p.read_bytes() for p in paths]
+    port = free_port()
+    proc = start([*serve, "--port", str(port), "--precision", precision], port)
+    times: dict[str, list[float]] = {}
+    try:
+        single_client(port, files[:10])  # warm-up
+        for _ in range(rounds):
+            for k, v in single_client(port, files).items():
+                times.setdefault(k, []).extend(v)
+            times.setdefault("predictor", []).append(run_json([
+                sys.executable, str(HERE / "imageclf_predict.py"), str(model), precision,
+                *map(str, paths)])["median_ms"])
+    finally:
+        stop(proc)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -215,16 +236,8 @@ def main() -> None:
                          *map(str, paths[:40])])["median_ms"] for p in sorted({auto, "fp32"})}
         serve = [sys.executable, "-m", "imageclf", "serve", str(model)]
         results["single_client"] = single = {}
-        for p in sorted({auto, "fp32"}):  # the server, then Predictor.predict, in turn
-            port = free_port()
-            proc = start([*serve, "--port", str(port), "--precision", p], port)
-            try:
-                single[p] = single_client(port, files[:40])
-            finally:
-                stop(proc)
-            single[p]["predictor"] = run_json([
-                sys.executable, str(HERE / "imageclf_predict.py"), str(model), p,
-                *map(str, paths[:40])])["median_ms"]
+        for p in sorted({auto, "fp32"}):
+            single[p] = single_client_rounds(serve, model, p, paths[:40])
             print(f"single client, {p}: " + ", ".join(f"{k} {v:.1f} ms"
                                                        for k, v in single[p].items()))
         if a.single_only:

@@ -388,9 +388,10 @@ def _serve_single(r: dict) -> str:
         "",
         f"resnet18 at {st['size']} (presize {st['presize']}), random weights. A blocking"
         " client (http.client, one keep-alive connection) sends one Imagenette JPEG per"
-        " request, 40 files 3 times, each kind of request in turn per file; then"
-        " `Predictor.predict` on the same 40 files, one at a time, in its own process."
-        f" Medians. Measured {m['date']} on {_where(r)}, commit {m['commit']}.",
+        " request, each kind of request in turn per file, over 40 files; then"
+        " `Predictor.predict` on the same files, one at a time, in its own process; three"
+        f" such rounds, medians (of every request, and of the rounds' Predictor medians)."
+        f" Measured {m['date']} on {_where(r)}, commit {m['commit']}.",
         "",
         "| precision | raw body (ms) | multipart (ms) | v2 infer, binary (ms) |"
         " Predictor.predict (ms) | raw body / predict | goal: ≤ 1.1 × predict + 3 ms |",
