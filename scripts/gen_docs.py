@@ -17,14 +17,13 @@ ROOT = Path(__file__).resolve().parents[1]
 def tables() -> dict[tuple[str, str], str]:
     """(doc file, block name) -> generated text."""
     from imageclf.checkpoint import CheckpointInfo
-    from imageclf.config import DataConfig, TrainConfig
+    from imageclf.config import DataConfig, ServeConfig, TrainConfig
     from imageclf.data.cache import CacheIndex
     from imageclf.interpret import InterpretationRecord
     from imageclf.lr_sweep import LRFindResult
     from imageclf.meta import CalibrationInfo, OpenSetRule
     from imageclf.records import record_markdown
     from imageclf.rundir import RunClaim, RunMetrics
-    from imageclf.config import ServeConfig
     from imageclf.settings import settings_markdown
 
     out = {("settings.md", "settings"): settings_markdown(DataConfig, TrainConfig, ServeConfig),
