@@ -162,7 +162,7 @@ def test_model_card_header_and_text(timm_run: Path, tmp_path: Path):
     assert head["model-index"][0]["name"] == "colour-net"
     for c in ("blue", "green", "red"):
         assert f"| {c} |" in body  # the per-class table
-    assert "presize" in body.lower() and "40 px" in body and "32 × 32" in body
+    assert "shorter side is resized to 40 px" in body and "32 × 32" in body
     assert "`knn` score" in body and "keeps 75%" in body
     assert 'timm.create_model("hf-hub:user/colour-net", pretrained=True)' in body
     assert "--onnx" in body and "imageclf predict" in body

@@ -170,6 +170,11 @@ def _usage(facts: CardFacts, repo_id: str | None) -> list[str]:
         "```"]
 
 
+_PRESIZE = {"crop": "The shorter side is resized to {p} px and the centre square kept",
+            "squish": "Images are squished to {p} × {p} px",
+            "pad": "The longer side is resized to {p} px and the image padded to a square"}
+
+
 def render(facts: CardFacts, repo_id: str | None = None) -> str:
     """README.md: the YAML header, then classes, sizes, recipe, metrics, the rule, usage."""
     meta = facts.meta
@@ -183,7 +188,7 @@ def render(facts: CardFacts, repo_id: str | None = None) -> str:
                   + ".", ""]
     lines += ["## Classes", "", ", ".join(f"`{c}`" for c in meta.classes), "",
               "## Input", "",
-              f"- Images are resized to {meta.presize} px ({meta.resize_method}), then to "
+              f"- {_PRESIZE[meta.resize_method].format(p=meta.presize)}, then resized to "
               f"{meta.size} × {meta.size}; trained at {meta.train_size or meta.size}.",
               f"- Normalised with mean {[round(v, 4) for v in meta.mean]} and std "
               f"{[round(v, 4) for v in meta.std]}.",
