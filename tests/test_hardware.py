@@ -54,3 +54,25 @@ def test_autocast_runs_matmuls_in_the_chosen_dtype():
         assert (a @ a).dtype == torch.float32
     with resolve_precision("bf16", torch.device("cpu"), training=False).autocast():
         assert (a @ a).dtype == torch.bfloat16
+
+
+def test_decoding_threads_leave_the_rest_of_the_process_its_thread_count():
+    """The decoders run torch single-threaded; threads started afterwards, and this one,
+    keep the process's count."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    from imageclf.hardware import decoding_pool
+
+    before = torch.get_num_threads()
+    with decoding_pool(2) as pool:
+        inside = {pool.submit(torch.get_num_threads).result() for _ in range(4)}
+
+    def later() -> int:
+        torch.ones(10**6).sum()  # a parallel op: the thread takes its count
+        return torch.get_num_threads()
+
+    with ThreadPoolExecutor(1) as other:
+        assert other.submit(later).result() == before
+    assert inside == {1} and torch.get_num_threads() == before

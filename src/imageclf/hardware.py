@@ -8,6 +8,8 @@ import functools
 import logging
 import os
 import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -118,9 +120,24 @@ def tune_for_training(device: torch.device) -> None:
 
 def torch_threads(n: int | None = None) -> None:
     """A thread pool's initializer: torch in this thread uses `n` threads (all the cores
-    when None). Threads that decode beside the model take 1. libgomp keeps a pool of
-    workers per thread that runs parallel torch code; once the pools together hold more
-    threads than there are cores, every parallel region waits in the kernel instead of
-    spinning: measured on 2 cores, resnet18's forward in a second multi-threaded thread
-    took 17.9 ms against 7.3 ms with one (fp32, 32 px)."""
+    when None). Threads that decode beside the model take 1 (see `decoding_pool`): libgomp
+    keeps a pool of workers per thread that runs parallel torch code, and once the pools
+    together hold more threads than there are cores, every parallel region waits in the
+    kernel instead of spinning. Measured on 2 cores: resnet18's forward in a second
+    multi-threaded thread took 17.9 ms against 7.3 ms with one (fp32, 32 px)."""
+    torch.get_num_threads()  # the thread takes the default first, so that nothing resets it
     torch.set_num_threads(n or os.cpu_count() or 1)
+
+
+def decoding_pool(workers: int, prefix: str = "imageclf-decode") -> ThreadPoolExecutor:
+    """Threads that run torch single-threaded, all started now. torch.set_num_threads in a
+    thread also sets the count that threads started later take, so it is put back once they
+    have all set theirs: the rest of the process keeps its own."""
+    before = torch.get_num_threads()
+    pool = ThreadPoolExecutor(workers, initializer=torch_threads, initargs=(1,),
+                              thread_name_prefix=prefix)
+    barrier = threading.Barrier(workers)
+    for started in [pool.submit(barrier.wait, 30) for _ in range(workers)]:
+        started.result()
+    torch.set_num_threads(before)  # this thread's count already: only the default moves back
+    return pool

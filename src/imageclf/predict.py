@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from imageclf.data.augment import AugParams, BatchAugment, flip_matrix, zoom_mat
 from imageclf.data.images import UnreadableImage, load_centre_square
 from imageclf.errors import ConfigError
 from imageclf.export import load_model
-from imageclf.hardware import resolve_precision, torch_threads
+from imageclf.hardware import decoding_pool, resolve_precision
 from imageclf.openset import NONE_LABEL, NoneRule
 
 __all__ = ["NONE_LABEL", "Outputs", "Prediction", "Predictor", "to_probs"]
@@ -130,7 +129,7 @@ class Predictor:
         if len(paths) == 1:
             return [one(paths[0])]
         # single-threaded torch in the decoders: the model's thread keeps the cores
-        with ThreadPoolExecutor(self.threads, initializer=torch_threads, initargs=(1,)) as pool:
+        with decoding_pool(self.threads) as pool:
             return list(pool.map(one, paths))
 
     def inputs(self, x: torch.Tensor, tta: bool = False) -> list[torch.Tensor]:

@@ -34,7 +34,7 @@ from imageclf.batching import Batcher
 from imageclf.config import ServeConfig
 from imageclf.data.images import UnreadableImage
 from imageclf.errors import ConfigError, ImageclfError
-from imageclf.hardware import torch_threads
+from imageclf.hardware import decoding_pool
 from imageclf.predict import Prediction, Predictor
 from imageclf.rundir import read_metrics
 
@@ -164,8 +164,7 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None, *,
                                         min_confidence=min_confidence, size=cfg.size),
                       cfg.max_batch, cfg.max_wait_ms / 1000, tta=cfg.tta)
     predictor = batcher.predictor
-    decoders = ThreadPoolExecutor(min(4, os.cpu_count() or 1), initializer=torch_threads,
-                                  initargs=(1,), thread_name_prefix="imageclf-decode")
+    decoders = decoding_pool(min(4, os.cpu_count() or 1))
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
