@@ -192,3 +192,14 @@ def test_push_offline_fails_at_once_in_one_line(timm_run: Path,
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot be reached" in lines[0] and "export --timm" in lines[0]
+
+
+def test_timm_named_weights_without_their_config_are_a_clear_error(timm_run: Path,
+                                                                    tmp_path: Path):
+    from imageclf.errors import DamagedFileError
+    from imageclf.export import load_model
+
+    out = hub_folder(timm_run / "model", tmp_path / "hub")
+    (out / "config.json").unlink()
+    with pytest.raises(DamagedFileError, match="config.json"):
+        load_model(out)

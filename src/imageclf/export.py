@@ -78,7 +78,7 @@ def load_model(folder: str | Path) -> tuple[torch.nn.Module, ModelMeta]:
     from imageclf.timm_folder import from_timm_state, is_timm_layout
 
     if is_timm_layout(state):  # a folder `export --timm` wrote: timm's own key names
-        state = from_timm_state(state, meta.arch)
+        state = from_timm_state(state, folder)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

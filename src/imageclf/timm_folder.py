@@ -8,6 +8,7 @@ The folder stays an imageclf model folder too (model.json, open_set.safetensors)
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from imageclf.errors import ConfigError
+from imageclf.errors import ConfigError, DamagedFileError
 from imageclf.export import load_model
 from imageclf.fileio import atomic_write, write_json
 from imageclf.meta import ModelMeta
@@ -55,10 +56,15 @@ def timm_state(model: Classifier, full: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in out.items()}
 
 
-def from_timm_state(state: dict[str, torch.Tensor], arch: str) -> dict[str, torch.Tensor]:
+def from_timm_state(state: dict[str, torch.Tensor], folder: Path) -> dict[str, torch.Tensor]:
     """The inverse of `timm_state`: timm-named weights back to imageclf's keys (body.*,
-    head.2.*) for the timm head."""
-    clf = _classifier_name(timm.create_model(arch, pretrained=False, num_classes=2))
+    head.2.*), by the classifier's name that folder/config.json records."""
+    path = folder / "config.json"
+    try:
+        clf = json.loads(path.read_text())["pretrained_cfg"]["classifier"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DamagedFileError(f"{path}: timm-named weights need the classifier's name in "
+                               f"pretrained_cfg.classifier ({type(e).__name__}: {e})") from e
     names = {f"{clf}.{p}": f"head.2.{p}" for p in ("weight", "bias")}
     return {names.get(k, f"body.{k}"): v for k, v in state.items()}
 
