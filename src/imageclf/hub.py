@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -44,24 +45,24 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def require_hub() -> None:
-    """Raise the one-line error of an offline machine, before any work is done."""
+def push(model: str | Path, repo_id: str, *, private: bool = False, token: str | None = None,
+         license: str | None = None, datasets: tuple[str, ...] = (),
+         message: str = "Upload imageclf model") -> str:
+    """Upload a model folder to the Hub model repository `repo_id` (created if missing) as
+    `hub_folder` writes it; returns the commit's URL. Without huggingface_hub, or offline,
+    it fails at once, in one line, before any work."""
     if not hub_reachable():
         raise ConfigError(f"push: the Hub ({hub_endpoint()}) cannot be reached from this machine; "
                           "`imageclf export --timm -o DIR` writes the folder push would upload")
-
-
-def push(folder: Path, repo_id: str, *, private: bool = False, token: str | None = None,
-         message: str = "Upload imageclf model") -> str:
-    """Upload an exported folder to the Hub model repository `repo_id` (created if
-    missing); returns the commit's URL. Fails at once, in one line, when offline."""
     try:
         from huggingface_hub import HfApi
     except ImportError as e:
         raise ConfigError("push needs huggingface_hub: pip install 'imageclf[hub]'") from e
-    require_hub()
-    api = HfApi(token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-    info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
-                             commit_message=message)
+    with tempfile.TemporaryDirectory(prefix="imageclf-push-") as tmp:
+        folder = hub_folder(model, Path(tmp) / "model", license=license, datasets=datasets,
+                            repo_id=repo_id)
+        api = HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
+                                 commit_message=message)
     return str(getattr(info, "commit_url", info))

@@ -216,16 +216,11 @@ def push(model: o.ModelArg,
          license: License = None, dataset: Dataset = None) -> None:
     """Upload MODEL to the Hugging Face Hub as a timm model with its card (what
     `export --timm` writes)."""
-    import tempfile
-
-    from imageclf.hub import hub_folder, require_hub
     from imageclf.hub import push as run_push
 
-    require_hub()  # before any work: offline fails at once
-    with tempfile.TemporaryDirectory(prefix="imageclf-push-") as tmp:
-        folder = hub_folder(model, Path(tmp) / "model", license=license,
-                            datasets=tuple(dataset or ()), repo_id=repo_id)
-        console.print(f"uploaded: {run_push(folder, repo_id, private=private, token=token)}")
+    url = run_push(model, repo_id, private=private, token=token, license=license,
+                   datasets=tuple(dataset or ()))
+    console.print(f"uploaded: {url}")
 
 
 def report(run_dir: Annotated[Path, typer.Argument(help="A run directory.",
