@@ -21,7 +21,7 @@ def tables() -> dict[tuple[str, str], str]:
     from imageclf.data.cache import CacheIndex
     from imageclf.interpret import InterpretationRecord
     from imageclf.lr_sweep import LRFindResult
-    from imageclf.meta import CalibrationInfo, OpenSetRule
+    from imageclf.meta import CalibrationInfo, NegativesInfo, OpenSetRule, schema_markdown
     from imageclf.records import record_markdown
     from imageclf.rundir import RunClaim, RunMetrics
     from imageclf.settings import settings_markdown
@@ -33,8 +33,10 @@ def tables() -> dict[tuple[str, str], str]:
            ("run-directory.md", "cache"): record_markdown(CacheIndex),
            ("run-directory.md", "checkpoint"): record_markdown(CheckpointInfo),
            ("run-directory.md", "interpretation"): record_markdown(InterpretationRecord),
+           ("run-directory.md", "model"): schema_markdown(),
            ("run-directory.md", "open_set"): record_markdown(OpenSetRule)
-           + "\n" + record_markdown(CalibrationInfo)}
+           + "\n" + record_markdown(CalibrationInfo)
+           + "\n" + record_markdown(NegativesInfo)}
     return out
 
 

@@ -20,6 +20,7 @@ PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 LR_RULES = ("auto", "valley", "slide", "minimum", "steep")  # --lr values that run lr_find
 SAMPLERS = ("shuffle", "balanced")
 FLIP_P = 0.5  # fastai's aug_transforms: a horizontal flip half the time
+NEGATIVES_WEIGHT = 0.5  # outlier exposure's weight; bench/bench_open_set.py, docs/open-set.md
 LR_FIND_STEPS = 100  # batches in the learning-rate finder's sweep, by default
 __all__ = ["AugConfig", "ConfigError", "DataConfig", "DataSource", "ModelConfig",
            "OptimConfig", "OutputConfig", "RegConfig", "ScheduleConfig", "TrainConfig"]
@@ -38,6 +39,10 @@ def parse_sizes(text: str | None) -> tuple[int, ...] | None:
 
 def _no_flip(no_flip: bool) -> float:
     return 0.0 if no_flip else FLIP_P
+
+
+def _paths(paths: list[Path] | None) -> tuple[str, ...]:
+    return tuple(str(p) for p in paths or ())
 
 
 # --- data ---------------------------------------------------------------------------------
@@ -114,6 +119,12 @@ class DataConfig(Settings):
                            "(classes drawn equally often).", choices=SAMPLERS)
     valid_size: int | None = setting(None, "Side validation and the exported model see "
                                      "(default --size).", ge=8)
+    negatives: tuple[str, ...] = setting(
+        (), "Images of none of the classes (a folder, CSV or Parquet; repeatable): trained "
+        "toward no class, their held-out part measures rejection.", cli_type=list[Path],
+        cli_default=None, parse=_paths)
+    negatives_ratio: float = setting(0.5, "Negatives per known image in each training batch.",
+                                     gt=0, le=4)
     aug: AugConfig = field(default_factory=AugConfig)
 
     def check(self) -> None:
@@ -121,6 +132,7 @@ class DataConfig(Settings):
             raise self.error("presize", f"must be >= --size ({self.size}): presizing leaves "
                              "margin for augmentation; try --presize "
                              f"{max(self.size, round(self.size * 1.25))}", self.presize)
+        object.__setattr__(self, "negatives", tuple(str(p) for p in self.negatives))
         if self.valid_size is not None and self.valid_size > self.presize:
             raise self.error("valid_size", f"must be at most --presize ({self.presize})",
                              self.valid_size)
@@ -217,6 +229,9 @@ class RegConfig(Settings):
                          "this decay (e.g. 0.999; 0: off).", ge=0, lt=1)
     mixup: float = setting(0.0, "Mixup with Beta(alpha, alpha) (0: off).", ge=0)
     cutmix: float = setting(0.0, "CutMix with Beta(alpha, alpha) (0: off).", ge=0)
+    negatives_weight: float = setting(
+        NEGATIVES_WEIGHT, "Weight of the negatives' loss: cross-entropy to the uniform "
+        "distribution (softmax), to no label (multi-label).", gt=0)
 
     def check(self) -> None:
         if self.class_weights not in ("none", "auto") and not self.class_weights.endswith(

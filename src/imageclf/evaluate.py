@@ -18,6 +18,7 @@ from imageclf.data.sources import Items, list_images, resolve
 from imageclf.errors import ConfigError, DataError
 from imageclf.interpret import Interpretation, map_targets, write_pictures
 from imageclf.meta import CalibrationInfo, ModelMeta, OodFigures, OpenSetRule
+from imageclf.models import linear_head
 from imageclf.openset import OpenSetStats
 from imageclf.plots import plot_open_set
 from imageclf.predict import NONE_LABEL, Outputs, Predictor, to_probs
@@ -98,6 +99,28 @@ def unknown_images(folder: str | Path) -> list[Path]:
     return paths
 
 
+def accepted_share(labels: list[list[str]]) -> float:
+    """Share of images given a class (not answered none)."""
+    return sum(ls != [NONE_LABEL] for ls in labels) / max(1, len(labels))
+
+
+def held_out_negatives(meta: ModelMeta) -> tuple[list[Path], str, bool] | None:
+    """(paths, where they come from, True) of the negatives a model trained with
+    `--negatives` held out, split as training split them; None for a model trained without.
+    A source that has gone is a clear error naming --ood."""
+    from imageclf.data.negatives import negative_set
+
+    neg = meta.negatives
+    if neg is None:
+        return None
+    gone = [s for s in neg.sources if not Path(s).exists()]
+    if gone:
+        raise ConfigError(f"the model was trained with --negatives {gone[0]}, which is no "
+                          "longer there: give the unknowns with --ood DIR")
+    found = negative_set(neg.sources, neg.valid_pct, neg.seed)
+    return list(found.valid), "held-out negatives of " + ", ".join(neg.sources), True
+
+
 def evaluate_open_set(predictor: Predictor, data: DataSource | str | Path, ood: str | Path,
                       *, keep: float = 0.95, tta: bool = False, bs: int = 32,
                       out_dir: str | Path | None = None) -> tuple[Interpretation, dict]:
@@ -110,7 +133,7 @@ def evaluate_open_set(predictor: Predictor, data: DataSource | str | Path, ood: 
                                   features=rule.needs_features)
     seen = run_images(predictor, unknown_images(ood), bs=bs, tta=tta,
                       features=rule.needs_features, what=f"images in --ood {ood}")
-    names = list(openset.scores_for(predictor.multi_label)[:3])
+    names = list(_allowed(predictor)[:3])
     if rule.score is not None and rule.score not in names:
         names.append(rule.score)
     known = openset.score_outputs(names, known_out, rule.stats, rule.k)
@@ -131,6 +154,9 @@ def evaluate_open_set(predictor: Predictor, data: DataSource | str | Path, ood: 
               "unknown_accepted": sum(ls != [NONE_LABEL] for ls in unknown_labels),
               "unknown_accepted_as": dict(accepted.most_common()),
               "known_answered_none": known_none,
+              "none_figure": openset.none_sentence(
+                  1.0 - accepted_share(unknown_labels), known_none / len(known[score]),
+                  f"these {len(seen.kept)} unknowns"),
               "skipped_unknown": [s.to_json() for s in seen.skipped]}
     if out_dir is not None:  # evaluate's pictures, and the scores' histogram
         write_pictures(interp, out_dir, predictor.presize, predictor.method,
@@ -200,11 +226,13 @@ def calibrate(predictor: Predictor, data: DataSource | str | Path, keep: float =
     """
     if not 0 < keep < 1:
         raise ConfigError(f"--keep must be between 0 and 1 (exclusive); got {keep}")
-    allowed = openset.scores_for(predictor.multi_label)
+    allowed = _allowed(predictor)
     if score != "auto" and score not in allowed:
         kind = "multi-label" if predictor.multi_label else "softmax"
+        why = (" (vim, ash, scale and msp+vim read a softmax model's linear head: train "
+               "with --head timm)" if score in openset.HEAD_SCORES + ("msp+vim",) else "")
         raise ConfigError(f"--score {score!r}: a {kind} model takes auto, "
-                          f"{', '.join(allowed)}")
+                          f"{', '.join(allowed)}{why}")
     if bank_rows < 1 or k < 1:
         raise ConfigError(f"--bank-rows and --k must be at least 1; got {bank_rows}, {k}")
     src = _source(data, predictor)
@@ -214,8 +242,11 @@ def calibrate(predictor: Predictor, data: DataSource | str | Path, keep: float =
     if not valid_idx:
         raise DataError(f"{data} has no validation images to calibrate on")
     targets = map_targets(items.labels, items.classes, predictor.classes, predictor.multi_label)
-    if score == "auto" and ood is None:
-        score = openset.default_score(predictor.multi_label)
+    unknowns = (unknown_images(ood), str(ood), False) if ood is not None \
+        else held_out_negatives(predictor.meta)
+    if score == "auto" and unknowns is None:
+        score = openset.default_score(predictor.multi_label,
+                                      linear_head(predictor.model) is not None)
     candidates = list(allowed) if score == "auto" else ([score] if score else [])
     needs_stats = any(c in openset.FEATURE_SCORES for c in candidates)
     stats = _training_stats(predictor, items, train_idx, bank_rows, bs) if needs_stats \
@@ -229,9 +260,10 @@ def calibrate(predictor: Predictor, data: DataSource | str | Path, keep: float =
                   if predictor.multi_label else None)
     known = openset.score_outputs(candidates, valid.outputs, stats, k)
     figures = hist = None
-    if ood is not None:
-        unk = run_images(predictor, unknown_images(ood), bs=bs, features=needs_stats,
-                         what=f"images in --ood {ood}")
+    if unknowns is not None:
+        paths, where, from_negatives = unknowns
+        unk = run_images(predictor, paths, bs=bs, features=needs_stats,
+                         what=f"unknown images ({where})")
         unknown = openset.score_outputs(candidates, unk.outputs, stats, k)
         figures = openset.compare(known, unknown, keep)
         if score == "auto":
@@ -241,8 +273,8 @@ def calibrate(predictor: Predictor, data: DataSource | str | Path, keep: float =
     if not score:
         return Calibration(None, None, keep, n, thresholds)
     return Calibration(score, openset.threshold_for(known[score], keep), keep, n, thresholds,
-                       k, {"folder": str(ood), "n": len(hist[1]), "scores": figures}
-                       if figures is not None else None,
+                       k, {"folder": where, "n": len(hist[1]), "scores": figures,
+                           "negatives": from_negatives} if figures is not None else None,
                        stats.only(score) if stats is not None else None, hist)
 
 
@@ -261,7 +293,12 @@ def _training_stats(predictor: Predictor, items: Items, train_idx: list[int], ba
     model_index = {c: i for i, c in enumerate(predictor.classes)}
     remap = torch.tensor([model_index.get(c, -1) for c in items.classes] + [-1])
     return OpenSetStats.fit(train.outputs.features, remap[labels], len(predictor.classes),
-                            bank_rows)
+                            bank_rows, linear_head(predictor.model))
+
+
+def _allowed(predictor: Predictor) -> tuple[str, ...]:
+    """The open-set scores this model can compute."""
+    return openset.scores_for(predictor.multi_label, linear_head(predictor.model) is not None)
 
 
 def class_thresholds(probs: torch.Tensor, targets: torch.Tensor, keep: float) -> list[float]:

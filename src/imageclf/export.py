@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from imageclf.errors import DamagedFileError
 from imageclf.fileio import atomic_write
-from imageclf.meta import ModelMeta
+from imageclf.meta import ModelMeta, NegativesInfo
 
 if TYPE_CHECKING:
     from imageclf.learner import Learner
@@ -45,7 +45,17 @@ def learner_meta(learn: Learner) -> ModelMeta:
                      mean=tuple(learn.dls.valid.augment.mean.tolist()),
                      std=tuple(learn.dls.valid.augment.std.tolist()),
                      loss="bce_multi_label" if ml else "cross_entropy", multi_label=ml,
-                     thresholds=(0.5,) * n if ml else None)
+                     thresholds=(0.5,) * n if ml else None, negatives=_negatives(learn))
+
+
+def _negatives(learn: Learner) -> NegativesInfo | None:
+    """What the model was shown of no class (None without --negatives)."""
+    neg, cfg = getattr(learn.dls, "negatives", None), learn.dls.cfg
+    if neg is None:
+        return None
+    return NegativesInfo(tuple(str(Path(s).absolute()) for s in neg.sources),
+                         cfg.source.valid_pct, cfg.seed, len(neg.train), len(neg.valid),
+                         learn.reg.negatives_weight, cfg.negatives_ratio)
 
 
 def export_learner(learn: Learner, folder: str | Path) -> Path:

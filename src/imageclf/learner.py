@@ -18,7 +18,7 @@ from imageclf.config import OptimConfig, RegConfig
 from imageclf.distributed import Dist
 from imageclf.ema import WeightEMA
 from imageclf.hardware import check_compiler, resolve_precision, tune_for_training
-from imageclf.losses import LossFn, class_weights, make_loss
+from imageclf.losses import LossFn, class_weights, make_loss, with_negatives
 from imageclf.models import Classifier, freeze, norm_params, param_groups, unfreeze
 from imageclf.progress import TrainProgress
 from imageclf.schedules import Phase, fine_tune_plan, spread_lrs
@@ -81,7 +81,10 @@ class Learner:
         asks, the weights from the training split's targets."""
         weights = class_weights(self.reg.class_weights, self.dls.train.targets,
                                 self.dls.classes)
-        return make_loss(self.multi_label, self.reg.label_smoothing, weights)
+        loss = make_loss(self.multi_label, self.reg.label_smoothing, weights)
+        if getattr(self.dls, "negatives", None) is not None:  # --negatives: outlier exposure
+            loss = with_negatives(loss, self.reg.negatives_weight, self.multi_label)
+        return loss
 
     def _place(self, model: Classifier) -> Classifier:
         """The model on the device, channels_last, with the CPU's small-map convolutions."""
@@ -308,8 +311,12 @@ class Learner:
         logits, y = self.get_preds()
         self.last_preds = (logits, y)  # the run's interpretation reuses the final pass
         out = {"valid_loss": float(self.loss_func(logits, y))}
-        return out | {f"valid_{k}" if k == "accuracy" else k: v
-                      for k, v in M.compute(logits, y, self.multi_label).items()}
+        out |= {f"valid_{k}" if k == "accuracy" else k: v
+                for k, v in M.compute(logits, y, self.multi_label).items()}
+        neg = getattr(self.dls, "negatives_valid", None)
+        if neg is not None:
+            out |= M.rejection(logits, self.get_preds(neg)[0], self.multi_label)
+        return out
 
     # --- recipes -----------------------------------------------------------------------
     def fit(self, epochs: int, lr: float | Sequence[float] = 1e-3) -> None:

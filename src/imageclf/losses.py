@@ -89,3 +89,32 @@ def class_weights(spec: str, targets: torch.Tensor, classes: Sequence[str]) -> t
                         f"not classes of the data: {unknown[:5]}" if unknown else "",
                         f"weights must be positive numbers: {bad[:5]}" if bad else "") if p))
     return torch.tensor([float(given[c]) for c in classes])
+
+
+def uniform_cross_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy from the uniform distribution over the C classes, averaged over the
+    images: mean over images of -(1/C)·Σ_c log softmax(z)_c (outlier exposure's term,
+    Hendrycks et al. 2019). Lowest, log C, when every class is equally likely."""
+    return -logits.float().log_softmax(1).mean(1).mean()
+
+
+def with_negatives(base: LossFn, weight: float, multi_label: bool) -> LossFn:
+    """`base` on the known images of a batch plus `weight` × the negatives' term: for a
+    softmax model `uniform_cross_entropy`, for a multi-label one BCE toward no label (every
+    sigmoid 0). Negatives are the rows whose target is data.negatives.NEGATIVE; a batch of
+    known images only (validation) gets `base` alone."""
+    from imageclf.data.negatives import is_negative
+
+    def loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        neg = is_negative(target)
+        if not bool(neg.any()):
+            return base(logits, target)
+        known = ~neg
+        total = base(logits[known], target[known]) if bool(known.any()) \
+            else logits.sum() * 0.0
+        z = logits[neg]
+        term = (F.binary_cross_entropy_with_logits(z.float(), torch.zeros_like(z.float()))
+                if multi_label else uniform_cross_entropy(z))
+        return total + weight * term
+
+    return loss

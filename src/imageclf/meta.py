@@ -20,7 +20,8 @@ HEADS = ("concat", "timm")  # the classifier heads models.make_head builds
 LOSSES = ("cross_entropy", "bce_multi_label")
 # open-set scores a model may store as its "none of these" rule (see openset.py)
 OPEN_SET_SCORES = ("msp", "max_logit", "energy", "sigmoid_max", "knn", "mahalanobis",
-                   "msp+mahalanobis", "sigmoid_max+mahalanobis")
+                   "msp+mahalanobis", "sigmoid_max+mahalanobis", "vim", "ash", "scale",
+                   "msp+vim")
 KNN_K = 10  # knn's neighbour, by default
 
 
@@ -28,9 +29,11 @@ KNN_K = 10  # knn's neighbour, by default
 class OodFigures(Record):
     """How each open-set score told known images from `calibrate --ood`'s unknown ones."""
 
-    folder: str = doc("the --ood folder")
+    folder: str = doc("the --ood folder, or where the held-out negatives came from")
     n: int = doc("unknown images read there")
     scores: dict[str, dict[str, float]] = doc("per score: auroc, and fpr at the kept share")
+    negatives: bool = doc("the unknowns were the model's held-out --negatives (calibrate "
+                          "without --ood)", False)
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,20 @@ class OpenSetRule(Record):
     rows: int | None = doc("knn: training features in the bank", None)
     file: str | None = doc("the feature scores' training statistics, inside the folder", None)
     ood: OodFigures | None = doc("with --ood: every score's figures on the unknowns", None)
+
+
+@dataclass(frozen=True)
+class NegativesInfo(Record):
+    """What a model trained with `--negatives` was shown of no class, so that `calibrate`
+    can measure its rule on the held-out part."""
+
+    sources: tuple[str, ...] = doc("the --negatives sources (absolute)")
+    valid_pct: float = doc("the held-out share of a source without its own split")
+    seed: int = doc("the seed of that split")
+    n_train: int = doc("negatives trained on")
+    n_valid: int = doc("negatives held out")
+    weight: float = doc("the weight of their loss")
+    ratio: float = doc("negatives per known image in each batch")
 
 
 @dataclass(frozen=True)
@@ -143,11 +160,16 @@ class ModelMeta:
         "multi_label_thresholds)", default=None)
     open_set: OpenSetRule | None = _spec(
         "null or an object with `score` (msp, max_logit, energy, sigmoid_max, knn, "
-        "mahalanobis, msp+mahalanobis or sigmoid_max+mahalanobis), a number `threshold`, "
+        "mahalanobis, msp+mahalanobis, sigmoid_max+mahalanobis, vim, ash, scale or "
+        "msp+vim), a number `threshold`, "
         "and for knn an integer `k` ≥ 1", _open_set,
         "the `none of these` rule from `calibrate`: below `threshold` on `score`, the answer "
         "is none; the feature scores read their training statistics from `file`",
         default=None)
+    negatives: NegativesInfo | None = _spec(
+        "null or an object", lambda v: v is None or isinstance(v, dict | NegativesInfo),
+        "`train --negatives`: the sources of the images of no class it learned to reject, "
+        "and how they were split (calibrate's default unknowns)", default=None)
     weights: str = _spec("a .safetensors file name inside the folder",
                          lambda v: isinstance(v, str) and v.endswith(".safetensors"),
                          "the weights file", default="model.safetensors")
@@ -165,7 +187,8 @@ class ModelMeta:
             v = getattr(self, name)
             if isinstance(v, list):
                 object.__setattr__(self, name, tuple(v))
-        for name, cls in (("open_set", OpenSetRule), ("calibration", CalibrationInfo)):
+        for name, cls in (("open_set", OpenSetRule), ("calibration", CalibrationInfo),
+                          ("negatives", NegativesInfo)):
             v = getattr(self, name)
             if isinstance(v, dict):  # as JSON gives it: the typed record
                 object.__setattr__(self, name, cls.from_json(v, f"model.json: {name}"))

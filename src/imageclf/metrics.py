@@ -163,3 +163,20 @@ def watch(rows: list[dict], name: str) -> dict:
     pick = min if name in LOWER_IS_BETTER else max
     epoch, best = pick(vals, key=lambda v: v[1])
     return {"name": name, "last": vals[-1][1], "best": best, "best_epoch": epoch}
+
+
+REJECTION_KEEP = 0.95  # the known share a training run's rejection figure keeps
+
+
+def rejection(known: torch.Tensor, negatives: torch.Tensor, multi_label: bool,
+              keep: float = REJECTION_KEEP) -> dict[str, float]:
+    """How well the plain confidence (msp, sigmoid_max for multi-label) tells the held-out
+    negatives from the known validation images, from their logits: `negatives_auroc`, and
+    `negatives_none`, the share of negatives below the threshold that keeps `keep` of the
+    known images (what `calibrate` would answer `none` for with that score)."""
+    from imageclf import openset
+
+    score = openset.sigmoid_max if multi_label else openset.msp
+    k, n = score(known), score(negatives)
+    return {"negatives_auroc": openset.auroc(k, n),
+            "negatives_none": 1.0 - openset.fpr_at(k, n, keep)}

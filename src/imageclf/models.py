@@ -71,6 +71,19 @@ class Classifier(nn.Module):
         return self.head(fmap), fmap.float().mean((2, 3))
 
 
+def linear_head(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(weight (C, D), bias (C,)) of a model whose logits are one linear layer on the
+    average-pooled features (timm's head), what vim, ash and scale read; None for the
+    concat head."""
+    head = getattr(model, "head", None)
+    if getattr(model, "head_kind", None) != "timm" or not isinstance(head, nn.Sequential):
+        return None
+    lin = head[-1]
+    if not isinstance(lin, nn.Linear) or lin.bias is None:
+        return None
+    return lin.weight, lin.bias
+
+
 def check_arch(arch: str) -> None:
     """Raise a ConfigError naming close architecture names when timm does not know `arch`."""
     if timm.is_model(arch):

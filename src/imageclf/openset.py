@@ -39,11 +39,15 @@ from imageclf.meta import OPEN_SET_SCORES as SCORES
 if TYPE_CHECKING:
     from imageclf.meta import ModelMeta
 
-LOGIT_SCORES = SCORES[:4]  # msp, max_logit, energy, sigmoid_max
-FEATURE_SCORES = SCORES[4:]  # knn, mahalanobis and the fused scores
-FUSED = SCORES[6:]  # msp+mahalanobis, sigmoid_max+mahalanobis
+LOGIT_SCORES = ("msp", "max_logit", "energy", "sigmoid_max")
+FUSED = ("msp+mahalanobis", "sigmoid_max+mahalanobis", "msp+vim")
+HEAD_SCORES = ("vim", "ash", "scale")  # read the linear head's weights (timm's head)
+FEATURE_SCORES = tuple(n for n in SCORES if n not in LOGIT_SCORES)  # need the statistics
+assert set(LOGIT_SCORES + FEATURE_SCORES) == set(SCORES)
 STATS_FILE = "open_set.safetensors"
 BANK_ROWS = 10_000  # at most this many training features are kept for knn (fp16)
+ASH_PERCENTILE = 0.90  # ASH-S keeps the top 10% of each feature vector (Djurisic et al.)
+SCALE_PERCENTILE = 0.85  # SCALE's scale factor from the top 15% (Xu et al. 2024)
 
 
 # --- the scores --------------------------------------------------------------------------
@@ -111,6 +115,63 @@ def fit_mahalanobis(features: torch.Tensor, labels: torch.Tensor, n_classes: int
     cov = x.T @ x / len(x)
     cov += torch.eye(cov.shape[0]) * (1e-6 + 1e-3 * cov.diagonal().mean())  # stays invertible
     return means, torch.linalg.inv(cov)
+
+
+def _top_share(features: torch.Tensor, percentile: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask of each row's entries above its `percentile`, exp(sum / sum above)): the
+    activation-shaping pieces of ASH-S and SCALE."""
+    f = features.float()
+    keep = max(1, int(round(f.shape[1] * (1.0 - percentile))))
+    top = f.topk(keep, dim=1)
+    mask = torch.zeros_like(f, dtype=torch.bool).scatter_(1, top.indices, True)
+    s_all = f.sum(1)
+    s_top = top.values.sum(1).clamp_min(1e-12)
+    return mask, torch.exp((s_all / s_top).clamp(max=80.0))
+
+
+def ash(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+        percentile: float = ASH_PERCENTILE) -> torch.Tensor:
+    """ASH-S (Djurisic et al. 2023): each pooled feature vector keeps only its top
+    (1 - percentile) entries, scaled by exp(sum of all / sum kept); the score is the energy
+    of the head's logits on that shaped vector."""
+    mask, factor = _top_share(features, percentile)
+    shaped = features.float() * mask * factor[:, None]
+    return energy(shaped @ weight.float().T + bias.float())
+
+
+def scale(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+          percentile: float = SCALE_PERCENTILE) -> torch.Tensor:
+    """SCALE (Xu et al. 2024): the whole pooled vector scaled by exp(sum / sum of its top
+    (1 - percentile) entries), nothing pruned; the energy of the head's logits on it."""
+    _, factor = _top_share(features, percentile)
+    return energy((features.float() * factor[:, None]) @ weight.float().T + bias.float())
+
+
+def fit_vim(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+            principal: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ViM's statistics (Wang et al. 2022) from training features: the origin u = -W⁺b
+    (where the logits are all zero), the basis (D, D - principal) of the directions
+    outside the `principal` (default D/2) main directions of the features about u, and
+    alpha, which scales the residual norm to the size of the training images' max logits."""
+    f = features.float()
+    u = -torch.linalg.pinv(weight.float()) @ bias.float()
+    x = f - u
+    d = x.shape[1]
+    principal = min(d - 1, max(1, d // 2 if principal is None else principal))
+    _, vecs = torch.linalg.eigh(x.T @ x / len(x))  # ascending eigenvalues
+    basis = vecs[:, : d - principal].contiguous()  # the smallest: the residual space
+    residual = (x @ basis).norm(dim=1)
+    logits = f @ weight.float().T + bias.float()
+    alpha = logits.amax(1).mean() / residual.mean().clamp_min(1e-12)
+    return u, basis, alpha.reshape(1)
+
+
+def vim(features: torch.Tensor, logits: torch.Tensor, origin: torch.Tensor,
+        basis: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """ViM: logsumexp of the logits minus alpha × the norm of the feature's part outside
+    the training features' principal space (a virtual "none" logit)."""
+    residual = ((features.float() - origin.float()) @ basis.float()).norm(dim=1)
+    return torch.logsumexp(logits.float(), 1) - alpha.float() * residual
 
 
 def per_class_sample(labels: torch.Tensor, rows: int, seed: int = 0) -> torch.Tensor:
@@ -187,7 +248,7 @@ def best(figures: dict[str, dict[str, float]]) -> str:
 
 
 # --- the rule a model stores -------------------------------------------------------------
-def default_score(multi_label: bool) -> str | None:
+def default_score(multi_label: bool, linear_head: bool = False) -> str | None:
     """`calibrate --score auto` without --ood, chosen from bench/bench_open_set.py (docs/
     open-set.md): the fused score. On two seeds it beat msp near-OOD by 3.8 AUROC points
     and far-OOD by 25 (softmax); for multi-label models it gave up 2.8 points near-OOD to
@@ -195,10 +256,12 @@ def default_score(multi_label: bool) -> str | None:
     return "sigmoid_max+mahalanobis" if multi_label else "msp+mahalanobis"
 
 
-def scores_for(multi_label: bool) -> tuple[str, ...]:
-    """The scores that make sense for a kind of model."""
+def scores_for(multi_label: bool, linear_head: bool = False) -> tuple[str, ...]:
+    """The scores that make sense for a kind of model: vim, ash, scale and msp+vim read a
+    softmax model's single linear head (timm's head), so not the concat head's."""
     first = "sigmoid_max" if multi_label else "msp"
-    return (first, "max_logit", "energy", "knn", "mahalanobis", f"{first}+mahalanobis")
+    out = (first, "max_logit", "energy", "knn", "mahalanobis", f"{first}+mahalanobis")
+    return out + (*HEAD_SCORES, "msp+vim") if linear_head and not multi_label else out
 
 
 @dataclass
@@ -208,31 +271,57 @@ class OpenSetStats:
     bank: torch.Tensor | None = None  # (N, D) fp16, normalised
     means: torch.Tensor | None = None  # (C, D)
     precision: torch.Tensor | None = None  # (D, D)
-    fusion: torch.Tensor | None = None  # (4,): mean, std of the logit score, of mahalanobis
+    # (4,) per fused score: mean and std of its logit score, of its feature score
+    fusion: torch.Tensor | None = None  # msp+mahalanobis (sigmoid_max+mahalanobis)
+    fusion_vim: torch.Tensor | None = None  # msp+vim
+    head_weight: torch.Tensor | None = None  # (C, D) the linear head: ash, scale, vim
+    head_bias: torch.Tensor | None = None  # (C,)
+    vim_origin: torch.Tensor | None = None  # (D,)
+    vim_basis: torch.Tensor | None = None  # (D, D - principal)
+    vim_alpha: torch.Tensor | None = None  # (1,)
 
     @classmethod
     def fit(cls, features: torch.Tensor, labels: torch.Tensor, n_classes: int,
-            rows: int = BANK_ROWS) -> OpenSetStats:
+            rows: int = BANK_ROWS, head: tuple[torch.Tensor, torch.Tensor] | None = None
+            ) -> OpenSetStats:
+        """From training features (and labels): knn's bank, mahalanobis's class means and
+        precision, and with the linear `head` (weight, bias) ViM's statistics."""
         means, prec = fit_mahalanobis(features, labels, n_classes)
-        return cls(sample_bank(features, labels, rows), means, prec)
+        out = cls(sample_bank(features, labels, rows), means, prec)
+        if head is not None:
+            w, b = (t.detach().float().cpu().contiguous() for t in head)
+            out.head_weight, out.head_bias = w, b
+            out.vim_origin, out.vim_basis, out.vim_alpha = fit_vim(features, w, b)
+        return out
 
     def fit_fusion(self, logits: torch.Tensor, features: torch.Tensor, multi_label: bool
                    ) -> None:
-        """The standardisation of the fused score, from known (validation) images."""
+        """The standardisation of the fused scores, from known (validation) images."""
         first = sigmoid_max(logits) if multi_label else msp(logits)
-        maha = mahalanobis(features, self.means, self.precision)
-        self.fusion = torch.stack([first.mean(), first.std().clamp_min(1e-6), maha.mean(),
-                                   maha.std().clamp_min(1e-6)]).float()
+
+        def stats(second: torch.Tensor) -> torch.Tensor:
+            return torch.stack([first.mean(), first.std().clamp_min(1e-6), second.mean(),
+                                second.std().clamp_min(1e-6)]).float()
+
+        self.fusion = stats(mahalanobis(features, self.means, self.precision))
+        if self.vim_basis is not None:
+            self.fusion_vim = stats(self._vim(features, logits))
+
+    def _vim(self, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        return vim(features, logits, self.vim_origin, self.vim_basis, self.vim_alpha)
 
     def only(self, score: str) -> OpenSetStats:
         """Just what `score` needs (what is stored with it)."""
-        if score == "knn":
-            return OpenSetStats(bank=self.bank)
-        if score == "mahalanobis":
-            return OpenSetStats(means=self.means, precision=self.precision)
-        if score in FUSED:
+        head = {"head_weight": self.head_weight, "head_bias": self.head_bias}
+        vim_ = {"vim_origin": self.vim_origin, "vim_basis": self.vim_basis,
+                "vim_alpha": self.vim_alpha}
+        need = {"knn": {"bank": self.bank},
+                "mahalanobis": {"means": self.means, "precision": self.precision},
+                "ash": head, "scale": head, "vim": vim_,
+                "msp+vim": vim_ | {"fusion_vim": self.fusion_vim}}
+        if score in FUSED and score != "msp+vim":
             return OpenSetStats(means=self.means, precision=self.precision, fusion=self.fusion)
-        return OpenSetStats()
+        return OpenSetStats(**need.get(score, {}))
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {k: v.contiguous() for k, v in dataclasses.asdict(self).items() if v is not None}
@@ -269,13 +358,25 @@ def score_of(name: str, logits: torch.Tensor, features: torch.Tensor | None,
         return knn(features, stats.bank, min(k, len(stats.bank)))
     if name == "mahalanobis" and stats.means is not None and stats.precision is not None:
         return mahalanobis(features, stats.means, stats.precision)
+    if name in ("ash", "scale") and stats.head_weight is not None:
+        fn = ash if name == "ash" else scale
+        return fn(features, stats.head_weight, stats.head_bias)
+    if name == "vim" and stats.vim_basis is not None:
+        return stats._vim(features, logits)
+    if name == "msp+vim" and stats.fusion_vim is not None and stats.vim_basis is not None:
+        return _fused(msp(logits), stats._vim(features, logits), stats.fusion_vim)
     if name in FUSED and stats.fusion is not None and stats.means is not None:
         first = sigmoid_max(logits) if name.startswith("sigmoid_max") else msp(logits)
-        f = stats.fusion.float()
-        maha = mahalanobis(features, stats.means, stats.precision)
-        return (first - f[0]) / f[1] + (maha - f[2]) / f[3]
+        return _fused(first, mahalanobis(features, stats.means, stats.precision),
+                      stats.fusion)
     raise ConfigError(f"unknown open-set score {name!r} (or its statistics are missing); "
                       f"choose from {', '.join(SCORES)}")
+
+
+def _fused(first: torch.Tensor, second: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """The sum of two scores, each standardised by the known images' mean and spread."""
+    f = f.float()
+    return (first - f[0]) / f[1] + (second - f[2]) / f[3]
 
 
 def score_outputs(names: Sequence[str], out: Any, stats: OpenSetStats | None,
@@ -388,3 +489,21 @@ def _load_stats(score: str, file: str, folder: Path) -> OpenSetStats | None:
         raise DamagedFileError(f"{path} is missing: model.json's open_set score {score} "
                                "needs it; run `imageclf calibrate` again")
     return OpenSetStats.load(path)
+
+
+# --- the figure a person reads -----------------------------------------------------------
+def none_sentence(unknown_none: float, known_none: float, what: str) -> str:
+    """"Of images like <what>, N% are answered none, while M% of known images are."."""
+    return (f"Of images like {what}, {unknown_none:.0%} are answered none, while "
+            f"{known_none:.0%} of known images are.")
+
+
+def calibrated_sentence(open_set: dict | None) -> str | None:
+    """`none_sentence` of a model.json's `open_set` as calibrate measured it on its unknowns
+    (--ood, or the held-out negatives); None when it was chosen without unknowns."""
+    ood = (open_set or {}).get("ood")
+    if not ood or open_set["score"] not in ood.get("scores", {}):
+        return None
+    fpr = ood["scores"][open_set["score"]]["fpr"]
+    return none_sentence(1.0 - fpr, 1.0 - float(open_set.get("keep") or 0.0),
+                         f"the {ood['n']} unknowns it was calibrated on ({ood['folder']})")

@@ -104,6 +104,10 @@ def _open_set_section(model: Path) -> list[str]:
     if ood:
         rows = [{"score": k, "AUROC": v["auroc"], "FPR at the kept share": v["fpr"]}
                 for k, v in ood["scores"].items()]
+        from imageclf.openset import calibrated_sentence
+
+        sentence = calibrated_sentence(rule)
+        parts += [f"<p><b>{escape(sentence)}</b></p>"] if sentence else []
         parts += [f"<p>On {ood['n']} images from no known class ({escape(ood['folder'])}):</p>",
                   _table(rows, ("score",)), _img(model / "open_set.png", "open-set scores")]
     return parts

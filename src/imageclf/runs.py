@@ -74,6 +74,9 @@ def build_learner(data: DataConfig, train: TrainConfig, ctx: RunContext | None =
     ctx = ctx or RunContext()
     check_arch(train.model.arch)
     resolve_precision(train.optim.precision, torch.device(ctx.device))  # fail early
+    if data.negatives and (train.reg.mixup or train.reg.cutmix):
+        raise ConfigError("--negatives cannot be combined with --mixup or --cutmix yet (a "
+                          "mixed image would be part known, part of no class); drop one")
     dls = DataLoaders.from_config(data, device=ctx.device, rank=ctx.dist.rank,
                                   world_size=ctx.dist.world_size)
     check_metric(train.output.metric, dls.multi_label, len(dls.classes))

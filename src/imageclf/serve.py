@@ -35,6 +35,7 @@ from imageclf.config import ServeConfig
 from imageclf.data.images import UnreadableImage
 from imageclf.errors import ConfigError, ImageclfError
 from imageclf.hardware import decoding_pool
+from imageclf.openset import calibrated_sentence
 from imageclf.predict import Prediction, Predictor
 from imageclf.rundir import read_metrics
 
@@ -143,6 +144,8 @@ def model_card(predictor: Predictor, model_dir: Path, tta: bool = False,
     card |= {k: v for k, v in predictor.meta.to_json().items() if k != "weights"}
     # the rule in force: --min-confidence may override the stored one
     card |= {"none_rule": predictor.rule.name, "none_threshold": predictor.rule.threshold,
+             "none_figure": calibrated_sentence(card.get("open_set"))
+             if predictor.rule.name == (card.get("open_set") or {}).get("score") else None,
              "metrics": None, "predict_size": predictor.size, "tta": tta}
     if (model_dir.parent / "metrics.json").exists():
         with contextlib.suppress(ImageclfError):  # a damaged file: no metrics on the card

@@ -150,7 +150,9 @@ def calibrate(model: o.ModelArg, data: DataSource, keep: o.Keep = 0.95,
         print(json.dumps(chosen.to_dict()))
         return
     if chosen.ood is not None:
-        console.print(f"on {chosen.ood['n']} unknown images from {ood}:")
+        where = (f"the {chosen.ood['folder']} (no --ood given)" if chosen.ood["negatives"]
+                 else str(ood))
+        console.print(f"on {chosen.ood['n']} unknown images from {where}:")
         console.print(score_table(chosen.ood["scores"], keep, chosen.score))
     if chosen.score is not None:
         console.print(f"{chosen.score} below {chosen.threshold:.4g} answers none: keeps "

@@ -31,6 +31,7 @@ def print_open_set(console: Console, r: dict) -> None:
                       f"{r['unknown_accepted']} of {r['n_unknown']} unknown images got a "
                       f"class; {r['known_answered_none']} of {r['n_known']} known images "
                       "were answered none")
+        console.print(r["none_figure"], style="bold")
     if r["unknown_accepted_as"]:
         console.print("unknown images accepted as: " + ", ".join(
             f"{c} {n}" for c, n in r["unknown_accepted_as"].items()))

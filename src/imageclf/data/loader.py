@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +22,15 @@ from imageclf.data.augment import (
     sample_params,
 )
 from imageclf.data.cache import PresizeCache
+from imageclf.data.negatives import (
+    NegativeSet,
+    negative_order,
+    negative_set,
+    negative_targets,
+    per_batch,
+)
 from imageclf.data.sources import Items, resolve
+from imageclf.errors import DataError
 from imageclf.records import Skipped
 
 log = logging.getLogger(__name__)
@@ -70,7 +78,9 @@ class BatchLoader:
     def __init__(self, paths: list[Path], targets: torch.Tensor, cfg: DataConfig, train: bool,
                  device: torch.device | str = "cpu", cache_dir: str | Path | None = None,
                  mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD,
-                 rank: int = 0, world_size: int = 1, role: str | None = None) -> None:
+                 rank: int = 0, world_size: int = 1, role: str | None = None,
+                 negatives: Sequence[Path] = (), n_classes: int = 0,
+                 multi_label: bool = False) -> None:
         self.paths = paths
         self.all_targets = targets
         self.cfg = cfg
@@ -87,12 +97,25 @@ class BatchLoader:
         self.epoch = 0
         self.skip = 0  # batches of the next pass to skip (resuming mid-epoch)
         self.index: np.ndarray | None = None  # usable cache slots
+        # training with negatives: their own cache, `neg_k` of them beside each batch
+        self.negatives = PresizeCache(list(negatives), cfg.presize, cfg.resize_method,
+                                      cache_dir or cfg.cache_dir, cfg.decode_workers,
+                                      role="negatives") if negatives else None
+        self.neg_k = per_batch(cfg.negatives_ratio, cfg.bs) if negatives else 0
+        self.neg_index: np.ndarray | None = None
+        self.n_classes, self.multi_label = n_classes, multi_label
 
     def prepare(self) -> None:
         """Build (or open) the presize cache; decode only what it lacks."""
         if self.index is None:
             self.cache.build()
             self.index = np.flatnonzero(self.cache.ok)
+        if self.negatives is not None and self.neg_index is None:
+            self.negatives.build()
+            self.neg_index = np.flatnonzero(self.negatives.ok)
+            if not len(self.neg_index):
+                raise DataError(f"none of the {len(self.negatives.paths)} --negatives "
+                                "training images could be read")
 
     @property
     def n_items(self) -> int:
@@ -149,26 +172,61 @@ class BatchLoader:
         r, w = self.rank, self.world_size
         return AugParams(p.matrix[r::w], p.contrast[r::w], p.brightness[r::w])
 
-    def _gather(self, slots: np.ndarray, offsets: np.ndarray) -> torch.Tensor:
+    def _gather(self, parts: Sequence[tuple[PresizeCache, np.ndarray, np.ndarray]]
+                ) -> torch.Tensor:
+        """One uint8 batch of the (cache, slots, crop offsets) parts, in order."""
         p = self.cfg.presize
         pin = self.device.type == "cuda"
-        out = torch.empty((len(slots), 3, p, p), dtype=torch.uint8, pin_memory=pin)
+        n = sum(len(slots) for _, slots, _ in parts)
+        out = torch.empty((n, 3, p, p), dtype=torch.uint8, pin_memory=pin)
         dst = out.numpy()
-        data = self.cache.data
-        for j, (i, off) in enumerate(zip(slots, offsets, strict=True)):
-            crop = data[i, :, :, off:off + p]  # (3, P, P) view of the memmap
-            dst[j] = crop.transpose(0, 2, 1) if self.cache.transposed[i] else crop
+        j = 0
+        for cache, slots, offsets in parts:
+            data = cache.data
+            for i, off in zip(slots, offsets, strict=True):
+                crop = data[i, :, :, off:off + p]  # (3, P, P) view of the memmap
+                dst[j] = crop.transpose(0, 2, 1) if cache.transposed[i] else crop
+                j += 1
         return out
 
-    def _batches(self, order: np.ndarray, offsets: np.ndarray, targets: torch.Tensor
+    def _batches(self, order: np.ndarray, offsets: np.ndarray, targets: torch.Tensor,
+                 negatives: tuple[np.ndarray, np.ndarray] | None = None
                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(uint8 images, targets) on the host; pinned when they go to a GPU, so that the
-        copies can be non-blocking."""
+        copies can be non-blocking. With `negatives` ((batches, k) indices into the usable
+        negatives, and their crop offsets), each batch's k negatives follow its known
+        images, their targets NEGATIVE."""
         pin = self.device.type == "cuda"
-        for s in range(0, len(order), self.bs):
+        for b, s in enumerate(range(0, len(order), self.bs)):
             sel = order[s:s + self.bs]
             yb = targets[torch.from_numpy(sel)]
-            yield self._gather(self.index[sel], offsets[sel]), yb.pin_memory() if pin else yb
+            parts = [(self.cache, self.index[sel], offsets[sel])]
+            if negatives is not None:
+                nsel = negatives[0][b]
+                parts.append((self.negatives, self.neg_index[nsel], negatives[1][nsel]))
+                yb = torch.cat([yb, negative_targets(len(nsel), self.n_classes,
+                                                     self.multi_label)])
+            yield self._gather(parts), yb.pin_memory() if pin else yb
+
+    def _offsets(self, cache: PresizeCache, index: np.ndarray, g: torch.Generator
+                 ) -> np.ndarray:
+        """Where each image's presize square starts along its long side: at random per
+        epoch when training, centred otherwise."""
+        room = np.maximum(cache.lengths[index] - self.cfg.presize, 0)
+        if not self.train:
+            return room // 2
+        u = torch.rand(len(room), generator=g, dtype=torch.float64).numpy()
+        return np.floor(u * (room + 1)).astype(np.int64)
+
+    def _negatives(self, n_batches: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """This epoch's negatives of each batch and their crop offsets (None without)."""
+        if self.negatives is None or not self.train:
+            return None
+        seed = self.cfg.seed
+        which = negative_order(len(self.neg_index), self.neg_k, n_batches, seed, self.epoch,
+                               self.rank, self.world_size)
+        return which, self._offsets(self.negatives, self.neg_index,
+                                    epoch_generator(seed, self.epoch, 8))
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.prepare()
@@ -176,21 +234,19 @@ class BatchLoader:
         g_crop = epoch_generator(seed, self.epoch, 0)
         g_aug = epoch_generator(seed, self.epoch, 1)
         order = self._order()
-        lengths = self.cache.lengths[self.index]
-        room = np.maximum(lengths - self.cfg.presize, 0)
-        if self.train:  # random square crop position along the long side, per epoch
-            u = torch.rand(len(room), generator=g_crop, dtype=torch.float64).numpy()
-            offsets = np.floor(u * (room + 1)).astype(np.int64)
-        else:
-            offsets = room // 2
+        offsets = self._offsets(self.cache, self.index, g_crop)
+        negatives = self._negatives(-(-len(order) // self.bs))
         targets = self.targets
         skip, self.skip = self.skip, 0
         if skip:  # resume mid-epoch: the same batches and augmentation draws as a full pass
             order = order[skip * self.bs:]
+            if negatives is not None:
+                negatives = (negatives[0][skip:], negatives[1])
             if self.train:
                 for _ in range(skip):
-                    self._params(self.bs, g_aug)
-        for xb, yb in prefetch(self._batches(order, offsets, targets), self.device):
+                    self._params(self.bs + self.neg_k, g_aug)
+        for xb, yb in prefetch(self._batches(order, offsets, targets, negatives),
+                               self.device):
             xb = xb.to(self.device, non_blocking=True)
             yb = yb.to(self.device, non_blocking=True)
             params = self._params(xb.shape[0], g_aug) if self.train else None
@@ -261,6 +317,8 @@ class DataLoaders:
     train: BatchLoader
     valid: BatchLoader
     cfg: DataConfig
+    negatives: NegativeSet | None = None
+    negatives_valid: BatchLoader | None = None  # the negatives' held-out part
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -279,12 +337,20 @@ class DataLoaders:
         items = resolve(cfg.source, cfg.seed)
         targets = targets_tensor(items)
         tr, va = items.split_indices()
+        neg = negative_set(cfg.negatives, cfg.source.valid_pct, cfg.seed) \
+            if cfg.negatives else None
+        n, ml = len(items.classes), items.multi_label
 
-        def make(idx: list[int], train: bool) -> BatchLoader:
-            return BatchLoader([items.paths[i] for i in idx], targets[idx], cfg, train, device,
-                               mean=mean, std=std, rank=rank, world_size=world_size)
+        def make(paths: list[Path], y: torch.Tensor, train: bool, **kw) -> BatchLoader:
+            return BatchLoader(paths, y, cfg, train, device, mean=mean, std=std, rank=rank,
+                               world_size=world_size, n_classes=n, multi_label=ml, **kw)
 
-        return cls(items, make(tr, True), make(va, False), cfg)
+        train = make([items.paths[i] for i in tr], targets[tr], True,
+                     negatives=neg.train if neg else ())
+        valid = make([items.paths[i] for i in va], targets[va], False)
+        neg_valid = make(list(neg.valid), negative_targets(len(neg.valid), n, ml), False,
+                         role="negatives-valid") if neg else None
+        return cls(items, train, valid, cfg, neg, neg_valid)
 
     def show_batch(self, n: int = 16, train: bool = True, path: str | Path | None = None):
         """A grid of one augmented training (or validation) batch with its labels, as a
@@ -295,10 +361,21 @@ class DataLoaders:
 
     def prepare(self) -> None:
         """Decode and cache both splits now."""
-        self.train.prepare()
-        self.valid.prepare()
+        for loader in self.loaders:
+            loader.prepare()
+
+    @property
+    def loaders(self) -> list[BatchLoader]:
+        """Training, validation and (with negatives) the negatives' held-out loader."""
+        return [self.train, self.valid] + ([self.negatives_valid]
+                                           if self.negatives_valid is not None else [])
 
     def skipped(self) -> list[Skipped]:
-        """Every file left out as unreadable, with the reason."""
+        """Every file left out as unreadable, with the reason (negatives' too)."""
         self.prepare()
-        return self.train.cache.unreadable() + self.valid.cache.unreadable()
+        out = self.train.cache.unreadable() + self.valid.cache.unreadable()
+        if self.train.negatives is not None:
+            out += self.train.negatives.unreadable()
+        if self.negatives_valid is not None:
+            out += self.negatives_valid.cache.unreadable()
+        return out
