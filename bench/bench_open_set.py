@@ -1,23 +1,34 @@
-"""Which open-set score tells unknown images from known ones best? AUROC and FPR at 95% TPR
-of every score `imageclf calibrate` offers, on Imagenette with two classes held out.
+"""Does "none of these" catch unknowns? Every open-set score `imageclf calibrate` offers,
+on models trained with and without `--negatives`, against unknowns the negatives never
+showed.
 
-    python bench/bench_open_set.py [--data DIR] [--epochs 3] [--seeds 0,1]
-        [--size 128] [--presize 160] [--bs 64] [--far 300] [--no-multi-label]
+    python bench/bench_open_set.py [--data DIR] [--epochs 3] [--seeds 0,1] [--size 128]
+        [--presize 160] [--bs 64] [--far 300] [--weights 0.5] [--ratio 0.5]
+        [--finetune-seed 0] [--runs DIR]
 
-Per seed: two of the ten classes, drawn with that seed, are held out. resnet18 is trained
-from scratch (`imageclf train`, one-cycle at 3e-3) on the other eight, once with softmax
-and once with independent sigmoids (--multi-label). Then, with imageclf's own Predictor
-and openset module (what calibrate and evaluate run):
+Per seed, Imagenette's ten classes are dealt out with that seed:
 
-- known: the eight classes' validation images;
-- near-OOD: the held-out classes' validation images;
-- far-OOD: the demo's generated shapes, and uniform and Gaussian noise images (--far of
-  each);
-- knn's bank and mahalanobis's class means come from the eight classes' training images,
-  as `calibrate` builds them (bank at most 10,000 rows, fp16).
+- 6 **known** classes, trained on (their validation images are the known set);
+- 2 **negative** classes: `train --negatives` (their train/ images; their val/ images are
+  the held-out part that validation and `calibrate` read);
+- 2 **unseen** classes, never shown to any model: their validation images are the near
+  unknowns;
+- **far** unknowns no model saw: the demo's drawn shapes, uniform and Gaussian noise, and
+  generated textures (--far of each).
 
-Reports every score's AUROC and FPR@95TPR per seed and their medians. Writes
-bench/results/open_set.json and regenerates docs/benchmarks.md.
+resnet18 is trained from scratch (`imageclf train`, timm's linear head, one-cycle at
+--lr) for the same epochs without negatives and with them (each --weights value). Then,
+with imageclf's own Predictor and openset module, every score is measured, with the
+training statistics `calibrate` builds (bank, class means, ViM's subspace from the known
+classes' training images; fused scores standardised on the known validation images). For
+the models with negatives, `calibrate` itself is run as a user would (no --ood: the
+held-out negatives), and its chosen rule is measured too.
+
+With --finetune-seed, the same comparison once more as fine-tuning: a body pretrained by
+the script on the 6 known classes (3 epochs), then `train --pretrained BODY` with and
+without negatives.
+
+Writes bench/results/open_set.json and regenerates docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -38,64 +49,81 @@ from PIL import Image
 from common import imagenette, machine, run, save
 from imageclf import openset
 from imageclf.config import DataSource
+from imageclf.data.negatives import negative_set
 from imageclf.data.sources import list_images, resolve
 from imageclf.demo import make_shapes_dataset
-from imageclf.evaluate import run_images
+from imageclf.evaluate import calibrate, run_images
+from imageclf.models import linear_head
 from imageclf.openset import OpenSetStats
 from imageclf.predict import Predictor
 from report import render
 
-KS = (1, 5, 10, 50)
+FAR_KINDS = ("shapes", "uniform", "gaussian", "textures")
+
+
+def texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """A generated texture: a sum of oriented sinusoids (stripes, waves, weaves) or a
+    checkerboard, in two random colours, with a little noise."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    if rng.random() < 0.25:
+        cell = rng.integers(6, 30)
+        t = ((yy // cell + xx // cell) % 2).astype(np.float64)
+    else:
+        t = np.zeros((h, w))
+        for _ in range(int(rng.integers(1, 4))):
+            a, f = rng.uniform(0, np.pi), rng.uniform(0.03, 0.4)
+            t += np.sin(f * (xx * np.cos(a) + yy * np.sin(a)) + rng.uniform(0, 6.3))
+        t = (t - t.min()) / max(t.max() - t.min(), 1e-9)
+    c0, c1 = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+    img = c0 + t[..., None] * (c1 - c0) + rng.normal(0, 8, (h, w, 3))
+    return np.clip(img, 0, 255).astype(np.uint8)
 
 
 def far_sets(root: Path, n: int, seed: int) -> dict[str, Path]:
-    """Generated shapes, uniform noise and Gaussian noise images, `n` of each."""
+    """Generated shapes, uniform noise, Gaussian noise and textures, `n` of each."""
     shapes = make_shapes_dataset(root / "shapes-src", n_train=0, n_valid=n // 4 + 1, seed=seed)
     rng = np.random.default_rng(seed)
     out = {"shapes": shapes / "valid"}
-    for kind in ("uniform", "gaussian"):
+    for kind in FAR_KINDS[1:]:
         d = root / kind
         d.mkdir(parents=True)
         for i in range(n):
             h, w = (int(v) for v in rng.integers(120, 240, 2))
             if kind == "uniform":
                 a = rng.integers(0, 256, (h, w, 3))
-            else:
+            elif kind == "gaussian":
                 a = rng.normal(rng.uniform(60, 200), rng.uniform(20, 70), (h, w, 3))
+            else:
+                a = texture(rng, h, w)
             Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)).save(d / f"{i:04d}.jpg",
                                                                       quality=90)
         out[kind] = d
     return out
 
 
-def split_classes(full: Path, root: Path, seed: int) -> tuple[Path, list[str], list[Path]]:
-    """root/known with 8 classes (symlinks), the 2 held out, their validation images."""
+def deal(full: Path, root: Path, seed: int) -> dict:
+    """root/known (6 classes), root/negatives (2 classes, train/ and valid/), the 2 unseen
+    classes' validation images; class folders as symlinks."""
     classes = sorted(p.name for p in (full / "train").iterdir() if p.is_dir())
-    held = sorted(random.Random(seed).sample(classes, 2))
-    known = root / "known"
-    for split in ("train", "val"):
-        (known / split).mkdir(parents=True)
-        for c in classes:
-            if c not in held:
-                (known / split / c).symlink_to((full / split / c).resolve())
-    near = [p for c in held for p in list_images(full / "val" / c)]
-    return known, held, near
+    order = random.Random(seed).sample(classes, len(classes))
+    known, neg, unseen = sorted(order[:6]), sorted(order[6:8]), sorted(order[8:])
+    for split, dst in (("train", "train"), ("val", "val")):
+        for c in known:
+            (root / "known" / dst).mkdir(parents=True, exist_ok=True)
+            (root / "known" / dst / c).symlink_to((full / split / c).resolve())
+        for c in neg:
+            d = root / "negatives" / ("train" if split == "train" else "valid")
+            d.mkdir(parents=True, exist_ok=True)
+            (d / c).symlink_to((full / split / c).resolve())
+    near = [p for c in unseen for p in list_images(full / "val" / c)]
+    return {"known": known, "negatives": neg, "unseen": unseen, "data": root / "known",
+            "negatives_dir": root / "negatives", "near": near}
 
 
-def scores(pred: Predictor, out, stats: OpenSetStats) -> dict[str, torch.Tensor]:
-    """Every score of one set's outputs (knn at several k)."""
-    got = openset.score_outputs([n for n in openset.scores_for(pred.multi_label)
-                                 if n != "knn"], out, stats)
-    for k in KS:
-        got[f"knn@{k}"] = openset.score_outputs(["knn"], out, stats, k)["knn"]
-    return got
-
-
-def measure(model: Path, data: Path, near: list[Path], far: dict[str, Path], bs: int
-            ) -> dict:
-    """Every score's figures against near and far unknowns, for one trained model, with the
-    statistics `calibrate` would build (bank and class means from the training images,
-    the fused score standardised on the known validation images)."""
+def measure(model: Path, data: Path, near: list[Path], far: dict[str, Path],
+            negatives: Path, bs: int) -> dict:
+    """Every score's figures against the held-out negatives, near and far unknowns, for one
+    trained model, with the statistics `calibrate` would build."""
     pred = Predictor(model)
     items = resolve(DataSource(path=str(data), multi_label=pred.multi_label))
     train, valid = items.split_indices()
@@ -103,39 +131,47 @@ def measure(model: Path, data: Path, near: list[Path], far: dict[str, Path], bs:
     seen = run_images(pred, [items.paths[i] for i in train], bs=bs, features=True)
     labels = torch.tensor([items.labels[train[i]][0] for i in seen.kept])
     order = torch.tensor([pred.classes.index(c) for c in items.classes])
-    stats = OpenSetStats.fit(seen.outputs.features, order[labels], len(pred.classes))
+    stats = OpenSetStats.fit(seen.outputs.features, order[labels], len(pred.classes),
+                             head=linear_head(pred.model))
     known_out = run_images(pred, [items.paths[i] for i in valid], bs=bs, features=True).outputs
     stats.fit_fusion(known_out.logits, known_out.features, pred.multi_label)
-    known = scores(pred, known_out, stats)
+    names = openset.scores_for(pred.multi_label, linear_head(pred.model) is not None)
 
-    def of(paths: list[Path]) -> dict[str, torch.Tensor]:
-        return scores(pred, run_images(pred, paths, bs=bs, features=True).outputs, stats)
+    def of(out) -> dict[str, torch.Tensor]:
+        return openset.score_outputs(names, out, stats)
 
-    sets = {"near": of(near)}
-    far_scores = {name: of(list_images(d)) for name, d in far.items()}
+    known = of(known_out)
+    held = list(negative_set((str(negatives),)).valid)
+    sets = {"negatives": of(run_images(pred, held, bs=bs, features=True).outputs),
+            "near": of(run_images(pred, near, bs=bs, features=True).outputs)}
+    far_scores = {name: of(run_images(pred, list_images(d), bs=bs, features=True).outputs)
+                  for name, d in far.items()}
     sets["far"] = {n: torch.cat([s[n] for s in far_scores.values()]) for n in known}
     sets |= {f"far-{name}": s for name, s in far_scores.items()}
-    return {"bank_rows": int(stats.bank.shape[0]), "n_known": len(known["energy"]),
-            "n": {name: len(s["energy"]) for name, s in sets.items()},
+    return {"n_known": len(known["msp"]),
+            "n": {name: len(s["msp"]) for name, s in sets.items()},
             "scoring_seconds": round(time.perf_counter() - t0, 1),
             "figures": {name: openset.compare(known, s) for name, s in sets.items()}}
 
 
-def imageclf(*args: str) -> str:
-    return run([sys.executable, "-m", "imageclf", *args])
-
-
 def summarise(runs: list[dict]) -> dict:
-    """Medians over seeds: {kind: {set: {score: {auroc, fpr}}}}."""
+    """Medians over seeds: {kind: {set: {score: {auroc, fpr}}}, plus accuracy and the
+    chosen rule's figures}."""
     out: dict = {}
     for kind in sorted({r["kind"] for r in runs}):
         rs = [r for r in runs if r["kind"] == kind]
-        out[kind] = {}
-        for s in rs[0]["figures"]:
-            out[kind][s] = {name: {m: round(statistics.median(r["figures"][s][name][m]
-                                                              for r in rs), 4)
-                                   for m in ("auroc", "fpr")}
-                            for name in rs[0]["figures"][s]}
+        sets = {s: {name: {m: round(statistics.median(r["figures"][s][name][m] for r in rs), 4)
+                           for m in ("auroc", "fpr")}
+                    for name in rs[0]["figures"][s]}
+                for s in rs[0]["figures"]}
+        out[kind] = {"sets": sets, "seeds": len(rs),
+                     "valid_accuracy": round(statistics.mean(r["valid_accuracy"]
+                                                             for r in rs), 4),
+                     "train_seconds": round(statistics.median(r["train_seconds"]
+                                                              for r in rs), 1)}
+        chosen = [r["calibrated"] for r in rs if r.get("calibrated")]
+        if chosen:
+            out[kind]["calibrated"] = chosen
     return out
 
 
@@ -148,39 +184,69 @@ def main() -> None:
     ap.add_argument("--presize", type=int, default=160)
     ap.add_argument("--bs", type=int, default=64)
     ap.add_argument("--lr", default="3e-3")
-    ap.add_argument("--far", type=int, default=300, help="Images of each far-OOD kind.")
-    ap.add_argument("--no-multi-label", action="store_true")
+    ap.add_argument("--far", type=int, default=300, help="Images of each far kind.")
+    ap.add_argument("--weights", default="0.5", help="--negatives-weight values, commas.")
+    ap.add_argument("--ratio", type=float, default=0.5, help="--negatives-ratio.")
+    ap.add_argument("--finetune-seed", type=int, default=None,
+                    help="Also the fine-tuning comparison, on this seed's classes.")
     ap.add_argument("--runs", help="Keep the trained runs here; a run already there is "
                     "scored again, not retrained.")
     a = ap.parse_args()
     full = imagenette(a.data)
+    weights = [float(w) for w in a.weights.split(",")]
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         far = far_sets(Path(tmp) / "far", a.far, 0)
         cache = ["--cache-dir", f"{tmp}/cache"]  # decoded once, shared by every run
+        keep = Path(a.runs) if a.runs else Path(tmp)
+        common = ["--size", str(a.size), "--presize", str(a.presize), "--bs", str(a.bs),
+                  *cache]
+
+        def one(split: dict, seed: int, kind: str, extra: list[str], epochs: int,
+                weight: float | None) -> None:
+            out = keep / f"seed{seed}-{kind}"
+            if not (out / "model").is_dir():
+                neg = ["--negatives", str(split["negatives_dir"]), "--negatives-weight",
+                       str(weight), "--negatives-ratio", str(a.ratio)] if weight else []
+                run([sys.executable, "-m", "imageclf", "train", str(split["data"]), *common,
+                     "--arch", "resnet18", "--head", "timm", "--epochs", str(epochs),
+                     "--lr", a.lr, "--seed", str(seed), "--out", str(out), *extra, *neg])
+            m = json.loads((out / "metrics.json").read_text())
+            row = {"seed": seed, "kind": kind, "weight": weight,
+                   "classes": {k: split[k] for k in ("known", "negatives", "unseen")},
+                   "valid_accuracy": m["valid_accuracy"],
+                   "train_seconds": round(m["wall_seconds"], 1),
+                   "negatives_none": m.get("negatives_none")}
+            row |= measure(out / "model", split["data"], split["near"], far,
+                           split["negatives_dir"], a.bs)
+            if weight:  # calibrate as a user would: no --ood, the held-out negatives
+                c = calibrate(Predictor(out / "model"), split["data"])
+                row["calibrated"] = {"score": c.score, "on_negatives": c.ood["scores"][
+                    c.score], **{s: row["figures"][s][c.score] for s in ("near", "far")}}
+            print(json.dumps({k: v for k, v in row.items() if k != "figures"}), flush=True)
+            for s, f in row["figures"].items():
+                print(f"  {s}: " + ", ".join(f"{n} {v['auroc']:.3f}/{v['fpr']:.3f}"
+                                             for n, v in f.items()), flush=True)
+            runs.append(row)
+
         for seed in (int(s) for s in a.seeds.split(",")):
-            root = Path(tmp) / f"seed{seed}"
-            data, held, near = split_classes(full, root, seed)
-            kinds = ["softmax"] + ([] if a.no_multi_label else ["multi_label"])
-            for kind in kinds:
-                out = (Path(a.runs) if a.runs else root) / f"seed{seed}-{kind}"
-                if not (out / "model").is_dir():
-                    imageclf("train", str(data), "--arch", "resnet18", "--pretrained", "none",
-                             "--size", str(a.size), "--presize", str(a.presize), "--bs",
-                             str(a.bs), "--epochs", str(a.epochs), "--lr", a.lr, "--seed",
-                             str(seed), *cache, "--out", str(out),
-                             *(["--multi-label"] if kind == "multi_label" else []))
-                m = json.loads((out / "metrics.json").read_text())
-                row = {"seed": seed, "kind": kind, "held_out": held,
-                       "valid_accuracy": m.get("valid_accuracy", m.get("accuracy_multi")),
-                       "train_seconds": round(m["wall_seconds"], 1)}
-                row |= measure(out / "model", data, near, far, a.bs)
-                print(json.dumps({k: v for k, v in row.items() if k != "figures"}), flush=True)
-                for s, f in row["figures"].items():
-                    print(f"  {s}: " + ", ".join(f"{n} {v['auroc']:.3f}/{v['fpr']:.3f}"
-                                                 for n, v in f.items()), flush=True)
-                runs.append(row)
-    result = {"machine": machine(), "settings": vars(a) | {"data": str(full), "ks": KS},
+            split = deal(full, Path(tmp) / f"seed{seed}", seed)
+            scratch = ["--pretrained", "none"]
+            one(split, seed, "scratch", scratch, a.epochs, None)
+            for w in weights:
+                one(split, seed, f"scratch+negatives@{w:g}", scratch, a.epochs, w)
+            if seed == a.finetune_seed:
+                body = keep / f"seed{seed}-body"
+                if not (body / "model").is_dir():
+                    run([sys.executable, "-m", "imageclf", "train", str(split["data"]),
+                         *common, "--arch", "resnet18", "--head", "timm", "--pretrained",
+                         "none", "--epochs", "3", "--lr", a.lr, "--seed", "100",
+                         "--out", str(body)])
+                tune = ["--pretrained", str(body / "model"), "--freeze-epochs", "1"]
+                one(split, seed, "finetune", tune, a.epochs - 1, None)
+                one(split, seed, f"finetune+negatives@{weights[0]:g}", tune, a.epochs - 1,
+                    weights[0])
+    result = {"machine": machine(), "settings": vars(a) | {"data": str(full)},
               "runs": runs, "summary": summarise(runs)}
     print(save("open_set", result))
     print(json.dumps(result["summary"], indent=1))

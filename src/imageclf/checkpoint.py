@@ -63,7 +63,8 @@ class CheckpointInfo(Record):
                               default_factory=dict)
     history: dict[str, Any] = doc("History: epoch rows, per-batch losses and rates",
                                   default_factory=dict)
-    cache: dict[str, str] = doc("the presize cache keys of both splits: the same data",
+    cache: dict[str, str] = doc("the presize cache keys of both splits (and of the "
+                                "negatives'): the same data",
                                 default_factory=dict)
     lr_choice: dict[str, Any] | None = doc("LRChoice: the rate, its rule, the suggestions",
                                            None)
@@ -141,7 +142,7 @@ def save_checkpoint(learn: Learner, folder: Path, lr: LRChoice | None = None) ->
         {"numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
          "python": [py_state[0], list(py_state[1]), py_state[2]]},
         learn.history.state(),
-        {"train": learn.dls.train.cache.key, "valid": learn.dls.valid.cache.key},
+        learn.dls.cache_keys(),
         lr.to_dict() if lr is not None else None)
     write_text(folder / "last.json", json.dumps(info.to_json(), indent=1) + "\n")
     for old in folder.glob("ckpt-*.safetensors"):  # only the newest is kept

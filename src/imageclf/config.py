@@ -122,7 +122,7 @@ class DataConfig(Settings):
     negatives: tuple[str, ...] = setting(
         (), "Images of none of the classes (a folder, CSV or Parquet; repeatable): trained "
         "toward no class, their held-out part measures rejection.", cli_type=list[Path],
-        cli_default=None, parse=_paths)
+        cli_default=None, parse=_paths, metavar="PATH")
     negatives_ratio: float = setting(0.5, "Negatives per known image in each training batch.",
                                      gt=0, le=4)
     aug: AugConfig = field(default_factory=AugConfig)

@@ -184,8 +184,7 @@ def resume_run(run_dir: str | Path, ctx: RunContext | None = None) -> RunResult:
         lambda: (*rundir.read_config(run), *read_checkpoint(run / "checkpoints")))
     _check_extras(train)
     learn = build_learner(data, train, ctx)
-    keys = {"train": learn.dls.train.cache.key, "valid": learn.dls.valid.cache.key}
-    if keys != info.cache:
+    if learn.dls.cache_keys() != info.cache:
         raise ConfigError(f"--resume {run}: the data or its presize settings changed since the "
                           "checkpoint (cache key differs); start a new run instead")
     epoch, batch = checkpoint_position(info)

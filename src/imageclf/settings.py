@@ -50,6 +50,7 @@ class Spec:
     cli_type: Any = None  # what the command line takes, when not the field's type
     parse: Callable[[Any], Any] | None = None  # command-line value -> field value
     argument: bool = False  # a positional argument (DATA), not an option
+    metavar: str | None = None  # what the help shows for the value, when not its type
 
     def expected(self) -> str | None:
         """What a value must be, in words (None: anything of its type)."""

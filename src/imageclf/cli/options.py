@@ -109,7 +109,7 @@ def _leaf_params(root: type, only: set[str] | None, exclude: set[str],
             if default is None and spec.cli_type is not None:
                 tp = tp | None
             info = typer.Option(flag_of(f), help=escape(spec.help),
-                                rich_help_panel=owner.section,
+                                rich_help_panel=owner.section, metavar=spec.metavar,
                                 show_default=default is not None and default is not False)
         kind = (inspect.Parameter.POSITIONAL_OR_KEYWORD if spec.argument
                 else inspect.Parameter.KEYWORD_ONLY)

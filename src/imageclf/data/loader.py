@@ -370,6 +370,15 @@ class DataLoaders:
         return [self.train, self.valid] + ([self.negatives_valid]
                                            if self.negatives_valid is not None else [])
 
+    def cache_keys(self) -> dict[str, str]:
+        """The presize caches' keys (which files, which presize): what a checkpoint must
+        find again to resume."""
+        keys = {"train": self.train.cache.key, "valid": self.valid.cache.key}
+        if self.train.negatives is not None and self.negatives_valid is not None:
+            keys |= {"negatives": self.train.negatives.key,
+                     "negatives_valid": self.negatives_valid.cache.key}
+        return keys
+
     def skipped(self) -> list[Skipped]:
         """Every file left out as unreadable, with the reason (negatives' too)."""
         self.prepare()

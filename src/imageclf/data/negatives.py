@@ -60,10 +60,20 @@ def _split_of(source: str, valid_pct: float, seed: int) -> tuple[list[Path], lis
                           f"file{there}")
     tr, va = _find_split_dir(root, TRAIN_NAMES), _find_split_dir(root, VALID_NAMES)
     if tr is not None and va is not None:
-        a, b = list_images(tr), list_images(va)
+        a, b = _images(tr), _images(va)
         return a + b, [False] * len(a) + [True] * len(b)
-    paths = list_images(root)
+    paths = _images(root)
     return paths, _random_split(len(paths), valid_pct, seed)
+
+
+def _images(folder: Path) -> list[Path]:
+    """`list_images`, also under sub-folders that are links (a negatives folder put
+    together from class folders elsewhere)."""
+    found = list_images(folder)
+    for sub in sorted(folder.iterdir()):
+        if sub.is_symlink() and sub.is_dir() and not sub.name.startswith("."):
+            found += list_images(sub)
+    return sorted(found)
 
 
 def _from_csv(path: Path, valid_pct: float, seed: int) -> tuple[list[Path], list[bool]]:
