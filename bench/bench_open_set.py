@@ -107,14 +107,13 @@ def deal(full: Path, root: Path, seed: int) -> dict:
     classes = sorted(p.name for p in (full / "train").iterdir() if p.is_dir())
     order = random.Random(seed).sample(classes, len(classes))
     known, neg, unseen = sorted(order[:6]), sorted(order[6:8]), sorted(order[8:])
-    for split, dst in (("train", "train"), ("val", "val")):
-        for c in known:
-            (root / "known" / dst).mkdir(parents=True, exist_ok=True)
-            (root / "known" / dst / c).symlink_to((full / split / c).resolve())
-        for c in neg:
-            d = root / "negatives" / ("train" if split == "train" else "valid")
+    for split in ("train", "val"):
+        for c in known + neg:
+            d = root / "known" / split if c in known else root / "negatives" / (
+                "train" if split == "train" else "valid")
             d.mkdir(parents=True, exist_ok=True)
-            (d / c).symlink_to((full / split / c).resolve())
+            if not (d / c).exists():
+                (d / c).symlink_to((full / split / c).resolve())
     near = [p for c in unseen for p in list_images(full / "val" / c)]
     return {"known": known, "negatives": neg, "unseen": unseen, "data": root / "known",
             "negatives_dir": root / "negatives", "near": near}
@@ -196,15 +195,23 @@ def main() -> None:
     weights = [float(w) for w in a.weights.split(",")]
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
-        far = far_sets(Path(tmp) / "far", a.far, 0)
-        cache = ["--cache-dir", f"{tmp}/cache"]  # decoded once, shared by every run
+        # with --runs, the dealt classes, the far sets and the cache stay there too, so a
+        # second invocation reuses the decoded images and the scored runs
         keep = Path(a.runs) if a.runs else Path(tmp)
+        far = far_sets(keep / "far", a.far, 0) if not (keep / "far").is_dir() else {
+            k: (keep / "far" / "shapes-src" / "valid" if k == "shapes" else keep / "far" / k)
+            for k in FAR_KINDS}
+        cache = ["--cache-dir", str(keep / "cache")]  # decoded once, shared by every run
         common = ["--size", str(a.size), "--presize", str(a.presize), "--bs", str(a.bs),
                   *cache]
 
         def one(split: dict, seed: int, kind: str, extra: list[str], epochs: int,
                 weight: float | None) -> None:
             out = keep / f"seed{seed}-{kind}"
+            scored = out / "bench_row.json"  # a run scored before (--runs): read again
+            if scored.exists():
+                runs.append(json.loads(scored.read_text()))
+                return
             if not (out / "model").is_dir():
                 neg = ["--negatives", str(split["negatives_dir"]), "--negatives-weight",
                        str(weight), "--negatives-ratio", str(a.ratio)] if weight else []
@@ -223,6 +230,7 @@ def main() -> None:
                 c = calibrate(Predictor(out / "model"), split["data"])
                 row["calibrated"] = {"score": c.score, "on_negatives": c.ood["scores"][
                     c.score], **{s: row["figures"][s][c.score] for s in ("near", "far")}}
+            scored.write_text(json.dumps(row))
             print(json.dumps({k: v for k, v in row.items() if k != "figures"}), flush=True)
             for s, f in row["figures"].items():
                 print(f"  {s}: " + ", ".join(f"{n} {v['auroc']:.3f}/{v['fpr']:.3f}"
@@ -230,7 +238,7 @@ def main() -> None:
             runs.append(row)
 
         for seed in (int(s) for s in a.seeds.split(",")):
-            split = deal(full, Path(tmp) / f"seed{seed}", seed)
+            split = deal(full, keep / "data" / f"seed{seed}", seed)
             scratch = ["--pretrained", "none"]
             one(split, seed, "scratch", scratch, a.epochs, None)
             for w in weights:

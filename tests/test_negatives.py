@@ -165,7 +165,7 @@ def test_a_multi_label_model_trained_with_negatives_answers_none_for_them(
     data = make_folder_dataset(tmp_path / "data", n_train=12, n_valid=4)
     neg = make_negatives(tmp_path / "neg", 24)
     run = tmp_path / "run"
-    r = run_cli("train", str(data), *ARGS, "--epochs", "8", "--multi-label", "--negatives",
+    r = run_cli("train", str(data), *ARGS, "--epochs", "12", "--multi-label", "--negatives",
                 str(neg), "--negatives-weight", "1", "--out", str(run))
     assert r.returncode == 0, r.stderr
     m = json.loads((run / "metrics.json").read_text())
@@ -228,6 +228,13 @@ def test_calibrate_without_ood_uses_the_held_out_negatives_and_says_so(trained, 
     assert sentence.startswith("Of images like the 4 unknowns it was calibrated on")
     assert "while 5% of known images are" in sentence
     assert model_card(Predictor(model), model)["none_figure"] == sentence
+    # evaluate --ood: the same kind of sentence, from what the rule answered there
+    r = run_cli("evaluate", str(model), str(data), "--ood", str(neg), "--json")
+    assert r.returncode == 0, r.stderr
+    found = json.loads(r.stdout)["open_set"]
+    share = 1 - found["unknown_accepted"] / found["n_unknown"]
+    assert found["none_figure"].startswith(f"Of images like these 20 unknowns, {share:.0%} "
+                                           "are answered none, while ")
     # negatives that have gone: calibrate says what to do instead
     moved = tmp_path / "moved"
     shutil.copytree(neg, moved)

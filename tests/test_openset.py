@@ -1,6 +1,7 @@
 """The open-set scores and the figures that compare them, on hand-made logits and features."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -155,3 +156,44 @@ def test_fused_score_standardises_each_part_on_the_known_images():
     assert kept.bank is None and kept.fusion is not None and kept.means is not None
     with pytest.raises(ConfigError):
         openset.score_of("msp+mahalanobis", logits, feats, openset.OpenSetStats())
+
+
+def test_ash_and_scale_shape_the_feature_then_take_the_energy():
+    f = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0, 0, 0, 0, 0, 0]])
+    w = torch.zeros(2, 10)
+    w[0, 0], w[1, 1] = 1.0, 1.0
+    b = torch.zeros(2)
+    # ASH-S at 90%: only the top entry (4) stays, scaled by exp(10 / 4)
+    want = torch.logsumexp(torch.tensor([4.0 * math.exp(10 / 4), 0.0]), 0)
+    assert float(openset.ash(f, w, b)[0]) == pytest.approx(float(want), rel=1e-5)
+    # SCALE at 85%: nothing pruned; the factor exp(10 / (4 + 3)) from the top two
+    k = math.exp(10 / 7)
+    want = torch.logsumexp(torch.tensor([4.0 * k, 3.0 * k]), 0)
+    assert float(openset.scale(f, w, b)[0]) == pytest.approx(float(want), rel=1e-5)
+
+
+def test_vim_marks_down_a_feature_outside_the_training_subspace():
+    g = torch.Generator().manual_seed(0)
+    train = torch.zeros(200, 6)
+    train[:, :3] = torch.randn(200, 3, generator=g) * 3  # the features live in 3 dims
+    train[:, 3:] = torch.randn(200, 3, generator=g) * 0.01
+    w, b = torch.randn(4, 6, generator=g), torch.zeros(4)
+    origin, basis, alpha = openset.fit_vim(train, w, b, principal=3)
+    assert basis.shape == (6, 3) and torch.allclose(origin, torch.zeros(6), atol=1e-5)
+    inside = torch.tensor([[2.0, -1.0, 1.0, 0.0, 0.0, 0.0]])
+    outside = torch.tensor([[2.0, -1.0, 1.0, 0.0, 2.0, 0.0]])
+    s_in, s_out = (openset.vim(x, x @ w.T, origin, basis, alpha) for x in (inside, outside))
+    # inside: the residual is ~0 (the training noise's size), the score about the logits'
+    # logsumexp
+    assert float(s_in[0]) == pytest.approx(float(torch.logsumexp(inside @ w.T, 1)[0]),
+                                           abs=0.2)
+    assert float(s_out[0]) < float(s_in[0]) - 1.0
+
+
+def test_head_scores_need_the_linear_head(run_dir: Path):
+    """The concat head (the fixture's) offers neither vim nor ash: a clear error."""
+    from imageclf.evaluate import calibrate
+    from imageclf.predict import Predictor
+
+    with pytest.raises(ConfigError, match="--score 'vim'.*--head timm"):
+        calibrate(Predictor(run_dir / "model"), run_dir, score="vim")
