@@ -458,24 +458,24 @@ def _open_set(r: dict) -> str:
         f" medians (AUROC, higher is better; FPR at 95% of known kept, lower is better)."
         f" Measured {m['date']} on {m['cpu']} ({m.get('isa', '')}, {m['cores']} cores),"
         f" commit {m['commit']}.", "",
-        "| model | known accuracy (mean) | train s | score | held-out negatives AUROC |"
+        "| model | known accuracy (mean) | score | held-out negatives AUROC |"
         " near AUROC | near FPR95 | far AUROC | far FPR95 |",
-        "|---|---:|---:|---|---:|---:|---:|---:|---:|"]
+        "|---|---:|---|---:|---:|---:|---:|---:|"]
     summary = r["summary"]
     for kind, k in summary.items():
         sets = k["sets"]
-        for name in ("msp", "mahalanobis", "vim", "msp+mahalanobis", "msp+vim"):
+        for name in ("msp", "mahalanobis", "ash", "scale", "msp+mahalanobis", "msp+vim"):
             if name not in sets["near"]:
                 continue
             lines.append(
-                f"| {kind} | {100 * k['valid_accuracy']:.1f}% | {k['train_seconds']:.0f} |"
-                f" {name} | {100 * sets['negatives'][name]['auroc']:.1f} |"
+                f"| {kind} | {100 * k['valid_accuracy']:.1f}% | {name} |"
+                f" {100 * sets['negatives'][name]['auroc']:.1f} |"
                 f" {100 * sets['near'][name]['auroc']:.1f} |"
                 f" {100 * sets['near'][name]['fpr']:.1f} |"
                 f" {100 * sets['far'][name]['auroc']:.1f} |"
                 f" {100 * sets['far'][name]['fpr']:.1f} |")
         if _chosen(k):
-            lines.append(f"| {kind} | | | calibrate's pick: {_chosen(k)} |")
+            lines.append(f"| {kind} | | calibrate's pick: {_chosen(k)} |")
     lines.append("")
     for kind, k in summary.items():
         sets = k["sets"]

@@ -197,3 +197,14 @@ def test_head_scores_need_the_linear_head(run_dir: Path):
 
     with pytest.raises(ConfigError, match="--score 'vim'.*--head timm"):
         calibrate(Predictor(run_dir / "model"), run_dir, score="vim")
+
+
+def test_the_default_score_by_kind_of_model():
+    """bench_open_set.py's choice: scale where the head is one linear layer, the fused
+    mahalanobis score for the concat head and for multi-label models."""
+    assert openset.default_score(multi_label=False, linear_head=True) == "scale"
+    assert openset.default_score(multi_label=False, linear_head=False) == "msp+mahalanobis"
+    assert openset.default_score(multi_label=True, linear_head=True) == \
+        "sigmoid_max+mahalanobis"
+    for kind in (False, True):
+        assert openset.default_score(False, kind) in openset.scores_for(False, kind)

@@ -118,9 +118,11 @@ def evaluate(model: o.ModelArg, data: DataSource,
 @o.settings_command(exclude=("valid_pct", "multi_label"))
 def calibrate(model: o.ModelArg, data: DataSource, keep: o.Keep = 0.95,
               score: Annotated[str, typer.Option(
-                  "--score", help="auto, msp, max_logit, energy, knn or mahalanobis "
-                  "(multi-label: sigmoid_max instead of msp). auto: with --ood the best AUROC "
-                  "there, else the documented default.")] = "auto",
+                  "--score", help="auto, msp, max_logit, energy, knn, mahalanobis, "
+                  "msp+mahalanobis; with timm's head also vim, ash, scale, msp+vim "
+                  "(multi-label: sigmoid_max instead of msp). auto: the best AUROC on --ood, "
+                  "or on a --negatives model's held-out negatives; else the documented "
+                  "default.")] = "auto",
               ood: o.Ood = None,
               bank_rows: Annotated[int, typer.Option(
                   "--bank-rows", help="knn: most training features kept (fp16, an equal "
@@ -132,7 +134,8 @@ def calibrate(model: o.ModelArg, data: DataSource, keep: o.Keep = 0.95,
                                                     help="Print, do not store.")] = False,
               as_json: o.Json = False) -> None:
     """Choose the "none of these" rule on DATA (thresholds from its validation split, knn's
-    feature bank from its training split) and store it in the model folder."""
+    feature bank from its training split) and store it in the model folder. Without --ood,
+    a model trained with --negatives is measured on their held-out part."""
     from imageclf.evaluate import calibrate as run_calibrate
     from imageclf.evaluate import write_calibration
     from imageclf.predict import Predictor
