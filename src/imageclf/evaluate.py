@@ -99,11 +99,6 @@ def unknown_images(folder: str | Path) -> list[Path]:
     return paths
 
 
-def accepted_share(labels: list[list[str]]) -> float:
-    """Share of images given a class (not answered none)."""
-    return sum(ls != [NONE_LABEL] for ls in labels) / max(1, len(labels))
-
-
 def held_out_negatives(meta: ModelMeta) -> tuple[list[Path], str, bool] | None:
     """(paths, where they come from, True) of the negatives a model trained with
     `--negatives` held out, split as training split them; None for a model trained without.
@@ -148,14 +143,15 @@ def evaluate_open_set(predictor: Predictor, data: DataSource | str | Path, ood: 
     unknown_labels = decided(seen.outputs, unknown[score])
     accepted = Counter(c for labels in unknown_labels for c in labels if c != NONE_LABEL)
     known_none = sum(ls == [NONE_LABEL] for ls in decided(known_out, known[score]))
+    accepted_n = sum(ls != [NONE_LABEL] for ls in unknown_labels)
     report = {"ood": str(ood), "n_known": len(known[score]), "n_unknown": len(seen.kept),
               "keep": keep, "rule": rule.name, "score": score,
               "threshold": rule.threshold, "scores": figures,
-              "unknown_accepted": sum(ls != [NONE_LABEL] for ls in unknown_labels),
+              "unknown_accepted": accepted_n,
               "unknown_accepted_as": dict(accepted.most_common()),
               "known_answered_none": known_none,
               "none_figure": openset.none_sentence(
-                  1.0 - accepted_share(unknown_labels), known_none / len(known[score]),
+                  1.0 - accepted_n / len(unknown_labels), known_none / len(known[score]),
                   f"these {len(seen.kept)} unknowns"),
               "skipped_unknown": [s.to_json() for s in seen.skipped]}
     if out_dir is not None:  # evaluate's pictures, and the scores' histogram
