@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
 from imageclf.lr_finder import should_stop
-from imageclf.schedules import exp_sweep, one_cycle_lr, one_cycle_mom
+from imageclf.schedules import exp_sweep, flat_cos_lr, one_cycle_lr, one_cycle_mom
 
 if TYPE_CHECKING:
     from imageclf.learner import Learner
@@ -133,24 +133,32 @@ class SizeSchedule(Callback):
 
 
 class OneCycle(Callback):
-    """fastai's one-cycle: per-group lr cosine up then down, Adam beta1 the other way."""
+    """fastai's one-cycle: per-group lr cosine up then down, Adam beta1 the other way; or,
+    with shape "flat_cos", fit_flat_cos: the rate flat, then a cosine down, the momentum
+    left at the optimiser's own."""
 
     order = -10
 
     def __init__(self, lr_max: list[float], total_steps: int, div: float = 25.0,
                  div_final: float = 1e5, pct_start: float = 0.25,
-                 moms: tuple[float, float, float] = (0.95, 0.85, 0.95)) -> None:
+                 moms: tuple[float, float, float] = (0.95, 0.85, 0.95),
+                 shape: str = "one_cycle") -> None:
         self.lr_max, self.total = lr_max, max(total_steps, 1)
         self.div, self.div_final, self.pct_start, self.moms = div, div_final, pct_start, moms
+        self.shape = shape
         self.step = 0
 
     def on_batch_start(self, learn: Learner) -> None:
         if not learn.group_start:  # the schedule counts optimiser steps
             return
         pct = min(self.step / self.total, 1.0)
-        learn.set_lrs([one_cycle_lr(pct, lr, self.div, self.div_final, self.pct_start)
-                       for lr in self.lr_max])
-        learn.set_beta1(one_cycle_mom(pct, self.moms, self.pct_start))
+        if self.shape == "flat_cos":
+            learn.set_lrs([flat_cos_lr(pct, lr, self.div_final, self.pct_start)
+                           for lr in self.lr_max])
+        else:
+            learn.set_lrs([one_cycle_lr(pct, lr, self.div, self.div_final, self.pct_start)
+                           for lr in self.lr_max])
+            learn.set_beta1(one_cycle_mom(pct, self.moms, self.pct_start))
         self.step += 1
 
 

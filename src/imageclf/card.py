@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from imageclf.archs import NAMES
 from imageclf.errors import ImageclfError
 from imageclf.meta import ModelMeta
 from imageclf.rundir import RunMetrics, read_config, read_metrics
@@ -155,6 +156,8 @@ def _usage(facts: CardFacts, repo_id: str | None) -> list[str]:
         "With imageclf (the same presize → resize and the \"none of these\" rule):", "",
         "```bash", "imageclf predict THIS_FOLDER photo.jpg", "imageclf serve THIS_FOLDER",
         "```", "", "With timm alone:", "", "```python", "import timm, torch",
+        *(["import imageclf.archs  # registers " + facts.meta.arch + " in timm"]
+          if facts.meta.arch in NAMES else []),
         "from PIL import Image", f'model = timm.create_model("{where}", pretrained=True).eval()',
         "cfg = timm.data.resolve_data_config({}, model=model)",
         "transform = timm.data.create_transform(**cfg)",

@@ -17,6 +17,8 @@ from imageclf.meta import HEADS, RESIZE_METHODS
 from imageclf.settings import Settings, setting
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+OPTIMIZERS = ("adamw", "ranger", "sgd")
+SCHEDULES = ("one_cycle", "flat_cos")
 LR_RULES = ("auto", "valley", "slide", "minimum", "steep")  # --lr values that run lr_find
 SAMPLERS = ("shuffle", "balanced")
 FLIP_P = 0.5  # fastai's aug_transforms: a horizontal flip half the time
@@ -175,6 +177,9 @@ class ScheduleConfig(Settings):
     freeze_epochs: int = setting(1, "Epochs of the head alone first, when pretrained.", ge=0)
     lr: str = setting("auto", "A number, or lr_find's suggestion: valley, slide, minimum, "
                       "steep; auto: valley when pretrained, minimum from scratch.")
+    lr_schedule: str = setting("one_cycle", "one_cycle (warm up, then cosine down; momentum the "
+                         "other way) or flat_cos (flat, then cosine down from 72%).",
+                         choices=SCHEDULES, flag="--schedule")
     lr_find_steps: int = setting(LR_FIND_STEPS, "Steps of the learning-rate finder's sweep.",
                                  ge=10)
     sizes: tuple[int, ...] | None = setting(
@@ -203,10 +208,13 @@ class ScheduleConfig(Settings):
 
 @dataclass(frozen=True)
 class OptimConfig(Settings):
-    """The optimiser step: AdamW's decay, precision, accumulation, clipping, compiling."""
+    """The optimiser step: which optimiser, its decay, precision, accumulation, clipping,
+    compiling."""
 
     section = "Optimiser"
-    wd: float = setting(0.01, "AdamW weight decay (not on norms and biases).", ge=0)
+    opt: str = setting("adamw", "adamw, ranger (RAdam + Lookahead) or sgd (Nesterov), "
+                       "through timm's optimiser factory.", choices=OPTIMIZERS)
+    wd: float = setting(0.01, "Decoupled weight decay (not on norms and biases).", ge=0)
     precision: str = setting("auto", "auto (bf16 where native, else fp32), bf16, fp16 or "
                              "fp32.", choices=PRECISIONS)
     accum_steps: int = setting(1, "Batches whose gradients add up to one step (bs x N "

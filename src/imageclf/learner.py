@@ -17,6 +17,7 @@ from imageclf.callbacks import Callback, History, LRSweep, OneCycle, PrintEpochs
 from imageclf.config import OptimConfig, RegConfig
 from imageclf.distributed import Dist
 from imageclf.ema import WeightEMA
+from imageclf.errors import ConfigError
 from imageclf.hardware import check_compiler, resolve_precision, tune_for_training
 from imageclf.losses import LossFn, class_weights, make_loss, with_negatives
 from imageclf.models import Classifier, freeze, norm_params, param_groups, unfreeze
@@ -107,9 +108,7 @@ class Learner:
             no_decay = [p for p in params if id(p) in norms or p.ndim <= 1]
             groups.append({"params": decay, "weight_decay": self.optim.wd, "layer": i})
             groups.append({"params": no_decay, "weight_decay": 0.0, "layer": i})
-        # the fused kernel (one pass over all parameters) where PyTorch has it for the device
-        fused = self.device.type in ("cpu", "cuda")
-        return torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.99), eps=1e-5, fused=fused)
+        return make_optimizer(self.optim.opt, groups, self.device)
 
     def set_lrs(self, lrs: Sequence[float]) -> None:
         """Learning rate of each layer group (stem+early, late, head)."""
@@ -117,9 +116,12 @@ class Learner:
             g["lr"] = lrs[g["layer"]]
 
     def set_beta1(self, beta1: float) -> None:
-        """Adam's momentum term for every group."""
+        """Adam's momentum term (SGD's momentum) for every group."""
         for g in self.opt.param_groups:
-            g["betas"] = (beta1, g["betas"][1])
+            if "betas" in g:
+                g["betas"] = (beta1, g["betas"][1])
+            else:
+                g["momentum"] = beta1
 
     def _wrap(self) -> None:
         """The module the training forward goes through, rebuilt whenever the set of
@@ -358,7 +360,7 @@ class Learner:
                 extra: list[Callback] = []
             else:
                 sched = OneCycle(phase.lr_max, phase.epochs * per_epoch, phase.div,
-                                 phase.div_final, phase.pct_start)
+                                 phase.div_final, phase.pct_start, shape=phase.shape)
                 sched.step = done * per_epoch + start_batch // self.accum
                 extra = [sched]
             self.loop(phase.epochs - done, extra, start_batch=start_batch)
@@ -375,6 +377,26 @@ class Learner:
         from imageclf.lr_sweep import sweep
 
         return sweep(self, start_lr, end_lr, num_it)
+
+
+def make_optimizer(name: str, groups: list[dict], device: torch.device
+                   ) -> torch.optim.Optimizer:
+    """adamw (fastai's betas and eps; PyTorch's fused kernel where the device has it),
+    ranger (timm's lookahead_radamw: RAdam with decoupled decay inside Lookahead k=6,
+    alpha 0.5, fastai's ranger betas (0.95, 0.99) and eps 1e-6) or sgd (Nesterov, momentum
+    0.9), all through timm's optimiser factory."""
+    from timm.optim import create_optimizer_v2
+
+    if name == "adamw":
+        fused = device.type in ("cpu", "cuda")  # one pass over all parameters
+        return create_optimizer_v2(groups, "adamw", lr=1e-3, betas=(0.9, 0.99), eps=1e-5,
+                                   fused=fused)
+    if name == "ranger":
+        return create_optimizer_v2(groups, "lookahead_radamw", lr=1e-3, betas=(0.95, 0.99),
+                                   eps=1e-6)
+    if name == "sgd":
+        return create_optimizer_v2(groups, "sgd", lr=1e-3, momentum=0.9, nesterov=True)
+    raise ConfigError(f"--opt must be one of adamw, ranger, sgd; got {name!r}")
 
 
 def set_seed(seed: int) -> None:

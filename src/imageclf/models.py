@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+import imageclf.archs  # noqa: F401  (registers imageclf's architectures in timm)
 from imageclf.errors import ConfigError
 from imageclf.meta import HEADS
 

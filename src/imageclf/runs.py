@@ -31,7 +31,7 @@ from imageclf.lr_sweep import LRFindResult
 from imageclf.metrics import check_metric
 from imageclf.models import check_arch, create_model
 from imageclf.rundir import RunMetrics
-from imageclf.schedules import Phase, fine_tune_plan, spread_lrs
+from imageclf.schedules import Phase, fine_tune_plan, shaped, spread_lrs
 from imageclf.settings import differences
 
 log = logging.getLogger(__name__)
@@ -170,6 +170,7 @@ def train_run(data: DataConfig, train: TrainConfig, ctx: RunContext | None = Non
         plan = fine_tune_plan(epochs, lr.lr, learn.n_groups, freeze_epochs)
     else:
         plan = [Phase(epochs, spread_lrs(lr.lr, learn.n_groups))]
+    plan = shaped(plan, train.schedule.lr_schedule)
     return _train(_Job(learn, out, plan, lr, t0, train), ctx)
 
 

@@ -35,6 +35,13 @@ def one_cycle_mom(pct: float, moms: tuple[float, float, float] = (0.95, 0.85, 0.
     return combined_cos(pct_start, moms[0], moms[1], moms[2], pct)
 
 
+def flat_cos_lr(pct: float, lr_max: float, div_final: float = 1e5,
+                pct_start: float = 0.75) -> float:
+    """fastai's fit_flat_cos: lr_max held for the first `pct_start` of training, then a
+    cosine down to lr_max/div_final."""
+    return combined_cos(pct_start, lr_max, lr_max, lr_max / div_final, pct)
+
+
 def exp_sweep(i: int, n: int, start: float = 1e-7, end: float = 10.0) -> float:
     """Exponentially growing rate for the lr finder: start at i=0, end at i=n-1."""
     return start * (end / start) ** (i / max(n - 1, 1))
@@ -53,6 +60,7 @@ class Phase:
     div_final: float = 1e5
     frozen: bool | None = None
     constant: bool = False
+    shape: str = "one_cycle"  # or "flat_cos": flat, then cosine from pct_start, no warm-up
 
 
 def fine_tune_plan(epochs: int, base_lr: float, n_groups: int, freeze_epochs: int = 1,
@@ -66,6 +74,19 @@ def fine_tune_plan(epochs: int, base_lr: float, n_groups: int, freeze_epochs: in
     plan.append(Phase(epochs, spread_lrs((base_lr / lr_mult, base_lr), n_groups), pct_start,
                       div, frozen=False))
     return plan
+
+
+FLAT_PCT = 0.72  # the Imagenette records' fit_fc start_pct
+
+
+def shaped(plan: list[Phase], shape: str) -> list[Phase]:
+    """`plan` with every scheduled phase in `shape`: flat_cos holds the rate for FLAT_PCT of
+    each phase (a frozen head-only phase keeps its own, longer, flat stretch)."""
+    if shape == "one_cycle":
+        return plan
+    return [p if p.constant else Phase(
+        p.epochs, p.lr_max, p.pct_start if p.frozen else FLAT_PCT, p.div, p.div_final,
+        p.frozen, p.constant, shape) for p in plan]
 
 
 def spread_lrs(lr: float | Sequence[float], n: int) -> list[float]:

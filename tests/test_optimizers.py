@@ -1,0 +1,122 @@
+"""--opt adamw|ranger|sgd, --schedule flat_cos, and the architectures imageclf registers."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+from imageclf.callbacks import Callback
+from imageclf.config import DataConfig, TrainConfig
+from imageclf.errors import ConfigError
+from imageclf.learner import make_optimizer
+from imageclf.models import create_model
+from imageclf.schedules import FLAT_PCT, Phase, flat_cos_lr, shaped
+
+
+class Rates(Callback):
+    """The first group's rate and momentum at every optimiser step."""
+
+    def __init__(self) -> None:
+        self.lrs: list[float] = []
+        self.moms: list[float] = []
+
+    def on_batch_end(self, learn) -> None:
+        g = learn.opt.param_groups[0]
+        self.lrs.append(g["lr"])
+        self.moms.append(g["betas"][0] if "betas" in g else g["momentum"])
+
+
+def test_flat_cos_by_hand():
+    assert flat_cos_lr(0.0, 1e-2) == 1e-2 and flat_cos_lr(0.72, 1e-2, pct_start=0.72) == 1e-2
+    assert math.isclose(flat_cos_lr(1.0, 1e-2), 1e-7)
+    # halfway down the cosine: halfway between lr_max and lr_max / div_final
+    assert math.isclose(flat_cos_lr(0.86, 1.0, pct_start=0.72), (1 + 1e-5) / 2)
+    plan = [Phase(1, [1.0], 0.99, frozen=True), Phase(3, [1.0], 0.3, frozen=False),
+            Phase(1, [1.0], constant=True)]
+    got = shaped(plan, "flat_cos")
+    assert [(p.shape, p.pct_start) for p in got] == [
+        ("flat_cos", 0.99), ("flat_cos", FLAT_PCT), ("one_cycle", 0.25)]
+    assert shaped(plan, "one_cycle") == plan
+
+
+def test_optimizers_come_from_timm_with_their_settings():
+    w = torch.nn.Parameter(torch.ones(3))
+    groups = [{"params": [w], "weight_decay": 0.1, "layer": 0}]
+    ranger = make_optimizer("ranger", groups, torch.device("cpu"))
+    assert type(ranger).__name__ == "Lookahead"
+    g = ranger.param_groups[0]
+    assert g["betas"] == (0.95, 0.99) and g["eps"] == 1e-6 and g["weight_decay"] == 0.1
+    assert g["lookahead_k"] == 6 and g["lookahead_alpha"] == 0.5 and g["layer"] == 0
+    sgd = make_optimizer("sgd", [{"params": [w], "layer": 0}], torch.device("cpu"))
+    assert sgd.param_groups[0]["nesterov"] and sgd.param_groups[0]["momentum"] == 0.9
+    with pytest.raises(ConfigError, match="--opt"):
+        make_optimizer("lamb", groups, torch.device("cpu"))
+
+
+def test_the_mini_net_is_timm_s_own_byobnet_and_exports(tmp_path: Path):
+    assert timm.is_model("xse_resnext_mini") and timm.is_model("xse_resnext_mini_mish")
+    model = create_model("xse_resnext_mini", 4, "none", "timm")
+    assert type(model.body).__name__ == "ByobNet"
+    convs = [m for m in model.body.stages.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert {c.groups for c in convs} >= {64}  # the grouped 3x3 convolutions
+    assert model(torch.randn(2, 3, 64, 64)).shape == (2, 4)
+    with pytest.raises(ValueError, match="no hub weights"):
+        timm.create_model("xse_resnext_mini", pretrained=True)
+
+
+def _train(data: Path, tmp: Path, name: str, **kw):
+    from imageclf import runs
+
+    cfg = DataConfig.build(path=str(data), size=32, presize=40, bs=4,
+                           cache_dir=str(tmp / "cache"))
+    train = TrainConfig.build(arch="xse_resnext_mini", pretrained="none", precision="fp32",
+                              epochs=2, lr="1e-2", out=str(tmp / name), **kw)
+    rates = Rates()
+    return runs.train_run(cfg, train, runs.RunContext(cbs=[rates])), rates
+
+
+def test_ranger_flat_cos_follows_the_schedule_and_resumes_exactly(tmp_path: Path):
+    """The rate is flat for 72% of the steps then falls, momentum stays at ranger's 0.95;
+    a stop mid-run (Lookahead's slow weights in the checkpoint) resumes to the same end."""
+    from imageclf import runs
+    from imageclf.checkpoint import STOP
+
+    from .helpers import make_folder_dataset
+
+    data = make_folder_dataset(tmp_path / "data", n_train=8, n_valid=2)  # 24 images: 6 steps
+    ref, rates = _train(data, tmp_path, "ref", opt="ranger", lr_schedule="flat_cos")
+    n = len(rates.lrs)
+    flat = math.ceil(FLAT_PCT * n)
+    assert rates.lrs[:flat] == [1e-2] * flat and rates.lrs[-1] < rates.lrs[flat] < 1e-2
+    assert set(rates.moms) == {0.95}
+    plan = json.loads((tmp_path / "ref" / "checkpoints" / "last.json").read_text())["plan"]
+    assert plan[0]["shape"] == "flat_cos"
+
+    class StopAt(Callback):
+        def on_batch_end(self, learn):
+            if (learn.progress.epochs_done, learn.progress.batch_in_epoch) == (0, 4):
+                STOP.requested = "SIGTERM"
+
+    cfg = DataConfig.build(path=str(data), size=32, presize=40, bs=4,
+                           cache_dir=str(tmp_path / "cache"))
+    train = TrainConfig.build(arch="xse_resnext_mini", pretrained="none", precision="fp32",
+                              epochs=2, lr="1e-2", opt="ranger", lr_schedule="flat_cos",
+                              out=str(tmp_path / "run"))
+    with pytest.raises(runs.Interrupted):
+        runs.train_run(cfg, train, runs.RunContext(cbs=[StopAt()]))
+    res = runs.resume_run(tmp_path / "run")
+    keys = ("seconds", "img_per_s")
+    assert [{k: v for k, v in r.items() if k not in keys} for r in res.metrics.history] == [
+        {k: v for k, v in r.items() if k not in keys} for r in ref.metrics.history]
+
+
+def test_sgd_one_cycle_cycles_the_momentum(tmp_path: Path):
+    from .helpers import make_folder_dataset
+
+    data = make_folder_dataset(tmp_path / "data", n_train=8, n_valid=2)
+    _, rates = _train(data, tmp_path, "sgd", opt="sgd")
+    assert min(rates.moms) < 0.9 < max(rates.moms)  # one-cycle's 0.95 → 0.85 → 0.95
+    assert max(rates.lrs) == pytest.approx(1e-2, rel=0.05)
