@@ -177,9 +177,9 @@ class ScheduleConfig(Settings):
     freeze_epochs: int = setting(1, "Epochs of the head alone first, when pretrained.", ge=0)
     lr: str = setting("auto", "A number, or lr_find's suggestion: valley, slide, minimum, "
                       "steep; auto: valley when pretrained, minimum from scratch.")
-    lr_schedule: str = setting("one_cycle", "one_cycle (warm up, then cosine down; momentum the "
-                         "other way) or flat_cos (flat, then cosine down from 72%).",
-                         choices=SCHEDULES, flag="--schedule")
+    lr_schedule: str = setting("one_cycle", "one_cycle (warm up, then cosine down; momentum "
+                               "the other way) or flat_cos (flat, then cosine down from "
+                               "72%).", choices=SCHEDULES, flag="--schedule")
     lr_find_steps: int = setting(LR_FIND_STEPS, "Steps of the learning-rate finder's sweep.",
                                  ge=10)
     sizes: tuple[int, ...] | None = setting(

@@ -14,7 +14,7 @@ import torch
 
 from imageclf import metrics as M
 from imageclf.callbacks import Callback, History, LRSweep, OneCycle, PrintEpochs, in_notebook
-from imageclf.config import OptimConfig, RegConfig
+from imageclf.config import OPTIMIZERS, OptimConfig, RegConfig
 from imageclf.distributed import Dist
 from imageclf.ema import WeightEMA
 from imageclf.errors import ConfigError
@@ -396,7 +396,7 @@ def make_optimizer(name: str, groups: list[dict], device: torch.device
                                    eps=1e-6)
     if name == "sgd":
         return create_optimizer_v2(groups, "sgd", lr=1e-3, momentum=0.9, nesterov=True)
-    raise ConfigError(f"--opt must be one of adamw, ranger, sgd; got {name!r}")
+    raise ConfigError(f"--opt must be one of {', '.join(OPTIMIZERS)}; got {name!r}")
 
 
 def set_seed(seed: int) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -84,9 +84,8 @@ def shaped(plan: list[Phase], shape: str) -> list[Phase]:
     each phase (a frozen head-only phase keeps its own, longer, flat stretch)."""
     if shape == "one_cycle":
         return plan
-    return [p if p.constant else Phase(
-        p.epochs, p.lr_max, p.pct_start if p.frozen else FLAT_PCT, p.div, p.div_final,
-        p.frozen, p.constant, shape) for p in plan]
+    return [p if p.constant else replace(
+        p, shape=shape, pct_start=p.pct_start if p.frozen else FLAT_PCT) for p in plan]
 
 
 def spread_lrs(lr: float | Sequence[float], n: int) -> list[float]:
