@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -130,19 +131,22 @@ def test_unknown_arch_and_hub_errors_are_one_line(folder_dataset: Path):
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end_offline(tmp_path: Path):
-    """The README's first command, small: draws shapes, verifies, runs lr_find, trains at
-    its `minimum` suggestion (--lr auto from scratch), writes the run with model and report."""
+    """The README's first command, small: draws shapes and images of none of them, verifies,
+    shows lr_find's sweep, trains at the demo's rate, evaluates, calibrates "none of these"
+    and shows it answering none for an image of no shape."""
     r = _run("demo", "--out", str(tmp_path / "demo"), "--epochs", "1", "--n-train", "12",
              "--lr-find-steps", "30")
     run = tmp_path / "demo" / "run"
-    cfg = json.loads((run / "config.json").read_text())
     m = json.loads((run / "metrics.json").read_text())
-    assert cfg["train"]["schedule"]["lr"] == "auto" and m["lr_rule"] in ("minimum", "valley")
-    assert m["lr"] == m["lr_find"][m["lr_rule"]]
-    assert f"trained at {m['lr_rule']} {m['lr']:.2e}" in r.stdout
-    for name in ("report.html", "lr_find.json", "model/model.json", "metrics.json"):
+    assert m["lr"] == 1e-2 and "lr_find: valley" in r.stdout
+    assert json.loads((tmp_path / "demo" / "lr_find" / "lr_find.json").read_text())["lrs"]
+    for name in ("report.html", "model/model.json", "metrics.json"):
         assert (run / name).is_file(), name
     assert 0.0 <= m["valid_accuracy"] <= 1.0
+    rule = json.loads((run / "model" / "model.json").read_text())["open_set"]
+    assert rule["ood"]["folder"].endswith("valid") and rule["ood"]["n"] >= 10
+    assert f"{rule['score']} below" in r.stdout and "answers none for" in r.stdout
+    assert re.search(r"predict \S+example\.jpg: (none|\w+) \(top:", r.stdout)
 
 
 def test_a_new_run_never_replaces_an_earlier_one(folder_dataset: Path, tmp_path: Path):

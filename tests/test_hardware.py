@@ -36,6 +36,20 @@ def test_forced_bf16_without_native_support_warns(monkeypatch: pytest.MonkeyPatc
     assert "no native bf16" not in caplog.text
 
 
+def test_an_isa_capped_below_bf16_counts_as_no_native_bf16():
+    """ONEDNN_MAX_CPU_ISA / ATEN_CPU_CAPABILITY set to AVX2 make a newer CPU behave as an
+    AVX2 one; auto precision must then choose what it would choose there (fp32)."""
+    from imageclf.hardware import isa_capped_below_bf16
+
+    assert not isa_capped_below_bf16({})
+    assert isa_capped_below_bf16({"ONEDNN_MAX_CPU_ISA": "AVX2"})
+    assert isa_capped_below_bf16({"ONEDNN_MAX_CPU_ISA": "avx512_core"})
+    assert isa_capped_below_bf16({"ATEN_CPU_CAPABILITY": "avx2"})
+    assert not isa_capped_below_bf16({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX"})
+    assert not isa_capped_below_bf16({"ONEDNN_MAX_CPU_ISA": "ALL",
+                                      "ATEN_CPU_CAPABILITY": "avx512"})
+
+
 
 def test_fp16_trains_only_on_cuda_and_auto_never_predicts_in_it():
     cpu = torch.device("cpu")

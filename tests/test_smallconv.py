@@ -57,8 +57,18 @@ def test_small_map_path_only_where_it_pays(monkeypatch):
         conv.eval()
         conv(torch.randn(2, 4, 4, 4))  # evaluation: native
     conv.train()
-    conv(torch.randn(2, 4, 4, 4)).sum().backward()  # fp32: native
+    conv(torch.randn(2, 4, 4, 4)).sum().backward()  # fp32, 16 positions: native
     assert len(calls) == 1
+    import imageclf.smallconv as S
+
+    monkeypatch.setattr(S, "cpu_has_avx512", lambda: True)
+    conv(torch.randn(2, 4, 2, 2)).sum().backward()  # fp32 with AVX-512: native, even 2x2
+    assert len(calls) == 1
+    monkeypatch.setattr(S, "cpu_has_avx512", lambda: False)
+    conv(torch.randn(2, 4, 2, 2)).sum().backward()  # fp32, AVX2 only, 4 positions: used
+    assert len(calls) == 2
+    conv(torch.randn(2, 4, 3, 3)).sum().backward()  # 9 positions: native
+    assert len(calls) == 2
 
 
 def test_state_dict_unchanged_and_switch_off(monkeypatch):

@@ -20,15 +20,61 @@ from imageclf.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
+# oneDNN's ISA caps (ONEDNN_MAX_CPU_ISA) below AVX-512, and those that still include
+# native bf16 math
+_ONEDNN_BELOW_AVX512 = frozenset({"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2"})
+_ONEDNN_BF16_ISAS = frozenset({
+    "AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16",
+    "AVX10_1_512", "AVX10_1_512_AMX", "AVX10_1_512_AMX_FP16", "ALL"})
+
+
+def _caps(env: dict[str, str] | None) -> tuple[str, str]:
+    env = os.environ if env is None else env
+    return (env.get("ONEDNN_MAX_CPU_ISA", "").strip().upper(),
+            env.get("ATEN_CPU_CAPABILITY", "").strip().lower())
+
+
+def isa_capped_below_bf16(env: dict[str, str] | None = None) -> bool:
+    """True when the process is told to use less than the CPU has, below its bf16 math:
+    ONEDNN_MAX_CPU_ISA under AVX512_CORE_BF16 (oneDNN's convolutions and products), or
+    ATEN_CPU_CAPABILITY avx2/default (PyTorch's own kernels). This is how an AVX2-only CPU
+    is approximated on a newer one, and auto precision then picks fp32 as it would there."""
+    onednn, aten = _caps(env)
+    return (bool(onednn) and onednn not in _ONEDNN_BF16_ISAS) or aten in ("avx2", "default")
+
+
+def isa_capped_below_avx512(env: dict[str, str] | None = None) -> bool:
+    """True when ONEDNN_MAX_CPU_ISA or ATEN_CPU_CAPABILITY caps the process below AVX-512."""
+    onednn, aten = _caps(env)
+    return onednn in _ONEDNN_BELOW_AVX512 or aten in ("avx2", "default")
+
+
 @functools.cache
-def cpu_has_bf16() -> bool:
-    """True when this CPU runs bf16 matrix math natively (AMX or AVX512-BF16)."""
+def _cpu_flags() -> frozenset[str]:
     try:
         with open("/proc/cpuinfo") as f:
-            flags = f.read()
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
     except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+        pass
+    return frozenset()
+
+
+@functools.cache
+def cpu_has_bf16() -> bool:
+    """True when this CPU runs bf16 matrix math natively (AMX or AVX512-BF16), and the
+    process is not capped below it (`isa_capped_below_bf16`)."""
+    flags = _cpu_flags()
+    return ("amx_bf16" in flags or "avx512_bf16" in flags) and not isa_capped_below_bf16()
+
+
+@functools.cache
+def cpu_has_avx512() -> bool:
+    """True when oneDNN runs AVX-512 kernels here: the CPU has AVX512F and the process is
+    not capped below it. Without it (AVX2 CPUs), fp32 convolutions' weight gradients on
+    tiny maps are slow (smallconv.py)."""
+    return "avx512f" in _cpu_flags() and not isa_capped_below_avx512()
 
 
 def native_bf16(device: torch.device) -> bool:

@@ -6,7 +6,8 @@ oneDNN's weight-gradient kernel is slow when the output map is tiny: resnet18's 
 grad_out^T @ columns) takes 6 ms. In bf16, up to 16 output positions the matrix product
 wins; above, the native kernel does. So a training forward on the CPU
 routes such convolutions through `SmallMapConv`, whose forward and input gradient are
-PyTorch's own and whose weight gradient is the matrix product. Everything else -- GPU,
+PyTorch's own and whose weight gradient is the matrix product. In fp32 that pays only
+without AVX-512 (AVX2 CPUs), on maps of 4 positions or fewer. Everything else -- GPU,
 evaluation, larger maps, grouped convolutions -- is PyTorch's plain `Conv2d`.
 
 `IMAGECLF_CONV_GRAD=native` turns it off (the benchmark's ablation).
@@ -20,10 +21,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from imageclf.hardware import cpu_has_avx512
+
 # Most output positions (oh * ow) for which the matrix product beats oneDNN's weight
-# gradient, by compute dtype. In fp32 (AVX-512) the two tied at every size measured, so fp32
-# keeps the native kernel. Figures: docs/recipes.md, "Small feature maps".
+# gradient, by compute dtype. In fp32 with AVX-512 the two tied at every size measured, so
+# fp32 keeps the native kernel there; with AVX2 only (measured on 2 cores capped at AVX2),
+# 2x2 maps are 1.3-3.8x faster as the product (512 channels, batch 64: 9 ms against 34),
+# and from 4x4 on the native kernel wins. Figures: docs/recipes.md, "Small feature maps".
 MAX_POSITIONS = {torch.bfloat16: 16}
+MAX_POSITIONS_FP32_AVX2 = 4
+
+
+def max_positions(dtype: torch.dtype) -> int:
+    """The small-map limit for a CPU training step computing in `dtype`."""
+    if dtype == torch.float32:
+        return 0 if cpu_has_avx512() else MAX_POSITIONS_FP32_AVX2
+    return MAX_POSITIONS.get(dtype, 0)
 
 
 def enabled() -> bool:
@@ -79,7 +92,7 @@ class TrainConv2d(nn.Conv2d):
             return super().forward(x)
         dtype = (torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu")
                  else x.dtype)
-        if _out_positions(self, x) > MAX_POSITIONS.get(dtype, 0):
+        if _out_positions(self, x) > max_positions(dtype):
             return super().forward(x)
         # what autocast does for conv2d: inputs, weight and bias in the lower precision
         w = self.weight.to(dtype)
