@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import make_folder_dataset
+from .helpers import ARCH, make_folder_dataset
 
 
 @pytest.fixture
@@ -26,12 +26,13 @@ def _cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def learn(folder_dataset: Path):
-    """A resnet18 learner from scratch on 3 classes x 6 images, fp32 (3 batches an epoch)."""
+    """A small learner (helpers.ARCH) from scratch on 3 classes x 6 images, fp32 (3 batches
+    an epoch)."""
     from imageclf.config import DataConfig, TrainConfig
     from imageclf.runs import build_learner
 
     return build_learner(DataConfig.build(path=str(folder_dataset), size=32, presize=40, bs=6),
-                         TrainConfig.build(arch="resnet18", pretrained="none", precision="fp32"))
+                         TrainConfig.build(arch=ARCH, pretrained="none", precision="fp32"))
 
 
 @pytest.fixture(scope="session")

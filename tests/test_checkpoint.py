@@ -10,7 +10,7 @@ from imageclf.checkpoint import checkpoint_position, read_checkpoint
 from imageclf.config import DataConfig, TrainConfig
 from imageclf.errors import DamagedFileError
 
-from .helpers import make_folder_dataset, run_cli
+from .helpers import ARCH, make_folder_dataset, run_cli
 
 
 def test_a_stop_inside_an_accumulation_group_waits_for_its_step(folder_dataset: Path,
@@ -27,7 +27,7 @@ def test_a_stop_inside_an_accumulation_group_waits_for_its_step(folder_dataset: 
                 STOP.requested = "SIGTERM"
 
     data = DataConfig.build(path=str(folder_dataset), size=32, presize=40, bs=3)
-    train = TrainConfig.build(pretrained="none", precision="fp32", epochs=2, lr="2e-3",
+    train = TrainConfig.build(arch=ARCH, pretrained="none", precision="fp32", epochs=2, lr="2e-3",
                               accum_steps=2)
     ref = runs.train_run(data, train.replace(out=str(tmp_path / "ref")))
     with pytest.raises(runs.Interrupted):
@@ -46,7 +46,7 @@ def test_a_stop_inside_an_accumulation_group_waits_for_its_step(folder_dataset: 
 def test_damaged_or_missing_checkpoint_is_never_used(tmp_path: Path):
     data = make_folder_dataset(tmp_path / "data", n_train=20, n_valid=4)
     run = tmp_path / "run"
-    short = ["--pretrained", "none", "--size", "32", "--presize", "40", "--bs", "4",
+    short = ["--arch", ARCH, "--pretrained", "none", "--size", "32", "--presize", "40", "--bs", "4",
              "--epochs", "1", "--lr", "1e-3"]
     r = run_cli("train", str(data), *short, "--out", str(run))
     assert r.returncode == 0, r.stderr
@@ -73,8 +73,9 @@ def test_a_format_1_checkpoint_still_reads(tmp_path: Path):
     them) reads into today's layout: a run stopped by an older imageclf resumes."""
     data = make_folder_dataset(tmp_path / "data", n_train=4, n_valid=2)
     run = tmp_path / "run"
-    r = run_cli("train", str(data), "--pretrained", "none", "--size", "32", "--presize", "40",
-                "--bs", "4", "--epochs", "1", "--lr", "1e-3", "--out", str(run))
+    r = run_cli("train", str(data), "--arch", ARCH, "--pretrained", "none", "--size", "32",
+                "--presize", "40", "--bs", "4", "--epochs", "1", "--lr", "1e-3", "--out",
+                str(run))
     assert r.returncode == 0, r.stderr
     folder = run / "checkpoints"
     info = json.loads((folder / "last.json").read_text())

@@ -11,7 +11,7 @@ from imageclf.config import DataConfig
 from imageclf.data.loader import DataLoaders
 from imageclf.lr_finder import resolve_rule
 
-from .helpers import CliResult, add_bad_files, run_cli
+from .helpers import ARCH, CliResult, add_bad_files, run_cli
 
 
 def _run(*args: str, ok: bool = True) -> CliResult:
@@ -78,7 +78,7 @@ def test_bad_setting_is_one_clear_line(folder_dataset: Path):
 
 def test_train_and_lr_find_cli(folder_dataset: Path, tmp_path: Path):
     out = tmp_path / "run"
-    r = _run("train", str(folder_dataset), "--pretrained", "none", "--size", "32",
+    r = _run("train", str(folder_dataset), "--arch", ARCH, "--pretrained", "none", "--size", "32",
              "--presize", "40", "--bs", "6", "--epochs", "2", "--lr", "auto", "--precision",
              "fp32", "--out", str(out), "--lr-find-steps", "30")
     assert "epoch 0" in r.stdout and "epoch 1" in r.stdout and "img/s" in r.stdout
@@ -92,7 +92,7 @@ def test_train_and_lr_find_cli(folder_dataset: Path, tmp_path: Path):
     assert (out / "lr_find.png").is_file() and (out / "report.html").is_file()
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["train"]["model"]["pretrained"] == "none" and cfg["data"]["size"] == 32
-    r = _run("lr-find", str(folder_dataset), "--pretrained", "none", "--size", "32",
+    r = _run("lr-find", str(folder_dataset), "--arch", ARCH, "--pretrained", "none", "--size", "32",
              "--presize", "40", "--bs", "6", "--json", "-o", str(tmp_path / "lr.png"),
              "--lr-find-steps", "25", "--accum-steps", "2")
     res = json.loads(r.stdout)
@@ -111,7 +111,8 @@ def test_train_and_lr_find_cli(folder_dataset: Path, tmp_path: Path):
 
 def test_evaluate_cli_json(folder_dataset: Path, tmp_path: Path):
     out = tmp_path / "run"
-    _run("train", str(folder_dataset), "--pretrained", "none", "--size", "32", "--presize",
+    _run("train", str(folder_dataset), "--arch", ARCH,
+         "--pretrained", "none", "--size", "32", "--presize",
          "40", "--bs", "6", "--epochs", "1", "--lr", "1e-3", "--out", str(out))
     r = _run("evaluate", str(out / "model"), str(folder_dataset), "--json", "-o",
              str(tmp_path / "ev"))
@@ -156,7 +157,8 @@ def test_a_new_run_never_replaces_an_earlier_one(folder_dataset: Path, tmp_path:
     out = tmp_path / "[v2] run"
 
     def train(*extra: str, epochs: str = "1", ok: bool = True) -> CliResult:
-        return _run("train", str(folder_dataset), "--pretrained", "none", "--size", "32",
+        return _run("train", str(folder_dataset), "--arch", ARCH,
+                    "--pretrained", "none", "--size", "32",
                     "--presize", "40", "--bs", "6", "--epochs", epochs, "--lr", "1e-3",
                     "--out", str(out), *extra, ok=ok)
 
@@ -177,7 +179,8 @@ def test_a_new_run_never_replaces_an_earlier_one(folder_dataset: Path, tmp_path:
 @pytest.mark.slow
 def test_train_imbalance_options_and_watched_metric(folder_dataset: Path, tmp_path: Path):
     run = tmp_path / "run"
-    _run("train", str(folder_dataset), "--pretrained", "none", "--size", "24", "--presize",
+    _run("train", str(folder_dataset), "--arch", ARCH,
+         "--pretrained", "none", "--size", "24", "--presize",
          "32", "--bs", "6", "--epochs", "1", "--lr", "1e-3", "--class-weights", "auto",
          "--sampler", "balanced", "--metric", "macro_f1", "--out", str(run))
     m = json.loads((run / "metrics.json").read_text())
@@ -189,7 +192,7 @@ def test_train_imbalance_options_and_watched_metric(folder_dataset: Path, tmp_pa
     assert {"macro_f1", "balanced_accuracy"} <= set(interp)
     html = (run / "report.html").read_text()
     assert "<h2>Classes</h2>" in html and "Largest / smallest class" in html
-    bad = _run("train", str(folder_dataset), "--pretrained", "none", "--size", "24",
+    bad = _run("train", str(folder_dataset), "--arch", ARCH, "--pretrained", "none", "--size", "24",
                "--presize", "32", "--epochs", "1", "--lr", "1e-3", "--metric", "top5_accuracy",
                "--out", str(tmp_path / "bad"), ok=False)
     assert bad.returncode == 2 and "--metric 'top5_accuracy'" in bad.stderr

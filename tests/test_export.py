@@ -12,7 +12,7 @@ from imageclf.errors import DamagedFileError
 from imageclf.export import export_learner, load_model
 from imageclf.predict import Predictor, to_probs
 
-from .helpers import run_cli
+from .helpers import ARCH, run_cli
 
 
 def test_export_round_trip_gives_identical_logits(learn, tmp_path: Path):
@@ -27,7 +27,7 @@ def test_export_round_trip_gives_identical_logits(learn, tmp_path: Path):
         out = model(x.contiguous())
     # --head auto from scratch built timm's head, and model.json records the one built
     assert meta.classes == ("blue", "green", "red") and (meta.arch, meta.head) == (
-        "resnet18", "timm")
+        ARCH, "timm")
     assert (meta.size, meta.presize, meta.resize_method) == (32, 40, "crop")
     assert torch.allclose(out, ref, atol=1e-5)
     (tmp_path / "model" / "model.json").write_text("{broken")

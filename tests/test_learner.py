@@ -10,6 +10,8 @@ from imageclf.models import norm_params
 from imageclf.runs import build_learner
 from imageclf.schedules import spread_lrs
 
+from .helpers import ARCH
+
 
 def test_freeze_keeps_body_except_norm_layers_bit_identical(learn):
     learn.freeze()
@@ -63,7 +65,7 @@ def test_same_seed_same_metrics(folder_dataset: Path):
     runs = []
     for _ in range(2):
         lr = build_learner(DataConfig.build(path=str(folder_dataset), size=32, presize=40, bs=6),
-                           TrainConfig.build(pretrained="none", precision="fp32"))
+                           TrainConfig.build(arch=ARCH, pretrained="none", precision="fp32"))
         lr.fit_one_cycle(1, 1e-3)
         runs.append(lr.history.rows[-1]["valid_loss"])
     assert runs[0] == runs[1]
@@ -153,7 +155,7 @@ def test_clip_grad_caps_the_gradients_global_norm(folder_dataset: Path):
     def norms(clip: float | None) -> list[float]:
         learn = build_learner(DataConfig.build(path=str(folder_dataset), size=32, presize=40,
                                                bs=6),
-                              TrainConfig.build(pretrained="none", precision="fp32",
+                              TrainConfig.build(arch=ARCH, pretrained="none", precision="fp32",
                                                 clip_grad=clip))
         rec = Norms()
         learn.cbs.append(rec)

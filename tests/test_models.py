@@ -10,6 +10,8 @@ from imageclf.errors import ConfigError
 from imageclf.models import check_arch, create_model
 from imageclf.runs import build_learner
 
+from .helpers import ARCH
+
 
 def test_hub_offline_fails_fast_with_a_way_out(monkeypatch: pytest.MonkeyPatch):
     import socket
@@ -73,7 +75,7 @@ def test_transfer_beats_scratch(tmp_path: Path):
     b = make_folder_dataset(tmp_path / "b", n_train=4, n_valid=6,
                             classes=("cyan", "magenta", "yellow"))
     data_a = DataConfig.build(path=str(a), size=32, presize=40, bs=8, seed=1)
-    pre = build_learner(data_a, TrainConfig.build(pretrained="none", precision="fp32"))
+    pre = build_learner(data_a, TrainConfig.build(arch=ARCH, pretrained="none", precision="fp32"))
     pre.fit_one_cycle(6, 3e-3)
     from imageclf.export import export_learner
 
@@ -82,7 +84,7 @@ def test_transfer_beats_scratch(tmp_path: Path):
     results = {}
     for name, pretrained in (("transfer", str(tmp_path / "pre" / "model")),
                              ("scratch", "none")):
-        learn = build_learner(data_b, TrainConfig.build(pretrained=pretrained,
+        learn = build_learner(data_b, TrainConfig.build(arch=ARCH, pretrained=pretrained,
                                                         precision="fp32"))
         learn.fine_tune(2, 2e-3, freeze_epochs=1)
         results[name] = learn.history.rows[-1]

@@ -15,7 +15,7 @@ from imageclf.data.negatives import NEGATIVE, negative_order, negative_set
 from imageclf.errors import ConfigError, DataError
 from imageclf.losses import cross_entropy, uniform_cross_entropy, with_negatives
 
-from .helpers import COLOURS, make_folder_dataset, run_cli, solid
+from .helpers import ARCH, COLOURS, make_folder_dataset, run_cli, solid
 
 NEG_COLOURS = ("yellow", "magenta", "cyan")
 
@@ -155,7 +155,7 @@ def test_negatives_with_mixup_is_refused_before_any_work(data: Path, negatives: 
 
 
 # --- trained ------------------------------------------------------------------------------
-ARGS = ["--pretrained", "none", "--size", "32", "--presize", "40", "--bs", "8",
+ARGS = ["--arch", ARCH, "--pretrained", "none", "--size", "32", "--presize", "40", "--bs", "8",
         "--lr", "3e-3", "--precision", "fp32", "--seed", "3"]
 
 
@@ -261,7 +261,7 @@ def test_resume_with_negatives_matches_an_uninterrupted_run(data: Path, negative
 
     dcfg = DataConfig.build(path=str(data), size=24, presize=32, bs=6,
                             negatives=(str(negatives),), sampler="balanced")
-    tcfg = TrainConfig.build(pretrained="none", precision="fp32", epochs=2, lr="2e-3")
+    tcfg = TrainConfig.build(arch=ARCH, pretrained="none", precision="fp32", epochs=2, lr="2e-3")
     ref = runs.train_run(dcfg, tcfg.replace(out=str(tmp_path / "ref")))
     with pytest.raises(runs.Interrupted):
         runs.train_run(dcfg, tcfg.replace(out=str(tmp_path / "run")),

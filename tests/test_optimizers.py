@@ -15,6 +15,8 @@ from imageclf.learner import make_optimizer
 from imageclf.models import create_model
 from imageclf.schedules import FLAT_PCT, Phase, flat_cos_lr, shaped
 
+from .helpers import ARCH
+
 
 class Rates(Callback):
     """The first group's rate and momentum at every optimiser step."""
@@ -72,7 +74,7 @@ def _train(data: Path, tmp: Path, name: str, **kw):
 
     cfg = DataConfig.build(path=str(data), size=32, presize=40, bs=4,
                            cache_dir=str(tmp / "cache"))
-    train = TrainConfig.build(arch="xse_resnext_mini", pretrained="none", precision="fp32",
+    train = TrainConfig.build(arch=ARCH, pretrained="none", precision="fp32",
                               epochs=2, lr="1e-2", out=str(tmp / name), **kw)
     rates = Rates()
     return runs.train_run(cfg, train, runs.RunContext(cbs=[rates])), rates
@@ -102,7 +104,7 @@ def test_ranger_flat_cos_follows_the_schedule_and_resumes_exactly(tmp_path: Path
 
     cfg = DataConfig.build(path=str(data), size=32, presize=40, bs=4,
                            cache_dir=str(tmp_path / "cache"))
-    train = TrainConfig.build(arch="xse_resnext_mini", pretrained="none", precision="fp32",
+    train = TrainConfig.build(arch=ARCH, pretrained="none", precision="fp32",
                               epochs=2, lr="1e-2", opt="ranger", lr_schedule="flat_cos",
                               out=str(tmp_path / "run"))
     with pytest.raises(runs.Interrupted):

@@ -19,7 +19,7 @@ from imageclf.learner import Learner
 from imageclf.models import create_model
 from imageclf.predict import Predictor
 
-from .helpers import final_metrics, make_folder_dataset, run_cli
+from .helpers import ARCH, final_metrics, make_folder_dataset, run_cli
 from .test_resume import _start, _wait_for_checkpoint
 
 
@@ -135,8 +135,8 @@ def test_size_ema_and_valid_size_round_trip_through_export(folder_dataset: Path,
 @pytest.mark.slow
 def test_resume_mid_stage_matches_an_uninterrupted_run(tmp_path: Path):
     data = make_folder_dataset(tmp_path / "data", n_train=20, n_valid=4)
-    args = ["--pretrained", "none", "--size", "32", "--presize", "40", "--bs", "4",
-            "--epochs", "4", "--lr", "2e-3", "--precision", "fp32", "--seed", "5",
+    args = ["--arch", ARCH, "--pretrained", "none", "--size", "32", "--presize", "40",
+            "--bs", "4", "--epochs", "4", "--lr", "2e-3", "--precision", "fp32", "--seed", "5",
             "--sizes", "24,32", "--ema", "0.9", "--mixup", "0.3", "--cutmix", "1.0"]
     ref = tmp_path / "ref"
     assert run_cli("train", str(data), *args, "--out", str(ref)).returncode == 0

@@ -12,10 +12,10 @@ import pytest
 
 from imageclf.checkpoint import checkpoint_position, read_checkpoint
 
-from .helpers import final_metrics, make_folder_dataset, run_cli
+from .helpers import ARCH, final_metrics, make_folder_dataset, run_cli
 
-ARGS = ["--pretrained", "none", "--size", "32", "--presize", "40", "--bs", "4", "--epochs",
-        "3", "--lr", "2e-3", "--precision", "fp32", "--seed", "5"]
+ARGS = ["--arch", ARCH, "--pretrained", "none", "--size", "32", "--presize", "40", "--bs", "4",
+        "--epochs", "3", "--lr", "2e-3", "--precision", "fp32", "--seed", "5"]
 
 
 def _start(*args: str, env: dict | None = None) -> subprocess.Popen:

@@ -12,7 +12,7 @@ from imageclf.models import create_model
 from imageclf.predict import Predictor
 from imageclf.runs import train_run
 
-from .helpers import add_bad_files, make_folder_dataset, solid
+from .helpers import ARCH, add_bad_files, make_folder_dataset, solid
 
 
 def test_a_tiny_auto_rate_is_reported(folder_dataset: Path, tmp_path: Path,
@@ -26,7 +26,7 @@ def test_a_tiny_auto_rate_is_reported(folder_dataset: Path, tmp_path: Path,
     monkeypatch.setattr(runs, "run_lr_find",
                         lambda learn, train, out: LRFindResult([1e-7], [1.0], tiny))
     data = DataConfig.build(path=str(folder_dataset), size=32, presize=40, bs=6)
-    train = TrainConfig.build(pretrained="none", precision="fp32", epochs=0,
+    train = TrainConfig.build(arch=ARCH, pretrained="none", precision="fp32", epochs=0,
                               out=str(tmp_path / "r"))
     with caplog.at_level("WARNING", logger="imageclf.runs"):
         res = runs.train_run(data, train)
@@ -50,15 +50,15 @@ def test_fine_tuning_sweeps_the_rate_with_the_body_frozen(folder_dataset: Path,
 
     data = DataConfig.build(path=str(folder_dataset), size=32, presize=40, bs=6)
     scratch = BodyTrainable()
-    runs.train_run(data, TrainConfig.build(pretrained="none", precision="fp32", epochs=0,
+    runs.train_run(data, TrainConfig.build(arch=ARCH, pretrained="none", precision="fp32", epochs=0,
                                      lr_find_steps=10, out=str(tmp_path / "a")),
                    runs.RunContext(cbs=[scratch]))
     tune = BodyTrainable()
-    res = runs.train_run(data, TrainConfig.build(pretrained=str(tmp_path / "a" / "model"),
-                                           precision="fp32", epochs=0, freeze_epochs=1,
-                                           lr_find_steps=10, out=str(tmp_path / "b")),
-                         runs.RunContext(cbs=[tune]))
-    n_body = sum(p.numel() for p in create_model("resnet18", 3, "none").body.parameters())
+    train = TrainConfig.build(arch=ARCH, pretrained=str(tmp_path / "a" / "model"),
+                              precision="fp32", epochs=0, freeze_epochs=1, lr_find_steps=10,
+                              out=str(tmp_path / "b"))
+    res = runs.train_run(data, train, runs.RunContext(cbs=[tune]))
+    n_body = sum(p.numel() for p in create_model(ARCH, 3, "none").body.parameters())
     sweep = len(json.loads((tmp_path / "b" / "lr_find.json").read_text())["lrs"])
     assert scratch.seen and set(scratch.seen) == {n_body}  # every body weight in the sweep
     assert len(tune.seen) > sweep and set(tune.seen[:sweep]) == {max(tune.seen)}
@@ -78,8 +78,8 @@ def test_salted_folder_trains_and_every_bad_file_is_reported(tmp_path: Path):
     solid((30, 40, 220), (50, 40)).convert("P").save(odd / "palette.gif")
     solid((30, 40, 220), (50, 40)).save(odd / "png_named.jpg", format="PNG")
     res = train_run(DataConfig.build(path=str(data), size=32, presize=40, bs=6),
-                    TrainConfig.build(pretrained="none", epochs=1, lr="1e-3", precision="fp32",
-                                out=str(tmp_path / "run")))
+                    TrainConfig.build(arch=ARCH, pretrained="none", epochs=1, lr="1e-3",
+                                      precision="fp32", out=str(tmp_path / "run")))
     skipped = {Path(s.path).name for s in res.metrics.skipped_files}
     assert len(res.metrics.skipped_files) == len(bad_train) + len(bad_valid)
     assert skipped == set(bad_train)

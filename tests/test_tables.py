@@ -15,7 +15,7 @@ from imageclf.data.loader import DataLoaders
 from imageclf.data.tables import read_image, split_ref
 from imageclf.errors import ConfigError, DataError
 
-from .helpers import COLOURS, find, run_cli, solid
+from .helpers import ARCH, COLOURS, find, run_cli, solid
 
 CLASSES = ["blue", "green", "red"]
 
@@ -87,7 +87,8 @@ def test_rows_decode_into_the_cache_with_the_corrupt_one_reported(hf: Path, tmp_
 @pytest.mark.slow
 def test_train_and_evaluate_on_parquet(hf: Path, tmp_path: Path):
     run = tmp_path / "run"
-    r = run_cli("train", str(hf), "--pretrained", "none", "--size", "24", "--presize", "32",
+    r = run_cli("train", str(hf), "--arch", ARCH,
+                "--pretrained", "none", "--size", "24", "--presize", "32",
                 "--bs", "6", "--epochs", "1", "--lr", "1e-3", "--out", str(run))
     assert r.returncode == 0, r.stderr
     m = json.loads((run / "metrics.json").read_text())

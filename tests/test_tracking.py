@@ -9,10 +9,10 @@ import pytest
 
 from imageclf.checkpoint import checkpoint_position
 
-from .helpers import make_folder_dataset, run_cli
+from .helpers import ARCH, make_folder_dataset, run_cli
 from .test_resume import _start, _wait_for_checkpoint
 
-ARGS = ["--pretrained", "none", "--size", "32", "--presize", "40", "--bs", "4",
+ARGS = ["--arch", ARCH, "--pretrained", "none", "--size", "32", "--presize", "40", "--bs", "4",
         "--precision", "fp32", "--seed", "3", "--tensorboard"]
 
 
