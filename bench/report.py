@@ -622,8 +622,8 @@ def _demo(r: dict) -> str:
     return "\n".join([*lines, "", ""])
 
 
-SECTIONS = {"demo": _demo, "loader": _loader, "train": _train, "predict": _predict, "lr_find": _lr_find,
-            "lr_rules": _lr_rules, "ddp-cpu": _ddp, "serve": _serve,
+SECTIONS = {"demo": _demo, "loader": _loader, "train": _train, "predict": _predict,
+            "lr_find": _lr_find, "lr_rules": _lr_rules, "ddp-cpu": _ddp, "serve": _serve,
             "serve_single": _serve_single,
             "open_set": _open_set, "imbalance": _imbalance,
             "time_to_accuracy": _time_to_accuracy, "finetune": _finetune,
