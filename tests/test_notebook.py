@@ -50,7 +50,8 @@ def test_interrupting_the_kernel_stops_after_a_checkpoint_and_keeps_the_kernel(
         "from imageclf.runs import RunContext, train_run\n"
         "data = make_shapes_dataset('d', n_train=12, n_valid=4)",
         "train_run(DataConfig.build(path=str(data), size=32, presize=40, bs=8),\n"
-        "          TrainConfig.build(pretrained='none', epochs=200, lr='1e-3', out='run'),\n"
+        "          TrainConfig.build(arch='resnet10t_narrow', pretrained='none', epochs=200,\n"
+        "                            lr='1e-3', out='run'),\n"
         "          RunContext(checkpoint_every=0.001))",
         "print('kernel alive', 1 + 1)",
     ]
