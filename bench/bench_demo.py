@@ -2,8 +2,10 @@
 empty folder and an empty cache, side by side with an earlier commit's demo (default: the
 resnet18 one it replaced), natively and with the CPU capped at AVX2 in fp32
 (ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2: how an AVX2-only CPU is approximated on
-a newer one). Then the share of Imagenette photos the new demo's model answers "none of
-these" for (it has seen only drawn shapes).
+a newer one). The reference tree is given this tree's hardware.py, so that under the cap it
+chooses fp32 as it would on an AVX2 CPU (its own reads bf16 from /proc/cpuinfo and runs
+emulated bf16, over 20 minutes). Then the share of Imagenette photos the new demo's model
+answers "none of these" for (it has seen only drawn shapes).
 
     python bench/bench_demo.py [--data IMAGENETTE] [--reference COMMIT] [--photos 200]
 """
@@ -68,6 +70,8 @@ def main() -> None:
         old = Path(tmp) / "reference"
         subprocess.run(["git", "worktree", "add", "--detach", str(old), args.reference],
                        cwd=ROOT, check=True, capture_output=True)
+        hw = "src/imageclf/hardware.py"
+        (old / hw).write_text((ROOT / hw).read_text())
         try:
             for name, src, env in (("new, AVX2 cap, fp32", ROOT / "src", AVX2),
                                    ("reference, AVX2 cap, fp32", old / "src", AVX2),
