@@ -147,7 +147,11 @@ def test_demo_runs_end_to_end_offline(tmp_path: Path):
     rule = json.loads((run / "model" / "model.json").read_text())["open_set"]
     assert rule["ood"]["folder"].endswith("valid") and rule["ood"]["n"] >= 10
     assert f"{rule['score']} below" in r.stdout and "answers none for" in r.stdout
-    assert re.search(r"predict \S+example\.jpg: (none|\w+) \(top:", r.stdout)
+    shown = re.search(r"(\d) of 8 fresh images of no shape answered none", r.stdout)
+    assert shown, r.stdout
+    if int(shown.group(1)):  # the first one refused is shown with its score and threshold
+        assert re.search(r"predict \S+example-\d\.jpg: none \(top: \w+ [0-9.]+%; \S+ "
+                         r"\S+ < \S+\)", r.stdout), r.stdout
 
 
 def test_a_new_run_never_replaces_an_earlier_one(folder_dataset: Path, tmp_path: Path):

@@ -163,12 +163,17 @@ def demo(out: Annotated[Path, typer.Option("--out", help="Where the data and the
     console.print(f'"none of these": {chosen.score} below {chosen.threshold:.4g} keeps '
                   f"{chosen.keep:.0%} of the known images and answers none for "
                   f"{1 - fig['fpr']:.0%} of {chosen.ood['n']} drawn images of no shape")
-    example = none / "example.jpg"
-    draw_negative(np.random.default_rng(12345)).save(example, quality=90)
-    p = Predictor(model).predict(example)[0]
-    console.print(f"predict {example}: {', '.join(p.labels)} (top: {p.top[0][0]} "
-                  f"{p.top[0][1]:.1%}; {p.none_rule} {p.none_score:.3g} < "
-                  f"{p.none_threshold:.3g})")
+    # fresh images of no shape, never seen in calibration: the first answered none is shown
+    rng = np.random.default_rng(12345)
+    fresh = [none / f"example-{i}.jpg" for i in range(8)]
+    for path in fresh:
+        draw_negative(rng).save(path, quality=90)
+    answers = Predictor(model).predict(fresh)
+    refused = [p for p in answers if p.labels == ["none"]]
+    console.print(f"{len(refused)} of {len(fresh)} fresh images of no shape answered none")
+    for p in refused[:1]:
+        console.print(f"predict {p.path}: none (top: {p.top[0][0]} {p.top[0][1]:.1%}; "
+                      f"{p.none_rule} {p.none_score:.3g} < {p.none_threshold:.3g})")
     console.print(f"run directory: {res.out}; report: {res.out / 'report.html'}; "
                   f"model: {model}")
     console.print(f"next: imageclf serve {res.out}   (or: imageclf predict {model} "
