@@ -62,10 +62,10 @@ def test_small_map_path_only_where_it_pays(monkeypatch):
     assert len(calls) == 1
     import imageclf.smallconv as S
 
-    monkeypatch.setattr(S, "cpu_has_avx512", lambda: True)
-    conv(torch.randn(2, 4, 2, 2)).sum().backward()  # fp32 with AVX-512: native, even 2x2
+    monkeypatch.setattr(S, "cpu_avx2_only", lambda: False)
+    conv(torch.randn(2, 4, 2, 2)).sum().backward()  # fp32, AVX-512 (or not x86): native, even 2x2
     assert len(calls) == 1
-    monkeypatch.setattr(S, "cpu_has_avx512", lambda: False)
+    monkeypatch.setattr(S, "cpu_avx2_only", lambda: True)
     conv(torch.randn(2, 4, 2, 2)).sum().backward()  # fp32, AVX2 only, 4 positions: used
     assert len(calls) == 2
     conv(torch.randn(2, 4, 3, 3)).sum().backward()  # 9 positions: native

@@ -59,7 +59,7 @@ def resnet10t_narrow(pretrained: bool = False, **kwargs) -> ResNet:
     """timm's resnet10t (tiered deep stem, one basic block per stage, average-pool
     shortcut) at half its widths, 32-64-128-256: 1.2 M parameters, for small images and
     the first run on any CPU (the demo). On 2 cores capped at AVX2, fp32, 48 px, batch 32
-    it trains at about 4x resnet10t's images per second and 6x resnet18's (docs/recipes.md)."""
+    it trains at 3-3.6x resnet10t's images per second and 5.8x resnet18's (docs/recipes.md)."""
     return ResNet(BasicBlock, (1, 1, 1, 1), channels=(32, 64, 128, 256), stem_width=16,
                   stem_type="deep_tiered", avg_down=True, **_own(pretrained, kwargs))
 

@@ -70,11 +70,12 @@ def cpu_has_bf16() -> bool:
 
 
 @functools.cache
-def cpu_has_avx512() -> bool:
-    """True when oneDNN runs AVX-512 kernels here: the CPU has AVX512F and the process is
-    not capped below it. Without it (AVX2 CPUs), fp32 convolutions' weight gradients on
-    tiny maps are slow (smallconv.py)."""
-    return "avx512f" in _cpu_flags() and not isa_capped_below_avx512()
+def cpu_avx2_only() -> bool:
+    """True when oneDNN runs AVX2 kernels here and no AVX-512 ones: an x86 CPU with AVX2 but
+    no AVX512F, or a newer one capped below AVX-512. There fp32 convolutions' weight
+    gradients on tiny maps are slow (smallconv.py)."""
+    flags = _cpu_flags()
+    return "avx2" in flags and ("avx512f" not in flags or isa_capped_below_avx512())
 
 
 def native_bf16(device: torch.device) -> bool:

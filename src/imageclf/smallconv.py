@@ -6,8 +6,8 @@ oneDNN's weight-gradient kernel is slow when the output map is tiny: resnet18's 
 grad_out^T @ columns) takes 6 ms. In bf16, up to 16 output positions the matrix product
 wins; above, the native kernel does. So a training forward on the CPU
 routes such convolutions through `SmallMapConv`, whose forward and input gradient are
-PyTorch's own and whose weight gradient is the matrix product. In fp32 that pays only
-without AVX-512 (AVX2 CPUs), on maps of 4 positions or fewer. Everything else -- GPU,
+PyTorch's own and whose weight gradient is the matrix product. In fp32 that pays only on
+AVX2 CPUs without AVX-512, on maps of 4 positions or fewer. Everything else -- GPU,
 evaluation, larger maps, grouped convolutions -- is PyTorch's plain `Conv2d`.
 
 `IMAGECLF_CONV_GRAD=native` turns it off (the benchmark's ablation).
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from imageclf.hardware import cpu_has_avx512
+from imageclf.hardware import cpu_avx2_only
 
 # Most output positions (oh * ow) for which the matrix product beats oneDNN's weight
 # gradient, by compute dtype. In fp32 with AVX-512 the two tied at every size measured, so
@@ -35,7 +35,7 @@ MAX_POSITIONS_FP32_AVX2 = 4
 def max_positions(dtype: torch.dtype) -> int:
     """The small-map limit for a CPU training step computing in `dtype`."""
     if dtype == torch.float32:
-        return 0 if cpu_has_avx512() else MAX_POSITIONS_FP32_AVX2
+        return MAX_POSITIONS_FP32_AVX2 if cpu_avx2_only() else 0
     return MAX_POSITIONS.get(dtype, 0)
 
 

@@ -168,7 +168,7 @@ def demo(out: Annotated[Path, typer.Option("--out", help="Where the data and the
     fresh = [none / f"example-{i}.jpg" for i in range(8)]
     for path in fresh:
         draw_negative(rng).save(path, quality=90)
-    answers = Predictor(model).predict(fresh)
+    answers = Predictor(model).predict(fresh)  # loaded again: with the rule just stored
     refused = [p for p in answers if p.labels == ["none"]]
     console.print(f"{len(refused)} of {len(fresh)} fresh images of no shape answered none")
     for p in refused[:1]:
