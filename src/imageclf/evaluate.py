@@ -212,7 +212,7 @@ def calibrate(predictor: Predictor, data: DataSource | str | Path, keep: float =
               bank_rows: int = openset.BANK_ROWS, k: int = openset.KNN_K, bs: int = 32
               ) -> Calibration:
     """Choose the "none of these" rule on DATA: the threshold on `score` that keeps `keep`
-    of the validation images. DATA is split as training splits it (its valid/ folder or
+    of the validation images (multi-label: of those with a label; one without is none). DATA is split as training splits it (its valid/ folder or
     is_valid column, else the same 20% with seed 0): thresholds come from the validation
     part, knn's feature bank and mahalanobis's class means from the training part.
 
@@ -255,6 +255,9 @@ def calibrate(predictor: Predictor, data: DataSource | str | Path, keep: float =
     thresholds = (class_thresholds(valid.outputs.logits.sigmoid(), valid_targets, keep)
                   if predictor.multi_label else None)
     known = openset.score_outputs(candidates, valid.outputs, stats, k)
+    if predictor.multi_label:  # a validation image with no label is none: not a known image
+        labelled = valid_targets.sum(1) > 0
+        known = {name: v[labelled] for name, v in known.items()}
     figures = hist = None
     if unknowns is not None:
         paths, where, from_negatives = unknowns
@@ -265,7 +268,7 @@ def calibrate(predictor: Predictor, data: DataSource | str | Path, keep: float =
         if score == "auto":
             score = openset.best(figures)
         hist = (known[score], unknown[score]) if score else None
-    n = len(valid.kept)
+    n = len(next(iter(known.values()))) if known else len(valid.kept)
     if not score:
         return Calibration(None, None, keep, n, thresholds)
     return Calibration(score, openset.threshold_for(known[score], keep), keep, n, thresholds,
