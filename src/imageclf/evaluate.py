@@ -212,9 +212,10 @@ def calibrate(predictor: Predictor, data: DataSource | str | Path, keep: float =
               bank_rows: int = openset.BANK_ROWS, k: int = openset.KNN_K, bs: int = 32
               ) -> Calibration:
     """Choose the "none of these" rule on DATA: the threshold on `score` that keeps `keep`
-    of the validation images (multi-label: of those with a label; one without is none). DATA is split as training splits it (its valid/ folder or
-    is_valid column, else the same 20% with seed 0): thresholds come from the validation
-    part, knn's feature bank and mahalanobis's class means from the training part.
+    of the validation images (multi-label: of those with a label; one without is none).
+    DATA is split as training splits it (its valid/ folder or is_valid column, else the
+    same 20% with seed 0): thresholds come from the validation part, knn's feature bank and
+    mahalanobis's class means from the training part.
 
     `score="auto"`: with `ood` (a folder of images from no known class), the score with
     the best AUROC there; without, `openset.default_score`. Multi-label models also get
@@ -255,8 +256,8 @@ def calibrate(predictor: Predictor, data: DataSource | str | Path, keep: float =
     thresholds = (class_thresholds(valid.outputs.logits.sigmoid(), valid_targets, keep)
                   if predictor.multi_label else None)
     known = openset.score_outputs(candidates, valid.outputs, stats, k)
-    if predictor.multi_label:  # a validation image with no label is none: not a known image
-        labelled = valid_targets.sum(1) > 0
+    labelled = valid_targets.sum(1) > 0 if predictor.multi_label else None
+    if labelled is not None and labelled.any():  # an image with no label is none, not known
         known = {name: v[labelled] for name, v in known.items()}
     figures = hist = None
     if unknowns is not None:
@@ -268,7 +269,7 @@ def calibrate(predictor: Predictor, data: DataSource | str | Path, keep: float =
         if score == "auto":
             score = openset.best(figures)
         hist = (known[score], unknown[score]) if score else None
-    n = len(next(iter(known.values()))) if known else len(valid.kept)
+    n = int(labelled.sum()) if labelled is not None and labelled.any() else len(valid.kept)
     if not score:
         return Calibration(None, None, keep, n, thresholds)
     return Calibration(score, openset.threshold_for(known[score], keep), keep, n, thresholds,
