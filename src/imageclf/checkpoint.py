@@ -28,6 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from imageclf.callbacks import Callback
+from imageclf.diskspace import disk_full, is_disk_full
 from imageclf.errors import DamagedFileError
 from imageclf.fileio import atomic_write, write_text
 from imageclf.lr_finder import LRChoice
@@ -246,7 +247,17 @@ class Checkpointer(Callback):
 
     def _save(self, learn: Learner) -> None:
         if learn.dist.is_main:  # one writer; every rank holds the same weights
-            self.last_path = save_checkpoint(learn, self.folder, self.lr)
+            try:
+                self.last_path = save_checkpoint(learn, self.folder, self.lr)
+            except Exception as e:
+                if not is_disk_full(e):
+                    raise
+                # atomic_write removed the half-written file; the previous one is whole
+                kept = ("the last good checkpoint stays" if (self.folder / "last.json").exists()
+                        else "no checkpoint was written yet")
+                raise disk_full(e, self.folder, "a checkpoint",
+                                f"{kept}; free room, then `imageclf train --resume "
+                                f"{self.folder.parent}` continues") from e
         self._last = time.monotonic()
 
     def on_batch_end(self, learn: Learner) -> None:

@@ -112,6 +112,10 @@ class DataConfig(Settings):
     seed: int = setting(0, "Seed of split, initialisation, augmentation.")
     cache_dir: str | None = setting(None, "Presize cache folder (default "
                                     "$IMAGECLF_CACHE_DIR).")
+    cache: str = setting("auto", "Form of the presize cache: raw uint8 (fastest epochs), "
+                         "jpeg (a store: about 1/8 of the disk, decoded per batch), or auto "
+                         "(raw while it fits in half the free disk and memory).",
+                         choices=("auto", "raw", "jpeg"))
     decode_workers: int = setting(0, "Processes decoding the cache's first build (0: one "
                                   "per core).", ge=0)
     decode: str = setting("cpu", "First decode: cpu (Pillow, JPEG draft mode) or device "

@@ -21,6 +21,12 @@ class DamagedFileError(ImageclfError):
     short or edited into something it cannot read."""
 
 
+class DiskFullError(ImageclfError):
+    """Too little room on disk for what a command must write (refused before it starts), or
+    a disk that filled while writing: the half-written file is removed, nothing else lost."""
+
+
 # the classes a message can be rebuilt into on another process (distributed.Dist.decide)
 BY_NAME: dict[str, type[ImageclfError]] = {
-    c.__name__: c for c in (ImageclfError, ConfigError, DataError, DamagedFileError)}
+    c.__name__: c for c in (ImageclfError, ConfigError, DataError, DamagedFileError,
+                            DiskFullError)}

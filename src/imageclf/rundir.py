@@ -77,6 +77,8 @@ class RunMetrics(Record):
                                                   default_factory=dict)
     lr_find: dict[str, float] | None = doc("lr_find's four suggestions, when it ran", None)
     lr_rule: str | None = doc("the suggestion trained at (none: the rate was a number)", None)
+    cache: dict[str, str] = doc("each split's presize cache form (raw or jpeg) and why "
+                                "(--cache)", default_factory=dict)
 
     @property
     def accuracy(self) -> float | None:
@@ -208,6 +210,35 @@ def write_lr_find(out: Path, res: LRFindResult) -> None:
     plot_lr_find(res.lrs, res.losses, res.suggestions, out / "lr_find.png")
 
 
+REPORT_BYTES = 16 * 2**20  # plots, report.html, metrics, interpretation: generous
+
+
+def required_bytes(learn: Learner, resumed: bool = False) -> int:
+    """Disk a run directory needs, computed before training: two checkpoints (a new one is
+    whole before the old one goes; one when resuming, the old one is already there), each
+    the weights, their moving average and the optimiser's state; then model/ and the report.
+    The optimiser's state is counted from its kind (Adam: 2 tensors a parameter, SGD: 1,
+    Lookahead: one more)."""
+    ckpt = checkpoint_bytes(learn)
+    return ckpt * (1 if resumed else 2) + learn_weights(learn) + REPORT_BYTES
+
+
+def learn_weights(learn: Learner) -> int:
+    """Bytes of the model's weights as saved (model/model.safetensors)."""
+    return sum(t.numel() * t.element_size() for t in learn.model.state_dict().values())
+
+
+def checkpoint_bytes(learn: Learner) -> int:
+    """Bytes of one checkpoint: weights, their moving average, the optimiser's state."""
+    weights = learn_weights(learn)
+    params = sum(p.numel() * 4 for p in learn.model.parameters())
+    name = type(learn.opt).__name__.lower() + " " + type(
+        getattr(learn.opt, "optimizer", learn.opt)).__name__.lower()
+    per = 2 if "adam" in name or "lamb" in name else 1
+    per += "lookahead" in name
+    return weights * (2 if learn.ema is not None else 1) + params * per
+
+
 def write_results(learn: Learner, out: Path, lr: LRChoice, wall: float,
                   preds: tuple[torch.Tensor, torch.Tensor], metric: str | None = None
                   ) -> RunMetrics:
@@ -234,7 +265,7 @@ def write_results(learn: Learner, out: Path, lr: LRChoice, wall: float,
         learn.dls.cfg.bs * learn.accum * learn.dist.world_size, learn.dist.world_size,
         p.img_per_s, learn.precision.name, str(learn.device), learn.dls.skipped(), rows,
         Watched(**watched), learn.dls.items.counts(), lr.suggestions,
-        lr.rule if lr.suggestions is not None else None)
+        lr.rule if lr.suggestions is not None else None, learn.dls.cache_forms())
     write_json(out / "metrics.json", metrics.to_json())
     export_learner(learn, out / "model")
     interpret_run(learn, out, preds=preds)

@@ -22,6 +22,7 @@ from imageclf.checkpoint import (
 )
 from imageclf.config import DataConfig, TrainConfig
 from imageclf.data.loader import DataLoaders
+from imageclf.diskspace import check_room, disk_full, is_disk_full
 from imageclf.distributed import Dist
 from imageclf.errors import ConfigError, ImageclfError
 from imageclf.hardware import resolve_precision
@@ -157,7 +158,9 @@ def train_run(data: DataConfig, train: TrainConfig, ctx: RunContext | None = Non
     out = Path(dist.decide(lambda: str(rundir.claim(train.output.out, overwrite))))
     try:
         learn = build_learner(data, train, ctx)
-    except ImageclfError:  # a setting the data refuses (--metric, --class-weights, ...)
+        if dist.is_main:
+            _check_room(learn, out, resumed=False)
+    except ImageclfError:  # a setting the data refuses (--metric, ...), too little room
         if dist.is_main and not overwrite:
             rundir.release(out)
         raise
@@ -198,6 +201,8 @@ def resume_run(run_dir: str | Path, ctx: RunContext | None = None) -> RunResult:
                     per * was, f", and epoch {epoch} starts again from its beginning "
                     "(its batches are dealt out differently)" if restart_epoch else "")
     restore(learn, info, tensors, restart_epoch)
+    if dist.is_main:
+        _check_room(learn, run, resumed=True)
     plan = [Phase(**p) for p in info.plan]
     start = (epoch, 0 if restart_epoch else batch)
     log.info("resuming %s at epoch %d, batch %d", run, *start)
@@ -263,6 +268,15 @@ def _auto_state(out: Path, data: DataConfig, train: TrainConfig
     return "restart", None
 
 
+def _check_room(learn: Learner, out: Path, resumed: bool) -> None:
+    """Refuse a run whose checkpoints, model and report will not fit under --out, before
+    any training (rundir.required_bytes)."""
+    check_room(rundir.required_bytes(learn, resumed), out,
+               "the run directory (checkpoints, model/, report)",
+               "free room, or choose --out on another disk",
+               largest=rundir.checkpoint_bytes(learn))
+
+
 def _check_extras(train: TrainConfig) -> None:
     """Optional packages the settings need, before any work (the logger checks again)."""
     if train.output.tensorboard:
@@ -291,8 +305,14 @@ def _train(job: _Job, ctx: RunContext) -> RunResult:
     found = job.lr.suggestions
     if not learn.dist.is_main:  # rank 0 writes the run
         return RunResult(job.out, None, found)
-    metrics = rundir.write_results(learn, job.out, job.lr, time.perf_counter() - job.t0,
-                                   preds, job.train.output.metric)
+    try:
+        metrics = rundir.write_results(learn, job.out, job.lr, time.perf_counter() - job.t0,
+                                       preds, job.train.output.metric)
+    except Exception as e:
+        if not is_disk_full(e):
+            raise
+        raise disk_full(e, job.out, "the run's results", "the last checkpoint stays; free "
+                        f"room, then `imageclf train --resume {job.out}` writes them") from e
     if tb is not None:
         tb.finish(job.out, metrics)
     log.info("run written to %s", job.out)

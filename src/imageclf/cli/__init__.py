@@ -42,6 +42,7 @@ def _register(group: typer.Typer, fn: Callable, name: str | None = None) -> None
 
 
 for _name, _cmd in (("verify", data_cmds.verify), ("show-batch", data_cmds.show_batch),
+                    ("pack", data_cmds.pack),
                     ("train", train_cmds.train), ("lr-find", train_cmds.lr_find),
                     ("demo", train_cmds.demo), ("predict", model_cmds.predict),
                     ("evaluate", model_cmds.evaluate), ("calibrate", model_cmds.calibrate),

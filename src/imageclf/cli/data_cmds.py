@@ -14,7 +14,7 @@ from rich.table import Table
 
 from imageclf.cli import options as o
 from imageclf.cli.options import console
-from imageclf.config import DataConfig
+from imageclf.config import RESIZE_METHODS, DataConfig, DataSource
 from imageclf.errors import ConfigError
 
 PROGRESS_FROM = 500  # files: smaller sets are checked before a bar would be read
@@ -145,3 +145,64 @@ def bench_loader(data: DataConfig, epochs: Annotated[int, typer.Option(
     for r in rows:
         console.print(f"epoch {r['epoch']} ({r['cache']}): {r['images']} images in "
                       f"{r['seconds']:.2f} s = {r['img_per_s']:.0f} img/s")
+
+
+@o.settings_command
+def pack(source: DataSource,
+         out: Annotated[Path, typer.Option("-o", "--out", help="The store's folder.")],
+         presize: Annotated[int, typer.Option("--presize", min=8,
+                                              help="Side of the CPU presize.")] = 256,
+         method: Annotated[str, typer.Option(
+             "--resize-method", help="How a non-square image becomes square: crop, squish "
+             "or pad.")] = "crop",
+         seed: Annotated[int, typer.Option("--seed", help="Seed of a random split.")] = 0,
+         workers: Annotated[int, typer.Option("--workers", min=0, help="Processes "
+                                              "presizing (0: one per core).")] = 0,
+         quality: Annotated[int, typer.Option("--quality", min=1, max=100,
+                                              help="JPEG quality of the stored images.")] = 90,
+         shard_mb: Annotated[int, typer.Option("--shard-mb", min=1,
+                                               help="Size of each tar shard.")] = 512,
+         overwrite: Annotated[bool, typer.Option(
+             "--overwrite", help="Replace a store of other data in --out.")] = False,
+         as_json: o.Json = False) -> None:
+    """Presize every image once and write a store: JPEGs in WebDataset tar shards, an
+    index and a manifest (docs/data-at-scale.md). Unreadable files are listed and left
+    out; a pack stopped at any point continues when run again."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    from imageclf.cli.options import err
+    from imageclf.data.pack import PackSettings
+    from imageclf.data.pack import pack as run_pack
+    from imageclf.diskspace import human
+
+    if method not in RESIZE_METHODS:
+        raise ConfigError(f"--resize-method must be one of {', '.join(RESIZE_METHODS)}; "
+                          f"got {method!r}")
+    s = PackSettings(presize, method, quality, shard_mb * 2**20)
+    t0 = time.perf_counter()
+    with Progress(TextColumn("pack"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), console=err, transient=True) as bar:
+        task = bar.add_task("pack", total=None)
+        m = run_pack(source, out, s, seed, workers,
+                     progress=lambda n, total: bar.update(task, completed=n, total=total),
+                     overwrite=overwrite)
+    size = sum(sh.bytes for sh in m.shards)
+    n = sum(m.counts.values())
+    if as_json:
+        print(json.dumps(m.to_json() | {"seconds": round(time.perf_counter() - t0, 2)},
+                         indent=2))
+        return
+    console.print(f"{out}: {n} images ({m.counts['train']} train, {m.counts['valid']} valid) "
+                  f"in {len(m.shards)} shard(s), {human(size)}, "
+                  f"{human(size / max(n, 1))} an image at presize {m.presize}, "
+                  f"JPEG quality {m.quality}")
+    if m.skipped:
+        console.print(f"{len(m.skipped)} unreadable file(s), left out:", style="yellow")
+        for b in m.skipped:
+            console.print(f"  {b.path}: {b.reason}")

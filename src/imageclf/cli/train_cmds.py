@@ -70,6 +70,8 @@ def print_result(res: object) -> None:
                       + picked)
     if m.skipped_files:
         console.print(f"{len(m.skipped_files)} unreadable file(s) skipped", style="yellow")
+    if "train" in m.cache:
+        console.print(f"presize cache {m.cache['train']}")
     w = m.watched
     best = (f" (best {w.best:.4f} at epoch {w.best_epoch})"
             if w.best is not None and w.best != w.last else "")

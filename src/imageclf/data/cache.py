@@ -24,7 +24,9 @@ import torch
 
 from imageclf.data.device_decode import decode_chunk
 from imageclf.data.images import presize_into, slot_length, verify_file
+from imageclf.data.store import is_store_ref, split_store_ref
 from imageclf.data.tables import is_ref, ref_file
+from imageclf.diskspace import check_room, disk_full, is_disk_full
 from imageclf.errors import ImageclfError
 from imageclf.fileio import atomic_write, commit
 from imageclf.records import Record, Skipped, doc
@@ -83,9 +85,12 @@ def default_cache_dir() -> Path:
 
 
 def _stat(path: Path) -> tuple[int, int]:
-    """(size, mtime) of a file; of its table file for a table row (data/tables.py)."""
+    """(size, mtime) of a file; of its table file or shard for a table row or an image in a
+    store."""
     if is_ref(path):
         path = ref_file(path)
+    elif is_store_ref(path):
+        path = split_store_ref(path)[0]
     try:
         st = os.stat(path)
         return st.st_size, st.st_mtime_ns
@@ -131,6 +136,7 @@ class PresizeCache:
         self.ok = np.zeros(len(self.paths), bool)
         self.reasons: dict[int, str] = {}
         self.stats = CacheStats()
+        self.choice = None  # why this form was chosen (data/jpegcache.py's CacheChoice)
         self._persist_thread: threading.Thread | None = None
 
     @property
@@ -195,7 +201,7 @@ class PresizeCache:
         shape = (n, 3, self.presize, self.length)
         name = f"{self.key}-{uuid.uuid4().hex[:12]}.u8"
         tmp = self.cache_dir / (name + ".tmp")
-        out = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=shape)
+        out = self._allocate(tmp, shape)
         if reuse:
             src = np.memmap(self.cache_dir / index.data, dtype=np.uint8, mode="r",
                             shape=index.shape)
@@ -226,6 +232,27 @@ class PresizeCache:
                 (self.cache_dir / old_data).unlink(missing_ok=True)
 
         return persist
+
+    def _allocate(self, tmp: Path, shape: tuple[int, ...]) -> np.ndarray:
+        """The new data file, its blocks reserved up front: too little room is refused now,
+        with the fix, instead of a worker dying on a full disk halfway through. A stale file
+        of a killed build (this key's lock is held) is removed first."""
+        for stale in self.cache_dir.glob(f"{self.key}-*.u8.tmp"):
+            stale.unlink(missing_ok=True)
+        need = int(np.prod(shape))
+        fix = ("free room, or put the cache on another disk with --cache-dir, or use "
+               "--cache jpeg (about 1/8 of the room)")
+        check_room(need, self.cache_dir, "the presize cache", fix)
+        try:
+            with open(tmp, "wb") as f:
+                if need:
+                    os.posix_fallocate(f.fileno(), 0, need)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            if is_disk_full(e):
+                raise disk_full(e, self.cache_dir, "the presize cache", fix) from e
+            raise
+        return np.memmap(tmp, dtype=np.uint8, mode="r+", shape=shape)
 
     def _decode(self, todo: list[int], out: np.ndarray, tmp: Path, shape: tuple[int, ...],
                 entries: list[Slot], progress: Callable[[int, int], None] | None) -> int:
@@ -261,6 +288,13 @@ class PresizeCache:
     def unreadable(self) -> list[Skipped]:
         """Every file that could not be used, with the reason."""
         return [Skipped(str(self.paths[i]), r) for i, r in sorted(self.reasons.items())]
+
+    def squares(self, slots: np.ndarray, offsets: np.ndarray, p: int, dst: np.ndarray) -> None:
+        """Copy the (3, P, P) squares of `slots` at `offsets` into dst (n, 3, P, P)."""
+        data = self.data
+        for k, (i, off) in enumerate(zip(slots, offsets, strict=True)):
+            crop = data[i, :, :, off:off + p]  # (3, P, P) view of the memmap
+            dst[k] = crop.transpose(0, 2, 1) if self.transposed[i] else crop
 
 
 _worker_out: np.ndarray | None = None

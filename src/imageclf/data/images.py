@@ -117,14 +117,26 @@ Source = str | Path | bytes  # a file, or an image's bytes (an upload)
 
 
 def _resolve_ref(path: Source) -> Source:
-    """A row of a Parquet/Arrow table (data/tables.py) → its image's bytes (or file)."""
-    if isinstance(path, bytes | bytearray) or MARK not in str(path):
+    """A row of a Parquet/Arrow table (data/tables.py) or an image in a store
+    (data/store.py) → its image's bytes (or file)."""
+    if isinstance(path, bytes | bytearray):
         return path
-    from imageclf.data.tables import read_image
+    from imageclf.data.store import MARK as STORE_MARK
     from imageclf.errors import DataError
 
+    text = str(path)
+    if STORE_MARK in text:
+        from imageclf.data.store import read_store_image
+
+        read = read_store_image
+    elif MARK in text:
+        from imageclf.data.tables import read_image
+
+        read = read_image
+    else:
+        return path
     try:
-        return read_image(path)
+        return read(path)
     except DataError as e:
         raise UnreadableImage(str(e)) from e
 
@@ -222,6 +234,8 @@ def presize_image(im: Image.Image, presize: int, method: str = "crop") -> Presiz
         top = (h - keep) / 2
         box = (0.0, top, float(w), top + keep)
         out = im.resize((presize, limit), Image.Resampling.BILINEAR, box=box)
+    elif (nw, nh) == (w, h):  # already presized (an image from a store): no resample
+        return to_slot(np.asarray(im).transpose(2, 0, 1))
     else:
         return to_slot(_resize_rgb(im, nw, nh))
     return to_slot(np.asarray(out).transpose(2, 0, 1))

@@ -21,7 +21,8 @@ from imageclf.data.augment import (
     BatchAugment,
     sample_params,
 )
-from imageclf.data.cache import PresizeCache
+from imageclf.data.cache import PresizeCache, default_cache_dir
+from imageclf.data.jpegcache import CacheChoice, StoreCache, check_store_presize, choose_form
 from imageclf.data.negatives import (
     NegativeSet,
     negative_order,
@@ -30,6 +31,7 @@ from imageclf.data.negatives import (
     per_batch,
 )
 from imageclf.data.sources import Items, resolve
+from imageclf.data.store import is_store_ref, read_manifest, split_store_ref
 from imageclf.errors import DataError
 from imageclf.records import Skipped
 
@@ -70,6 +72,33 @@ def balanced_order(targets: torch.Tensor, seed: int, epoch: int, rank: int = 0,
     return order[rank::world_size].numpy()
 
 
+Cache = PresizeCache | StoreCache
+
+
+def make_cache(paths: list[Path], cfg: DataConfig, cache_dir: str | Path | None, role: str,
+               device: torch.device) -> Cache:
+    """The presize cache of one split in the form `cfg.cache` asks (auto: by the room it
+    needs); the choice and its reason are logged and kept on the cache (`choice`)."""
+    where = Path(cache_dir or cfg.cache_dir or default_cache_dir())
+    stored = bool(paths) and all(is_store_ref(p) for p in paths)
+    choice = choose_form(cfg.cache, len(paths), cfg.presize, cfg.resize_method, where,
+                         stored)
+    if stored and choice.form == "jpeg" and cfg.cache == "auto":
+        root = split_store_ref(paths[0])[0].parent
+        if read_manifest(root).presize != cfg.presize:  # the store cannot be read as it is
+            choice = CacheChoice("raw", f"auto: raw, the store's presize is not {cfg.presize}")
+    log.info("%s cache: %s", role, choice.reason)
+    if choice.form == "jpeg":
+        cache: Cache = StoreCache(paths, cfg.presize, cfg.resize_method, where,
+                                  cfg.decode_workers, role=role)
+    else:
+        cache = PresizeCache(paths, cfg.presize, cfg.resize_method, where,
+                             cfg.decode_workers, role=role,
+                             decode_device=device if cfg.decode == "device" else None)
+    cache.choice = choice
+    return cache
+
+
 class BatchLoader:
     """One split: uint8 batches gathered from the cache in a background thread, augmented on
     the device by ONE grid_sample per batch. Yields (x, y): x (B, 3, S, S) float32
@@ -86,10 +115,8 @@ class BatchLoader:
         self.cfg = cfg
         self.train = train
         self.device = torch.device(device)
-        self.cache = PresizeCache(paths, cfg.presize, cfg.resize_method,
-                                  cache_dir or cfg.cache_dir, cfg.decode_workers,
-                                  role=role or ("train" if train else "valid"),
-                                  decode_device=self.device if cfg.decode == "device" else None)
+        self.cache = make_cache(paths, cfg, cache_dir, role or ("train" if train else "valid"),
+                                self.device)
         size = cfg.size if train else (cfg.valid_size or cfg.size)
         self.augment = BatchAugment(size, cfg.aug, mean, std)
         self.bs = cfg.bs
@@ -98,9 +125,8 @@ class BatchLoader:
         self.skip = 0  # batches of the next pass to skip (resuming mid-epoch)
         self.index: np.ndarray | None = None  # usable cache slots
         # training with negatives: their own cache, `neg_k` of them beside each batch
-        self.negatives = PresizeCache(list(negatives), cfg.presize, cfg.resize_method,
-                                      cache_dir or cfg.cache_dir, cfg.decode_workers,
-                                      role="negatives") if negatives else None
+        self.negatives = make_cache(list(negatives), cfg, cache_dir, "negatives",
+                                    self.device) if negatives else None
         self.neg_k = per_batch(cfg.negatives_ratio, cfg.bs) if negatives else 0
         self.neg_index: np.ndarray | None = None
         self.n_classes, self.multi_label = n_classes, multi_label
@@ -172,7 +198,7 @@ class BatchLoader:
         r, w = self.rank, self.world_size
         return AugParams(p.matrix[r::w], p.contrast[r::w], p.brightness[r::w])
 
-    def _gather(self, parts: Sequence[tuple[PresizeCache, np.ndarray, np.ndarray]]
+    def _gather(self, parts: Sequence[tuple[Cache, np.ndarray, np.ndarray]]
                 ) -> torch.Tensor:
         """One uint8 batch of the (cache, slots, crop offsets) parts, in order."""
         p = self.cfg.presize
@@ -182,11 +208,8 @@ class BatchLoader:
         dst = out.numpy()
         j = 0
         for cache, slots, offsets in parts:
-            data = cache.data
-            for i, off in zip(slots, offsets, strict=True):
-                crop = data[i, :, :, off:off + p]  # (3, P, P) view of the memmap
-                dst[j] = crop.transpose(0, 2, 1) if cache.transposed[i] else crop
-                j += 1
+            cache.squares(slots, offsets, p, dst[j:j + len(slots)])
+            j += len(slots)
         return out
 
     def _batches(self, order: np.ndarray, offsets: np.ndarray, targets: torch.Tensor,
@@ -208,7 +231,7 @@ class BatchLoader:
                                                      self.multi_label)])
             yield self._gather(parts), yb.pin_memory() if pin else yb
 
-    def _offsets(self, cache: PresizeCache, index: np.ndarray, g: torch.Generator
+    def _offsets(self, cache: Cache, index: np.ndarray, g: torch.Generator
                  ) -> np.ndarray:
         """Where each image's presize square starts along its long side: at random per
         epoch when training, centred otherwise."""
@@ -335,6 +358,8 @@ class DataLoaders:
                     world_size: int = 1) -> DataLoaders:
         """Resolve `cfg.source` and make both loaders (caches are built lazily)."""
         items = resolve(cfg.source, cfg.seed)
+        if items.paths and is_store_ref(items.paths[0]):
+            check_store_presize(split_store_ref(items.paths[0])[0].parent, cfg.presize)
         targets = targets_tensor(items)
         tr, va = items.split_indices()
         neg = negative_set(cfg.negatives, cfg.source.valid_pct, cfg.seed) \
@@ -378,6 +403,13 @@ class DataLoaders:
             keys |= {"negatives": self.train.negatives.key,
                      "negatives_valid": self.negatives_valid.cache.key}
         return keys
+
+    def cache_forms(self) -> dict[str, str]:
+        """Each split's cache form and why it was chosen: {"train": "raw: auto: ..."}."""
+        caches = {"train": self.train.cache, "valid": self.valid.cache}
+        if self.train.negatives is not None:
+            caches["negatives"] = self.train.negatives
+        return {k: c.choice.reason for k, c in caches.items() if c.choice is not None}
 
     def skipped(self) -> list[Skipped]:
         """Every file left out as unreadable, with the reason (negatives' too)."""

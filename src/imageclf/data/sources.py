@@ -302,7 +302,7 @@ def _is_tables(root: Path) -> bool:
     return root.is_dir() and bool(table_files(root)) and not list_images(root)
 
 
-KINDS = ("csv", "regex", "tables", "folders")
+KINDS = ("csv", "regex", "tables", "folders", "store")
 
 
 def source_kind(source: DataSource) -> str:
@@ -313,6 +313,10 @@ def source_kind(source: DataSource) -> str:
         raise ConfigError("DATA is missing: give a folder of class folders, a CSV, or "
                           "Parquet/Arrow files")
     root = Path(source.path)
+    from imageclf.data.store import is_store
+
+    if is_store(root):
+        return "store"
     if source.csv is not None or (root.is_file() and root.suffix.lower() == ".csv"):
         return "csv"
     if source.label_regex is None and _is_tables(root):
@@ -341,6 +345,11 @@ def resolve(source: DataSource | str | Path, seed: int = 0, evaluate: bool = Fal
         csv_path = Path(source.csv) if source.csv is not None else root
         image_root = root if source.csv is not None else None
         return from_csv(csv_path, source.valid_pct, seed, ml or None, image_root, evaluate)
+    if kind == "store":
+        from imageclf.data.store import items_from_store
+
+        items = items_from_store(root, evaluate)
+        return dataclasses.replace(items, multi_label=True) if ml else items
     if kind == "tables":
         return from_tables(root, image_col=source.image_col, label_col=source.label_col,
                            split_col=source.split_col, valid_pct=source.valid_pct, seed=seed,

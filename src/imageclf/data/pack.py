@@ -1,0 +1,364 @@
+"""Packing a data set into a presized store (data/store.py): each file decoded and presized
+once, encoded as JPEG, written into WebDataset tar shards by split.
+
+Both cores decode (forked workers, a bounded window of chunks in flight, so memory stays
+flat whatever the set's size). A shard becomes visible only whole: it is written under a
+temporary name, fsynced and renamed, then its rows are written beside it (`NAME.rows.json`).
+A pack killed at any point and run again keeps every complete shard and continues with the
+next; index.csv and manifest.json are written last, from the shards' rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import sys
+import tarfile
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from imageclf.data.images import UnreadableImage, load_presized
+from imageclf.data.store import (
+    FORMAT,
+    INDEX,
+    INDEX_COLUMNS,
+    MANIFEST,
+    SPLITS,
+    STATE,
+    VERSION,
+    IndexRow,
+    ShardInfo,
+    StoreManifest,
+    encode_jpeg,
+)
+from imageclf.diskspace import check_room, disk_full, is_disk_full
+from imageclf.errors import DataError
+from imageclf.fileio import commit, write_json
+from imageclf.records import Skipped
+
+log = logging.getLogger(__name__)
+CHUNK = 16  # files a worker presizes at a time
+SAMPLE_FOR_SIZE = 32  # files encoded up front to estimate the store's size
+
+
+@dataclass(frozen=True)
+class PackItem:
+    """One file to pack, its labels by name and its split."""
+
+    path: Path
+    labels: tuple[str, ...]
+    split: str
+
+
+@dataclass(frozen=True)
+class PackSettings:
+    presize: int
+    method: str = "crop"
+    quality: int = 90
+    shard_bytes: int = 512 * 2**20
+
+
+def _stat(path: Path) -> tuple[int, int]:
+    from imageclf.data.cache import _stat as cache_stat
+
+    return cache_stat(path)
+
+
+def fingerprint(items: Sequence[PackItem], s: PackSettings) -> str:
+    """Hash of every file (path, size, mtime), its labels and split, and the settings that
+    change the stored bytes: equal fingerprints, equal stores."""
+    h = hashlib.sha256(json.dumps([FORMAT, VERSION, s.presize, s.method, s.quality,
+                                   s.shard_bytes]).encode())
+    for it in items:
+        size, mtime = _stat(it.path)
+        h.update(json.dumps([str(it.path.absolute()), size, mtime, it.labels,
+                             it.split]).encode())
+    return h.hexdigest()[:32]
+
+
+def encode_file(path: Path, presize: int, method: str, quality: int
+                ) -> tuple[bytes, int, int] | str:
+    """(JPEG bytes, width, height) of one file presized, upright; or why it is unreadable."""
+    try:
+        pre = load_presized(path, presize, method)
+    except UnreadableImage as e:
+        return str(e)
+    a = pre.array.transpose(0, 2, 1) if pre.transposed else pre.array  # (3, H, W)
+    hwc = a.transpose(1, 2, 0)
+    return encode_jpeg(hwc, quality), int(hwc.shape[1]), int(hwc.shape[0])
+
+
+def _encode_chunk(paths: list[Path], presize: int, method: str, quality: int) -> list:
+    return [encode_file(p, presize, method, quality) for p in paths]
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # one decoder per core; torch's pool is not valid after fork
+
+
+def _pool(workers: int) -> Executor:
+    if sys.platform.startswith("linux") and workers > 1:
+        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                   initializer=_init_worker)
+    return ThreadPoolExecutor(max_workers=max(workers, 1))
+
+
+def _encoded(pool: Executor, items: Sequence[PackItem], s: PackSettings, window: int
+             ) -> Iterator[tuple[PackItem, tuple[bytes, int, int] | str]]:
+    """Each item with its encoding, in order; at most `window` chunks in flight."""
+    chunks = [items[i:i + CHUNK] for i in range(0, len(items), CHUNK)]
+    pending: deque = deque()
+    it = iter(chunks)
+    for chunk in it:
+        pending.append((chunk, pool.submit(_encode_chunk, [c.path for c in chunk],
+                                           s.presize, s.method, s.quality)))
+        if len(pending) >= window:
+            break
+    while pending:
+        chunk, fut = pending.popleft()
+        nxt = next(it, None)
+        if nxt is not None:
+            pending.append((nxt, pool.submit(_encode_chunk, [c.path for c in nxt],
+                                             s.presize, s.method, s.quality)))
+        yield from zip(chunk, fut.result(), strict=True)
+
+
+def shard_name(split: str, n: int) -> str:
+    return f"{split}-{n:06d}.tar"
+
+
+def _rows_file(out: Path, name: str) -> Path:
+    return out / (name + ".rows.json")
+
+
+def _done_shards(out: Path, split: str) -> list[dict]:
+    """The complete shards of a split from an earlier, stopped pack: each has its rows file
+    and the size they record. Anything after the first incomplete one is removed."""
+    done, n = [], 0
+    while True:
+        name = shard_name(split, n)
+        rows = _rows_file(out, name)
+        try:
+            rec = json.loads(rows.read_text())
+            ok = (out / name).stat().st_size == rec["bytes"]
+        except (OSError, ValueError, KeyError):
+            ok = False
+        if not ok:
+            break
+        done.append(rec)
+        n += 1
+    for p in list(out.glob(f"{split}-*")):  # the partial shard and anything after it
+        num = p.name.split("-", 1)[1].split(".", 1)[0]
+        if num.isdigit() and int(num) >= n:
+            p.unlink()
+    return done
+
+
+class _ShardWriter:
+    """Writes one split's samples into shards of about `shard_bytes`, each committed whole
+    with its rows file."""
+
+    def __init__(self, out: Path, split: str, first: int, s: PackSettings,
+                 classes: dict[str, int], multi_label: bool) -> None:
+        self.out, self.split, self.n, self.s = out, split, first, s
+        self.classes, self.multi_label = classes, multi_label
+        self.tar = None
+        self.records: list[dict] = []
+
+    def _open(self) -> None:
+        import webdataset as wds
+
+        self.name = shard_name(self.split, self.n)
+        self.tmp = self.out / (self.name + ".tmp")
+        self.file = open(self.tmp, "wb")  # noqa: SIM115 - closed in _close
+        self.tar = wds.TarWriter(self.file, encoder=False, mtime=0)  # same bytes each run
+        self.rows: list[list[str]] = []
+        self.skipped: list[dict] = []
+        self.consumed = 0
+
+    def add(self, key: str, item: PackItem, enc: tuple[bytes, int, int] | str) -> None:
+        if self.tar is None:
+            self._open()
+        self.consumed += 1
+        if isinstance(enc, str):
+            self.skipped.append({"path": str(item.path), "reason": enc})
+            return
+        data, w, h = enc
+        # the label only (every tar member costs a 512-byte header and padding): .cls for
+        # one class, .json for multi-label or unlabelled; split and source are in index.csv
+        sample = {"__key__": key, "jpg": data}
+        if not self.multi_label and len(item.labels) == 1:
+            sample["cls"] = str(self.classes[item.labels[0]]).encode()
+        else:
+            sample["json"] = json.dumps({"labels": list(item.labels)}).encode()
+        self.tar.write(sample)
+        # the offset is read back from the shard's headers when it is closed
+        self.rows.append(IndexRow(key, self.split, self.name, -1, len(data), w, h,
+                                  item.labels, str(item.path)).as_csv())
+        if self.tar.tarstream.offset >= self.s.shard_bytes:
+            self.close()
+
+    def close(self) -> None:
+        """Commit the open shard (if any) and its rows."""
+        if self.tar is None:
+            return
+        self.tar.close()
+        self.file.close()
+        self.tar = None
+        with tarfile.open(self.tmp) as t:  # each image's data offset, as the headers say
+            offsets = {m.name: m.offset_data for m in t}
+        for row in self.rows:
+            row[3] = str(offsets[row[0] + ".jpg"])
+        commit(self.tmp, self.out / self.name)
+        size = (self.out / self.name).stat().st_size
+        rec = {"name": self.name, "split": self.split, "count": len(self.rows),
+               "consumed": self.consumed, "bytes": size, "rows": self.rows,
+               "skipped": self.skipped}
+        write_json(_rows_file(self.out, self.name), rec)
+        self.records.append(rec)
+        self.n += 1
+
+    def abandon(self) -> None:
+        """Remove the shard being written (the disk filled, or the pack was stopped)."""
+        if self.tar is not None:
+            self.file.close()
+            self.tmp.unlink(missing_ok=True)
+            self.tar = None
+
+
+def _estimate(items: Sequence[PackItem], s: PackSettings) -> int:
+    """Bytes the store will take: the mean JPEG of a few files, times the files, plus tar
+    headers and a 20% margin."""
+    sample = [encode_file(it.path, s.presize, s.method, s.quality)
+              for it in items[:SAMPLE_FOR_SIZE]]
+    sizes = [len(e[0]) for e in sample if not isinstance(e, str)]
+    mean = (sum(sizes) / len(sizes)) if sizes else 3 * s.presize * s.presize / 8
+    return int(len(items) * (mean + 2048) * 1.2)
+
+
+def pack_items(items: Sequence[PackItem], out: Path, classes: Sequence[str],
+               multi_label: bool, s: PackSettings, source: str, workers: int = 0,
+               progress: Callable[[int, int], None] | None = None,
+               overwrite: bool = False) -> StoreManifest:
+    """Write `items` as a store in `out` (or finish a stopped pack of the same items, or
+    return the store already there); refuse a folder holding a store of other data."""
+    out.mkdir(parents=True, exist_ok=True)
+    fp = fingerprint(items, s)
+    existing = _existing_fingerprint(out)
+    if existing is not None and existing != fp:
+        if not overwrite:
+            raise DataError(
+                f"{out} holds a store of other data or settings (its source files, labels, "
+                "split or presize/quality changed since it was packed). Fix: pack into a new "
+                "folder (-o), or add --overwrite to replace it")
+        _clear(out)
+    if (out / MANIFEST).is_file():
+        from imageclf.data.store import read_manifest
+
+        return read_manifest(out)
+    write_json(out / STATE, {"fingerprint": fp, "source": source})
+    index = {c: i for i, c in enumerate(classes)}
+    by_split = {sp: [it for it in items if it.split == sp] for sp in SPLITS}
+    done = {sp: _done_shards(out, sp) for sp in SPLITS}
+    todo = {sp: by_split[sp][sum(r["consumed"] for r in done[sp]):] for sp in SPLITS}
+    n_todo = sum(len(v) for v in todo.values())
+    free_needed = _estimate(todo["train"] + todo["valid"], s) if n_todo else 0
+    check_room(free_needed, out, "the store", "pack to another disk with -o")
+    workers = workers or (os.cpu_count() or 1)
+    n_done_before = len(items) - n_todo
+    finished = n_done_before
+    with _pool(workers) as pool:
+        for sp in SPLITS:
+            writer = _ShardWriter(out, sp, len(done[sp]), s, index, multi_label)
+            pos0 = sum(len(by_split[x]) for x in SPLITS[:SPLITS.index(sp)])
+            start = len(by_split[sp]) - len(todo[sp])
+            try:
+                for k, (item, enc) in enumerate(_encoded(pool, todo[sp], s, 4 * workers)):
+                    writer.add(f"{pos0 + start + k:09d}", item, enc)
+                    finished += 1
+                    if progress is not None and finished % CHUNK == 0:
+                        progress(finished, len(items))
+                writer.close()
+            except OSError as e:
+                writer.abandon()
+                if is_disk_full(e):
+                    raise disk_full(e, out, "the store", "free room, or pack to another "
+                                    "disk with -o; then rerun the same command: it continues "
+                                    "after the last complete shard") from e
+                raise
+            except BaseException:
+                writer.abandon()
+                raise
+            done[sp] += writer.records
+    if progress is not None:
+        progress(len(items), len(items))
+    return _finish(out, done, classes, multi_label, s, source, fp)
+
+
+def _existing_fingerprint(out: Path) -> str | None:
+    for name in (MANIFEST, STATE):
+        try:
+            return json.loads((out / name).read_text())["fingerprint"]
+        except (OSError, ValueError, KeyError):
+            continue
+    return None
+
+
+def _clear(out: Path) -> None:
+    for p in out.iterdir():
+        if p.name in (MANIFEST, STATE, INDEX) or p.name.split("-", 1)[0] in SPLITS:
+            p.unlink() if p.is_file() else shutil.rmtree(p)
+
+
+def _finish(out: Path, done: dict[str, list[dict]], classes: Sequence[str],
+            multi_label: bool, s: PackSettings, source: str, fp: str) -> StoreManifest:
+    """index.csv and manifest.json from the shards' rows; then the rows files go."""
+    import csv
+
+    from imageclf.fileio import atomic_write
+
+    recs = done["train"] + done["valid"]
+
+    def write_index(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(INDEX_COLUMNS)
+            for r in recs:
+                w.writerows(r["rows"])
+
+    atomic_write(out / INDEX, write_index)
+    m = StoreManifest(
+        FORMAT, VERSION, tuple(classes), multi_label, s.presize, s.method, s.quality,
+        {sp: sum(r["count"] for r in done[sp]) for sp in SPLITS},
+        [ShardInfo(r["name"], r["split"], r["count"], r["bytes"]) for r in recs],
+        source, fp, [Skipped(**k) for r in recs for k in r["skipped"]])
+    write_json(out / MANIFEST, m.to_json())
+    for r in recs:
+        _rows_file(out, r["name"]).unlink(missing_ok=True)
+    (out / STATE).unlink(missing_ok=True)
+    return m
+
+
+def pack(source, out: str | Path, s: PackSettings, seed: int = 0, workers: int = 0,
+         progress: Callable[[int, int], None] | None = None,
+         overwrite: bool = False) -> StoreManifest:
+    """Pack a data source (folders, regex, CSV, Parquet: a DataSource) into a store in `out`,
+    split as training would split it."""
+    from imageclf.data.sources import resolve
+
+    items = resolve(source, seed)
+    names = [PackItem(p, tuple(items.classes[i] for i in labels),
+                      "valid" if v else "train")
+             for p, labels, v in zip(items.paths, items.labels, items.is_valid, strict=True)]
+    src = str(Path(source.path).absolute()) if source.path else ""
+    return pack_items(names, Path(out), items.classes, items.multi_label, s, src, workers,
+                      progress, overwrite)

@@ -1,0 +1,211 @@
+"""The presized store's format and its reading on one machine: presized images as JPEG in
+WebDataset tar shards (`train-000000.tar`, `valid-000000.tar`, ...), an index of where each
+image's bytes lie (index.csv) and a manifest (manifest.json). data/pack.py writes it.
+
+A sample is one key in WebDataset's layout: `KEY.jpg` (the presized image, upright) and
+`KEY.cls` (the class index) or, multi-label, `KEY.json` (`{"labels": [names]}`). The split
+is in the shard's name; each sample's source file is in index.csv.
+
+An image in a store is named by a reference, `SHARD::store::OFFSET::SIZE`, which the
+decoders (the presize cache, verify, the Predictor) read through `read_store_image`: one
+pread of the JPEG's bytes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from imageclf.errors import DataError
+from imageclf.records import Record, Skipped, doc
+
+FORMAT = "imageclf-store"
+VERSION = 1
+MANIFEST = "manifest.json"
+INDEX = "index.csv"
+STATE = "pack.json"  # a pack under way (or killed): rerunning it continues
+MARK = "::store::"
+SPLITS = ("train", "valid")
+INDEX_COLUMNS = ("key", "split", "shard", "offset", "size", "width", "height", "labels",
+                 "source")
+
+
+@dataclass(frozen=True)
+class ShardInfo(Record):
+    """One shard of a store."""
+
+    name: str = doc("the tar file's name, beside manifest.json")
+    split: str = doc("train or valid")
+    count: int = doc("samples in it")
+    bytes: int = doc("its size in bytes")
+
+
+@dataclass(frozen=True)
+class StoreManifest(Record):
+    """manifest.json: what a store holds and how it was made."""
+
+    format: str = doc("always imageclf-store")
+    version: int = doc("layout of the store")
+    classes: tuple[str, ...] = doc("class names; a sample's .cls is an index into them")
+    multi_label: bool = doc("samples have several or no labels")
+    presize: int = doc("the presize side the images were resized to")
+    method: str = doc("crop, squish or pad")
+    quality: int = doc("JPEG quality")
+    counts: dict[str, int] = doc("samples per split")
+    shards: list[ShardInfo] = doc("the shards, train first, in order")
+    source: str = doc("the data set it was packed from")
+    fingerprint: str = doc("hash of the source's files (path, size, mtime, labels, split) and "
+                           "the settings: a changed source is told apart by it")
+    skipped: list[Skipped] = doc("files of the source left out, with the reason")
+
+    def shard_names(self, split: str) -> list[str]:
+        """The shards of one split, in order."""
+        return [s.name for s in self.shards if s.split == split]
+
+
+# --- references -------------------------------------------------------------------------
+def store_ref(shard: Path, offset: int, size: int) -> Path:
+    """The name of one image in a store: its shard and where its JPEG bytes lie."""
+    return Path(f"{shard.absolute()}{MARK}{offset}::{size}")
+
+
+def is_store_ref(path: str | Path) -> bool:
+    return MARK in str(path)
+
+
+def split_store_ref(path: str | Path) -> tuple[Path, int, int]:
+    """(shard, offset, size) of a store reference."""
+    shard, rest = str(path).split(MARK, 1)
+    offset, size = rest.split("::", 1)
+    return Path(shard), int(offset), int(size)
+
+
+def read_store_image(path: str | Path) -> bytes:
+    """The JPEG bytes a store reference names. Raises DataError naming the shard when they
+    are not all there (a truncated or missing shard)."""
+    shard, offset, size = split_store_ref(path)
+    try:
+        fd = os.open(shard, os.O_RDONLY)
+    except OSError as e:
+        raise DataError(f"shard {shard.name} of store {shard.parent}: {e.strerror}") from e
+    try:
+        data = os.pread(fd, size, offset)
+    finally:
+        os.close(fd)
+    if len(data) != size:
+        have = os.stat(shard).st_size
+        raise DataError(f"truncated shard {shard.name} of store {shard.parent}: {have} "
+                        f"bytes, the index needs {offset + size}; pack the store again")
+    return data
+
+
+# --- the store on disk ------------------------------------------------------------------
+def is_store(root: Path) -> bool:
+    """DATA is a store's folder (complete or not)."""
+    return root.is_dir() and ((root / MANIFEST).is_file() or (root / STATE).is_file())
+
+
+def read_manifest(root: Path) -> StoreManifest:
+    """A complete store's manifest; a clear error for a pack not finished."""
+    if not (root / MANIFEST).is_file():
+        if (root / STATE).is_file():
+            raise DataError(f"store {root} is not complete (its pack was stopped): rerun "
+                            "the same `imageclf pack` command to finish it")
+        raise DataError(f"{root} has no {MANIFEST}: not a store made by `imageclf pack`")
+    try:
+        m = StoreManifest.from_json(json.loads((root / MANIFEST).read_text()),
+                                    str(root / MANIFEST))
+    except (OSError, ValueError) as e:
+        raise DataError(f"{root / MANIFEST} cannot be read: {e}") from e
+    if m.format != FORMAT or m.version != VERSION:
+        raise DataError(f"{root / MANIFEST}: format {m.format} v{m.version}, this imageclf "
+                        f"reads {FORMAT} v{VERSION}; pack the data again")
+    return m
+
+
+@dataclass(frozen=True)
+class IndexRow:
+    """One sample of a store's index."""
+
+    key: str
+    split: str
+    shard: str
+    offset: int
+    size: int
+    width: int
+    height: int
+    labels: tuple[str, ...]
+    source: str
+
+    def as_csv(self) -> list[str]:
+        return [self.key, self.split, self.shard, str(self.offset), str(self.size),
+                str(self.width), str(self.height), " ".join(self.labels), self.source]
+
+    @classmethod
+    def from_csv(cls, row: list[str]) -> IndexRow:
+        k, sp, sh, off, size, w, h, labels, src = row
+        return cls(k, sp, sh, int(off), int(size), int(w), int(h),
+                   tuple(labels.split()), src)
+
+
+def read_index(root: Path) -> list[IndexRow]:
+    """Every sample of a store, train first, in shard order."""
+    try:
+        with open(root / INDEX, newline="") as f:
+            rows = csv.reader(f)
+            header = next(rows)
+            if tuple(header) != INDEX_COLUMNS:
+                raise DataError(f"{root / INDEX}: columns {header}, expected "
+                                f"{list(INDEX_COLUMNS)}")
+            return [IndexRow.from_csv(r) for r in rows]
+    except (OSError, ValueError, StopIteration) as e:
+        raise DataError(f"{root / INDEX} cannot be read ({e}); pack the store again") from e
+
+
+def items_from_store(root: Path, evaluate: bool = False):  # -> Items
+    """The labelled images of a store, split as it was packed; `evaluate`: the validation
+    split only (all of it, when the store has none)."""
+    from imageclf.data.sources import Items
+
+    m = read_manifest(root)
+    rows = read_index(root)
+    if evaluate and any(r.split == "valid" for r in rows):
+        rows = [r for r in rows if r.split == "valid"]
+    index = {c: i for i, c in enumerate(m.classes)}
+    paths, labels, flags = [], [], []
+    for r in rows:
+        paths.append(store_ref(root / r.shard, r.offset, r.size))
+        labels.append(tuple(index[c] for c in r.labels))
+        flags.append(evaluate or r.split == "valid")
+    if not paths:
+        raise DataError(f"store {root} holds no images")
+    if not evaluate and all(flags):
+        raise DataError(f"store {root} has no training split")
+    if not evaluate and not any(flags):
+        raise DataError(f"store {root} has no validation split: pack it from data with one "
+                        "(a valid/ folder, or --valid-pct)")
+    return Items(tuple(paths), tuple(labels), m.classes, tuple(flags), m.multi_label)
+
+
+# --- decoding ---------------------------------------------------------------------------
+def decode_hwc(data: bytes) -> np.ndarray:
+    """A stored JPEG → (H, W, 3) uint8 (Pillow on libjpeg-turbo)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def encode_jpeg(hwc: np.ndarray, quality: int) -> bytes:
+    """(H, W, 3) uint8 → JPEG bytes at `quality` (4:2:0 chroma, optimised tables)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(hwc).save(buf, "JPEG", quality=quality, optimize=True)
+    return buf.getvalue()

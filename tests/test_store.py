@@ -1,0 +1,224 @@
+"""The presized store: pack, read by index, read by webdataset, resume a killed pack, refuse
+a changed source, report a truncated shard, the jpeg form of the cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from imageclf.config import DataConfig
+from imageclf.data.images import load_presized
+from imageclf.data.jpegcache import choose_form
+from imageclf.data.loader import DataLoaders
+from imageclf.data.pack import PackSettings, pack
+from imageclf.data.sources import resolve
+from imageclf.data.store import read_index, read_manifest, split_store_ref
+from imageclf.errors import DataError
+
+from .helpers import ARCH, add_bad_files, make_folder_dataset, run_cli
+
+SETTINGS = PackSettings(presize=32, shard_bytes=8 * 1024)
+
+
+def _pack(data: Path, out: Path, s: PackSettings = SETTINGS, **kw):
+    return pack(DataConfig.build(path=str(data)).source, out, s, **kw)
+
+
+def test_pack_keeps_items_labels_and_splits(folder_dataset: Path, tmp_path: Path):
+    add_bad_files(folder_dataset / "train" / "red")
+    m = _pack(folder_dataset, tmp_path / "store")
+    src, st = resolve(folder_dataset), resolve(tmp_path / "store")
+    assert st.classes == src.classes
+    usable = [i for i, p in enumerate(src.paths) if p.name[0] in "bgr" and "_" in p.name]
+    rows = read_index(tmp_path / "store")
+    assert [r.source for r in rows] == [str(src.paths[i]) for i in usable]
+    assert list(st.labels) == [src.labels[i] for i in usable]
+    assert list(st.is_valid) == [src.is_valid[i] for i in usable]
+    assert m.counts == {"train": 18, "valid": 9}
+    assert len(m.shards) > 2  # 8 KB shards: several per split
+    bad = {Path(s.path).name: s.reason for s in m.skipped}
+    assert set(bad) >= {"empty.jpg", "truncated.jpg", "text.jpg", "dangling.jpg"}
+    assert "truncated" in bad["truncated.jpg"]
+
+
+def test_stored_image_is_the_presized_image(folder_dataset: Path, tmp_path: Path):
+    _pack(folder_dataset, tmp_path / "store")
+    row = read_index(tmp_path / "store")[0]
+    st = resolve(tmp_path / "store")
+    raw = load_presized(row.source, 32).array.astype(np.float64)  # (3, 32, 38)
+    stored = load_presized(st.paths[0], 32).array.astype(np.float64)
+    assert stored.shape == raw.shape == (3, 32, 38)
+    psnr = 10 * np.log10(255**2 / np.mean((raw - stored) ** 2))
+    assert psnr > 30  # JPEG quality 90 of a noisy image
+
+
+# webdataset's pipeline leaves its last shard's file to the garbage collector
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_webdataset_reads_the_shards_and_the_index_points_at_them(folder_dataset: Path,
+                                                                   tmp_path: Path):
+    import webdataset as wds
+
+    out = tmp_path / "store"
+    m = _pack(folder_dataset, out)
+    urls = [str(out / s.name) for s in m.shards]
+    samples = list(wds.WebDataset(urls, shardshuffle=False).decode("rgb8"))
+    rows = read_index(out)
+    assert [s["__key__"] for s in samples] == [r.key for r in rows]
+    for s, r in zip(samples, rows, strict=True):
+        assert s["jpg"].shape == (r.height, r.width, 3)
+        assert m.classes[int(s["cls"])] == r.labels[0]
+    for shard in m.shards:  # offsets as tar's own headers give them
+        with tarfile.open(out / shard.name) as t:
+            want = {mem.name[:-4]: mem.offset_data for mem in t if mem.name.endswith(".jpg")}
+        assert {r.key: r.offset for r in rows if r.shard == shard.name} == want
+
+
+def test_train_from_store_raw_and_jpeg_caches_see_the_same_pixels(folder_dataset: Path,
+                                                                  tmp_path: Path):
+    _pack(folder_dataset, tmp_path / "store")
+    batches = {}
+    for form in ("raw", "jpeg"):
+        cfg = DataConfig.build(path=str(tmp_path / "store"), size=24, presize=32, bs=6,
+                               cache=form, cache_dir=str(tmp_path / form))
+        dls = DataLoaders.from_config(cfg)
+        batches[form] = [(x.clone(), y) for x, y in dls.train]
+        assert dls.train.cache.choice.form == form
+    for (xa, ya), (xb, yb) in zip(batches["raw"], batches["jpeg"], strict=True):
+        assert torch.equal(ya, yb)
+        assert torch.equal(xa, xb)
+
+
+def test_jpeg_cache_of_a_folder_packs_once_and_keeps_unreadables(folder_dataset: Path,
+                                                                 tmp_path: Path):
+    add_bad_files(folder_dataset / "train" / "blue")
+    cfg = DataConfig.build(path=str(folder_dataset), size=24, presize=32, bs=6, cache="jpeg",
+                           cache_dir=str(tmp_path / "c"))
+    dls = DataLoaders.from_config(cfg)
+    n = sum(x.shape[0] for x, _ in dls.train)
+    assert n == 18 and dls.train.cache.stats.decoded == 18
+    assert {Path(s.path).name for s in dls.skipped()} >= {"empty.jpg", "truncated.jpg"}
+    again = DataLoaders.from_config(cfg)
+    again.prepare()
+    assert again.train.cache.stats.reused == 18 and again.train.cache.stats.decoded == 0
+    raw = DataLoaders.from_config(DataConfig.build(path=str(folder_dataset), size=24,
+                                                   presize=32, bs=6, cache="raw"))
+    x_raw = next(iter(raw.valid))[0]
+    x_jpeg = next(iter(again.valid))[0]
+    assert (x_raw - x_jpeg).abs().mean() < 0.05  # normalised units: JPEG's small error
+
+
+def test_auto_chooses_raw_while_it_fits_and_says_why(tmp_path: Path):
+    small = choose_form("auto", 1000, 160, "crop", tmp_path)
+    assert small.form == "raw" and "fits" in small.reason
+    huge = choose_form("auto", 10**9, 460, "crop", tmp_path)
+    assert huge.form == "jpeg" and "would not fit" in huge.reason
+    assert choose_form("jpeg", 10, 32, "crop", tmp_path).form == "jpeg"
+
+
+def test_run_directory_records_the_cache_form(folder_dataset: Path, tmp_path: Path):
+    r = run_cli("train", str(folder_dataset), "--arch", ARCH, "--pretrained", "none",
+                "--size", "24", "--presize", "32", "--epochs", "1", "--bs", "6",
+                "--lr", "1e-2", "--out", str(tmp_path / "run"))
+    assert r.returncode == 0, r.stderr
+    cache = json.loads((tmp_path / "run" / "metrics.json").read_text())["cache"]
+    assert cache["train"].startswith("auto: raw, it fits")
+    assert "presize cache auto: raw" in r.stdout
+
+
+def test_changed_source_is_refused_with_the_fix(folder_dataset: Path, tmp_path: Path):
+    _pack(folder_dataset, tmp_path / "store")
+    f = next((folder_dataset / "train" / "red").iterdir())
+    time.sleep(0.01)
+    f.write_bytes(f.read_bytes())  # a new mtime
+    with pytest.raises(DataError, match="--overwrite"):
+        _pack(folder_dataset, tmp_path / "store")
+    r = run_cli("pack", str(folder_dataset), "-o", str(tmp_path / "store"), "--presize", "32")
+    assert r.returncode == 2 and "other data" in r.stderr
+    m = _pack(folder_dataset, tmp_path / "store", overwrite=True)
+    assert sum(m.counts.values()) == 27
+
+
+def test_truncated_shard_is_named_and_its_images_left_out(folder_dataset: Path,
+                                                          tmp_path: Path):
+    out = tmp_path / "store"
+    m = _pack(folder_dataset, out)
+    victim = m.shard_names("train")[1]
+    size = (out / victim).stat().st_size
+    os.truncate(out / victim, size // 2)
+    lost = [r for r in read_index(out) if r.shard == victim and r.offset + r.size > size // 2]
+    assert lost
+    r = run_cli("verify", str(out))
+    assert r.returncode == 0 and f"truncated shard {victim}" in r.stdout
+    for form in ("jpeg", "raw"):
+        cfg = DataConfig.build(path=str(out), size=24, presize=32, bs=1, cache=form,
+                               cache_dir=str(tmp_path / form))
+        dls = DataLoaders.from_config(cfg)
+        n = sum(x.shape[0] for x, _ in dls.train)
+        assert n == 18 - len(lost)
+        skipped = dls.skipped()
+        assert len(skipped) == len(lost)
+        assert all(victim in s.reason for s in skipped)
+
+
+def test_store_presize_above_the_stored_is_refused(folder_dataset: Path, tmp_path: Path):
+    _pack(folder_dataset, tmp_path / "store")
+    with pytest.raises(DataError, match="--presize 32"):
+        DataLoaders.from_config(DataConfig.build(path=str(tmp_path / "store"), size=24,
+                                                 presize=48))
+
+
+def test_unfinished_store_says_to_rerun_pack(folder_dataset: Path, tmp_path: Path):
+    out = tmp_path / "store"
+    _pack(folder_dataset, out)
+    (out / "manifest.json").unlink()
+    (out / "pack.json").write_text("{}")
+    r = run_cli("train", str(out), "--pretrained", "none", "--out", str(tmp_path / "r"))
+    assert r.returncode == 2 and "rerun the same `imageclf pack`" in r.stderr
+
+
+def _many_images(root: Path, n: int) -> Path:
+    return make_folder_dataset(root, n_train=n, n_valid=n // 4, size=(96, 80))
+
+
+@pytest.mark.slow
+def test_pack_killed_and_rerun_gives_the_same_store(tmp_path: Path):
+    data = _many_images(tmp_path / "data", 120)
+    code = ("import sys; from imageclf.config import DataConfig; "
+            "from imageclf.data.pack import PackSettings, pack; "
+            f"pack(DataConfig.build(path={str(data)!r}).source, sys.argv[1], "
+            "PackSettings(presize=64, shard_bytes=16 * 1024), workers=1)")
+    whole = tmp_path / "whole"
+    subprocess.run([sys.executable, "-c", code, str(whole)], check=True)
+    killed = tmp_path / "killed"
+    p = subprocess.Popen([sys.executable, "-c", code, str(killed)])
+    deadline = time.monotonic() + 60
+    while len(list(killed.glob("*.rows.json"))) < 3 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert not (killed / "manifest.json").exists(), "the pack ended before it was killed"
+    done = len(list(killed.glob("*.rows.json")))
+    subprocess.run([sys.executable, "-c", code, str(killed)], check=True)
+    names = sorted(p.name for p in whole.iterdir())
+    assert names == sorted(p.name for p in killed.iterdir())
+    for name in names:
+        assert (whole / name).read_bytes() == (killed / name).read_bytes(), name
+    assert done >= 3 and len(read_manifest(killed).shards) > done
+
+
+def test_store_refs_name_their_shard(folder_dataset: Path, tmp_path: Path):
+    _pack(folder_dataset, tmp_path / "store")
+    st = resolve(tmp_path / "store", evaluate=True)
+    assert all(v for v in st.is_valid) and len(st) == 9
+    shard, offset, size = split_store_ref(st.paths[0])
+    assert shard.name == "valid-000000.tar" and offset % 512 == 0 and size > 0
