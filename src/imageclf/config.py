@@ -54,8 +54,9 @@ class DataSource(Settings):
     regex, a CSV, or Parquet/Arrow tables (data/sources.py resolves it)."""
 
     section = "Data"
-    path: str | None = setting(None, "Class folders, a CSV, or Parquet/Arrow files "
-                               "(docs/data-sources.md).", argument=True, cli_type=Path)
+    path: str | None = setting(None, "Class folders, a CSV, Parquet/Arrow files, a store "
+                               "folder or URL (docs/data-sources.md).", argument=True,
+                               cli_type=str)
     csv: str | None = setting(None, "CSV of filename,label[,is_valid].")
     label_regex: str | None = setting(None, "Label: group 1 of this regex on file names.")
     image_col: str | None = setting(None, "Parquet/Arrow: the image column.")

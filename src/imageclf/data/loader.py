@@ -356,7 +356,12 @@ class DataLoaders:
                     mean: tuple[float, ...] = IMAGENET_MEAN,
                     std: tuple[float, ...] = IMAGENET_STD, rank: int = 0,
                     world_size: int = 1) -> DataLoaders:
-        """Resolve `cfg.source` and make both loaders (caches are built lazily)."""
+        """Resolve `cfg.source` and make both loaders (caches are built lazily); a store at
+        a URL is streamed (data/stream.py)."""
+        from imageclf.data.remote import is_url
+
+        if is_url(cfg.source.path):
+            return cls._streamed(cfg, device, mean, std, rank, world_size)
         items = resolve(cfg.source, cfg.seed)
         if items.paths and is_store_ref(items.paths[0]):
             check_store_presize(split_store_ref(items.paths[0])[0].parent, cfg.presize)
@@ -376,6 +381,37 @@ class DataLoaders:
         neg_valid = make(list(neg.valid), negative_targets(len(neg.valid), n, ml), False,
                          role="negatives-valid") if neg else None
         return cls(items, train, valid, cfg, neg, neg_valid)
+
+    @classmethod
+    def _streamed(cls, cfg: DataConfig, device: torch.device | str,
+                  mean: tuple[float, ...], std: tuple[float, ...], rank: int,
+                  world_size: int) -> DataLoaders:
+        """Both loaders of a store at a URL: its manifest and index fetched into the cache
+        folder, its shards streamed by each process."""
+        import hashlib
+
+        from imageclf.data.remote import items_from_remote, open_remote
+        from imageclf.data.stream import StreamLoader
+        from imageclf.errors import ConfigError
+
+        if cfg.negatives:
+            raise ConfigError("--negatives with a store at a URL is not supported: pack the "
+                              "negatives into the store's folder, or train from a local copy")
+        url = str(cfg.source.path)
+        where = Path(cfg.cache_dir or default_cache_dir()) / (
+            "remote-" + hashlib.sha256(f"{url} {rank}".encode()).hexdigest()[:16])
+        store = open_remote(url, where)
+        items = items_from_remote(store)
+        targets = targets_tensor(items)
+        tr, va = items.split_indices()
+        n, ml = len(items.classes), items.multi_label
+
+        def make(split: str, y: torch.Tensor, train: bool) -> StreamLoader:
+            return StreamLoader(store, split, y, cfg, train, device, mean, std, rank,
+                                world_size, n, ml)
+
+        return cls(items, make("train", targets[tr], True), make("valid", targets[va], False),
+                   cfg)
 
     def show_batch(self, n: int = 16, train: bool = True, path: str | Path | None = None):
         """A grid of one augmented training (or validation) batch with its labels, as a

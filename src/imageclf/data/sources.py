@@ -302,7 +302,7 @@ def _is_tables(root: Path) -> bool:
     return root.is_dir() and bool(table_files(root)) and not list_images(root)
 
 
-KINDS = ("csv", "regex", "tables", "folders", "store")
+KINDS = ("csv", "regex", "tables", "folders", "store", "stream")
 
 
 def source_kind(source: DataSource) -> str:
@@ -312,8 +312,12 @@ def source_kind(source: DataSource) -> str:
     if source.path is None:
         raise ConfigError("DATA is missing: give a folder of class folders, a CSV, or "
                           "Parquet/Arrow files")
-    root = Path(source.path)
+    from imageclf.data.remote import is_url
     from imageclf.data.store import is_store
+
+    if is_url(source.path):
+        return "stream"
+    root = Path(source.path)
 
     if is_store(root):
         return "store"
@@ -345,6 +349,10 @@ def resolve(source: DataSource | str | Path, seed: int = 0, evaluate: bool = Fal
         csv_path = Path(source.csv) if source.csv is not None else root
         image_root = root if source.csv is not None else None
         return from_csv(csv_path, source.valid_pct, seed, ml or None, image_root, evaluate)
+    if kind == "stream":
+        raise ConfigError(f"{source.path}: a store at a URL is streamed by train, lr-find and "
+                          "show-batch; to verify, evaluate or calibrate on it, copy the store "
+                          "into a folder and give that")
     if kind == "store":
         from imageclf.data.store import items_from_store
 

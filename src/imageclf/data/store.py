@@ -90,6 +90,16 @@ def read_store_image(path: str | Path) -> bytes:
     """The JPEG bytes a store reference names. Raises DataError naming the shard when they
     are not all there (a truncated or missing shard)."""
     shard, offset, size = split_store_ref(path)
+    if not shard.exists():
+        from imageclf.data.remote import read_range, remote_base
+
+        base = remote_base(shard.parent)
+        if base is not None:  # a store at a URL
+            data = read_range(base + shard.name, offset, size)
+            if len(data) != size:
+                raise DataError(f"truncated shard {base + shard.name}: the index needs "
+                                f"{offset + size} bytes")
+            return data
     try:
         fd = os.open(shard, os.O_RDONLY)
     except OSError as e:
