@@ -146,10 +146,13 @@ def open_remote(source: str, cache: Path) -> RemoteStore:
             raise DataError(f"{source}: {unknown[0]} is not a training shard of the store at "
                             f"{base} (it has {', '.join(shards['train'][:3])}...)")
         shards["train"] = train_override
-    rows = read_index(cache)
-    keep = set(shards["train"]) | set(shards["valid"])
+    # the rows in the order the shards are listed, train first: item i of a split is the
+    # i-th sample read when its shards are read in order
+    pos = {(sp, name): k for sp in ("train", "valid") for k, name in enumerate(shards[sp])}
+    rows = sorted((r for r in read_index(cache) if (r.split, r.shard) in pos),
+                  key=lambda r: (r.split != "train", pos[(r.split, r.shard)]))
     (cache / REMOTE).write_text(json.dumps({"base": base}))
-    return RemoteStore(base, cache, m, [r for r in rows if r.shard in keep], shards)
+    return RemoteStore(base, cache, m, rows, shards)
 
 
 def items_from_remote(store: RemoteStore):  # -> Items

@@ -134,6 +134,8 @@ class StreamLoader(BatchLoader):
         self.bs = cfg.bs
         self.rank, self.world_size = rank, world_size
         self.epoch, self.skip = 0, 0
+        self.last_ids: torch.Tensor | None = None
+        self.buffer = BUFFER
         self.index = np.arange(len(self.rows))
         self.negatives, self.neg_k, self.neg_index = None, 0, None
         self.n_classes, self.multi_label = n_classes, multi_label
@@ -189,7 +191,7 @@ class StreamLoader(BatchLoader):
             runs = rank_segments(self.counts, order, self.rank, self.world_size)
             items = (s for run in runs for s in self._samples(*run))
             g = epoch_generator(self.cfg.seed, self.epoch, 10 + self.rank)
-            return buffer_shuffle(items, BUFFER, g)
+            return buffer_shuffle(items, self.buffer, g)
         return self._valid_stream()
 
     def _valid_stream(self) -> Iterator[tuple[int, bytes]]:
@@ -225,7 +227,9 @@ class StreamLoader(BatchLoader):
         list(self._pool.map(one, range(len(batch))))
         return out
 
-    def _batch_stream(self, skip: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _batch_stream(self, skip: int
+                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(uint8 images, targets, item ids) of this rank's batches, from batch `skip`."""
         offsets = self._offsets(self.cache, self.index,
                                 epoch_generator(self.cfg.seed, self.epoch, 0))
         n_batches = len(self)
@@ -245,7 +249,7 @@ class StreamLoader(BatchLoader):
             if len(batch) == self.bs or (not self.train and done * self.bs + len(batch) == per):
                 if done >= skip:
                     ids = torch.tensor([i for i, _ in batch])
-                    yield self._decode(batch, offsets), self.all_targets[ids]
+                    yield self._decode(batch, offsets), self.all_targets[ids], ids
                 last, batch = batch, []
                 done += 1
 
@@ -256,7 +260,8 @@ class StreamLoader(BatchLoader):
             for _ in range(skip):  # the same augmentation draws as a full pass
                 self._params(self.bs, g_aug)
         pin = self.device.type == "cuda"
-        for xb, yb in prefetch(self._batch_stream(skip), self.device):
+        for xb, yb, ids in prefetch(self._batch_stream(skip), self.device):
+            self.last_ids = ids  # which samples the batch being yielded holds
             xb = xb.to(self.device, non_blocking=True)
             yb = (yb.pin_memory() if pin else yb).to(self.device, non_blocking=True)
             params = self._params(xb.shape[0], g_aug) if self.train else None
