@@ -1,0 +1,249 @@
+"""The presized store (imageclf pack) against the raw uint8 cache, side by side in one run:
+
+1. disk per image and PSNR at presize 160 and 256, on a set of N distinct JPEG photos made
+   from Imagenette (random crops, flips and rescales, short sides 180-480, quality 80-95);
+2. build time and peak memory (PSS of the whole process tree): `pack` against the raw cache's build,
+   at N and at 10k images;
+3. training: resnet18 at 128 from presize 160 on Imagenette, 2 epochs, 2 seeds, with the
+   raw cache, with the store read by index (--cache jpeg), and 1 seed streamed over HTTP
+   from `python -m http.server` on 127.0.0.1: warm-epoch images/s and accuracy;
+4. the loader alone (imageclf bench loader), images/s, raw against jpeg.
+
+Usage: bench/bench_store.py [--n 100000] [--work DIR] [--skip-train]
+Figures go to bench/results/store.json and docs/benchmarks.md (bench/report.py)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import random
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import psutil
+
+from common import ROOT, imagenette, machine, save
+
+IMAGECLF = [sys.executable, "-m", "imageclf"]
+
+
+def _make_one(job: tuple[str, str, int]) -> None:
+    from PIL import Image, ImageOps
+
+    src, dst, seed = job
+    rng = random.Random(seed)
+    with Image.open(src) as im:
+        im = im.convert("RGB")
+        w, h = im.size
+        s = rng.uniform(0.55, 1.0)
+        cw, ch = int(w * s * rng.uniform(0.8, 1.0)), int(h * s * rng.uniform(0.8, 1.0))
+        x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+        im = im.crop((x, y, x + cw, y + ch))
+        if rng.random() < 0.5:
+            im = ImageOps.mirror(im)
+        short = rng.randint(180, 480)
+        k = short / min(im.size)
+        im = im.resize((round(im.width * k), round(im.height * k)), Image.Resampling.BICUBIC)
+        im.save(dst, "JPEG", quality=rng.randint(80, 95))
+
+
+def make_set(photos: Path, out: Path, n: int) -> Path:
+    """N distinct JPEGs in class folders, made from the photos of `photos`/train."""
+    if out.is_dir() and sum(1 for _ in out.rglob("*.jpg")) >= n:
+        return out
+    src = sorted(photos.glob("train/*/*.JPEG"))
+    random.Random(0).shuffle(src)  # every class from the first images on
+    jobs = []
+    for i in range(n):
+        p = src[i % len(src)]
+        d = out / p.parent.name
+        d.mkdir(parents=True, exist_ok=True)
+        jobs.append((str(p), str(d / f"{p.stem}_{i}.jpg"), i))
+    with ProcessPoolExecutor(2) as pool:
+        list(pool.map(_make_one, jobs, chunksize=256))
+    return out
+
+
+def spread_csv(data: Path, n: int, path: Path) -> Path:
+    """A CSV (filename,label) of n images of a class-folder set, evenly spread."""
+    files = sorted(data.rglob("*.jpg"))
+    files = files[:: max(1, len(files) // n)][:n]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["filename", "label"])
+        for p in files:
+            w.writerow([str(p), p.parent.name])
+    return path
+
+
+def measured(cmd: list[str]) -> dict:
+    """Wall seconds and peak memory of a command's whole process tree, sampled every 0.2 s:
+    the sum of each process's PSS (its private pages plus its share of the pages it shares),
+    so that forked workers' shared pages count once, as RSS would count them N times."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = 0
+    proc = psutil.Process(p.pid)
+    while p.poll() is None:
+        try:
+            tree = [proc, *proc.children(recursive=True)]
+            peak = max(peak, sum(q.memory_full_info().pss for q in tree if q.is_running()))
+        except psutil.Error:
+            pass
+        time.sleep(0.2)
+    out, err = p.communicate()
+    if p.returncode != 0:
+        raise SystemExit(f"{cmd[:5]} failed:\n{out[-2000:]}\n{err[-3000:]}")
+    return {"seconds": round(time.perf_counter() - t0, 1), "peak_mb": round(peak / 2**20),
+            "stdout": out}
+
+
+RAW_BUILD = """
+import sys, time
+from pathlib import Path
+from imageclf.data.sources import resolve
+from imageclf.data.cache import PresizeCache
+items = resolve(sys.argv[1])
+c = PresizeCache(list(items.paths), int(sys.argv[2]), cache_dir=sys.argv[3])
+c.build(); c.wait()
+print(sum(f.stat().st_size for f in Path(sys.argv[3]).glob("*.u8")))
+"""
+
+
+def psnr(store: Path, presize: int, k: int = 400) -> dict:
+    """PSNR of k stored images against the raw presized image of their source."""
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT / "src"))
+    from imageclf.data.images import load_presized
+    from imageclf.data.store import read_index, store_ref
+
+    rows = read_index(store)
+    rows = rows[:: max(1, len(rows) // k)][:k]
+    vals = []
+    for r in rows:
+        raw = load_presized(r.source, presize).array.astype(np.float64)
+        got = load_presized(store_ref(store / r.shard, r.offset, r.size), presize).array
+        vals.append(10 * np.log10(255**2 / np.mean((raw - got) ** 2)))
+    return {"median": round(float(np.median(vals)), 2), "mean": round(float(np.mean(vals)), 2),
+            "p10": round(float(np.percentile(vals, 10)), 2), "images": len(vals)}
+
+
+def disk_and_build(data: Path, work: Path, presize: int, label: str) -> dict:
+    store, cache = work / f"store-{label}-{presize}", work / f"cache-{label}-{presize}"
+    shutil.rmtree(store, ignore_errors=True)
+    shutil.rmtree(cache, ignore_errors=True)
+    raw = measured([sys.executable, "-c", RAW_BUILD, str(data), str(presize), str(cache)])
+    raw_bytes = int(raw["stdout"].split()[-1])
+    packed = measured([*IMAGECLF, "pack", str(data), "-o", str(store), "--presize",
+                       str(presize), "--json"])
+    m = json.loads(packed["stdout"])
+    n = sum(m["counts"].values())
+    store_bytes = sum(f.stat().st_size for f in store.iterdir())
+    out = {"images": n, "presize": presize,
+           "raw": {"bytes": raw_bytes, "per_image_kb": round(raw_bytes / n / 1e3, 2),
+                   "seconds": raw["seconds"], "peak_mb": raw["peak_mb"]},
+           "store": {"bytes": store_bytes, "per_image_kb": round(store_bytes / n / 1e3, 2),
+                     "seconds": packed["seconds"], "peak_mb": packed["peak_mb"],
+                     "shards": len(m["shards"])},
+           "disk_ratio": round(store_bytes / raw_bytes, 4),
+           "build_ratio": round(packed["seconds"] / raw["seconds"], 3)}
+    if label == "full":
+        out["psnr"] = psnr(store, presize)
+    shutil.rmtree(cache, ignore_errors=True)
+    return out
+
+
+def train(source: str, work: Path, name: str, seed: int, extra: list[str]) -> dict:
+    out = work / "runs" / name
+    shutil.rmtree(out, ignore_errors=True)
+    args = [*IMAGECLF, "train", source, "--arch", "resnet18", "--pretrained", "none",
+            "--size", "128", "--presize", "160", "--bs", "64", "--epochs", "2",
+            "--lr", "2e-3", "--seed", str(seed), "--out", str(out),
+            "--cache-dir", str(work / "train-cache"), *extra]
+    t0 = time.perf_counter()
+    r = subprocess.run(args, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"{name} failed:\n{r.stderr[-3000:]}")
+    m = json.loads((out / "metrics.json").read_text())
+    return {"name": name, "seed": seed, "wall_s": round(time.perf_counter() - t0, 1),
+            "valid_accuracy": m["valid_accuracy"],
+            "warm_epoch_img_s": m["history"][-1]["img_per_s"],
+            "epoch_img_s": [row["img_per_s"] for row in m["history"]], "cache": m["cache"]}
+
+
+def loader(source: str, work: Path, cache: str) -> dict:
+    r = subprocess.run([*IMAGECLF, "bench", "loader", source, "--epochs", "2", "--cache",
+                        cache, "--cache-dir", str(work / f"loader-{cache}"), "--json"],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(r.stderr[-3000:])
+    return json.loads(r.stdout)
+
+
+def serve(folder: Path) -> tuple[str, subprocess.Popen]:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    p = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind",
+                          "127.0.0.1", "--directory", str(folder)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)
+    return f"http://127.0.0.1:{port}/", p
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=100_000)
+    ap.add_argument("--work", default=str(ROOT / "bench" / "work" / "store"))
+    ap.add_argument("--data", help="extracted Imagenette (default: the shared tar)")
+    ap.add_argument("--skip-train", action="store_true")
+    args = ap.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    photos = imagenette(args.data)
+    result: dict = {"machine": machine(), "n": args.n}
+    t0 = time.perf_counter()
+    big = make_set(photos, work / f"photos-{args.n}", args.n)
+    result["make_set_s"] = round(time.perf_counter() - t0, 1)
+    small = spread_csv(big, min(10_000, args.n // 10), work / "spread.csv")
+    result["build"] = []
+    for presize in (160, 256):
+        for label, data in (("10k", small), ("full", big)):
+            row = disk_and_build(data, work, presize, label)
+            print(json.dumps(row), flush=True)
+            result["build"].append(row)
+            save("store", result)
+    if not args.skip_train:
+        result["loader"] = {c: loader(str(photos), work, c) for c in ("raw", "jpeg")}
+        store = work / "imagenette-store"
+        shutil.rmtree(store, ignore_errors=True)
+        packed = measured([*IMAGECLF, "pack", str(photos), "-o", str(store), "--presize",
+                           "160", "--json"])
+        result["imagenette_pack_s"] = packed["seconds"]
+        runs = []
+        for seed in (0, 1):
+            runs.append(train(str(photos), work, f"raw-{seed}", seed, ["--cache", "raw"]))
+            runs.append(train(str(store), work, f"store-{seed}", seed, ["--cache", "jpeg"]))
+            print(json.dumps(runs[-2:]), flush=True)
+            result["train"] = runs
+            save("store", result)
+        url, server = serve(work)
+        try:
+            runs.append(train(url + "imagenette-store/", work, "http-0", 0, []))
+        finally:
+            server.terminate()
+        result["train"] = runs
+    print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=1))
+    save("store", result)
+
+
+if __name__ == "__main__":
+    main()
