@@ -19,6 +19,7 @@ def tables() -> dict[tuple[str, str], str]:
     from imageclf.checkpoint import CheckpointInfo
     from imageclf.config import DataConfig, ServeConfig, TrainConfig
     from imageclf.data.cache import CacheIndex
+    from imageclf.data.store import StoreManifest
     from imageclf.interpret import InterpretationRecord
     from imageclf.lr_sweep import LRFindResult
     from imageclf.meta import CalibrationInfo, NegativesInfo, OpenSetRule, schema_markdown
@@ -31,6 +32,7 @@ def tables() -> dict[tuple[str, str], str]:
            ("run-directory.md", "claim"): record_markdown(RunClaim)
            + "\n" + record_markdown(LRFindResult),
            ("run-directory.md", "cache"): record_markdown(CacheIndex),
+           ("data-at-scale.md", "store"): record_markdown(StoreManifest),
            ("run-directory.md", "checkpoint"): record_markdown(CheckpointInfo),
            ("run-directory.md", "interpretation"): record_markdown(InterpretationRecord),
            ("run-directory.md", "model"): schema_markdown(),

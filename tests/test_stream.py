@@ -294,8 +294,8 @@ def test_a_killed_process_restarts_mid_epoch_without_a_duplicate_or_a_loss(
     """Two streaming processes, a checkpoint after every step; rank 1 is killed (SIGKILL)
     in the middle of epoch 1; torchrun restarts both and --auto-resume goes on from the
     last checkpoint, mid-epoch. The batches the job kept hold every sample exactly once
-    per epoch. (One torchrun agent: a restart of two agents under torch 2.14 hung in gloo's
-    setup or lost the rendezvous store in 3 of 7 tries here, see docs/data-at-scale.md.)"""
+    per epoch. (One torchrun agent: a restart of two agents under torch 2.14 finished in
+    3 of 8 tries here, see docs/data-at-scale.md.)"""
     _torchrun(["--standalone", "--nproc_per_node", "2", "--max-restarts", "1"], http_url,
               tmp_path, 1, IMAGECLF_TEST_KILL="1")
     trained, starts = _kept_ids(tmp_path / "ids", 2)
