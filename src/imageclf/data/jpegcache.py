@@ -1,6 +1,6 @@
 """The presize cache in its compressed form: presized images read from a store's JPEGs
-(data/store.py) and decoded per batch, instead of raw uint8 slots. `--cache auto` chooses
-between the two forms by the room each needs."""
+(data/store.py) and decoded per batch, instead of raw uint8 slots; and the choice between
+the two forms (`--cache auto`: by the room each needs)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,12 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
-from imageclf.data.cache import CACHE_VERSION, CacheStats, default_cache_dir
+from imageclf.data.cache import CACHE_VERSION, CacheStats, PresizeCache, default_cache_dir
 from imageclf.data.images import slot_length
 from imageclf.data.store import (
     decode_hwc,
@@ -29,6 +31,9 @@ from imageclf.data.store import (
 from imageclf.diskspace import free_bytes, human
 from imageclf.errors import ConfigError, DataError
 from imageclf.records import Skipped
+
+if TYPE_CHECKING:
+    from imageclf.config import DataConfig
 
 log = logging.getLogger(__name__)
 FORMS = ("auto", "raw", "jpeg")
@@ -206,3 +211,30 @@ def check_store_presize(root: Path, presize: int) -> None:
         raise DataError(f"store {root} holds images presized to {m.presize}; --presize "
                         f"{presize} would enlarge them: train with --presize {m.presize} "
                         "(or less), or pack the data again at the presize you want")
+
+
+Cache = PresizeCache | StoreCache
+
+
+def make_cache(paths: list[Path], cfg: DataConfig, cache_dir: str | Path | None, role: str,
+               device: torch.device) -> Cache:
+    """The presize cache of one split in the form `cfg.cache` asks (auto: by the room it
+    needs); the choice and its reason are logged and kept on the cache (`choice`)."""
+    where = Path(cache_dir or cfg.cache_dir or default_cache_dir())
+    stored = bool(paths) and all(is_store_ref(p) for p in paths)
+    choice = choose_form(cfg.cache, len(paths), cfg.presize, cfg.resize_method, where,
+                         stored)
+    if stored and choice.form == "jpeg" and cfg.cache == "auto":
+        root = split_store_ref(paths[0])[0].parent
+        if read_manifest(root).presize != cfg.presize:  # the store cannot be read as it is
+            choice = CacheChoice("raw", f"auto: raw, the store's presize is not {cfg.presize}")
+    log.info("%s cache: %s", role, choice.reason)
+    if choice.form == "jpeg":
+        cache: Cache = StoreCache(paths, cfg.presize, cfg.resize_method, where,
+                                  cfg.decode_workers, role=role)
+    else:
+        cache = PresizeCache(paths, cfg.presize, cfg.resize_method, where,
+                             cfg.decode_workers, role=role,
+                             decode_device=device if cfg.decode == "device" else None)
+    cache.choice = choice
+    return cache

@@ -21,8 +21,7 @@ from imageclf.data.augment import (
     BatchAugment,
     sample_params,
 )
-from imageclf.data.cache import PresizeCache, default_cache_dir
-from imageclf.data.jpegcache import CacheChoice, StoreCache, check_store_presize, choose_form
+from imageclf.data.jpegcache import Cache, check_store_presize, make_cache
 from imageclf.data.negatives import (
     NegativeSet,
     negative_order,
@@ -31,7 +30,7 @@ from imageclf.data.negatives import (
     per_batch,
 )
 from imageclf.data.sources import Items, resolve
-from imageclf.data.store import is_store_ref, read_manifest, split_store_ref
+from imageclf.data.store import is_store_ref, split_store_ref
 from imageclf.errors import DataError
 from imageclf.records import Skipped
 
@@ -70,33 +69,6 @@ def balanced_order(targets: torch.Tensor, seed: int, epoch: int, rank: int = 0,
     total = -(-n // world_size) * world_size
     order = torch.cat([order, order[: total - n]])
     return order[rank::world_size].numpy()
-
-
-Cache = PresizeCache | StoreCache
-
-
-def make_cache(paths: list[Path], cfg: DataConfig, cache_dir: str | Path | None, role: str,
-               device: torch.device) -> Cache:
-    """The presize cache of one split in the form `cfg.cache` asks (auto: by the room it
-    needs); the choice and its reason are logged and kept on the cache (`choice`)."""
-    where = Path(cache_dir or cfg.cache_dir or default_cache_dir())
-    stored = bool(paths) and all(is_store_ref(p) for p in paths)
-    choice = choose_form(cfg.cache, len(paths), cfg.presize, cfg.resize_method, where,
-                         stored)
-    if stored and choice.form == "jpeg" and cfg.cache == "auto":
-        root = split_store_ref(paths[0])[0].parent
-        if read_manifest(root).presize != cfg.presize:  # the store cannot be read as it is
-            choice = CacheChoice("raw", f"auto: raw, the store's presize is not {cfg.presize}")
-    log.info("%s cache: %s", role, choice.reason)
-    if choice.form == "jpeg":
-        cache: Cache = StoreCache(paths, cfg.presize, cfg.resize_method, where,
-                                  cfg.decode_workers, role=role)
-    else:
-        cache = PresizeCache(paths, cfg.presize, cfg.resize_method, where,
-                             cfg.decode_workers, role=role,
-                             decode_device=device if cfg.decode == "device" else None)
-    cache.choice = choice
-    return cache
 
 
 class BatchLoader:
@@ -386,32 +358,10 @@ class DataLoaders:
     def _streamed(cls, cfg: DataConfig, device: torch.device | str,
                   mean: tuple[float, ...], std: tuple[float, ...], rank: int,
                   world_size: int) -> DataLoaders:
-        """Both loaders of a store at a URL: its manifest and index fetched into the cache
-        folder, its shards streamed by each process."""
-        import hashlib
+        """Both loaders of a store at a URL (data/stream.py)."""
+        from imageclf.data.stream import streamed_loaders
 
-        from imageclf.data.remote import items_from_remote, open_remote
-        from imageclf.data.stream import StreamLoader
-        from imageclf.errors import ConfigError
-
-        if cfg.negatives:
-            raise ConfigError("--negatives with a store at a URL is not supported: pack the "
-                              "negatives into the store's folder, or train from a local copy")
-        url = str(cfg.source.path)
-        where = Path(cfg.cache_dir or default_cache_dir()) / (
-            "remote-" + hashlib.sha256(f"{url} {rank}".encode()).hexdigest()[:16])
-        store = open_remote(url, where)
-        items = items_from_remote(store)
-        targets = targets_tensor(items)
-        tr, va = items.split_indices()
-        n, ml = len(items.classes), items.multi_label
-
-        def make(split: str, y: torch.Tensor, train: bool) -> StreamLoader:
-            return StreamLoader(store, split, y, cfg, train, device, mean, std, rank,
-                                world_size, n, ml)
-
-        return cls(items, make("train", targets[tr], True), make("valid", targets[va], False),
-                   cfg)
+        return cls(*streamed_loaders(cfg, device, mean, std, rank, world_size), cfg)
 
     def show_batch(self, n: int = 16, train: bool = True, path: str | Path | None = None):
         """A grid of one augmented training (or validation) batch with its labels, as a

@@ -215,9 +215,10 @@ def decode_hwc(data: bytes) -> np.ndarray:
 def encode_jpeg(hwc: np.ndarray, quality: int) -> bytes:
     """(H, W, 3) uint8 → JPEG bytes at `quality`, full-resolution chroma (4:4:4: at quality
     90 and presize 160, 39.4 dB median PSNR on Imagenette against 37.4 dB with 4:2:0, for
-    1.2x the bytes) and optimised tables."""
+    1.2x the bytes). Standard Huffman tables: optimised ones saved 5.5% of the bytes and
+    cost 0.63 ms an image against 0.18 ms, a quarter of the presize's own time."""
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(hwc).save(buf, "JPEG", quality=quality, subsampling=0, optimize=True)
+    Image.fromarray(hwc).save(buf, "JPEG", quality=quality, subsampling=0)
     return buf.getvalue()

@@ -24,14 +24,16 @@ import tarfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from imageclf.data.cache import CacheStats
+from imageclf.data.cache import CacheStats, default_cache_dir
 from imageclf.data.jpegcache import CacheChoice
-from imageclf.data.loader import BatchLoader, epoch_generator, prefetch
+from imageclf.data.loader import BatchLoader, epoch_generator, prefetch, targets_tensor
 from imageclf.data.remote import RemoteStore, open_url
+from imageclf.data.sources import Items
 from imageclf.data.store import decode_hwc, store_ref
 from imageclf.errors import DataError
 from imageclf.records import Skipped
@@ -266,3 +268,30 @@ class StreamLoader(BatchLoader):
             yb = (yb.pin_memory() if pin else yb).to(self.device, non_blocking=True)
             params = self._params(xb.shape[0], g_aug) if self.train else None
             yield self.augment(xb, train=self.train, params=params), yb
+
+
+def streamed_loaders(cfg, device: torch.device | str, mean: tuple[float, ...],
+                     std: tuple[float, ...], rank: int, world_size: int
+                     ) -> tuple[Items, StreamLoader, StreamLoader]:
+    """(items, training loader, validation loader) of a store at a URL: its manifest and
+    index fetched into the cache folder, its shards streamed by each process."""
+    from imageclf.data.remote import items_from_remote, open_remote
+    from imageclf.errors import ConfigError
+
+    if cfg.negatives:
+        raise ConfigError("--negatives with a store at a URL is not supported: pack the "
+                          "negatives into the store's folder, or train from a local copy")
+    url = str(cfg.source.path)
+    where = Path(cfg.cache_dir or default_cache_dir()) / (
+        "remote-" + hashlib.sha256(f"{url} {rank}".encode()).hexdigest()[:16])
+    store = open_remote(url, where)
+    items = items_from_remote(store)
+    targets = targets_tensor(items)
+    tr, va = items.split_indices()
+    n, ml = len(items.classes), items.multi_label
+
+    def make(split: str, y: torch.Tensor, train: bool) -> StreamLoader:
+        return StreamLoader(store, split, y, cfg, train, device, mean, std, rank,
+                            world_size, n, ml)
+
+    return items, make("train", targets[tr], True), make("valid", targets[va], False)
