@@ -158,8 +158,7 @@ def train_run(data: DataConfig, train: TrainConfig, ctx: RunContext | None = Non
     out = Path(dist.decide(lambda: str(rundir.claim(train.output.out, overwrite))))
     try:
         learn = build_learner(data, train, ctx)
-        if dist.is_main:
-            _check_room(learn, out, resumed=False)
+        dist.decide(lambda: _check_room(learn, out, resumed=False))  # every rank stops
     except ImageclfError:  # a setting the data refuses (--metric, ...), too little room
         if dist.is_main and not overwrite:
             rundir.release(out)
@@ -201,8 +200,7 @@ def resume_run(run_dir: str | Path, ctx: RunContext | None = None) -> RunResult:
                     per * was, f", and epoch {epoch} starts again from its beginning "
                     "(its batches are dealt out differently)" if restart_epoch else "")
     restore(learn, info, tensors, restart_epoch)
-    if dist.is_main:
-        _check_room(learn, run, resumed=True)
+    dist.decide(lambda: _check_room(learn, run, resumed=True))
     plan = [Phase(**p) for p in info.plan]
     start = (epoch, 0 if restart_epoch else batch)
     log.info("resuming %s at epoch %d, batch %d", run, *start)

@@ -89,7 +89,10 @@ class StoreCache:
         self.role = role
         self.direct = bool(self.paths) and all(is_store_ref(p) for p in self.paths)
         root = os.path.commonpath([str(p.absolute()) for p in self.paths]) if self.paths else ""
-        key_src = json.dumps([CACHE_VERSION, "jpeg", presize, method, root, role])
+        # the raw cache's key (same files, same presize): a run resumed in the other form
+        # (--cache auto deciding again on a fuller disk) is the same data; the two forms'
+        # files differ (KEY.json and KEY-*.u8 against KEY.store/) and share KEY.lock
+        key_src = json.dumps([CACHE_VERSION, presize, method, root, role])
         self.key = hashlib.sha256(key_src.encode()).hexdigest()[:20]
         n = len(self.paths)
         self.refs: list[Path | None] = [None] * n

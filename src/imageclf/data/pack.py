@@ -261,9 +261,12 @@ def pack_items(items: Sequence[PackItem], out: Path, classes: Sequence[str],
                 "split or presize/quality changed since it was packed). Fix: pack into a new "
                 "folder (-o), or add --overwrite to replace it")
         _clear(out)
-    if (out / MANIFEST).is_file():
+    if (out / MANIFEST).is_file():  # finished (a pack stopped in its last step: tidy up)
         from imageclf.data.store import read_manifest
 
+        for p in out.glob("*.rows.json"):
+            p.unlink()
+        (out / STATE).unlink(missing_ok=True)
         return read_manifest(out)
     write_json(out / STATE, {"fingerprint": fp, "source": source})
     index = {c: i for i, c in enumerate(classes)}
