@@ -281,6 +281,10 @@ def streamed_loaders(cfg, device: torch.device | str, mean: tuple[float, ...],
     if cfg.negatives:
         raise ConfigError("--negatives with a store at a URL is not supported: pack the "
                           "negatives into the store's folder, or train from a local copy")
+    if cfg.sampler != "shuffle":
+        raise ConfigError(f"--sampler {cfg.sampler} draws images at random from the whole "
+                          "set, which a stream of shards cannot: use --sampler shuffle, or "
+                          "train from a local copy of the store")
     url = str(cfg.source.path)
     where = Path(cfg.cache_dir or default_cache_dir()) / (
         "remote-" + hashlib.sha256(f"{url} {rank}".encode()).hexdigest()[:16])
