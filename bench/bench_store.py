@@ -9,7 +9,7 @@
    from `python -m http.server` on 127.0.0.1: warm-epoch images/s and accuracy;
 4. the loader alone (imageclf bench loader), images/s, raw against jpeg.
 
-Usage: bench/bench_store.py [--n 100000] [--work DIR] [--skip-train]
+Usage: bench/bench_store.py [--n 100000] [--work DIR] [--only build|train]
 Figures go to bench/results/store.json and docs/benchmarks.md (bench/report.py)."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import psutil
 
-from common import ROOT, imagenette, machine, save
+from common import RESULTS, ROOT, imagenette, machine, save
 
 IMAGECLF = [sys.executable, "-m", "imageclf"]
 
@@ -204,24 +204,35 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--work", default=str(ROOT / "bench" / "work" / "store"))
     ap.add_argument("--data", help="extracted Imagenette (default: the shared tar)")
-    ap.add_argument("--skip-train", action="store_true")
+    ap.add_argument("--only", choices=("build", "train"),
+                    help="run one part, keeping the other part's figures from the last run "
+                    "(with the machine and commit each part was measured on)")
     args = ap.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     photos = imagenette(args.data)
     result: dict = {"machine": machine(), "n": args.n}
-    t0 = time.perf_counter()
-    big = make_set(photos, work / f"photos-{args.n}", args.n)
-    result["make_set_s"] = round(time.perf_counter() - t0, 1)
-    small = spread_csv(big, min(10_000, args.n // 10), work / "spread.csv")
-    result["build"] = []
-    for presize in (160, 256):
-        for label, data in (("10k", small), ("full", big)):
-            row = disk_and_build(data, work, presize, label)
-            print(json.dumps(row), flush=True)
-            result["build"].append(row)
-            save("store", result)
-    if not args.skip_train:
+    last = RESULTS / "store.json"
+    if args.only and last.exists():
+        old = json.loads(last.read_text())
+        keep = ("loader", "imagenette_pack_s", "train") if args.only == "build" else (
+            "make_set_s", "build", "n")
+        result |= {k: old[k] for k in keep if k in old}
+        result[f"machine_{'train' if args.only == 'build' else 'build'}"] = old.get(
+            f"machine_{'train' if args.only == 'build' else 'build'}", old["machine"])
+    if args.only != "train":
+        t0 = time.perf_counter()
+        big = make_set(photos, work / f"photos-{args.n}", args.n)
+        result["make_set_s"] = round(time.perf_counter() - t0, 1)
+        small = spread_csv(big, min(10_000, args.n // 10), work / "spread.csv")
+        result["build"] = []
+        for presize in (160, 256):
+            for label, data in (("10k", small), ("full", big)):
+                row = disk_and_build(data, work, presize, label)
+                print(json.dumps(row), flush=True)
+                result["build"].append(row)
+                save("store", result)
+    if args.only != "build":
         result["loader"] = {c: loader(str(photos), work, c) for c in ("raw", "jpeg")}
         store = work / "imagenette-store"
         shutil.rmtree(store, ignore_errors=True)

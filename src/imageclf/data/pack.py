@@ -140,6 +140,11 @@ def _rows_file(out: Path, name: str) -> Path:
     return out / (name + ".rows.json")
 
 
+def _without_rows(rec: dict) -> dict:
+    """A shard's record without its index rows (read again from its rows file at the end)."""
+    return {k: v for k, v in rec.items() if k != "rows"}
+
+
 def _done_shards(out: Path, split: str) -> list[dict]:
     """The complete shards of a split from an earlier, stopped pack: each has its rows file
     and the size they record. Anything after the first incomplete one is removed."""
@@ -154,7 +159,7 @@ def _done_shards(out: Path, split: str) -> list[dict]:
             ok = False
         if not ok:
             break
-        done.append(rec)
+        done.append(_without_rows(rec))
         n += 1
     for p in list(out.glob(f"{split}-*")):  # the partial shard and anything after it
         num = p.name.split("-", 1)[1].split(".", 1)[0]
@@ -224,7 +229,7 @@ class _ShardWriter:
                "consumed": self.consumed, "bytes": size, "rows": self.rows,
                "skipped": self.skipped}
         write_json(_rows_file(self.out, self.name), rec)
-        self.records.append(rec)
+        self.records.append(_without_rows(rec))  # the rows stay on disk: memory stays flat
         self.n += 1
 
     def abandon(self) -> None:
@@ -335,8 +340,8 @@ def _finish(out: Path, done: dict[str, list[dict]], classes: Sequence[str],
         with open(tmp, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(INDEX_COLUMNS)
-            for r in recs:
-                w.writerows(r["rows"])
+            for r in recs:  # one shard's rows in memory at a time
+                w.writerows(json.loads(_rows_file(out, r["name"]).read_text())["rows"])
 
     atomic_write(out / INDEX, write_index)
     m = StoreManifest(
