@@ -204,6 +204,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--work", default=str(ROOT / "bench" / "work" / "store"))
     ap.add_argument("--data", help="extracted Imagenette (default: the shared tar)")
+    ap.add_argument("--runs", help="with --only train: the training runs to do again "
+                    "(e.g. store-0,http-0), the others kept from the last result")
     ap.add_argument("--only", choices=("build", "train"),
                     help="run one part, keeping the other part's figures from the last run "
                     "(with the machine and commit each part was measured on)")
@@ -233,25 +235,38 @@ def main() -> None:
                 result["build"].append(row)
                 save("store", result)
     if args.only != "build":
-        result["loader"] = {c: loader(str(photos), work, c) for c in ("raw", "jpeg")}
+        redo = set(args.runs.split(",")) if args.runs else None
+        old_runs = {t["name"]: t for t in json.loads(last.read_text()).get("train", [])} \
+            if redo and last.exists() else {}
+        if redo and last.exists():
+            result["machine_train"] = machine()
+            result["machine_kept_runs"] = json.loads(last.read_text())["machine"]
+        if not redo:
+            result["loader"] = {c: loader(str(photos), work, c) for c in ("raw", "jpeg")}
         store = work / "imagenette-store"
         shutil.rmtree(store, ignore_errors=True)
         packed = measured([*IMAGECLF, "pack", str(photos), "-o", str(store), "--presize",
                            "160", "--json"])
         result["imagenette_pack_s"] = packed["seconds"]
         runs = []
-        for seed in (0, 1):
-            runs.append(train(str(photos), work, f"raw-{seed}", seed, ["--cache", "raw"]))
-            runs.append(train(str(store), work, f"store-{seed}", seed, ["--cache", "jpeg"]))
-            print(json.dumps(runs[-2:]), flush=True)
+
+        def one(name: str, source: str, seed: int, extra: list[str]) -> None:
+            if redo is not None and name not in redo and name in old_runs:
+                runs.append(old_runs[name])
+            else:
+                runs.append(train(source, work, name, seed, extra))
+                print(json.dumps(runs[-1]), flush=True)
             result["train"] = runs
             save("store", result)
+
+        for seed in (0, 1):
+            one(f"raw-{seed}", str(photos), seed, ["--cache", "raw"])
+            one(f"store-{seed}", str(store), seed, ["--cache", "jpeg"])
         url, server = serve(work)
         try:
-            runs.append(train(url + "imagenette-store/", work, "http-0", 0, []))
+            one("http-0", url + "imagenette-store/", 0, [])
         finally:
             server.terminate()
-        result["train"] = runs
     print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=1))
     save("store", result)
 

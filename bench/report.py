@@ -29,8 +29,9 @@ clients against a FastAPI endpoint calling fastai's `learn.predict`).
 imageclf's same recipe and its fastest one. imageclf alone: `bench_open_set.py` (which
 "none of these" score tells unknown images from known ones) and `bench_imbalance.py`
 (class weights and the balanced sampler on a cut-down class set), `bench_finetune.py`
-(the training techniques when fine-tuning on small data) and `bench_bn_recal.py` (whether
-BatchNorm statistics need recomputing after a size change).
+(the training techniques when fine-tuning on small data), `bench_bn_recal.py` (whether
+BatchNorm statistics need recomputing after a size change) and `bench_store.py` (the
+presized store against the raw cache: disk, build, memory, training, streaming).
 `bench/bench_device.py` measures the training device: the training step on a batch already
 on the device (the ceiling) against end-to-end training from a fresh cache;
 `bash bench/gpu_checks.sh DATA [OUT]` runs the GPU tests and its rows on a machine with a
@@ -657,6 +658,10 @@ def _store(r: dict) -> str:
             + f" | {b['raw']['seconds']:.0f} s | {b['store']['seconds']:.0f} s | "
             f"{b['build_ratio']:.2f}× | {b['raw']['peak_mb']} / {b['store']['peak_mb']} | "
             f"{proj} |")
+    mt = r.get("machine_train")
+    if mt and (r.get("loader") or r.get("train")):
+        lines += ["", f"The loader and training rows below: measured {mt['date']} on "
+                  f"{mt['cpu']} ({mt['isa']}), {mt['cores']} cores, commit {mt['commit']}."]
     if r.get("loader"):
         lines += ["", "The loader alone (`imageclf bench loader`, Imagenette train, 128 px "
                   "from presize 160, batch 64, full augmentation), warm epoch:", "",

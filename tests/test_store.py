@@ -39,11 +39,17 @@ def test_pack_keeps_items_labels_and_splits(folder_dataset: Path, tmp_path: Path
     m = _pack(folder_dataset, tmp_path / "store")
     src, st = resolve(folder_dataset), resolve(tmp_path / "store")
     assert st.classes == src.classes
-    usable = [i for i, p in enumerate(src.paths) if p.name[0] in "bgr" and "_" in p.name]
+    usable = {str(p): (lab, v) for p, lab, v in zip(src.paths, src.labels, src.is_valid,
+                                                    strict=True)
+              if p.name[0] in "bgr" and "_" in p.name}
     rows = read_index(tmp_path / "store")
-    assert [r.source for r in rows] == [str(src.paths[i]) for i in usable]
-    assert list(st.labels) == [src.labels[i] for i in usable]
-    assert list(st.is_valid) == [src.is_valid[i] for i in usable]
+    assert sorted(r.source for r in rows) == sorted(usable)
+    assert {r.source: (lab, v) for r, lab, v in zip(rows, st.labels, st.is_valid,
+                                                    strict=True)} == usable
+    # written in a seeded order, so that a shard is not one class: train first
+    train = [r for r in rows if r.split == "train"]
+    assert rows[:len(train)] == train
+    assert [r.labels[0] for r in train] != sorted(r.labels[0] for r in train)
     assert m.counts == {"train": 18, "valid": 9}
     assert len(m.shards) > 2  # 8 KB shards: several per split
     bad = {Path(s.path).name: s.reason for s in m.skipped}
@@ -152,11 +158,12 @@ def test_truncated_shard_is_named_and_its_images_left_out(folder_dataset: Path,
                                                           tmp_path: Path):
     out = tmp_path / "store"
     m = _pack(folder_dataset, out)
-    victim = m.shard_names("train")[1]
-    size = (out / victim).stat().st_size
-    os.truncate(out / victim, size // 2)
-    lost = [r for r in read_index(out) if r.shard == victim and r.offset + r.size > size // 2]
-    assert lost
+    victim = max((s for s in m.shards if s.split == "train"), key=lambda s: s.count).name
+    rows = [r for r in read_index(out) if r.shard == victim]
+    cut = rows[len(rows) // 2].offset + 1  # into the middle sample's JPEG
+    os.truncate(out / victim, cut)
+    lost = [r for r in rows if r.offset + r.size > cut]
+    assert lost and len(lost) < len(rows)
     r = run_cli("verify", str(out))
     assert r.returncode == 0 and f"truncated shard {victim}" in r.stdout
     for form in ("jpeg", "raw"):

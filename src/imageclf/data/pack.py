@@ -360,13 +360,19 @@ def pack(source, out: str | Path, s: PackSettings, seed: int = 0, workers: int =
          progress: Callable[[int, int], None] | None = None,
          overwrite: bool = False) -> StoreManifest:
     """Pack a data source (folders, regex, CSV, Parquet: a DataSource) into a store in `out`,
-    split as training would split it."""
+    split as training would split it, its samples in an order drawn from `seed`: a source
+    listed class by class would otherwise give shards of one class each, and a stream read
+    shard by shard through a shuffle buffer trains on a few classes at a time (Imagenette
+    packed in folder order and streamed reached 27.3% where the same store read by index
+    reached 69.4%)."""
+    import numpy as np
+
     from imageclf.data.sources import resolve
 
     items = resolve(source, seed)
-    names = [PackItem(p, tuple(items.classes[i] for i in labels),
-                      "valid" if v else "train")
-             for p, labels, v in zip(items.paths, items.labels, items.is_valid, strict=True)]
+    order = np.random.default_rng(seed).permutation(len(items))
+    names = [PackItem(items.paths[i], tuple(items.classes[c] for c in items.labels[i]),
+                      "valid" if items.is_valid[i] else "train") for i in order]
     src = str(Path(source.path).absolute()) if source.path else ""
     return pack_items(names, Path(out), items.classes, items.multi_label, s, src, workers,
                       progress, overwrite)
