@@ -218,7 +218,7 @@ def main() -> None:
     if args.only and last.exists():
         old = json.loads(last.read_text())
         keep = ("loader", "imagenette_pack_s", "train") if args.only == "build" else (
-            "make_set_s", "build", "n")
+            "make_set_s", "build", "n", *(("loader",) if args.runs else ()))
         result |= {k: old[k] for k in keep if k in old}
         result[f"machine_{'train' if args.only == 'build' else 'build'}"] = old.get(
             f"machine_{'train' if args.only == 'build' else 'build'}", old["machine"])
