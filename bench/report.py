@@ -658,10 +658,14 @@ def _store(r: dict) -> str:
             + f" | {b['raw']['seconds']:.0f} s | {b['store']['seconds']:.0f} s | "
             f"{b['build_ratio']:.2f}× | {b['raw']['peak_mb']} / {b['store']['peak_mb']} | "
             f"{proj} |")
-    mt = r.get("machine_train")
+    mt, mk = r.get("machine_train"), r.get("machine_kept_runs")
     if mt and (r.get("loader") or r.get("train")):
-        lines += ["", f"The loader and training rows below: measured {mt['date']} on "
-                  f"{mt['cpu']} ({mt['isa']}), {mt['cores']} cores, commit {mt['commit']}."]
+        lines += ["", f"The training rows below: measured {mt['date']} on {mt['cpu']} "
+                  f"({mt['isa']}), {mt['cores']} cores, commit {mt['commit']}"
+                  + (f"; the raw-cache rows and the loader at commit {mk['commit']}, the "
+                     "same day and machine, one run earlier (before pack wrote its samples "
+                     "in a seeded order, which the raw cache does not use)" if mk else "")
+                  + "."]
     if r.get("loader"):
         lines += ["", "The loader alone (`imageclf bench loader`, Imagenette train, 128 px "
                   "from presize 160, batch 64, full augmentation), warm epoch:", "",
