@@ -21,12 +21,13 @@ import torch
 from imageclf.data.cache import CACHE_VERSION, CacheStats, PresizeCache, default_cache_dir
 from imageclf.data.images import slot_length
 from imageclf.data.store import (
-    decode_hwc,
+    decode_square,
     is_store_ref,
     read_index,
     read_manifest,
     read_store_image,
     split_store_ref,
+    store_ref,
 )
 from imageclf.diskspace import free_bytes, human
 from imageclf.errors import ConfigError, DataError
@@ -178,8 +179,7 @@ class StoreCache:
             if r is None:
                 self.reasons[i] = skipped.get(str(p), "unreadable")
             else:
-                self._set(i, Path(f"{out / r.shard}::store::{r.offset}::{r.size}"),
-                          r.width, r.height)
+                self._set(i, store_ref(out / r.shard, r.offset, r.size), r.width, r.height)
         bad = len(self.reasons)
         fresh = len(self.paths) - bad
         self.stats = CacheStats(decoded=0 if before else fresh, reused=fresh if before else 0,
@@ -187,11 +187,7 @@ class StoreCache:
 
     def _square(self, i: int, off: int, p: int, dst: np.ndarray) -> None:
         """Decode image i and write its (3, P, P) square at `off` along the long side."""
-        hwc = decode_hwc(read_store_image(self.refs[i]))
-        if self.transposed[i]:
-            dst[...] = hwc[off:off + p, :p].transpose(2, 0, 1)
-        else:
-            dst[...] = hwc[:p, off:off + p].transpose(2, 0, 1)
+        decode_square(read_store_image(self.refs[i]), off, p, bool(self.transposed[i]), dst)
 
     def squares(self, slots: np.ndarray, offsets: np.ndarray, p: int, dst: np.ndarray) -> None:
         """Decode the images at `slots` into dst (n, 3, P, P), in threads."""

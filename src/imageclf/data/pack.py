@@ -24,6 +24,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from imageclf.data.cache import _stat
 from imageclf.data.images import UnreadableImage, load_presized
 from imageclf.data.store import (
     FORMAT,
@@ -63,12 +64,6 @@ class PackSettings:
     method: str = "crop"
     quality: int = 90
     shard_bytes: int = 512 * 2**20
-
-
-def _stat(path: Path) -> tuple[int, int]:
-    from imageclf.data.cache import _stat as cache_stat
-
-    return cache_stat(path)
 
 
 def fingerprint(items: Sequence[PackItem], s: PackSettings) -> str:

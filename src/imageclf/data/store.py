@@ -212,6 +212,15 @@ def decode_hwc(data: bytes) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
+def decode_square(data: bytes, offset: int, p: int, transposed: bool, dst: np.ndarray
+                  ) -> None:
+    """Decode a stored JPEG into dst (3, P, P): its square at `offset` along the long side
+    (the rows of a portrait image, the columns of a landscape one)."""
+    hwc = decode_hwc(data)  # (H, W, 3)
+    crop = hwc[offset:offset + p, :p] if transposed else hwc[:p, offset:offset + p]
+    dst[...] = crop.transpose(2, 0, 1)
+
+
 def encode_jpeg(hwc: np.ndarray, quality: int) -> bytes:
     """(H, W, 3) uint8 → JPEG bytes at `quality`, full-resolution chroma (4:4:4: at quality
     90 and presize 160, 39.4 dB median PSNR on Imagenette against 37.4 dB with 4:2:0, for

@@ -34,7 +34,7 @@ from imageclf.data.jpegcache import CacheChoice
 from imageclf.data.loader import BatchLoader, epoch_generator, prefetch, targets_tensor
 from imageclf.data.remote import RemoteStore, open_url
 from imageclf.data.sources import Items
-from imageclf.data.store import decode_hwc, store_ref
+from imageclf.data.store import decode_square, store_ref
 from imageclf.errors import DataError
 from imageclf.records import Skipped
 
@@ -215,16 +215,11 @@ class StreamLoader(BatchLoader):
         out = torch.empty((len(batch), 3, p, p), dtype=torch.uint8,
                           pin_memory=self.device.type == "cuda")
         dst = out.numpy()
-        transposed = self.cache.transposed
 
         def one(k: int) -> None:
             item, data = batch[k]
-            hwc = decode_hwc(data)
-            off = int(offsets[item])
-            if transposed[item]:
-                dst[k] = hwc[off:off + p, :p].transpose(2, 0, 1)
-            else:
-                dst[k] = hwc[:p, off:off + p].transpose(2, 0, 1)
+            decode_square(data, int(offsets[item]), p, bool(self.cache.transposed[item]),
+                          dst[k])
 
         list(self._pool.map(one, range(len(batch))))
         return out
