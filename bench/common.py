@@ -129,7 +129,9 @@ def machine() -> dict:
     commit = commit or os.environ.get("BENCH_COMMIT", "")  # a copy of the tree without git
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
                            capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA")  # an approximation of a smaller CPU
     return {"cpu": cpu, "isa": cpu_isa(), "cores": os.cpu_count(),
+            **({"isa_cap": cap} if cap else {}),
             "python": platform.python_version(), "date": dt.date.today().isoformat(),
             "commit": commit + ("+changes" if dirty else "")}
 

@@ -1,0 +1,96 @@
+"""The Imagenette leaderboard's own setting: random initialisation, 5 epochs, final size 128,
+accuracy on the whole validation set, the mean over seeds (the leaderboard: 85.77% for
+128 px and 5 epochs, a mean of 5 runs on a GPU).
+
+    python bench/bench_leaderboard.py --label NAME --recipe "ARGS" --seeds 0,1 [--data DIR]
+
+Each seed is a whole `imageclf train` process from a cold cache, timed, with its accuracy
+after every epoch (read as it happens); the final model is then evaluated without and with
+test-time augmentation (`evaluate --tta`, untimed). Runs accumulate in
+bench/results/leaderboard.json under their label and seed, each with the machine and commit
+it ran on; a second call with other seeds or labels adds to it. --adopt takes one row of a
+`bench_time_to_accuracy.py` results file (the same process, timing and evaluation) as a
+seed's run. Regenerates docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from bench_time_to_accuracy import curve
+from common import RESULTS, imagenette, machine, save, split_env
+from report import render
+
+NAME = "leaderboard"
+
+
+def one_run(data: Path, args: str, seed: int, tmp: str) -> dict:
+    env, words = split_env(args)
+    out = Path(tmp) / f"run-{seed}"
+    row = curve([sys.executable, "-m", "imageclf", "train", str(data), "--pretrained", "none",
+                 *words, "--seed", str(seed), "--cache-dir", f"{tmp}/cache-{seed}",
+                 "--out", str(out)], env)
+    for key, extra in (("final_accuracy", []), ("tta_accuracy", ["--tta"])):
+        ev = subprocess.run([sys.executable, "-m", "imageclf", "evaluate", str(out / "model"),
+                             str(data), "--json", *extra],
+                            capture_output=True, text=True, check=True)
+        row[key] = json.loads(ev.stdout.strip().splitlines()[-1])["accuracy"]
+    row["train_args"] = json.loads((out / "config.json").read_text())
+    return row
+
+
+def summarise(runs: dict[str, dict]) -> dict:
+    acc = [r["final_accuracy"] for r in runs.values()]
+    tta = [r["tta_accuracy"] for r in runs.values()]
+    return {"seeds": sorted(runs, key=int), "mean_accuracy": round(statistics.mean(acc), 4),
+            "mean_tta_accuracy": round(statistics.mean(tta), 4),
+            "median_wall_seconds": statistics.median(r["wall_seconds"] for r in runs.values())}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data")
+    ap.add_argument("--label", required=True, help="The recipe's row name.")
+    ap.add_argument("--recipe", help="imageclf train's words (leading NAME=VALUE words set "
+                    "environment variables).")
+    ap.add_argument("--seeds", default="0", help="Comma-separated seeds to run.")
+    ap.add_argument("--adopt", help="FILE:ROW:SEED: a bench_time_to_accuracy results row.")
+    ap.add_argument("--note", help="A sentence for the docs section.")
+    a = ap.parse_args()
+    path = RESULTS / f"{NAME}.json"
+    result = json.loads(path.read_text()) if path.exists() else {"recipes": {}}
+    entry = result["recipes"].setdefault(a.label, {"args": a.recipe, "runs": {}})
+    if a.adopt:
+        file, row_name, seed = a.adopt.rsplit(":", 2)
+        src = json.loads(Path(file).read_text())
+        row = src["rows"][row_name]
+        entry["args"] = entry["args"] or row["args"]
+        entry["runs"][seed] = row | {"machine": src["machine"], "adopted_from": file}
+    elif not a.recipe and not entry["args"]:
+        raise SystemExit("--recipe is needed for a new label")
+    else:
+        data = imagenette(a.data)
+        for seed in (int(s) for s in a.seeds.split(",")):
+            print(f"{a.label} seed {seed}: {entry['args']}", flush=True)
+            with tempfile.TemporaryDirectory() as tmp:
+                row = one_run(data, entry["args"], seed, tmp)
+            entry["runs"][str(seed)] = row | {"machine": machine()}
+            entry["summary"] = summarise(entry["runs"])
+            save(NAME, result)  # after each seed: a long run keeps what it measured
+    entry["summary"] = summarise(entry["runs"])
+    if a.note:
+        entry["note"] = a.note
+    result["machine"] = machine()
+    print(save(NAME, result))
+    print(json.dumps(entry["summary"], indent=1))
+    render()
+
+
+if __name__ == "__main__":
+    main()
