@@ -31,7 +31,9 @@ imageclf's same recipe and its fastest one. imageclf alone: `bench_open_set.py` 
 (class weights and the balanced sampler on a cut-down class set), `bench_finetune.py`
 (the training techniques when fine-tuning on small data), `bench_bn_recal.py` (whether
 BatchNorm statistics need recomputing after a size change) and `bench_store.py` (the
-presized store against the raw cache: disk, build, memory, training, streaming).
+presized store against the raw cache: disk, build, memory, training, streaming),
+`bench_leaderboard.py` (the Imagenette leaderboard's 5-epoch setting, a mean over seeds)
+and `bench_suite.py` (the test suite's own wall, whole and as the inner loop).
 `bench/bench_device.py` measures the training device: the training step on a batch already
 on the device (the ceiling) against end-to-end training from a fresh cache;
 `bash bench/gpu_checks.sh DATA [OUT]` runs the GPU tests and its rows on a machine with a
@@ -78,6 +80,10 @@ def _summary() -> str:
                 for p, d in r["single_client"].items())
         elif name == "open_set":
             text = _open_set_headline(s)
+        elif name.startswith("suite"):
+            cap = r["machine"].get("isa_cap")
+            text = (f"full suite {s['full']:.0f} s, `-m \"not slow\"` {s['inner loop']:.0f} s"
+                    + (f" (capped at {cap})" if cap else ""))
         elif name == "leaderboard":
             text = "5 epochs at 128 px from scratch, mean of seeds: " + ", ".join(
                 f"{k} {100 * v['summary']['mean_accuracy']:.1f}% "
@@ -594,6 +600,26 @@ def _leaderboard(r: dict) -> str:
     return "\n".join([*lines, "", *notes, "", ""])
 
 
+def _suite(r: dict) -> str:
+    m = r["machine"]
+    cap = m.get("isa_cap")
+    lines = [f"## The test suite{' capped at ' + cap if cap else ''}", "",
+             "`bench/bench_suite.py`: the README's test command (`pytest -q`) and the inner"
+             " loop (`-m \"not slow\"`), each once, with an empty torch.compile cache"
+             + (f", under `ONEDNN_MAX_CPU_ISA={cap}` and the matching ATEN_CPU_CAPABILITY"
+                " (an approximation of such a CPU, not one)" if cap else "")
+             + f". Measured {m['date']} on {m['cpu']} ({m.get('isa', '?')}, {m['cores']}"
+             f" cores), commit {m['commit']}.", "",
+             "| run | passed | skipped | pytest's wall | slowest tests (s) |",
+             "|---|---:|---:|---:|---|"]
+    for name, row in r["rows"].items():
+        slow = ", ".join(f"{x['test'].split('::')[-1]} {x['seconds']:.0f}"
+                         for x in row["slowest"][:8])
+        lines.append(f"| {name} | {row['passed']} | {row['skipped']} |"
+                     f" {row['pytest_seconds']:.0f} s | {slow} |")
+    return "\n".join([*lines, "", ""])
+
+
 def _finetune(r: dict) -> str:
     m, st, pre = r["machine"], r["settings"], r["pretrain"]
     seeds = st["seeds"].split(",")
@@ -727,7 +753,7 @@ SECTIONS = {"demo": _demo, "loader": _loader, "train": _train, "predict": _predi
             "serve_single": _serve_single,
             "open_set": _open_set, "imbalance": _imbalance,
             "time_to_accuracy": _time_to_accuracy, "finetune": _finetune,
-            "bn_recal": _bn_recal, "store": _store, "leaderboard": _leaderboard}
+            "bn_recal": _bn_recal, "store": _store, "leaderboard": _leaderboard, "suite": _suite}
 
 
 def _read(name: str) -> dict | None:
@@ -746,7 +772,7 @@ def render() -> None:
         r = _read(name)
         if r is not None:
             parts.append(fn(r))
-        if name in ("train", "lr_rules", "time_to_accuracy"):  # further runs (settings)
+        if name in ("train", "lr_rules", "time_to_accuracy", "suite"):  # further settings
             for path in sorted(RESULTS.glob(f"{name}-*.json")):
                 parts.append(fn(json.loads(path.read_text())))
     device = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("device*.json"))]
