@@ -66,6 +66,9 @@ def main() -> None:
     path = RESULTS / f"{NAME}.json"
     result = json.loads(path.read_text()) if path.exists() else {"recipes": {}}
     entry = result["recipes"].setdefault(a.label, {"args": a.recipe, "runs": {}})
+    if a.recipe and entry["args"] and a.recipe != entry["args"]:
+        raise SystemExit(f"{a.label} already holds runs of other args: {entry['args']}\n"
+                         "give this recipe a label of its own")
     if a.adopt:
         file, row_name, seed = a.adopt.rsplit(":", 2)
         src = json.loads(Path(file).read_text())
