@@ -18,12 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from bench_time_to_accuracy import curve
+from bench_time_to_accuracy import curve, evaluate_views
 from common import RESULTS, imagenette, machine, save, split_env
 from report import render
 
@@ -36,11 +35,8 @@ def one_run(data: Path, args: str, seed: int, tmp: str) -> dict:
     row = curve([sys.executable, "-m", "imageclf", "train", str(data), "--pretrained", "none",
                  *words, "--seed", str(seed), "--cache-dir", f"{tmp}/cache-{seed}",
                  "--out", str(out)], env)
-    for key, extra in (("final_accuracy", []), ("tta_accuracy", ["--tta"])):
-        ev = subprocess.run([sys.executable, "-m", "imageclf", "evaluate", str(out / "model"),
-                             str(data), "--json", *extra],
-                            capture_output=True, text=True, check=True)
-        row[key] = json.loads(ev.stdout.strip().splitlines()[-1])["accuracy"]
+    row |= evaluate_views(out / "model", data,
+                          [("final_accuracy", []), ("tta_accuracy", ["--tta"])])
     row["train_args"] = json.loads((out / "config.json").read_text())
     return row
 

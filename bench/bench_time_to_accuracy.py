@@ -63,6 +63,18 @@ def curve(cmd: list[str], env: dict[str, str] | None = None) -> dict:
     return {"wall_seconds": round(time.perf_counter() - t0, 1), "points": points}
 
 
+def evaluate_views(model: Path, data: Path, views: list[tuple[str, list[str]]]) -> dict:
+    """`imageclf evaluate` of one model folder once per view (KEY, extra words): the
+    validation accuracy of each, by key (untimed)."""
+    out = {}
+    for key, extra in views:
+        ev = subprocess.run([sys.executable, "-m", "imageclf", "evaluate", str(model),
+                             str(data), "--json", *extra],
+                            capture_output=True, text=True, check=True)
+        out[key] = json.loads(ev.stdout.strip().splitlines()[-1])["accuracy"]
+    return out
+
+
 def first_reaching(points: list[dict], target: float) -> float | None:
     return next((p["seconds"] for p in points if p["valid_accuracy"] >= target), None)
 
@@ -125,11 +137,7 @@ def main() -> None:
             # test-time augmentation on the final model (not part of the timed run)
             views = [("final_accuracy", []), ("tta_accuracy", ["--tta"])]
             views += [(f"accuracy_at_{s}", ["--size", s]) for s in a.eval_sizes.split(",") if s]
-            for key, extra in views:
-                ev = subprocess.run([sys.executable, "-m", "imageclf", "evaluate",
-                                     str(out / "model"), str(data), "--json", *extra],
-                                    capture_output=True, text=True, check=True)
-                rows[name][key] = json.loads(ev.stdout.strip().splitlines()[-1])["accuracy"]
+            rows[name] |= evaluate_views(out / "model", data, views)
             rows[name]["train_args"] = json.loads((out / "config.json").read_text())
             if a.keep_models:
                 shutil.copytree(out / "model", Path(a.keep_models) / name, dirs_exist_ok=True)
