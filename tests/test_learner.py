@@ -71,11 +71,16 @@ def test_same_seed_same_metrics(folder_dataset: Path):
     assert runs[0] == runs[1]
 
 
-@pytest.mark.slow  # compiling takes over a minute on 2 cores
-def test_compiled_training_matches_eager(folder_dataset: Path):
+@pytest.mark.slow  # compiling takes half a minute on 2 cores
+def test_compiled_training_matches_eager(folder_dataset: Path, monkeypatch: pytest.MonkeyPatch):
     """--compile: torch.compile (inductor) runs the training forward, recompiled after
     unfreezing; the run follows the eager one and the model keeps its plain keys."""
+    import torch._inductor.config
     from torch._dynamo.eval_frame import OptimizedModule
+
+    # scalar C++ kernels: what is checked here is how the learner wraps, recompiles and
+    # unwraps, not inductor's vector code, and they compile 1.7x faster (27 s, not 47 s)
+    monkeypatch.setattr(torch._inductor.config.cpp, "vec_isa_ok", False)
 
     from imageclf.schedules import fine_tune_plan
 
