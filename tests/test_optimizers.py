@@ -54,6 +54,10 @@ def test_optimizers_come_from_timm_with_their_settings():
     assert g["lookahead_k"] == 6 and g["lookahead_alpha"] == 0.5 and g["layer"] == 0
     sgd = make_optimizer("sgd", [{"params": [w], "layer": 0}], torch.device("cpu"))
     assert sgd.param_groups[0]["nesterov"] and sgd.param_groups[0]["momentum"] == 0.9
+    held = [make_optimizer(n, [{"params": [w], "layer": 0}], torch.device("cpu"), mom=0.8)
+            for n in ("adamw", "ranger", "sgd")]
+    assert [o.param_groups[0].get("betas", (o.param_groups[0].get("momentum"),))[0]
+            for o in held] == [0.8, 0.8, 0.8]
     with pytest.raises(ConfigError, match="--opt"):
         make_optimizer("lamb", groups, torch.device("cpu"))
 
@@ -113,6 +117,26 @@ def test_ranger_flat_cos_follows_the_schedule_and_resumes_exactly(tmp_path: Path
     keys = ("seconds", "img_per_s")
     assert [{k: v for k, v in r.items() if k not in keys} for r in res.metrics.history] == [
         {k: v for k, v in r.items() if k not in keys} for r in ref.metrics.history]
+
+
+def test_mom_is_held_by_flat_cos_kept_by_the_run_and_refused_by_one_cycle(tmp_path: Path):
+    """--mom 0.9 (the leaderboard record's ranger momentum): beta1 at every step, and in
+    the run's config.json, so that a resumed run builds the same optimiser. one_cycle
+    cycles the momentum itself, so --mom with it is a clear error."""
+    from imageclf.config import read_settings
+
+    from .helpers import make_folder_dataset, run_cli
+
+    data = make_folder_dataset(tmp_path / "data", n_train=8, n_valid=2)
+    _, rates = _train(data, tmp_path, "mom", opt="ranger", lr_schedule="flat_cos", mom=0.9)
+    assert len(rates.moms) == 12 and set(rates.moms) == {0.9}
+    saved = json.loads((tmp_path / "mom" / "config.json").read_text())
+    assert read_settings(saved, "config.json")[1].optim.mom == 0.9
+    r = run_cli("train", str(data), "--arch", ARCH, "--pretrained", "none", "--mom", "0.9",
+                "--epochs", "1", "--out", str(tmp_path / "refused"))
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "--mom (mom in OptimConfig) is held only by --schedule flat_cos" in r.stderr
+    assert not (tmp_path / "refused").exists()
 
 
 def test_sgd_one_cycle_cycles_the_momentum(tmp_path: Path):

@@ -220,6 +220,9 @@ class OptimConfig(Settings):
     opt: str = setting("adamw", "adamw, ranger (RAdam + Lookahead) or sgd (Nesterov), "
                        "through timm's optimiser factory.", choices=OPTIMIZERS)
     wd: float = setting(0.01, "Decoupled weight decay (not on norms and biases).", ge=0)
+    mom: float | None = setting(None, "Adam's beta1 (SGD's momentum) under --schedule "
+                                "flat_cos, which holds it (one_cycle cycles it); default: "
+                                "the optimiser's own, 0.9 (ranger 0.95).", gt=0, lt=1)
     precision: str = setting("auto", "auto (bf16 where native, else fp32), bf16, fp16 or "
                              "fp32.", choices=PRECISIONS)
     accum_steps: int = setting(1, "Batches whose gradients add up to one step (bs x N "
@@ -282,6 +285,11 @@ class TrainConfig(Settings):
         first phase), and a sweep through the whole pretrained body blows up sooner, for a
         smaller rate."""
         return self.model.fine_tunes and self.schedule.freeze_epochs > 0
+
+    def check(self) -> None:
+        if self.optim.mom is not None and self.schedule.lr_schedule == "one_cycle":
+            raise OptimConfig.error("mom", "is held only by --schedule flat_cos: one_cycle "
+                                    "cycles the momentum (0.95, 0.85, 0.95)", self.optim.mom)
 
 
 # --- config.json of runs written before the settings were nested ----------------------------

@@ -108,7 +108,7 @@ class Learner:
             no_decay = [p for p in params if id(p) in norms or p.ndim <= 1]
             groups.append({"params": decay, "weight_decay": self.optim.wd, "layer": i})
             groups.append({"params": no_decay, "weight_decay": 0.0, "layer": i})
-        return make_optimizer(self.optim.opt, groups, self.device)
+        return make_optimizer(self.optim.opt, groups, self.device, self.optim.mom)
 
     def set_lrs(self, lrs: Sequence[float]) -> None:
         """Learning rate of each layer group (stem+early, late, head)."""
@@ -379,23 +379,24 @@ class Learner:
         return sweep(self, start_lr, end_lr, num_it)
 
 
-def make_optimizer(name: str, groups: list[dict], device: torch.device
-                   ) -> torch.optim.Optimizer:
+def make_optimizer(name: str, groups: list[dict], device: torch.device,
+                   mom: float | None = None) -> torch.optim.Optimizer:
     """adamw (fastai's betas and eps; PyTorch's fused kernel where the device has it),
     ranger (timm's lookahead_radamw: RAdam with decoupled decay inside Lookahead k=6,
     alpha 0.5, fastai's ranger betas (0.95, 0.99) and eps 1e-6) or sgd (Nesterov, momentum
-    0.9), all through timm's optimiser factory."""
+    0.9), all through timm's optimiser factory. `mom` replaces beta1 (SGD's momentum)."""
     from timm.optim import create_optimizer_v2
 
     if name == "adamw":
         fused = device.type in ("cpu", "cuda")  # one pass over all parameters
-        return create_optimizer_v2(groups, "adamw", lr=1e-3, betas=(0.9, 0.99), eps=1e-5,
-                                   fused=fused)
+        return create_optimizer_v2(groups, "adamw", lr=1e-3, betas=(mom or 0.9, 0.99),
+                                   eps=1e-5, fused=fused)
     if name == "ranger":
-        return create_optimizer_v2(groups, "lookahead_radamw", lr=1e-3, betas=(0.95, 0.99),
-                                   eps=1e-6)
+        return create_optimizer_v2(groups, "lookahead_radamw", lr=1e-3,
+                                   betas=(mom or 0.95, 0.99), eps=1e-6)
     if name == "sgd":
-        return create_optimizer_v2(groups, "sgd", lr=1e-3, momentum=0.9, nesterov=True)
+        return create_optimizer_v2(groups, "sgd", lr=1e-3, momentum=mom or 0.9,
+                                   nesterov=True)
     raise ConfigError(f"--opt must be one of {', '.join(OPTIMIZERS)}; got {name!r}")
 
 
