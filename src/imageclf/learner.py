@@ -387,15 +387,18 @@ def make_optimizer(name: str, groups: list[dict], device: torch.device,
     0.9), all through timm's optimiser factory. `mom` replaces beta1 (SGD's momentum)."""
     from timm.optim import create_optimizer_v2
 
+    def held(default: float) -> float:
+        return default if mom is None else mom
+
     if name == "adamw":
         fused = device.type in ("cpu", "cuda")  # one pass over all parameters
-        return create_optimizer_v2(groups, "adamw", lr=1e-3, betas=(mom or 0.9, 0.99),
+        return create_optimizer_v2(groups, "adamw", lr=1e-3, betas=(held(0.9), 0.99),
                                    eps=1e-5, fused=fused)
     if name == "ranger":
         return create_optimizer_v2(groups, "lookahead_radamw", lr=1e-3,
-                                   betas=(mom or 0.95, 0.99), eps=1e-6)
+                                   betas=(held(0.95), 0.99), eps=1e-6)
     if name == "sgd":
-        return create_optimizer_v2(groups, "sgd", lr=1e-3, momentum=mom or 0.9,
+        return create_optimizer_v2(groups, "sgd", lr=1e-3, momentum=held(0.9),
                                    nesterov=True)
     raise ConfigError(f"--opt must be one of {', '.join(OPTIMIZERS)}; got {name!r}")
 
