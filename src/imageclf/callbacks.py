@@ -14,7 +14,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
 from imageclf.lr_finder import should_stop
-from imageclf.schedules import exp_sweep, flat_cos_lr, one_cycle_lr, one_cycle_mom
+from imageclf.schedules import (
+    ONE_CYCLE_MOMS,
+    exp_sweep,
+    flat_cos_lr,
+    one_cycle_lr,
+    one_cycle_mom,
+)
 
 if TYPE_CHECKING:
     from imageclf.learner import Learner
@@ -141,7 +147,7 @@ class OneCycle(Callback):
 
     def __init__(self, lr_max: list[float], total_steps: int, div: float = 25.0,
                  div_final: float = 1e5, pct_start: float = 0.25,
-                 moms: tuple[float, float, float] = (0.95, 0.85, 0.95),
+                 moms: tuple[float, float, float] = ONE_CYCLE_MOMS,
                  shape: str = "one_cycle") -> None:
         self.lr_max, self.total = lr_max, max(total_steps, 1)
         self.div, self.div_final, self.pct_start, self.moms = div, div_final, pct_start, moms

@@ -288,8 +288,10 @@ class TrainConfig(Settings):
 
     def check(self) -> None:
         if self.optim.mom is not None and self.schedule.lr_schedule == "one_cycle":
+            from imageclf.schedules import ONE_CYCLE_MOMS  # numpy: not at the CLI's start
+
             raise OptimConfig.error("mom", "is held only by --schedule flat_cos: one_cycle "
-                                    "cycles the momentum (0.95, 0.85, 0.95)", self.optim.mom)
+                                    f"cycles the momentum {ONE_CYCLE_MOMS}", self.optim.mom)
 
 
 # --- config.json of runs written before the settings were nested ----------------------------

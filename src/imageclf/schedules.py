@@ -29,7 +29,10 @@ def one_cycle_lr(pct: float, lr_max: float, div: float = 25.0, div_final: float 
     return combined_cos(pct_start, lr_max / div, lr_max, lr_max / div_final, pct)
 
 
-def one_cycle_mom(pct: float, moms: tuple[float, float, float] = (0.95, 0.85, 0.95),
+ONE_CYCLE_MOMS = (0.95, 0.85, 0.95)  # fastai's: Adam's beta1 (SGD's momentum) high, low, high
+
+
+def one_cycle_mom(pct: float, moms: tuple[float, float, float] = ONE_CYCLE_MOMS,
                   pct_start: float = 0.25) -> float:
     """The inverse cycle of momentum (Adam's beta1): high → low while lr rises → high."""
     return combined_cos(pct_start, moms[0], moms[1], moms[2], pct)
