@@ -10,7 +10,9 @@ test-time augmentation (`evaluate --tta`, untimed). Runs accumulate in
 bench/results/leaderboard.json under their label and seed, each with the machine and commit
 it ran on; a second call with other seeds or labels adds to it. --adopt takes one row of a
 `bench_time_to_accuracy.py` results file (the same process, timing and evaluation) as a
-seed's run. Regenerates docs/benchmarks.md.
+seed's run. --widen 4:3 runs on a copy of the data stretched back to 4:3 (the shared copy
+squeezed every photo square; the leaderboard's own crops a square from each photo).
+Regenerates docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 from bench_time_to_accuracy import curve, evaluate_views
-from common import RESULTS, imagenette, machine, save, split_env
+from common import RESULTS, imagenette, machine, save, split_env, widened
 from report import render
 
 NAME = "leaderboard"
@@ -58,10 +60,17 @@ def main() -> None:
     ap.add_argument("--seeds", default="0", help="Comma-separated seeds to run.")
     ap.add_argument("--adopt", help="FILE:ROW:SEED: a bench_time_to_accuracy results row.")
     ap.add_argument("--note", help="A sentence for the docs section.")
+    ap.add_argument("--widen", metavar="W:H", help="Train and validate on a copy with every "
+                    "image stretched back to this aspect (the shared copy is squeezed square).")
     a = ap.parse_args()
     path = RESULTS / f"{NAME}.json"
     result = json.loads(path.read_text()) if path.exists() else {"recipes": {}}
     entry = result["recipes"].setdefault(a.label, {"args": a.recipe, "runs": {}})
+    if a.widen:
+        entry.setdefault("widen", a.widen)
+    if entry.get("widen") != a.widen and not a.adopt:
+        raise SystemExit(f"{a.label} holds runs with --widen {entry.get('widen')}; "
+                         "give this data a label of its own")
     if a.recipe and entry["args"] and a.recipe != entry["args"]:
         raise SystemExit(f"{a.label} already holds runs of other args: {entry['args']}\n"
                          "give this recipe a label of its own")
@@ -75,6 +84,8 @@ def main() -> None:
         raise SystemExit("--recipe is needed for a new label")
     else:
         data = imagenette(a.data)
+        if a.widen:
+            data = widened(data, a.widen)
         for seed in (int(s) for s in a.seeds.split(",")):
             print(f"{a.label} seed {seed}: {entry['args']}", flush=True)
             with tempfile.TemporaryDirectory() as tmp:

@@ -56,6 +56,29 @@ def imagenette(data: str | None) -> Path:
     return out
 
 
+def widened(data: Path, aspect: str) -> Path:
+    """A copy of `data` with every image stretched back from square to `aspect` (W:H, e.g.
+    4:3): the shared Imagenette copy squeezed each whole photo to 224x224, and most ImageNet
+    photos are 4:3 landscapes. Height kept, width scaled, one bicubic resample, JPEG q95.
+    Portrait originals, which the squeeze cannot tell apart, come out stretched."""
+    from PIL import Image
+
+    w, h = (int(v) for v in aspect.split(":"))
+    out = HERE / "work" / f"{data.name}-widened-{w}x{h}"
+    done = out.parent / f"{out.name}.complete"
+    if done.exists():
+        return out
+    for src in sorted(data.glob("*/*/*")):
+        dst = out / src.relative_to(data)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        with Image.open(src) as im:
+            im = im.convert("RGB")
+            size = (round(im.height * w / h), im.height)
+            im.resize(size, Image.Resampling.BICUBIC).save(dst, "JPEG", quality=95)
+    done.write_text(aspect)
+    return out
+
+
 def subset(data: Path, per_class: int) -> Path:
     """A copy of `data` with the first `per_class` files of every class folder of each split."""
     out = HERE / "work" / f"subset-{per_class}"

@@ -592,7 +592,8 @@ def _leaderboard(r: dict) -> str:
                         for x in runs.values()})
         pts = ", ".join(f"{100 * p['valid_accuracy']:.1f}% ({p['seconds']:.0f})"
                         for p in first["points"])
-        lines.append(f"| {label} | `{e['args']}` | {', '.join(s['seeds'])} |"
+        data = f" on the copy widened to {e['widen']}" if e.get("widen") else ""
+        lines.append(f"| {label} | `{e['args']}`{data} | {', '.join(s['seeds'])} |"
                      f" {100 * s['mean_accuracy']:.1f}% | {per} |"
                      f" {100 * s['mean_tta_accuracy']:.1f}% | {s['median_wall_seconds']:.0f} s |"
                      f" {'; '.join(where)} | {pts} |")
