@@ -63,7 +63,8 @@ def test_optimizers_come_from_timm_with_their_settings():
 
 
 def test_the_mini_net_is_timm_s_own_byobnet_and_exports(tmp_path: Path):
-    assert timm.is_model("xse_resnext_mini") and timm.is_model("xse_resnext_mini_mish")
+    assert all(timm.is_model(n) for n in ("xse_resnext_mini", "xse_resnext_mini_mish",
+                                          "xse_resnext_mini_fastai"))
     model = create_model("xse_resnext_mini", 4, "none", "timm")
     assert type(model.body).__name__ == "ByobNet"
     convs = [m for m in model.body.stages.modules() if isinstance(m, torch.nn.Conv2d)]
@@ -71,6 +72,25 @@ def test_the_mini_net_is_timm_s_own_byobnet_and_exports(tmp_path: Path):
     assert model(torch.randn(2, 3, 64, 64)).shape == (2, 4)
     with pytest.raises(ValueError, match="no hub weights"):
         timm.create_model("xse_resnext_mini", pretrained=True)
+
+
+def test_the_fastai_built_mini_net_keeps_its_own_init():
+    """Stem 32-32-64, SE with the net's SiLU, He fan-in weights and each block's last norm
+    at zero, even though imageclf asks timm for zero_init_last=False."""
+    body = create_model("xse_resnext_mini_fastai", 4, "none", "timm").body
+    stem = [m.out_channels for m in body.stem.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert stem == [32, 32, 64]
+    blocks = [m for m in body.stages.modules() if type(m).__name__ == "BasicBlock"]
+    assert len(blocks) == 4
+    for b in blocks:
+        assert torch.count_nonzero(b.conv2_kxk.bn.weight) == 0
+        assert isinstance(b.attn_last.act, torch.nn.SiLU)
+        w = b.conv1_kxk.conv.weight  # dense 3x3: fan-in = in_channels * 9
+        fan_in = w.shape[1] * 9
+        assert abs(w.std().item() - math.sqrt(2 / fan_in)) < 0.1 * math.sqrt(2 / fan_in)
+    # timm's ByobNet draws on fan-out instead: 2x smaller here (256 out vs 64 in)
+    timm_w = create_model("xse_resnext_mini", 4, "none", "timm").body.stages[0][0]
+    assert timm_w.conv1_kxk.conv.weight.std() < 0.6 * blocks[0].conv1_kxk.conv.weight.std()
 
 
 def _train(data: Path, tmp: Path, name: str, **kw):

@@ -7,24 +7,41 @@ import timm
 from timm.models import register_model
 from timm.models.byobnet import ByoBlockCfg, ByobNet, ByoModelCfg
 from timm.models.resnet import BasicBlock, ResNet
+from torch import nn
 
 
 def mini_cfg(act: str = "silu", widths: tuple[int, ...] = (64, 128, 256, 512),
              depths: tuple[int, ...] = (1, 1, 1, 1), groups: int = 64,
-             expansion: float = 4.0, se_ratio: float = 1 / 8) -> ByoModelCfg:
+             expansion: float = 4.0, se_ratio: float = 1 / 8,
+             stem: int | tuple[int, ...] | None = None, se_act: str | None = None
+             ) -> ByoModelCfg:
     """The Imagenette leaderboard's "mini net" (pete88b's XSE-ResNeXt: layers [1,1,1,1],
     expansion 1, groups 64, SE reduction 8, average-pool shortcut, deep stem) as a timm
     ByobNet: residual blocks of two 3x3 convolutions whose middle is `expansion` times
     wider than the stage and cut into `groups` groups, squeeze-excitation on the block's
     output, a 3x3 x3 stem with max-pool. timm puts the groups on the block's second
-    convolution where fastai puts them on the first; the weights and operations match."""
+    convolution where fastai puts them on the first; the weights and operations match.
+    `stem` sets the stem's widths (timm's deep stem: 3 x the first stage's), `se_act` the
+    squeeze-excitation's activation (timm's: ReLU)."""
     blocks = tuple(
         ByoBlockCfg(type="basic", d=d, c=c, s=1 if i == 0 else 2,
                     gs=int(c * expansion) // groups, br=expansion)
         for i, (c, d) in enumerate(zip(widths, depths, strict=True)))
-    return ByoModelCfg(blocks=blocks, stem_chs=widths[0], stem_type="deep",
+    attn = {"rd_ratio": se_ratio} | ({"act_layer": se_act} if se_act else {})
+    return ByoModelCfg(blocks=blocks, stem_chs=stem or widths[0], stem_type="deep",
                        stem_pool="maxpool", downsample="avg", act_layer=act,
-                       attn_layer="se", attn_kwargs={"rd_ratio": se_ratio})
+                       attn_layer="se", attn_kwargs=attn)
+
+
+def fastai_init(model: nn.Module) -> nn.Module:
+    """fastai's init_cnn: He-normal on fan-in for every convolution and linear weight
+    (timm's ByobNet draws on fan-out), biases zero; norms untouched."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return model
 
 
 def _own(pretrained: bool, kwargs: dict) -> dict:
@@ -55,6 +72,16 @@ def xse_resnext_mini_mish(pretrained: bool = False, **kwargs) -> ByobNet:
 
 
 @register_model
+def xse_resnext_mini_fastai(pretrained: bool = False, **kwargs) -> ByobNet:
+    """The mini net built and initialised as fastai's XResNet built it: stem 32-32-64,
+    squeeze-excitation with the net's activation, He fan-in init, and each block's last
+    norm starting at zero (fastai's BatchZero), whatever the caller asks."""
+    kwargs["zero_init_last"] = True
+    cfg = mini_cfg("silu", stem=(32, 32, 64), se_act="silu")
+    return fastai_init(_byob(cfg, pretrained, **kwargs))
+
+
+@register_model
 def resnet10t_narrow(pretrained: bool = False, **kwargs) -> ResNet:
     """timm's resnet10t (tiered deep stem, one basic block per stage, average-pool
     shortcut) at half its widths, 32-64-128-256: 1.2 M parameters, for small images and
@@ -64,5 +91,6 @@ def resnet10t_narrow(pretrained: bool = False, **kwargs) -> ResNet:
                   stem_type="deep_tiered", avg_down=True, **_own(pretrained, kwargs))
 
 
-NAMES = ("xse_resnext_mini", "xse_resnext_mini_mish", "resnet10t_narrow")
+NAMES = ("xse_resnext_mini", "xse_resnext_mini_mish", "xse_resnext_mini_fastai",
+         "resnet10t_narrow")
 assert all(timm.is_model(n) for n in NAMES)
