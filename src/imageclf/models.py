@@ -96,7 +96,8 @@ def check_arch(arch: str) -> None:
 
 def _create(arch: str, use_hub: bool) -> nn.Module:
     """timm's model without classifier or pooling. Residual blocks start with their last
-    norm at gamma 1, as torchvision and fastai do, not timm's zero: measured on Imagenette
+    norm at gamma 1, as torchvision's resnets do (fastai's XResNet starts it at zero, as
+    xse_resnext_mini_fastai does whatever it is passed), not timm's zero: measured on Imagenette
     (resnet18 from scratch, 2 epochs one-cycle), timm's zero-init reached 55% where this
     reached 62%. Architectures without that option are created as timm defines them."""
     try:
