@@ -21,8 +21,8 @@ def mini_cfg(act: str = "silu", widths: tuple[int, ...] = (64, 128, 256, 512),
     wider than the stage and cut into `groups` groups, squeeze-excitation on the block's
     output, a 3x3 x3 stem with max-pool. timm puts the groups on the block's second
     convolution where fastai puts them on the first; the weights and operations match.
-    `stem` sets the stem's widths (timm's deep stem: 3 x the first stage's), `se_act` the
-    squeeze-excitation's activation (timm's: ReLU)."""
+    `stem` sets the stem's three widths (timm's deep stem: all three at the first stage's),
+    `se_act` the squeeze-excitation's activation (timm's: ReLU)."""
     blocks = tuple(
         ByoBlockCfg(type="basic", d=d, c=c, s=1 if i == 0 else 2,
                     gs=int(c * expansion) // groups, br=expansion)
