@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-import imageclf.archs  # noqa: F401  (registers imageclf's architectures in timm)
+from imageclf.archs import fastai_init  # importing it registers imageclf's nets in timm
 from imageclf.errors import ConfigError
 from imageclf.meta import HEADS
 
@@ -39,11 +39,7 @@ def make_head(n_features: int, n_classes: int, kind: str = "concat", hidden: int
             nn.BatchNorm1d(hidden), nn.Dropout(dropout), nn.Linear(hidden, n_classes, bias=False))
     else:
         raise ConfigError(f"--head must be one of {', '.join(HEADS)}; got {kind!r}")
-    for m in head.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.kaiming_normal_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
+    fastai_init(head)
     return head
 
 
