@@ -64,7 +64,8 @@ def test_optimizers_come_from_timm_with_their_settings():
 
 def test_the_mini_net_is_timm_s_own_byobnet_and_exports(tmp_path: Path):
     assert all(timm.is_model(n) for n in ("xse_resnext_mini", "xse_resnext_mini_mish",
-                                          "xse_resnext_mini_fastai"))
+                                          "xse_resnext_mini_fastai",
+                                          "xse_resnext_mini_xresnet"))
     model = create_model("xse_resnext_mini", 4, "none", "timm")
     assert type(model.body).__name__ == "ByobNet"
     convs = [m for m in model.body.stages.modules() if isinstance(m, torch.nn.Conv2d)]
@@ -91,6 +92,29 @@ def test_the_fastai_built_mini_net_keeps_its_own_init():
     # timm's ByobNet draws on fan-out instead: 2x smaller here (256 out vs 64 in)
     timm_w = create_model("xse_resnext_mini", 4, "none", "timm").body.stages[0][0]
     assert timm_w.conv1_kxk.conv.weight.std() < 0.6 * blocks[0].conv1_kxk.conv.weight.std()
+
+
+def test_the_xresnet_mini_net_puts_the_groups_first_as_fastai_does():
+    """fastai's XResNet cuts the block's widening convolution into groups and keeps the
+    second dense; timm's ByobNet does the opposite, which halves the weights."""
+    body = create_model("xse_resnext_mini_xresnet", 10, "none", "timm").body
+    blocks = [m for m in body.stages.modules() if type(m).__name__ == "GroupsFirstBlock"]
+    assert len(blocks) == 4
+    for b in blocks:
+        first, second = b.conv1_kxk.conv, b.conv2_kxk.conv
+        assert first.groups == 64 and second.groups == 1
+        assert first.out_channels == 4 * second.out_channels  # the 4x-wide middle
+        assert torch.count_nonzero(b.conv2_kxk.bn.weight) == 0
+    assert [m.out_channels for m in body.stem.modules()
+            if isinstance(m, torch.nn.Conv2d)] == [32, 32, 64]
+    # fastai 2.8's XResNet(SEResNeXtBlock, 1, [1, 1, 1, 1], groups=64, reduction=8) with a
+    # 512-to-10 linear head counts 12,938,274 weights; the body here plus that head:
+    n = sum(p.numel() for p in body.parameters()) + 512 * 10 + 10
+    assert n == 12_938_274
+    timm_body = create_model("xse_resnext_mini_fastai", 10, "none", "timm").body
+    assert sum(p.numel() for p in timm_body.parameters()) < 0.55 * n
+    x = torch.randn(2, 3, 64, 64)
+    assert body.eval()(x).shape[:2] == (2, 512)
 
 
 def _train(data: Path, tmp: Path, name: str, **kw):
