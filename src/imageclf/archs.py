@@ -111,6 +111,14 @@ def xse_resnext_mini_mish(pretrained: bool = False, **kwargs) -> ByobNet:
     return _byob(mini_cfg("mish"), pretrained, **kwargs)
 
 
+def _fastai_built(groups_first: bool, pretrained: bool, kwargs: dict) -> ByobNet:
+    """The mini net with fastai's stem (32-32-64), SE activation and init, and each block's
+    last norm at zero whatever the caller asks; `groups_first` as `mini_cfg`."""
+    kwargs["zero_init_last"] = True
+    cfg = mini_cfg("silu", stem=(32, 32, 64), se_act="silu", groups_first=groups_first)
+    return fastai_init(_byob(cfg, pretrained, **kwargs))
+
+
 @register_model
 def xse_resnext_mini_fastai(pretrained: bool = False, **kwargs) -> ByobNet:
     """The mini net built and initialised as fastai's XResNet built it, but for the
@@ -118,9 +126,7 @@ def xse_resnext_mini_fastai(pretrained: bool = False, **kwargs) -> ByobNet:
     fastai's): stem 32-32-64, squeeze-excitation with the net's activation, He fan-in
     init, and each block's last norm starting at zero (fastai's BatchZero), whatever the
     caller asks."""
-    kwargs["zero_init_last"] = True
-    cfg = mini_cfg("silu", stem=(32, 32, 64), se_act="silu")
-    return fastai_init(_byob(cfg, pretrained, **kwargs))
+    return _fastai_built(False, pretrained, kwargs)
 
 
 @register_model
@@ -130,9 +136,7 @@ def xse_resnext_mini_xresnet(pretrained: bool = False, **kwargs) -> ByobNet:
     block the dense second convolution then reads the 4x-wide middle rather than the
     stage's input, so the net has 12.9 M weights where timm's placement has 6.9 M
     (fastai's own build: 12.94 M weights, 733 M multiply-adds at 128 px)."""
-    kwargs["zero_init_last"] = True
-    cfg = mini_cfg("silu", stem=(32, 32, 64), se_act="silu", groups_first=True)
-    return fastai_init(_byob(cfg, pretrained, **kwargs))
+    return _fastai_built(True, pretrained, kwargs)
 
 
 @register_model
