@@ -65,7 +65,8 @@ def test_optimizers_come_from_timm_with_their_settings():
 def test_the_mini_net_is_timm_s_own_byobnet_and_exports(tmp_path: Path):
     assert all(timm.is_model(n) for n in ("xse_resnext_mini", "xse_resnext_mini_mish",
                                           "xse_resnext_mini_fastai",
-                                          "xse_resnext_mini_xresnet"))
+                                          "xse_resnext_mini_xresnet",
+                                          "xse_resnext_mini_xresnet_blur"))
     model = create_model("xse_resnext_mini", 4, "none", "timm")
     assert type(model.body).__name__ == "ByobNet"
     convs = [m for m in model.body.stages.modules() if isinstance(m, torch.nn.Conv2d)]
@@ -190,3 +191,23 @@ def test_sgd_one_cycle_cycles_the_momentum(tmp_path: Path):
     _, rates = _train(data, tmp_path, "sgd", opt="sgd")
     assert min(rates.moms) < 0.9 < max(rates.moms)  # one-cycle's 0.95 → 0.85 → 0.95
     assert max(rates.lrs) == pytest.approx(1e-2, rel=0.05)
+
+
+def test_the_blur_stem_net_is_the_xresnet_net_with_an_anti_aliased_pool():
+    """`xse_resnext_mini_xresnet_blur` keeps every weight of the record's net and only
+    swaps the stem's stride-2 max-pool for a stride-1 max-pool and a stride-2 blur, so a
+    one-pixel shift of the stem's output moves what the first stage reads less."""
+    blur = create_model("xse_resnext_mini_xresnet_blur", 10, "none", "timm").body
+    plain = create_model("xse_resnext_mini_xresnet", 10, "none", "timm").body
+    assert ([(n, p.shape) for n, p in blur.named_parameters()]
+            == [(n, p.shape) for n, p in plain.named_parameters()])
+    max_pool, low_pass = blur.stem.pool
+    assert max_pool.stride == 1 and type(low_pass).__name__ == "BlurPool2d"
+    x = torch.rand(4, 64, 32, 32, generator=torch.Generator().manual_seed(0))
+
+    def moved(pool):
+        y, shifted = pool(x), pool(torch.roll(x, 1, dims=3))
+        return ((y - shifted)[..., 2:-2].abs().mean() / y.abs().mean()).item()
+
+    assert moved(blur.stem.pool) < 0.75 * moved(plain.stem.pool)  # 0.033 against 0.053
+    assert blur.eval()(torch.randn(2, 3, 64, 64)).shape[:2] == (2, 512)
