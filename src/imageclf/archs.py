@@ -145,7 +145,8 @@ def xse_resnext_mini_xresnet_blur(pretrained: bool = False, **kwargs) -> ByobNet
     Imagewoof records used): the stem's stride-2 max-pool becomes a stride-1 max-pool and
     timm's 3x3 binomial blur-pool with the stride, as timm's ResNet does with `aa_layer`.
     The same weights; the blur adds 0.6 M multiply-adds to the 733 M at 128 px, and the
-    max-pool reads four times the positions."""
+    max-pool reads four times the positions. On the leaderboard setting it gained nothing
+    (84.7% against 85.2% on seed 0, docs/recipes.md), so the recipe keeps the plain pool."""
     model = _fastai_built(True, pretrained, kwargs)
     chs = model.stem.conv3.conv.out_channels
     model.stem.pool = nn.Sequential(nn.MaxPool2d(3, stride=1, padding=1),
