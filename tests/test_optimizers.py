@@ -66,7 +66,9 @@ def test_the_mini_net_is_timm_s_own_byobnet_and_exports(tmp_path: Path):
     assert all(timm.is_model(n) for n in ("xse_resnext_mini", "xse_resnext_mini_mish",
                                           "xse_resnext_mini_fastai",
                                           "xse_resnext_mini_xresnet",
-                                          "xse_resnext_mini_xresnet_blur"))
+                                          "xse_resnext_mini_xresnet_blur",
+                                          "xse_resnext_mini_xresnet_mish",
+                                          "xse_resnext_mini_xresnet_sa"))
     model = create_model("xse_resnext_mini", 4, "none", "timm")
     assert type(model.body).__name__ == "ByobNet"
     convs = [m for m in model.body.stages.modules() if isinstance(m, torch.nn.Conv2d)]
@@ -116,6 +118,12 @@ def test_the_xresnet_mini_net_puts_the_groups_first_as_fastai_does():
     assert sum(p.numel() for p in timm_body.parameters()) < 0.55 * n
     x = torch.randn(2, 3, 64, 64)
     assert body.eval()(x).shape[:2] == (2, 512)
+    # the record's own Mish, the squeeze-excitation's included, and the same weights
+    mish = create_model("xse_resnext_mini_xresnet_mish", 10, "none", "timm").body
+    acts = {type(m).__name__ for m in mish.modules()} & {"Mish", "SiLU", "ReLU"}
+    assert acts == {"Mish"}
+    assert ([(k, p.shape) for k, p in mish.named_parameters()]
+            == [(k, p.shape) for k, p in body.named_parameters()])
 
 
 def _train(data: Path, tmp: Path, name: str, **kw):
@@ -211,3 +219,59 @@ def test_the_blur_stem_net_is_the_xresnet_net_with_an_anti_aliased_pool():
 
     assert moved(blur.stem.pool) < 0.75 * moved(plain.stem.pool)  # 0.033 against 0.053
     assert blur.eval()(torch.randn(2, 3, 64, 64)).shape[:2] == (2, 512)
+
+
+def test_the_self_attention_net_adds_fastais_simple_self_attention_to_the_first_stage():
+    """`xse_resnext_mini_xresnet_sa` is the record's net plus fastai's SimpleSelfAttention
+    after the first stage's squeeze-excitation: 64 x 64 weights and a gamma, starting as
+    the identity, then gamma * (x x^T)(W x) + x with W spectrally normalised, every output
+    position reading every input position."""
+    from imageclf.archs import SimpleSelfAttention
+    sa_net = create_model("xse_resnext_mini_xresnet_sa", 10, "none", "timm").body
+    plain = dict(create_model("xse_resnext_mini_xresnet", 10, "none", "timm").body
+                 .named_parameters())
+    extra = {n: p.shape for n, p in sa_net.named_parameters()
+             if n.replace("attn_last.0.", "attn_last.") not in plain}
+    assert extra == {"stages.0.0.attn_last.1.gamma": (1,),
+                     "stages.0.0.attn_last.1.conv.parametrizations.weight.original": (64, 64, 1)}
+    sa = sa_net.stages[0][0].attn_last[1]
+    assert isinstance(sa, SimpleSelfAttention) and sa.gamma.item() == 0
+    x = torch.randn(2, 64, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(sa(x), x)  # the identity until gamma moves
+    with torch.no_grad():
+        sa.gamma.fill_(0.01)
+        for _ in range(20):  # power iterations settle the spectral norm
+            sa.train()(x)
+        sa.eval()
+        w = sa.conv.weight.squeeze(-1)
+        assert torch.linalg.matrix_norm(w, 2).item() == pytest.approx(1.0, rel=0.02)
+        flat = x.flatten(2)
+        want = 0.01 * (flat @ flat.transpose(1, 2)) @ (w @ flat) + flat
+        assert torch.allclose(sa(x), want.view_as(x), rtol=1e-4, atol=1e-4)
+        far = x.clone()
+        far[:, :, 7, 7] += 1.0  # one corner changed: the opposite corner's output moves
+        assert (sa(far) - sa(x))[:, :, 0, 0].abs().max() > 1e-3
+
+
+
+def test_the_self_attention_net_exports_and_loads_with_identical_logits(tmp_path: Path):
+    """The spectral norm's state (its weight and power-iteration vectors) goes through
+    model.safetensors and timm's rebuild of the name."""
+    from imageclf.export import load_model, save_model
+    from imageclf.meta import ModelMeta
+    model = create_model("xse_resnext_mini_xresnet_sa", 3, "none", "timm")
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.fill_(1.0)  # the zero-started norms would hide the attention
+        model.body.stages[0][0].attn_last[1].gamma.fill_(1e-4)
+        x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+        model.train()(x)  # one power iteration away from the built state
+        ref = model.eval()(x)
+    meta = ModelMeta(arch=model.arch, head=model.head_kind, classes=("a", "b", "c"), size=64,
+                     presize=64, resize_method="crop", mean=(0.5, 0.5, 0.5),
+                     std=(0.25, 0.25, 0.25), loss="cross_entropy")
+    save_model(model, tmp_path / "model", meta)
+    loaded, _ = load_model(tmp_path / "model")
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), ref, atol=1e-5)
