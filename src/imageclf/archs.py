@@ -146,7 +146,9 @@ def xse_resnext_mini_xresnet(pretrained: bool = False, **kwargs) -> ByobNet:
 @register_model
 def xse_resnext_mini_xresnet_mish(pretrained: bool = False, **kwargs) -> ByobNet:
     """`xse_resnext_mini_xresnet` with the record's Mish for SiLU, in the squeeze-excitation
-    too: the record's net as it was."""
+    too: the record's net as it was. On the leaderboard setting 85.0% over 2 seeds against
+    SiLU's 84.7%, inside the seeds' spread, at 1.25x SiLU's bare training step
+    (docs/recipes.md), so the recipe keeps SiLU."""
     return _fastai_built(True, pretrained, kwargs, act="mish")
 
 
@@ -169,7 +171,8 @@ class SimpleSelfAttention(nn.Module):
     """fastai's SimpleSelfAttention (the `sa` of its XResNet, which later Imagewoof records
     turned on): o = gamma * (x x^T) (W x) + x over the map's positions, W a 1x1 convolution
     under spectral normalisation, gamma a learnt scalar starting at zero, so the block
-    starts as the identity. Global at the cost of two C x C x HW products per image."""
+    starts as the identity. Global at the cost of three C x C x HW products per image (the
+    Gram matrix, the 1x1 convolution and their product)."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -189,8 +192,10 @@ class SimpleSelfAttention(nn.Module):
 def xse_resnext_mini_xresnet_sa(pretrained: bool = False, **kwargs) -> ByobNet:
     """`xse_resnext_mini_xresnet` with fastai's self-attention where fastai's XResNet puts
     it with `sa=True`: after the squeeze-excitation of the first stage's last block (64
-    channels on a 32x32 map at 128 px). 4,097 weights and 8.4 M multiply-adds more at
-    128 px (1.1% of 733 M)."""
+    channels on a 32x32 map at 128 px). 4,097 weights and 12.6 M multiply-adds more at
+    128 px (1.7% of 733 M), yet a bare bf16 training step takes 1.13x as long on CPU. On
+    the leaderboard setting it gained nothing (84.4% against 85.2% on seed 0,
+    docs/recipes.md), so the recipe leaves it off."""
     model = _fastai_built(True, pretrained, kwargs)
     block = model.stages[0][-1]
     block.attn_last = nn.Sequential(block.attn_last,
