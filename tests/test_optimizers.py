@@ -253,7 +253,6 @@ def test_the_self_attention_net_adds_fastais_simple_self_attention_to_the_first_
         assert (sa(far) - sa(x))[:, :, 0, 0].abs().max() > 1e-3
 
 
-
 def test_the_self_attention_net_exports_and_loads_with_identical_logits(tmp_path: Path):
     """The spectral norm's state (its weight and power-iteration vectors) goes through
     model.safetensors and timm's rebuild of the name."""
