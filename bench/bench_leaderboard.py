@@ -12,6 +12,10 @@ it ran on; a second call with other seeds or labels adds to it. --adopt takes on
 `bench_time_to_accuracy.py` results file (the same process, timing and evaluation) as a
 seed's run. --widen 4:3 runs on a copy of the data stretched back to 4:3 (the shared copy
 squeezed every photo square; the leaderboard's own crops a square from each photo).
+--export-presized DIR --presize N writes a small copy of the (widened) data for a machine
+the whole copy cannot travel to, e.g. a lent GPU (common.presized_copy: each image as the
+presize cache keeps it, one JPEG encode); --data DIR on such a copy runs as on the copy it
+was made from, the runs' rows saying which data they saw.
 Regenerates docs/benchmarks.md.
 """
 
@@ -25,7 +29,16 @@ import tempfile
 from pathlib import Path
 
 from bench_time_to_accuracy import curve, evaluate_views
-from common import RESULTS, imagenette, machine, save, split_env, widened
+from common import (
+    RESULTS,
+    imagenette,
+    machine,
+    presized_copy,
+    presized_source,
+    save,
+    split_env,
+    widened,
+)
 from report import render
 
 NAME = "leaderboard"
@@ -41,6 +54,15 @@ def one_run(data: Path, args: str, seed: int, tmp: str) -> dict:
                           [("final_accuracy", []), ("tta_accuracy", ["--tta"])])
     row["train_args"] = json.loads((out / "config.json").read_text())
     return row
+
+
+def check_presize(args: str, source: dict) -> None:
+    """A presized copy is the data only for a recipe of the same presize."""
+    words = split_env(args)[1]
+    given = words[words.index("--presize") + 1] if "--presize" in words else None
+    if given is None or int(given) != source["presize"]:
+        raise SystemExit(f"this data is presized to {source['presize']} px; the recipe must"
+                         f" say --presize {source['presize']} (it says {given})")
 
 
 def summarise(runs: dict[str, dict]) -> dict:
@@ -62,7 +84,26 @@ def main() -> None:
     ap.add_argument("--note", help="A sentence for the docs section.")
     ap.add_argument("--widen", metavar="W:H", help="Train and validate on a copy with every "
                     "image stretched back to this aspect (the shared copy is squeezed square).")
+    ap.add_argument("--export-presized", metavar="DIR", help="Write the presized copy of the "
+                    "(widened) data to DIR and stop; needs --presize.")
+    ap.add_argument("--presize", type=int, help="The presize of --export-presized.")
+    ap.add_argument("--quality", type=int, default=90, help="Its JPEG quality.")
     a = ap.parse_args()
+    if a.export_presized:
+        if not a.presize:
+            raise SystemExit("--export-presized needs --presize (the recipe's)")
+        data = imagenette(a.data)
+        data = widened(data, a.widen) if a.widen else data
+        out = presized_copy(data, a.presize, Path(a.export_presized), a.quality, a.widen)
+        size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+        print(f"{out}: {size / 2**20:.1f} MiB")
+        return
+    data = imagenette(a.data) if not a.adopt else None
+    source = presized_source(data) if data else None
+    if source:
+        if a.widen and a.widen != source["widen"]:
+            raise SystemExit(f"{data} was made from the copy widened to {source['widen']}")
+        a.widen = source["widen"]
     path = RESULTS / f"{NAME}.json"
     result = json.loads(path.read_text()) if path.exists() else {"recipes": {}}
     entry = result["recipes"].setdefault(a.label, {"args": a.recipe, "runs": {}})
@@ -83,8 +124,15 @@ def main() -> None:
     elif not a.recipe and not entry["args"]:
         raise SystemExit("--recipe is needed for a new label")
     else:
-        data = imagenette(a.data)
-        if a.widen:
+        seen = (f"the presized copy ({source['presize']} px slots as the cache keeps them,"
+                f" JPEG q{source['quality']})") if source else None
+        if entry["runs"] and entry.get("data") != seen:
+            raise SystemExit(f"{a.label} holds runs on {entry.get('data') or 'the full copy'};"
+                             " give this data a label of its own")
+        if source:
+            check_presize(entry["args"], source)
+            entry["data"] = seen
+        elif a.widen:
             data = widened(data, a.widen)
         for seed in (int(s) for s in a.seeds.split(",")):
             print(f"{a.label} seed {seed}: {entry['args']}", flush=True)

@@ -79,6 +79,43 @@ def widened(data: Path, aspect: str) -> Path:
     return out
 
 
+PRESIZED_MARK = "PRESIZED.json"
+
+
+def presized_copy(data: Path, presize: int, out: Path, quality: int = 90,
+                  widen: str | None = None) -> Path:
+    """A small copy of `data` for a machine the whole data cannot travel to: each image
+    replaced by exactly the slot training's presize cache keeps of it (short side →
+    `presize`, long side up to 1.25 × presize, one antialiased resample: the loader's own
+    `load_presized`), saved as JPEG at `quality`. Loaded with the same presize, such an image
+    is used as it is, with no second resample; what differs from the full copy is one JPEG
+    encode. The copy's PRESIZED.json says what it is (`widen`: the aspect `data` was widened
+to, if it was); `presized_source` reads it back."""
+    from PIL import Image
+
+    sys.path.insert(0, str(ROOT / "src"))
+    from imageclf.data.images import load_presized
+
+    done = out / PRESIZED_MARK
+    if done.exists():
+        return out
+    for src in sorted(data.glob("*/*/*")):
+        slot = load_presized(src, presize)
+        a = slot.array.transpose(0, 2, 1) if slot.transposed else slot.array
+        dst = (out / src.relative_to(data)).with_suffix(".jpg")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(a.transpose(1, 2, 0)).save(dst, "JPEG", quality=quality)
+    done.write_text(json.dumps({"presize": presize, "quality": quality, "widen": widen,
+                                "source": data.name}))
+    return out
+
+
+def presized_source(data: Path) -> dict | None:
+    """What a `presized_copy` folder was made from, or None for a plain data folder."""
+    mark = data / PRESIZED_MARK
+    return json.loads(mark.read_text()) if mark.exists() else None
+
+
 def subset(data: Path, per_class: int) -> Path:
     """A copy of `data` with the first `per_class` files of every class folder of each split."""
     out = HERE / "work" / f"subset-{per_class}"
@@ -153,10 +190,22 @@ def machine() -> dict:
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
                            capture_output=True, text=True, cwd=ROOT).stdout.strip()
     cap = os.environ.get("ONEDNN_MAX_CPU_ISA")  # an approximation of a smaller CPU
+    gpu = cuda_gpu()
     return {"cpu": cpu, "isa": cpu_isa(), "cores": os.cpu_count(),
-            **({"isa_cap": cap} if cap else {}),
+            **({"isa_cap": cap} if cap else {}), **({"gpu": gpu} if gpu else {}),
             "python": platform.python_version(), "date": dt.date.today().isoformat(),
             "commit": commit + ("+changes" if dirty else "")}
+
+
+def cuda_gpu() -> str | None:
+    """The first visible NVIDIA GPU's name (what `imageclf train --device auto` trains on),
+    from nvidia-smi, so that the benchmark's own process need not start CUDA; None if none."""
+    if not shutil.which("nvidia-smi") or os.environ.get("CUDA_VISIBLE_DEVICES") == "":
+        return None
+    r = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                       capture_output=True, text=True)
+    names = r.stdout.strip().splitlines() if r.returncode == 0 else []
+    return names[0].strip() if names else None
 
 
 def cpu_isa() -> str:

@@ -586,13 +586,15 @@ def _leaderboard(r: dict) -> str:
         s, runs = e["summary"], e["runs"]
         first = runs[s["seeds"][0]]
         per = ", ".join(f"{100 * runs[k]['final_accuracy']:.1f}%" for k in s["seeds"])
-        where = sorted({f"{x['machine']['cpu']} ({x['machine'].get('isa', '?')},"
+        where = sorted({(f"{x['machine']['gpu']} with " if x["machine"].get("gpu") else "")
+                        + f"{x['machine']['cpu']} ({x['machine'].get('isa', '?')},"
                         f" {x['machine']['cores']} cores),"
                         f" {x['machine']['commit']}, {x['machine']['date']}"
                         for x in runs.values()})
         pts = ", ".join(f"{100 * p['valid_accuracy']:.1f}% ({p['seconds']:.0f})"
                         for p in first["points"])
         data = f" on the copy widened to {e['widen']}" if e.get("widen") else ""
+        data += f", {e['data']}" if e.get("data") else ""
         lines.append(f"| {label} | `{e['args']}`{data} | {', '.join(s['seeds'])} |"
                      f" {100 * s['mean_accuracy']:.1f}% | {per} |"
                      f" {100 * s['mean_tta_accuracy']:.1f}% | {s['median_wall_seconds']:.0f} s |"
