@@ -1,6 +1,7 @@
 """--decode device: JPEGs decoded and presized on the training device (the CPU here, nvJPEG
 where a CUDA GPU is visible) give the cache the same slots as the Pillow path."""
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from PIL import Image, ImageOps
 
 from imageclf.config import DataConfig
 from imageclf.data.cache import PresizeCache
-from imageclf.data.device_decode import exif_upright, read_jpeg
+from imageclf.data.device_decode import exif_upright, jpeg_complete, read_jpeg
 from imageclf.data.loader import DataLoaders
 from imageclf.errors import ConfigError
 
@@ -32,6 +33,38 @@ def _with_orientation(im: Image.Image, orientation: int, path: Path) -> Path:
     exif[0x0112] = orientation
     im.save(path, quality=95, exif=exif.tobytes())
     return path
+
+
+def _jpeg(im: Image.Image, **kw) -> bytes:
+    b = io.BytesIO()
+    im.save(b, "JPEG", **kw)
+    return b.getvalue()
+
+
+def test_a_jpeg_cut_short_never_reaches_the_device_decoder(tmp_path: Path):
+    """nvJPEG decodes a truncated JPEG without an error (seen on an H200: the test below
+    then failed); every cut of a file must be found before it gets there."""
+    whole = {"baseline": _jpeg(_picture(64, 48), quality=95),
+             "progressive": _jpeg(_picture(64, 48), quality=95, progressive=True),
+             "gray": _jpeg(_picture(64, 48).convert("L"))}
+    # an APP1 segment holding a whole small JPEG, as an EXIF thumbnail does: its own start
+    # of scan and end of image come before the main image's
+    thumb = _jpeg(_picture(16, 12))
+    app1 = b"Exif\0\0" + thumb
+    main = whole["baseline"]
+    whole["thumbnail"] = (main[:2] + b"\xff\xe1" + (len(app1) + 2).to_bytes(2, "big") + app1
+                          + main[2:])
+    whole["trailing bytes"] = main + b"\0" * 100
+    for name, data in whole.items():
+        assert jpeg_complete(data), name
+        for cut in [*range(3, len(data) - 1, 7), len(data) - 2, len(data) - 1]:
+            if name == "trailing bytes" and cut >= len(main):
+                continue
+            assert not jpeg_complete(data[:cut]), (name, cut, len(data))
+    (tmp_path / "whole.jpg").write_bytes(main)
+    (tmp_path / "cut.jpg").write_bytes(main[: len(main) * 3 // 4])
+    assert read_jpeg(tmp_path / "whole.jpg") is not None
+    assert read_jpeg(tmp_path / "cut.jpg") is None
 
 
 def test_exif_orientations_match_pillow():

@@ -35,13 +35,14 @@ EXIF_ORIENTATION = 0x0112
 
 
 def read_jpeg(path: str | Path) -> tuple[torch.Tensor, int] | None:
-    """(the file's bytes as a 1-D uint8 tensor, its EXIF orientation) for a baseline RGB or
-    grayscale JPEG within the pixel limit; None for anything the device should not decode."""
+    """(the file's bytes as a 1-D uint8 tensor, its EXIF orientation) for a whole baseline
+    RGB or grayscale JPEG within the pixel limit; None for anything the device should not
+    decode."""
     if precheck(path) is not None:
         return None
     try:
         data = Path(path).read_bytes()
-        if not data.startswith(JPEG_MAGIC):
+        if not data.startswith(JPEG_MAGIC) or not jpeg_complete(data):
             return None
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -54,6 +55,31 @@ def read_jpeg(path: str | Path) -> tuple[torch.Tensor, int] | None:
     except Exception:  # noqa: BLE001 - any doubt: the Pillow path decides and says why
         return None
     return torch.frombuffer(bytearray(data), dtype=torch.uint8), orientation
+
+
+def jpeg_complete(data: bytes) -> bool:
+    """Whether a JPEG's bytes hold its whole image: its marker segments walked from the start
+    to the first start of scan (APPn segments, an EXIF thumbnail inside one included, are
+    skipped by their lengths), then an end-of-image marker after it. Coded scan data cannot
+    hold FF D9 (its FF bytes are stuffed), so a file cut short inside its scans has none.
+    nvJPEG decodes such a file without complaint, the missing rows grey; Pillow refuses it
+    and says so, so a file that fails here goes the Pillow way."""
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return False
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            i += 1
+            continue
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
+            i += 2
+            continue
+        end = i + 2 + int.from_bytes(data[i + 2:i + 4], "big")
+        if marker == 0xDA:  # start of scan: the image's end must follow
+            return data.find(b"\xff\xd9", end) != -1
+        i = end
+    return False
 
 
 def exif_upright(x: torch.Tensor, orientation: int) -> torch.Tensor:

@@ -254,6 +254,8 @@ def prefetch(items: Iterator, device: torch.device, depth: int = 2) -> Iterator:
     raised here; a consumer that stops early stops the thread."""
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
+    if device.type == "cuda" and device.index is None:  # "cuda": this thread's current GPU
+        device = torch.device("cuda", torch.cuda.current_device())
 
     def put(item: object) -> bool:
         """Hand over one item unless the consumer has gone; False when it has."""
