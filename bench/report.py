@@ -261,14 +261,16 @@ def _device(results: list[dict]) -> str:
         "",
         "`bench/bench_device.py`: the ceiling is the same Learner's `train_step` on one"
         " synthetic batch already on the device; end to end is `fit_one_cycle` on Imagenette"
-        " from a fresh presize cache (first epoch cold: decoding; later epochs warm), images/s"
-        " of the training loop. Goal on a GPU: warm >= 90% of the ceiling. On a machine"
+        " from a fresh presize cache (built when the learner is made, its seconds in their"
+        " own column; the first epoch cold, later epochs warm), images/s of the training"
+        " loop. Goal on a GPU: warm >= 90% of the ceiling. On a machine"
         " with a CUDA GPU, `bash bench/gpu_checks.sh DATA` runs the CUDA tests and the three"
         " GPU rows (default, `--decode device`, `--compile`) in under ten minutes.",
         "",
         "| device | date, commit | model | size / presize | batch | precision | decode |"
-        " compile | ceiling (img/s) | cold (img/s) | warm (img/s) | warm / ceiling |",
-        "|---|---|---|---|---:|---|---|---|---:|---:|---:|---:|",
+        " compile | cache build (s) | ceiling (img/s) | cold (img/s) | warm (img/s) |"
+        " warm / ceiling |",
+        "|---|---|---|---|---:|---|---|---|---:|---:|---:|---:|---:|",
     ]
 
     def where(m: dict) -> str:  # a GPU's name, or which CPU
@@ -278,13 +280,16 @@ def _device(results: list[dict]) -> str:
         m, st = r["machine"], r["settings"]
         warm = r.get("warm_img_per_s")
         frac = r.get("warm_fraction_of_ceiling")
+        # runs before the learner built its cache when made decoded inside the first epoch
+        build = r.get("cache_build_seconds")
+        build = f"{build:.1f}" if build is not None else "in the cold epoch"
         lines.append(
             f"| {where(m)} | {m['date']}, {m['commit']} | {st['arch']} |"
             f" {st['size']} / {st['presize']} | {st['bs']} | {st['precision']} |"
-            f" {st['decode']} | {'yes' if st['compile'] else 'no'} |"
+            f" {st['decode']} | {'yes' if st['compile'] else 'no'} | {build} |"
             f" {r['ceiling_img_per_s']:.0f} | {r['cold_img_per_s']:.0f} |"
             f" {warm:.0f} | **{frac:.0%}** |" if warm is not None else
-            f"| {where(m)} | {m['date']}, {m['commit']} | {st['arch']} | ... | | | | |"
+            f"| {where(m)} | {m['date']}, {m['commit']} | {st['arch']} | ... | | | | | {build} |"
             f" {r['ceiling_img_per_s']:.0f} | {r['cold_img_per_s']:.0f} | | |")
     return "\n".join([*lines, ""])
 
