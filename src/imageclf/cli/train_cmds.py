@@ -125,6 +125,7 @@ def demo(out: Annotated[Path, typer.Option("--out", help="Where the data and the
     from imageclf.data.verify import verify_items
     from imageclf.demo import draw_negative, make_negatives, make_shapes_dataset
     from imageclf.evaluate import calibrate, evaluate, write_calibration
+    from imageclf.hardware import pick_device
     from imageclf.predict import Predictor
     from imageclf.report import build_report
     from imageclf.runs import RunContext, build_learner, run_lr_find, train_run
@@ -145,13 +146,14 @@ def demo(out: Annotated[Path, typer.Option("--out", help="Where the data and the
     # from scratch learns nothing yet (with a zero head its loss stays at ln 4 until the
     # blow-up), so the suggestions are noise here (docs/recipes.md, "The demo")
     (out / "lr_find").mkdir(exist_ok=True)
-    found = run_lr_find(build_learner(dcfg, tcfg), tcfg, out / "lr_find")
+    dev = pick_device("auto")  # the GPU when there is one, as `imageclf train` takes it
+    found = run_lr_find(build_learner(dcfg, tcfg, RunContext(dev)), tcfg, out / "lr_find")
     console.print("lr_find: " + ", ".join(f"{k} {v:.2e}" for k, v in found.suggestions.items())
                   + f"; plot: {out / 'lr_find' / 'lr_find.png'}")
     console.print(f"training {DEMO_ARCH} from scratch at {DEMO_LR:.0e}, {DEMO_SIZE} px, the "
                   "rate measured for this net and task")
     # the last demo's run is replaced
-    res = train_run(dcfg, tcfg, RunContext(cbs=[PrintEpochs(console)]), overwrite=True)
+    res = train_run(dcfg, tcfg, RunContext(dev, cbs=[PrintEpochs(console)]), overwrite=True)
     model = res.out / "model"
     pred = Predictor(model)
     interp = evaluate(pred, data)
