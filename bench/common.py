@@ -184,11 +184,13 @@ def machine() -> dict:
                    if line.startswith("model name"))
     except (OSError, StopIteration):
         cpu = platform.processor()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, cwd=ROOT).stdout.strip()
-    commit = commit or os.environ.get("BENCH_COMMIT", "")  # a copy of the tree without git
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    # BENCH_COMMIT: a copy of the tree whose .git, if any, is not its own (a lent machine's)
+    commit = os.environ.get("BENCH_COMMIT") or subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+        cwd=ROOT).stdout.strip()
+    dirty = not os.environ.get("BENCH_COMMIT") and subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+        text=True, cwd=ROOT).stdout.strip()
     cap = os.environ.get("ONEDNN_MAX_CPU_ISA")  # an approximation of a smaller CPU
     gpu = cuda_gpu()
     return {"cpu": cpu, "isa": cpu_isa(), "cores": os.cpu_count(),

@@ -18,7 +18,7 @@
 # `python bench/bench_device.py --subset 250` makes in bench/work/subset-250 (unused by the
 # other steps). LB_DATA: the leaderboard's data, e.g. the presized copy that
 # `bench_leaderboard.py --widen 4:3 --export-presized DIR --presize 128` makes (76 MiB).
-# Without git on the machine, set BENCH_COMMIT to the commit being measured. BENCH_ARGS are
+# Set BENCH_COMMIT to the commit being measured: a lent machine's copy of .git can be stale. BENCH_ARGS are
 # added to every bench_device.py call (a smoke run on a CPU: --device cpu --arch resnet18
 # --size 64 --presize 72 --bs 16 --warmup 1 --steps 2), EPOCHS sets the epochs (5).
 set -uo pipefail
