@@ -30,7 +30,9 @@ from pathlib import Path
 
 from bench_time_to_accuracy import curve, evaluate_views
 from common import (
+    FASTAI_VERSION,
     RESULTS,
+    fastai_python,
     imagenette,
     machine,
     presized_copy,
@@ -56,6 +58,17 @@ def one_run(data: Path, args: str, seed: int, tmp: str) -> dict:
     return row
 
 
+FASTAI_ARGS = "bench/fastai_mininet.py: the record's notebook in fastai {version}, fp32, bs 32"
+
+
+def one_fastai_run(data: Path, seed: int) -> dict:
+    """The record's own code (fastai_mininet.py, in fastai's venv): its accuracy after each
+    epoch; no TTA row (fastai's TTA is another view than `evaluate --tta`)."""
+    row = curve([str(fastai_python()), str(Path(__file__).parent / "fastai_mininet.py"),
+                 str(data), str(seed)])
+    return row | {"final_accuracy": row["points"][-1]["valid_accuracy"], "tta_accuracy": None}
+
+
 def check_presize(args: str, source: dict) -> None:
     """A presized copy is the data only for a recipe of the same presize."""
     words = split_env(args)[1]
@@ -67,9 +80,9 @@ def check_presize(args: str, source: dict) -> None:
 
 def summarise(runs: dict[str, dict]) -> dict:
     acc = [r["final_accuracy"] for r in runs.values()]
-    tta = [r["tta_accuracy"] for r in runs.values()]
+    tta = [r["tta_accuracy"] for r in runs.values() if r["tta_accuracy"] is not None]
     return {"seeds": sorted(runs, key=int), "mean_accuracy": round(statistics.mean(acc), 4),
-            "mean_tta_accuracy": round(statistics.mean(tta), 4),
+            "mean_tta_accuracy": round(statistics.mean(tta), 4) if tta else None,
             "median_wall_seconds": statistics.median(r["wall_seconds"] for r in runs.values())}
 
 
@@ -88,7 +101,12 @@ def main() -> None:
                     "(widened) data to DIR and stop; needs --presize.")
     ap.add_argument("--presize", type=int, help="The presize of --export-presized.")
     ap.add_argument("--quality", type=int, default=90, help="Its JPEG quality.")
+    ap.add_argument("--tool", choices=("imageclf", "fastai"), default="imageclf",
+                    help="fastai: the record's own code (fastai_mininet.py) instead of a"
+                    " recipe of imageclf's; its label needs no --recipe.")
     a = ap.parse_args()
+    if a.tool == "fastai":
+        a.recipe = FASTAI_ARGS.format(version=FASTAI_VERSION)
     if a.export_presized:
         if not a.presize:
             raise SystemExit("--export-presized needs --presize (the recipe's)")
@@ -137,7 +155,8 @@ def main() -> None:
         for seed in (int(s) for s in a.seeds.split(",")):
             print(f"{a.label} seed {seed}: {entry['args']}", flush=True)
             with tempfile.TemporaryDirectory() as tmp:
-                row = one_run(data, entry["args"], seed, tmp)
+                row = (one_fastai_run(data, seed) if a.tool == "fastai"
+                       else one_run(data, entry["args"], seed, tmp))
             entry["runs"][str(seed)] = row | {"machine": machine()}
             entry["summary"] = summarise(entry["runs"])
             save(NAME, result)  # after each seed: a long run keeps what it measured

@@ -598,11 +598,12 @@ def _leaderboard(r: dict) -> str:
                         for x in runs.values()})
         pts = ", ".join(f"{100 * p['valid_accuracy']:.1f}% ({p['seconds']:.0f})"
                         for p in first["points"])
+        tta = f"{100 * s['mean_tta_accuracy']:.1f}%" if s["mean_tta_accuracy"] is not None else "–"
         data = f" on the copy widened to {e['widen']}" if e.get("widen") else ""
         data += f", {e['data']}" if e.get("data") else ""
         lines.append(f"| {label} | `{e['args']}`{data} | {', '.join(s['seeds'])} |"
                      f" {100 * s['mean_accuracy']:.1f}% | {per} |"
-                     f" {100 * s['mean_tta_accuracy']:.1f}% | {s['median_wall_seconds']:.0f} s |"
+                     f" {tta} | {s['median_wall_seconds']:.0f} s |"
                      f" {'; '.join(where)} | {pts} |")
     notes = [f"{label}: {e['note']}" for label, e in r["recipes"].items() if e.get("note")]
     return "\n".join([*lines, "", *notes, "", ""])
