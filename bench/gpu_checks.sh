@@ -19,9 +19,10 @@
 # other steps). LB_DATA: the leaderboard's data, e.g. the presized copy that
 # `bench_leaderboard.py --widen 4:3 --export-presized DIR --presize 128` makes (92.8 MiB at
 # JPEG q90: more than one device call carries, so send its folders over two calls).
-# Set BENCH_COMMIT to the commit being measured: a lent machine's copy of .git can be stale. BENCH_ARGS are
-# added to every bench_device.py call (a smoke run on a CPU: --device cpu --arch resnet18
-# --size 64 --presize 72 --bs 16 --warmup 1 --steps 2), EPOCHS sets the epochs (5).
+# Set BENCH_COMMIT to the commit being measured: a lent machine's copy of .git can be stale.
+# BENCH_ARGS are added to every bench_device.py call (a smoke run on a CPU: --device cpu
+# --arch resnet18 --size 64 --presize 72 --bs 16 --warmup 1 --steps 2); EPOCHS sets the
+# epochs (5).
 set -uo pipefail
 DATA=${1:?usage: gpu_checks.sh DATA [OUT]}
 OUT=${2:-bench/results}

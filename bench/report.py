@@ -598,7 +598,8 @@ def _leaderboard(r: dict) -> str:
                         for x in runs.values()})
         pts = ", ".join(f"{100 * p['valid_accuracy']:.1f}% ({p['seconds']:.0f})"
                         for p in first["points"])
-        tta = f"{100 * s['mean_tta_accuracy']:.1f}%" if s["mean_tta_accuracy"] is not None else "–"
+        tta = s["mean_tta_accuracy"]
+        tta = "–" if tta is None else f"{100 * tta:.1f}%"  # no TTA row: another tool's run
         data = f" on the copy widened to {e['widen']}" if e.get("widen") else ""
         data += f", {e['data']}" if e.get("data") else ""
         lines.append(f"| {label} | `{e['args']}`{data} | {', '.join(s['seeds'])} |"
