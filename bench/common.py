@@ -93,7 +93,6 @@ def presized_copy(data: Path, presize: int, out: Path, quality: int = 90,
 to, if it was); `presized_source` reads it back."""
     from PIL import Image
 
-    sys.path.insert(0, str(ROOT / "src"))
     from imageclf.data.images import load_presized
 
     done = out / PRESIZED_MARK

@@ -1,11 +1,9 @@
 """fastai's recipe with its validation accuracy printed after every epoch, as a JSON line
 (run in fastai's venv): resnet18 from scratch, Resize(presize) + aug_transforms."""
 
-import json
 import sys
 
 from fastai.vision.all import (
-    Callback,
     ImageDataLoaders,
     Resize,
     accuracy,
@@ -14,17 +12,9 @@ from fastai.vision.all import (
     vision_learner,
 )
 
+from fastai_epochs import PrintEpoch
+
 path, size, presize, bs, epochs, lr = sys.argv[1], *map(int, sys.argv[2:6]), float(sys.argv[6])
-
-
-class PrintEpoch(Callback):
-    order = 100  # after the Recorder has the epoch's metrics
-
-    def after_epoch(self) -> None:
-        names = list(self.recorder.metric_names[1:-1])
-        values = dict(zip(names, self.recorder.values[-1], strict=False))
-        print(json.dumps({"epoch": self.epoch, "valid_accuracy": float(values["accuracy"]),
-                          "valid_loss": float(values["valid_loss"])}), flush=True)
 
 
 dls = ImageDataLoaders.from_folder(path, train="train", valid="val", item_tfms=Resize(presize),

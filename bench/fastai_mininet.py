@@ -8,13 +8,11 @@ line (the last one is the run's), then the net's weight count.
     python fastai_mininet.py DATA SEED [BS]
 """
 
-import json
 import sys
 from functools import partial
 
 from fastai.vision.all import (
     AvgPool,
-    Callback,
     CategoryBlock,
     DataBlock,
     FlipItem,
@@ -33,18 +31,10 @@ from fastai.vision.all import (
     set_seed,
 )
 
+from fastai_epochs import PrintEpoch
+
 path, seed = sys.argv[1], int(sys.argv[2])
 bs = int(sys.argv[3]) if len(sys.argv) > 3 else 32
-
-
-class PrintEpoch(Callback):
-    order = 100  # after the Recorder has the epoch's metrics
-
-    def after_epoch(self) -> None:
-        names = list(self.recorder.metric_names[1:-1])
-        values = dict(zip(names, self.recorder.values[-1], strict=False))
-        print(json.dumps({"epoch": self.epoch, "valid_accuracy": float(values["accuracy"]),
-                          "valid_loss": float(values["valid_loss"])}), flush=True)
 
 
 set_seed(seed, reproducible=True)
