@@ -220,7 +220,7 @@ def test_calibrate_without_ood_uses_the_held_out_negatives_and_says_so(trained, 
     assert ood["negatives"] is True and ood["n"] == 4
     assert {"vim", "ash", "scale", "msp+vim"} <= set(ood["scores"])  # timm's linear head
     # the figure a person reads, as the page's card shows it
-    from imageclf.openset import calibrated_sentence
+    from imageclf.none_rule import calibrated_sentence
     from imageclf.predict import Predictor
     from imageclf.serve import model_card
 

@@ -123,24 +123,6 @@ def test_stats_round_trip_through_safetensors(tmp_path):
     assert set(load_file(path)) == {"bank", "means", "precision"}
 
 
-def test_rule_applies_its_score_and_decides():
-    from imageclf.predict import Outputs
-
-    out = Outputs(CONFIDENT, CONFIDENT)
-    rule = openset.NoneRule("energy", 1.0)
-    assert not rule.needs_features and openset.NoneRule("knn", -0.1).needs_features
-    assert torch.allclose(rule.scores(out), openset.energy(CONFIDENT))
-    with pytest.raises(ConfigError, match="needs features"):
-        openset.NoneRule("knn", -0.1).scores(out)
-    probs = CONFIDENT.softmax(1)
-    classes = [f"c{i}" for i in range(CONFIDENT.shape[1])]
-    low = torch.full((len(probs),), 0.5)
-    assert rule.decide(probs, low, classes) == [["none"]] * len(probs)
-    top = [[classes[int(i)]] for i in probs.argmax(1)]
-    assert openset.NoneRule().decide(probs, None, classes) == top  # no rule: a class
-    assert openset.NoneRule().name is None and rule.name == "energy"
-
-
 def test_fused_score_standardises_each_part_on_the_known_images():
     feats = torch.tensor([[0.0, 0.0], [0.2, 0.0], [4.0, 4.0], [4.2, 4.0]])
     labels = torch.tensor([0, 0, 1, 1])

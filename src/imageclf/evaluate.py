@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from imageclf import openset
+from imageclf import none_rule, openset
 from imageclf.config import DataSource
 from imageclf.data.sources import Items, list_images, resolve
 from imageclf.errors import ConfigError, DataError
@@ -150,7 +150,7 @@ def evaluate_open_set(predictor: Predictor, data: DataSource | str | Path, ood: 
               "unknown_accepted": accepted_n,
               "unknown_accepted_as": dict(accepted.most_common()),
               "known_answered_none": known_none,
-              "none_figure": openset.none_sentence(
+              "none_figure": none_rule.none_sentence(
                   1.0 - accepted_n / len(unknown_labels), known_none / len(known[score]),
                   f"these {len(seen.kept)} unknowns"),
               "skipped_unknown": [s.to_json() for s in seen.skipped]}
@@ -330,7 +330,7 @@ def write_calibration(folder: str | Path, chosen: Calibration) -> Path:
                       f"calibrated: {chosen.score}, keeps {chosen.keep:.0%} of known")
     changes: dict = {"open_set": open_set, "min_confidence": None,
                      "calibration": CalibrationInfo(chosen.keep, chosen.n, chosen.score
-                                                    or openset.MULTI_LABEL_THRESHOLDS)}
+                                                    or none_rule.MULTI_LABEL_THRESHOLDS)}
     if chosen.thresholds is not None:
         changes["thresholds"] = tuple(chosen.thresholds)
     written = dataclasses.replace(meta, **changes).write(folder)

@@ -2,8 +2,8 @@
 
 Every score is "higher = more like a known class"; an image whose score falls below the
 stored threshold is answered `none`. Pure functions on logits (B, C) and pooled backbone
-features (B, D), plus the figures that compare them (AUROC, FPR at a kept share) and the
-`NoneRule` a model folder stores.
+features (B, D), plus the figures that compare them (AUROC, FPR at a kept share); the rule
+a model folder stores is `none_rule.NoneRule`.
 
 - `msp`: the softmax's top probability (the baseline of the open-set literature);
 - `max_logit`: the largest logit;
@@ -25,7 +25,7 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -35,9 +35,6 @@ from imageclf.errors import ConfigError, DamagedFileError
 from imageclf.fileio import atomic_write
 from imageclf.meta import KNN_K
 from imageclf.meta import OPEN_SET_SCORES as SCORES
-
-if TYPE_CHECKING:
-    from imageclf.meta import ModelMeta
 
 LOGIT_SCORES = ("msp", "max_logit", "energy", "sigmoid_max")
 FUSED = ("msp+mahalanobis", "sigmoid_max+mahalanobis", "msp+vim")
@@ -392,123 +389,3 @@ def score_outputs(names: Sequence[str], out: Any, stats: OpenSetStats | None,
     return {n: score_of(n, out.logits if n in ("msp", "sigmoid_max") else out.raw,
                         out.features, stats, k) for n in names}
 
-
-MULTI_LABEL_THRESHOLDS = "multi_label_thresholds"  # the rule's name without a score
-NONE_LABEL = "none"
-
-
-@dataclass
-class NoneRule:
-    """"None of these" for one model, the one place it is decided: below `threshold` on
-    `score`, the answer is none; a multi-label model also answers none when no class
-    reaches its own threshold (`class_thresholds`). Without a score, a softmax model
-    always picks a class."""
-
-    score: str | None = None
-    threshold: float | None = None
-    multi_label: bool = False
-    class_thresholds: torch.Tensor | None = None  # (C,) multi-label decision thresholds
-    k: int = KNN_K
-    stats: OpenSetStats | None = None
-
-    @classmethod
-    def of_model(cls, meta: ModelMeta, folder: Path, min_confidence: float | None = None
-                 ) -> NoneRule:
-        """The rule a model folder stores: calibrate's `open_set` (statistics from
-        STATS_FILE), else an older model's `min_confidence` (msp); `min_confidence` given
-        here replaces either with msp at that threshold (0: no score)."""
-        th = meta.thresholds or [0.5] * meta.n_classes
-        base = cls(multi_label=meta.multi_label, class_thresholds=torch.tensor(th))
-        if min_confidence is not None:
-            if not 0 <= min_confidence <= 1:
-                raise ConfigError(f"--min-confidence must be between 0 and 1; got "
-                                  f"{min_confidence}")
-            return dataclasses.replace(base, score="msp", threshold=min_confidence) \
-                if min_confidence > 0 else base
-        if meta.open_set is not None:
-            o = meta.open_set
-            stats = _load_stats(o.score, o.file or STATS_FILE, folder)
-            return dataclasses.replace(base, score=o.score, threshold=o.threshold, k=o.k,
-                                       stats=stats)
-        if meta.min_confidence:
-            return dataclasses.replace(base, score="msp", threshold=meta.min_confidence)
-        return base
-
-    @property
-    def name(self) -> str | None:
-        """How "none" is decided: the score's name, multi_label_thresholds, or None (the
-        model always answers a class)."""
-        if self.score is not None:
-            return self.score
-        return MULTI_LABEL_THRESHOLDS if self.multi_label else None
-
-    @property
-    def needs_features(self) -> bool:
-        return self.score in FEATURE_SCORES
-
-    def scores(self, out: Any) -> torch.Tensor | None:
-        """The rule's score per image of a batch's outputs (None without a score)."""
-        if self.score is None:
-            return None
-        return score_outputs([self.score], out, self.stats, self.k)[self.score]
-
-    def decide(self, probs: torch.Tensor, scores: torch.Tensor | None,
-               classes: Sequence[str]) -> list[list[str]]:
-        """Labels per image: `none` when its score is below the threshold; otherwise the
-        top class, or (multi-label) every class passing its threshold, `none` if none
-        does."""
-        out = []
-        for j, p in enumerate(probs):
-            if self.score is not None and scores is not None \
-                    and float(scores[j]) < self.threshold:
-                out.append([NONE_LABEL])
-            elif self.multi_label:
-                hit = torch.nonzero(p >= self.class_thresholds).flatten()
-                out.append([classes[i] for i in hit] or [NONE_LABEL])
-            else:
-                out.append([classes[int(p.argmax())]])
-        return out
-
-    def shown(self, p: torch.Tensor, score: float | None) -> tuple[float, float] | None:
-        """(score, threshold) a person is shown for one image: the open-set score against
-        its threshold, or (multi-label without one) the class that comes closest to passing
-        its threshold, its probability against that threshold. None when the model always
-        answers a class."""
-        if self.score is not None and score is not None:
-            return float(score), self.threshold
-        if self.multi_label:
-            i = int((p - self.class_thresholds).argmax())
-            return float(p[i]), float(self.class_thresholds[i])
-        return None
-
-
-def _load_stats(score: str, file: str, folder: Path) -> OpenSetStats | None:
-    """The training statistics a feature score reads from the model folder."""
-    if score not in FEATURE_SCORES:
-        return None
-    path = folder / file
-    if not path.resolve().is_relative_to(folder.resolve()):
-        raise DamagedFileError(f"{folder / 'model.json'}: open_set file must be inside "
-                               f"{folder}")
-    if not path.exists():
-        raise DamagedFileError(f"{path} is missing: model.json's open_set score {score} "
-                               "needs it; run `imageclf calibrate` again")
-    return OpenSetStats.load(path)
-
-
-# --- the figure a person reads -----------------------------------------------------------
-def none_sentence(unknown_none: float, known_none: float, what: str) -> str:
-    """"Of images like <what>, N% are answered none, while M% of known images are."."""
-    return (f"Of images like {what}, {unknown_none:.0%} are answered none, while "
-            f"{known_none:.0%} of known images are.")
-
-
-def calibrated_sentence(open_set: dict | None) -> str | None:
-    """`none_sentence` of a model.json's `open_set` as calibrate measured it on its unknowns
-    (--ood, or the held-out negatives); None when it was chosen without unknowns."""
-    ood = (open_set or {}).get("ood")
-    if not ood or open_set["score"] not in ood.get("scores", {}):
-        return None
-    fpr = ood["scores"][open_set["score"]]["fpr"]
-    return none_sentence(1.0 - fpr, 1.0 - float(open_set.get("keep") or 0.0),
-                         f"the {ood['n']} unknowns it was calibrated on ({ood['folder']})")

@@ -18,7 +18,7 @@ from imageclf.data.images import UnreadableImage, load_centre_square
 from imageclf.errors import ConfigError
 from imageclf.export import load_model
 from imageclf.hardware import decoding_pool, resolve_precision
-from imageclf.openset import NONE_LABEL, NoneRule
+from imageclf.none_rule import NONE_LABEL, NoneRule
 
 __all__ = ["NONE_LABEL", "Outputs", "Prediction", "Predictor", "to_probs"]
 
@@ -84,7 +84,7 @@ class Outputs:
 class Predictor:
     """A trained model ready for new images: `predict(paths)` → list of Prediction.
 
-    "None of these" is `self.rule` (openset.NoneRule.of_model): the open-set score and
+    "None of these" is `self.rule` (none_rule.NoneRule.of_model): the open-set score and
     threshold `calibrate` stored, or an older model's `min_confidence`, or for multi-label
     models no class passing its threshold. `min_confidence` given here replaces the stored
     rule with msp at that threshold.

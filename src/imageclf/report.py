@@ -104,7 +104,7 @@ def _open_set_section(model: Path) -> list[str]:
     if ood:
         rows = [{"score": k, "AUROC": v["auroc"], "FPR at the kept share": v["fpr"]}
                 for k, v in ood["scores"].items()]
-        from imageclf.openset import calibrated_sentence
+        from imageclf.none_rule import calibrated_sentence
 
         sentence = calibrated_sentence(rule)
         parts += [f"<p><b>{escape(sentence)}</b></p>"] if sentence else []

@@ -35,7 +35,7 @@ from imageclf.config import ServeConfig
 from imageclf.data.images import UnreadableImage
 from imageclf.errors import ConfigError, ImageclfError
 from imageclf.hardware import decoding_pool
-from imageclf.openset import calibrated_sentence
+from imageclf.none_rule import calibrated_sentence
 from imageclf.predict import Prediction, Predictor
 from imageclf.rundir import read_metrics
 
