@@ -41,10 +41,16 @@ CUDA GPU.
 """
 
 
+def _cpu(m: dict) -> str:
+    """The CPU's name, with its family and model where recorded (one name covers machines
+    of different speeds)."""
+    return f"{m['cpu']} {m['cpu_id']}" if m.get("cpu_id") else m["cpu"]
+
+
 def _where(r: dict) -> str:
     m = r["machine"]
     isa = f" ({m['isa']})" if m.get("isa") and not m.get("gpu") else ""
-    return f"{m.get('gpu') or m['cpu']}{isa}, {m['cores']} cores"
+    return f"{m.get('gpu') or _cpu(m)}{isa}, {m['cores']} cores"
 
 
 def _summary() -> str:
@@ -129,7 +135,7 @@ def _loader(r: dict) -> str:
         f" fastai {r['fastai'].get('version', '2.8.12')}: `Resize({st['presize']})` +"
         f" `aug_transforms(size={st['size']}, min_scale=0.75)`,"
         f" num_workers={r['fastai']['num_workers']} (its default here)."
-        f" Measured {m['date']} on {m['cpu']}"
+        f" Measured {m['date']} on {_cpu(m)}"
         f" ({m['cores']} cores), commit {m['commit']}.",
         "",
         "| tool | cold epoch (img/s) | warm epochs, median (img/s) |",
@@ -152,7 +158,7 @@ def _loader(r: dict) -> str:
 def _train(r: dict) -> str:
     m, st, o, f, s = r["machine"], r["settings"], r["imageclf"], r["fastai"], r["summary"]
     lines = [
-        f"## Training: resnet18 from scratch, whole run ({m['cpu']})",
+        f"## Training: resnet18 from scratch, whole run ({_cpu(m)})",
         "",
         f"Imagenette, presize {st['presize']}, size {st['size']}, batch {st['bs']},"
         f" `fit_one_cycle({st['epochs']}, {st['lr']})`, same recipe in both tools; wall time is"
@@ -161,7 +167,7 @@ def _train(r: dict) -> str:
         + (" (bf16 autocast + channels_last: this CPU has AMX)" if o["precision"] == "bf16"
            else " (+ channels_last: this CPU has no native bf16, so auto chose fp32)")
         + "; fastai: fp32 (its mixed precision"
-        f" is CUDA-only). Measured {m['date']} on {m['cpu']} ({m['cores']} cores),"
+        f" is CUDA-only). Measured {m['date']} on {_cpu(m)} ({m['cores']} cores),"
         f" commit {m['commit']}.",
         "",
         "| tool | valid accuracy | valid loss | wall (s) |",
@@ -189,7 +195,7 @@ def _predict(r: dict) -> str:
         f"resnet18 at {st['size']} (presize {st['presize']}), one Imagenette validation JPEG"
         f" per call, in process, {f['n']} calls after 5 warm-up calls; imageclf's"
         " `Predictor.predict(path)` against fastai's `Learner.predict(path)`."
-        f" Measured {m['date']} on {m['cpu']} ({m['cores']} cores), commit {m['commit']}.",
+        f" Measured {m['date']} on {_cpu(m)} ({m['cores']} cores), commit {m['commit']}.",
         "",
         "| tool | precision | median (ms) | p90 (ms) | fastai / tool |",
         "|---|---|---:|---:|---:|",
@@ -213,7 +219,7 @@ def _lr_find(r: dict) -> str:
         "",
         f"resnet18 from scratch, Imagenette, presize {st['presize']}, size {st['size']},"
         f" batch {st['bs']}; whole process from start to exit (imageclf with a cold cache)."
-        f" Measured {m['date']} on {m['cpu']} ({m['cores']} cores), commit {m['commit']}.",
+        f" Measured {m['date']} on {_cpu(m)} ({m['cores']} cores), commit {m['commit']}.",
         "",
         "| tool | iterations | wall (s) | suggestions |",
         "|---|---:|---:|---|",
@@ -241,7 +247,7 @@ def _lr_rules(r: dict) -> str:
         f" {st['subset'] or 'all'} Imagenette images per class, presize {st['presize']},"
         f" size {st['size']}, batch {st['bs']}; per seed one finder"
         " sweep, then one run per suggestion with that seed (only the rate differs)."
-        f" Measured {m['date']} on {m['cpu']} ({m['cores']} cores), commit {m['commit']}.",
+        f" Measured {m['date']} on {_cpu(m)} ({m['cores']} cores), commit {m['commit']}.",
         "",
         "| rule | " + " | ".join(f"seed {s}: rate, valid accuracy" for s in seeds)
         + " | median accuracy |",
@@ -274,7 +280,7 @@ def _device(results: list[dict]) -> str:
     ]
 
     def where(m: dict) -> str:  # a GPU's name, or which CPU
-        return f"cpu ({m['cpu']})" if m["device"] == "cpu" else m["device"]
+        return f"cpu ({_cpu(m)})" if m["device"] == "cpu" else m["device"]
 
     for r in results:
         m, st = r["machine"], r["settings"]
@@ -352,7 +358,7 @@ def _ddp(r: dict) -> str:
         f" {st['epochs']} epochs, {one['precision']}; one process using every core against"
         f" {many['processes']} gloo processes sharing them; each job from a cold presize"
         " cache; images/s count the whole job's images. One run of each."
-        f" Measured {m['date']} on {m['cpu']} ({m['cores']} cores), commit {m['commit']}.",
+        f" Measured {m['date']} on {_cpu(m)} ({m['cores']} cores), commit {m['commit']}.",
         "",
         "| job | cold epoch (img/s) | warm epochs, median (img/s) | wall (s) | valid accuracy |",
         "|---|---:|---:|---:|---:|",
@@ -373,7 +379,7 @@ def _serve(r: dict) -> str:
         " (--max-batch 32, --max-wait-ms 5; also shown with --max-batch 1); fastai 2.8.12:"
         " a FastAPI endpoint calling `learn.predict` on the uploaded bytes. imageclf's"
         f" precision is auto ({st['auto_precision']} here). Measured {m['date']} on"
-        f" {m['cpu']} ({m['cores']} cores), commit {m['commit']}.",
+        f" {_cpu(m)} ({m['cores']} cores), commit {m['commit']}.",
         "",
         "| server | clients | req/s | p50 (ms) | p90 (ms) | p99 (ms) | failed |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -478,7 +484,7 @@ def _open_set(r: dict) -> str:
         f" images. Seeds {', '.join(map(str, seeds))} (fine-tuning: seed"
         f" {st.get('finetune_seed')}, from a body pretrained here on the 6 known classes);"
         f" medians (AUROC, higher is better; FPR at 95% of known kept, lower is better)."
-        f" Measured {m['date']} on {m['cpu']} ({m.get('isa', '')}, {m['cores']} cores),"
+        f" Measured {m['date']} on {_cpu(m)} ({m.get('isa', '')}, {m['cores']} cores),"
         f" commit {m['commit']}.", "",
         "| model | known accuracy (mean) | score | held-out negatives AUROC |"
         " near AUROC | near FPR95 | far AUROC | far FPR95 |",
@@ -524,7 +530,7 @@ def _imbalance(r: dict) -> str:
         f" their training images ({cut} left; the others about"
         f" {others} each), validation untouched; resnet18 from scratch, {st['epochs']} epochs at"
         f" {st['size']} px (presize {st['presize']}), one-cycle at {st['lr']}, the same seed"
-        f" for each way (seeds {st['seeds']}; medians). Measured {m['date']} on {m['cpu']}"
+        f" for each way (seeds {st['seeds']}; medians). Measured {m['date']} on {_cpu(m)}"
         f" ({m['cores']} cores), commit {m['commit']}.", "",
         "| training | accuracy | balanced accuracy | macro-F1 | minority recall |"
         " majority recall |", "|---|---:|---:|---:|---:|---:|"]
@@ -548,7 +554,7 @@ def _time_to_accuracy(r: dict) -> str:
         f" after {s['fastai_wall_seconds']:.0f} s"
         + (f" (fastai's row is reused from `{reused}`, measured in that run: its target"
            " only, not a side-by-side figure)" if reused else "")
-        + f". {st['note'] + ' ' if st.get('note') else ''}Measured {m['date']} on {m['cpu']}"
+        + f". {st['note'] + ' ' if st.get('note') else ''}Measured {m['date']} on {_cpu(m)}"
         f" ({m['cores']} cores{', ' + m['isa'] if 'isa' in m else ''}"
         f"{', capped at ' + m['isa_cap'] if m.get('isa_cap') else ''}), commit {m['commit']}.",
         "",
@@ -592,7 +598,7 @@ def _leaderboard(r: dict) -> str:
         first = runs[s["seeds"][0]]
         per = ", ".join(f"{100 * runs[k]['final_accuracy']:.1f}%" for k in s["seeds"])
         where = sorted({(f"{x['machine']['gpu']} with " if x["machine"].get("gpu") else "")
-                        + f"{x['machine']['cpu']} ({x['machine'].get('isa', '?')},"
+                        + f"{_cpu(x['machine'])} ({x['machine'].get('isa', '?')},"
                         f" {x['machine']['cores']} cores),"
                         f" {x['machine']['commit']}, {x['machine']['date']}"
                         for x in runs.values()})
@@ -618,7 +624,7 @@ def _suite(r: dict) -> str:
              " loop (`-m \"not slow\"`), each once, with an empty torch.compile cache"
              + (f", under `ONEDNN_MAX_CPU_ISA={cap}` and the matching ATEN_CPU_CAPABILITY"
                 " (an approximation of such a CPU, not one)" if cap else "")
-             + f". Measured {m['date']} on {m['cpu']} ({m.get('isa', '?')}, {m['cores']}"
+             + f". Measured {m['date']} on {_cpu(m)} ({m.get('isa', '?')}, {m['cores']}"
              f" cores), commit {m['commit']}.", "",
              "| run | passed | skipped | pytest's wall | slowest tests (s) |",
              "|---|---:|---:|---:|---|"]
@@ -641,7 +647,7 @@ def _finetune(r: dict) -> str:
         f" + {st['epochs']} epochs) on the other classes, {st['subset']} images per class, at"
         f" {st['size']} px (presize {st['presize']}); per seed one lr_find sweep (valley) fixes"
         f" the rate for every variant. Seeds {', '.join(seeds)}; medians. Measured"
-        f" {m['date']} on {m['cpu']} ({m['cores']} cores), commit {m['commit']}.", "",
+        f" {m['date']} on {_cpu(m)} ({m['cores']} cores), commit {m['commit']}.", "",
         "| variant | args | valid accuracy | with TTA | per seed | wall (s) |",
         "|---|---|---:|---:|---|---:|"]
     for name, v in r["summary"].items():
@@ -661,7 +667,7 @@ def _bn_recal(r: dict) -> str:
         f" {st['train_size']} px, exported for {st['model_size']} px): validation accuracy"
         f" with the running statistics from training, and with them recomputed as an exact"
         f" average over {st['batches']} augmented training batches at the same side (weights"
-        f" unchanged). fp32. Measured {m['date']} on {m['cpu']} ({m['cores']} cores),"
+        f" unchanged). fp32. Measured {m['date']} on {_cpu(m)} ({m['cores']} cores),"
         f" commit {m['commit']}.", "",
         "| side | accuracy | recomputed statistics | difference |", "|---:|---:|---:|---:|"]
     for x in r["rows"]:
@@ -687,7 +693,7 @@ def _demo(r: dict) -> str:
         f"AVX2-only CPU, not one: the reference demo took {REAL_AVX2_REFERENCE_DEMO_S} s on a "
         f"real 2-core AVX2 EPYC, {scale:.1f}× its capped wall here, and the same factor would "
         f"put the new demo at about {scale * rows['new, AVX2 cap, fp32']['wall_s']:.0f} s "
-        f"there (not measured on one). Measured {m['date']} on {m['cpu']} ({m['isa']}), "
+        f"there (not measured on one). Measured {m['date']} on {_cpu(m)} ({m['isa']}), "
         f"{m['cores']} cores, commit {m['commit']}.", "",
         "| demo | wall | valid accuracy | precision | epoch (median) | drawn no-shape images "
         f"answered none | of {r['photos']} Imagenette photos answered none |",
@@ -714,7 +720,7 @@ def _store(r: dict) -> str:
         "evenly spread tenth of them. Disk, build wall and peak memory (the PSS of the whole "
         "process tree, forked workers' shared pages counted once) side by side, the raw "
         "cache's build first. PSNR of 400 stored images against their raw presized image. "
-        f"Measured {m['date']} on {m['cpu']} ({m['isa']}), {m['cores']} cores, commit "
+        f"Measured {m['date']} on {_cpu(m)} ({m['isa']}), {m['cores']} cores, commit "
         f"{m['commit']}. Goals: disk ≤ 1/6 of raw at ≥ 38 dB; build ≤ 1.2×; peak memory "
         "< 1 GB.", "",
         "| presize | images | raw KB/image | store KB/image | store/raw | PSNR median (p10) "
@@ -733,7 +739,7 @@ def _store(r: dict) -> str:
             f"{proj} |")
     mt, mk = r.get("machine_train"), r.get("machine_kept_runs")
     if mt and (r.get("loader") or r.get("train")):
-        lines += ["", f"The training rows below: measured {mt['date']} on {mt['cpu']} "
+        lines += ["", f"The training rows below: measured {mt['date']} on {_cpu(mt)} "
                   f"({mt['isa']}), {mt['cores']} cores, commit {mt['commit']}"
                   + (f"; the raw-cache rows and the loader at commit {mk['commit']}, the "
                      "same day and machine, one run earlier (before pack wrote its samples "
