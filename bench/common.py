@@ -18,6 +18,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
+BENCH_OUTPUTS = ("bench/results", "docs/benchmarks.md", "docs/images_per_s.png")
 FASTAI_VENV = HERE / ".venv-fastai"
 FASTAI_VERSION = "2.8.12"
 DEFAULT_TAR = ROOT.parent / "shared" / "data" / "imagenette-224.tar"
@@ -188,9 +189,12 @@ def machine() -> dict:
     commit = os.environ.get("BENCH_COMMIT") or subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
         cwd=ROOT).stdout.strip()
+    # "+changes" means code or settings differ from the commit; the files benchmarks write
+    # themselves (results saved after each seed, the report) don't count
     dirty = not os.environ.get("BENCH_COMMIT") and subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-        text=True, cwd=ROOT).stdout.strip()
+        ["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+         *(f":!{p}" for p in BENCH_OUTPUTS)], capture_output=True, text=True,
+        cwd=ROOT).stdout.strip()
     cap = os.environ.get("ONEDNN_MAX_CPU_ISA")  # an approximation of a smaller CPU
     gpu = cuda_gpu()
     return {"cpu": cpu, **({"cpu_id": cpu_id} if cpu_id else {}), "isa": cpu_isa(),
