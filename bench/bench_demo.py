@@ -8,6 +8,7 @@ emulated bf16, over 20 minutes). Then the share of Imagenette photos the new dem
 answers "none of these" for (it has seen only drawn shapes).
 
     python bench/bench_demo.py [--data IMAGENETTE] [--reference COMMIT] [--photos 200]
+                               [--name demo-MACHINE]
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ def main() -> None:
     ap.add_argument("--data", help="extracted Imagenette (train/, val/) for the photos")
     ap.add_argument("--reference", default=REFERENCE, help="the commit whose demo to compare")
     ap.add_argument("--photos", type=int, default=200, help="Imagenette photos to predict")
+    ap.add_argument("--name", default="demo", help="results name: demo-SOMETHING keeps the "
+                    "figures of another machine beside the first")
     args = ap.parse_args()
     val = sorted(imagenette(args.data).glob("val/*/*"))
     photos = val[:: max(1, len(val) // args.photos)][: args.photos]
@@ -92,7 +95,7 @@ def main() -> None:
                           "avx2_wall_ratio": new["wall_s"] / ref["wall_s"],
                           "native_wall_s": rows["new, native ISA"]["wall_s"],
                           "photos_none_share": new["photos_none_share"]}}
-    print(save("demo", result))
+    print(save(args.name, result))
 
 
 if __name__ == "__main__":

@@ -110,7 +110,7 @@ def _summary() -> str:
         elif name == "imbalance":
             text = "minority recall " + ", ".join(
                 f"{k} {100 * v['minority_recall']:.1f}%" for k, v in s.items())
-        elif name == "demo":
+        elif name.startswith("demo"):
             text = (f"`imageclf demo` {s['avx2_wall_s']:.0f} s at {100 * s['avx2_accuracy']:.1f}%"
                     f" capped at AVX2 fp32 ({s['avx2_wall_ratio']:.2f}× the resnet18 demo's "
                     f"wall), {s['native_wall_s']:.0f} s native; "
@@ -684,7 +684,8 @@ def _demo(r: dict) -> str:
     m, rows = r["machine"], r["rows"]
     scale = REAL_AVX2_REFERENCE_DEMO_S / rows["reference, AVX2 cap, fp32"]["wall_s"]
     lines = [
-        "## The first run: `imageclf demo` end to end", "",
+        "## The first run: `imageclf demo` end to end"
+        + (f", on {_cpu(m)}" if m.get("cpu_id") else ""), "",
         "A whole process from an empty folder and cache: draw the shapes, verify, lr_find, "
         "train, evaluate, calibrate \"none of these\" and show one rejection "
         "(`bench/bench_demo.py`). Side by side in one run with the demo of commit "
@@ -788,7 +789,8 @@ def render() -> None:
         r = _read(name)
         if r is not None:
             parts.append(fn(r))
-        if name in ("train", "lr_rules", "time_to_accuracy", "suite"):  # further settings
+        if name in ("train", "lr_rules", "time_to_accuracy", "suite", "demo"):  # further
+            # settings or machines
             for path in sorted(RESULTS.glob(f"{name}-*.json")):
                 parts.append(fn(json.loads(path.read_text())))
     device = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("device*.json"))]
