@@ -2,6 +2,7 @@
 and metrics. Usage: ddp_worker.py DATA BS OUT ARCH HEAD [ACCUM-STEPS]; with ACCUM-STEPS,
 without augmentation."""
 
+import gc
 import json
 import sys
 from pathlib import Path
@@ -28,4 +29,9 @@ save_file(params, out / f"rank{dist.rank}.safetensors")
     "rows": learn.history.rows, "world_size": dist.world_size,
     "valid_shard": sum(x.shape[0] for x, _ in learn.dls.valid),
     "valid_gathered": len(learn.get_preds()[1]), "n_train_batches": len(learn.dls.train)}))
+# the DDP wrapper holds the process group: dropped here, while the interpreter is whole, it
+# is not torn down in the interpreter's exit after destroy_process_group, where gloo's
+# threads could abort the process ("terminate called without an active exception")
+del learn
+gc.collect()
 shutdown(wait=True)
