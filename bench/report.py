@@ -619,7 +619,8 @@ def _leaderboard(r: dict) -> str:
 def _suite(r: dict) -> str:
     m = r["machine"]
     cap = m.get("isa_cap")
-    lines = [f"## The test suite{' capped at ' + cap if cap else ''}", "",
+    lines = [f"## The test suite{' capped at ' + cap if cap else ''}"
+             + (f", on {_cpu(m)}" if m.get("cpu_id") else ""), "",
              "`bench/bench_suite.py`: the README's test command (`pytest -q`) and the inner"
              " loop (`-m \"not slow\"`), each once, with an empty torch.compile cache"
              + (f", under `ONEDNN_MAX_CPU_ISA={cap}` and the matching ATEN_CPU_CAPABILITY"
