@@ -179,11 +179,7 @@ def run_json(cmd: list[str], env: dict[str, str] | None = None) -> dict:
 
 def machine() -> dict:
     """Where a figure was measured."""
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        cpu = platform.processor()
+    cpu = cpuinfo().get("model name") or platform.processor()
     cpu_id = cpu_generation()
     # BENCH_COMMIT: a copy of the tree whose .git, if any, is not its own (a lent machine's)
     commit = os.environ.get("BENCH_COMMIT") or subprocess.run(
@@ -204,15 +200,20 @@ def machine() -> dict:
             "commit": commit + ("+changes" if dirty else "")}
 
 
+def cpuinfo() -> dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo ({} where there is none)."""
+    try:
+        block = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
+    except OSError:
+        return {}
+    pairs = (line.split(":", 1) for line in block.splitlines() if ":" in line)
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
 def cpu_generation() -> str | None:
     """"family F model M" from /proc/cpuinfo. "AMD EPYC" with AVX512-BF16 alone named two
     machines 1.8x apart in a training epoch; this tells them apart (26 is Zen 5)."""
-    try:
-        info = dict(line.split(":", 1) for line in open("/proc/cpuinfo").read().split("\n\n")[0]
-                    .splitlines() if ":" in line)
-    except OSError:
-        return None
-    info = {k.strip(): v.strip() for k, v in info.items()}
+    info = cpuinfo()
     if "cpu family" not in info or "model" not in info:
         return None
     return f"family {info['cpu family']} model {info['model']}"
@@ -232,11 +233,9 @@ def cuda_gpu() -> str | None:
 def cpu_isa() -> str:
     """The CPU's best matrix instructions, which decide its bf16 speed: the same model name
     ("Intel(R) Xeon(R) Processor") has come with and without AMX."""
-    try:
-        flags = set(next(line for line in open("/proc/cpuinfo")
-                         if line.startswith("flags")).split())
-    except (OSError, StopIteration):
+    if "flags" not in (info := cpuinfo()):
         return "unknown"
+    flags = set(info["flags"].split())
     if "amx_bf16" in flags:
         return "AMX"
     if "avx512_bf16" in flags:

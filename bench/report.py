@@ -790,8 +790,8 @@ def render() -> None:
         r = _read(name)
         if r is not None:
             parts.append(fn(r))
-        if name in ("train", "lr_rules", "time_to_accuracy", "suite", "demo"):  # further
-            # settings or machines
+        # further settings or machines: NAME-*.json
+        if name in ("train", "lr_rules", "time_to_accuracy", "suite", "demo"):
             for path in sorted(RESULTS.glob(f"{name}-*.json")):
                 parts.append(fn(json.loads(path.read_text())))
     device = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("device*.json"))]
