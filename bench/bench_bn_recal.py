@@ -19,7 +19,7 @@ import torch
 
 from common import imagenette, machine, save
 from imageclf import DataConfig, DataLoaders, ModelMeta, Predictor
-from imageclf.evaluate import evaluate
+from imageclf.jobs.evaluate import evaluate
 
 
 def recalibrate(model: torch.nn.Module, batches, n: int) -> torch.nn.Module:

@@ -73,7 +73,7 @@ def main() -> None:
         old = Path(tmp) / "reference"
         subprocess.run(["git", "worktree", "add", "--detach", str(old), args.reference],
                        cwd=ROOT, check=True, capture_output=True)
-        hw = "src/imageclf/hardware.py"
+        hw = "src/imageclf/core/hardware.py"
         (old / hw).write_text((ROOT / hw).read_text())
         try:
             for name, src, env in (("new, AVX2 cap, fp32", ROOT / "src", AVX2),

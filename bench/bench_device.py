@@ -26,9 +26,9 @@ import time
 import torch
 
 from common import imagenette, machine, save, subset
-from imageclf.config import DataConfig, TrainConfig
-from imageclf.distributed import from_env
-from imageclf.runs import RunContext, build_learner
+from imageclf.core.config import DataConfig, TrainConfig
+from imageclf.core.distributed import from_env
+from imageclf.run.runs import RunContext, build_learner
 from report import render
 
 

@@ -47,15 +47,15 @@ import torch
 from PIL import Image
 
 from common import imagenette, machine, run, save
-from imageclf import openset
-from imageclf.config import DataSource
+from imageclf.core.config import DataSource
 from imageclf.data.negatives import negative_set
 from imageclf.data.sources import list_images, resolve
-from imageclf.demo import make_shapes_dataset
-from imageclf.evaluate import calibrate, run_images
-from imageclf.models import linear_head
-from imageclf.openset import OpenSetStats
-from imageclf.predict import Predictor
+from imageclf.jobs.demo import make_shapes_dataset
+from imageclf.jobs.evaluate import calibrate, run_images
+from imageclf.model.classifier import linear_head
+from imageclf.model.predict import Predictor
+from imageclf.openset import scores as openset
+from imageclf.openset.scores import OpenSetStats
 from report import render
 
 FAR_KINDS = ("shapes", "uniform", "gaussian", "textures")

@@ -223,7 +223,7 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "src"))
     import torch
 
-    from imageclf.hardware import resolve_precision
+    from imageclf.core.hardware import resolve_precision
 
     auto = resolve_precision("auto", torch.device("cpu"), training=False).name
     results: dict = {"machine": machine(), "settings": vars(a) | {"data": str(data),

@@ -121,14 +121,14 @@ def psnr(store: Path, presize: int, k: int = 400) -> dict:
 
     sys.path.insert(0, str(ROOT / "src"))
     from imageclf.data.images import load_presized
-    from imageclf.data.store import read_index, store_ref
+    from imageclf.data.store import StoreRef, read_index
 
     rows = read_index(store)
     rows = rows[:: max(1, len(rows) // k)][:k]
     vals = []
     for r in rows:
         raw = load_presized(r.source, presize).array.astype(np.float64)
-        got = load_presized(store_ref(store / r.shard, r.offset, r.size), presize).array
+        got = load_presized(StoreRef(store / r.shard, r.offset, r.size), presize).array
         vals.append(10 * np.log10(255**2 / np.mean((raw - got) ** 2)))
     return {"median": round(float(np.median(vals)), 2), "mean": round(float(np.mean(vals)), 2),
             "p10": round(float(np.percentile(vals, 10)), 2), "images": len(vals)}

@@ -257,9 +257,9 @@ def random_resnet18(folder: Path, size: int, presize: int) -> Path:
     sys.path.insert(0, str(ROOT / "src"))
     import torch
 
-    from imageclf.export import save_model
-    from imageclf.meta import ModelMeta
-    from imageclf.models import create_model
+    from imageclf.core.modelmeta import ModelMeta
+    from imageclf.model.classifier import create_model
+    from imageclf.model.export import save_model
 
     torch.manual_seed(0)
     return save_model(create_model("resnet18", 10, "none"), folder, ModelMeta(

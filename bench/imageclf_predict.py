@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from imageclf.predict import Predictor
+from imageclf.model.predict import Predictor
 
 torch.manual_seed(0)
 model, precision, files = sys.argv[1], sys.argv[2], sys.argv[3:]

@@ -21,13 +21,13 @@ import torch
 
 from bench_open_set import FAR_KINDS
 from common import imagenette, machine, save
-from imageclf import openset as O
-from imageclf.config import DataSource
+from imageclf.core.config import DataSource
 from imageclf.data.negatives import negative_set
 from imageclf.data.sources import list_images, resolve
-from imageclf.evaluate import run_images
-from imageclf.models import linear_head
-from imageclf.predict import Predictor
+from imageclf.jobs.evaluate import run_images
+from imageclf.model.classifier import linear_head
+from imageclf.model.predict import Predictor
+from imageclf.openset import scores as O
 
 PAIRS = (("msp", "mahalanobis"), ("msp", "vim"), ("msp", "ash"), ("msp", "scale"),
          ("energy", "ash"))

@@ -16,16 +16,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def tables() -> dict[tuple[str, str], str]:
     """(doc file, block name) -> generated text."""
-    from imageclf.checkpoint import CheckpointInfo
-    from imageclf.config import DataConfig, ServeConfig, TrainConfig
+    from imageclf.core.config import DataConfig, ServeConfig, TrainConfig
+    from imageclf.core.modelmeta import CalibrationInfo, NegativesInfo, OpenSetRule, schema_markdown
+    from imageclf.core.records import record_markdown
+    from imageclf.core.settings import settings_markdown
     from imageclf.data.cache import CacheIndex
     from imageclf.data.store import StoreManifest
-    from imageclf.interpret import InterpretationRecord
-    from imageclf.lr_sweep import LRFindResult
-    from imageclf.meta import CalibrationInfo, NegativesInfo, OpenSetRule, schema_markdown
-    from imageclf.records import record_markdown
-    from imageclf.rundir import RunClaim, RunMetrics
-    from imageclf.settings import settings_markdown
+    from imageclf.learn.checkpoint import CheckpointInfo
+    from imageclf.learn.lr_sweep import LRFindResult
+    from imageclf.model.interpret import InterpretationRecord
+    from imageclf.run.rundir import RunClaim, RunMetrics
 
     out = {("settings.md", "settings"): settings_markdown(DataConfig, TrainConfig, ServeConfig),
            ("run-directory.md", "metrics"): record_markdown(RunMetrics),

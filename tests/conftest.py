@@ -28,8 +28,8 @@ def _cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def learn(folder_dataset: Path):
     """A small learner (helpers.ARCH) from scratch on 3 classes x 6 images, fp32 (3 batches
     an epoch)."""
-    from imageclf.config import DataConfig, TrainConfig
-    from imageclf.runs import build_learner
+    from imageclf.core.config import DataConfig, TrainConfig
+    from imageclf.run.runs import build_learner
 
     return build_learner(DataConfig.build(path=str(folder_dataset), size=32, presize=40, bs=6),
                          TrainConfig.build(arch=ARCH, pretrained="none", precision="fp32"))
@@ -40,8 +40,8 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small softmax model trained on noisy solid colours (fp32: comparable to ONNX)."""
     tmp = tmp_path_factory.mktemp("trained")
     data = make_folder_dataset(tmp / "data", n_train=10, n_valid=4)
-    from imageclf.config import DataConfig, TrainConfig
-    from imageclf.runs import train_run
+    from imageclf.core.config import DataConfig, TrainConfig
+    from imageclf.run.runs import train_run
 
     res = train_run(DataConfig.build(path=str(data), size=32, presize=40, bs=10,
                                cache_dir=str(tmp / "cache")),

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from imageclf.config import AugConfig, DataConfig, TrainConfig
-from imageclf.distributed import from_env, shutdown
-from imageclf.runs import RunContext, build_learner
+from imageclf.core.config import AugConfig, DataConfig, TrainConfig
+from imageclf.core.distributed import from_env, shutdown
+from imageclf.run.runs import RunContext, build_learner
 
 data, bs, out = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
 accum = int(sys.argv[6]) if len(sys.argv) > 6 else 0

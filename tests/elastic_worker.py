@@ -14,8 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from imageclf import checkpoint
 from imageclf.cli import main
+from imageclf.learn import checkpoint
 
 on_batch_end = checkpoint.Checkpointer.on_batch_end
 

@@ -102,7 +102,7 @@ def final_metrics(run: Path) -> dict:
 
 def find(path: str | Path, seed: int = 0, evaluate: bool = False, **source: object):
     """The Items of a data set: its DataSource (path and `source` fields) resolved."""
-    from imageclf.config import DataSource
+    from imageclf.core.config import DataSource
     from imageclf.data.sources import resolve
 
     return resolve(DataSource(path=str(path), **source), seed, evaluate)

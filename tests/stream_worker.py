@@ -10,8 +10,8 @@ import os
 import signal
 import sys
 
-from imageclf import checkpoint
 from imageclf.cli import main
+from imageclf.learn import checkpoint
 
 on_batch_end = checkpoint.Checkpointer.on_batch_end
 

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from imageclf.config import AugConfig
+from imageclf.core.config import AugConfig
 from imageclf.data.augment import (
     AugParams,
     BatchAugment,

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from imageclf.config import DataConfig
+from imageclf.core.config import DataConfig
 from imageclf.data.cache import PresizeCache, default_cache_dir
-from imageclf.data.loader import DataLoaders
+from imageclf.data.dataloaders import DataLoaders
 
 from .helpers import add_bad_files, solid
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from imageclf.callbacks import Callback
+from imageclf.learn.callbacks import Callback
 
 
 class ReadEachLoss(Callback):
@@ -44,7 +44,7 @@ def test_one_cycle_rates_rise_then_fall_per_step(learn):
 
 
 def test_lr_sweep_grows_exponentially_and_stops_on_a_blow_up(learn):
-    from imageclf.callbacks import LRSweep
+    from imageclf.learn.callbacks import LRSweep
 
     sweep = LRSweep(1e-5, 1e3, num_it=30)
     learn.loop(10, [sweep], validate=False)

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from imageclf.callbacks import Callback
-from imageclf.checkpoint import checkpoint_position, read_checkpoint
-from imageclf.config import DataConfig, TrainConfig
-from imageclf.errors import DamagedFileError
+from imageclf.core.config import DataConfig, TrainConfig
+from imageclf.core.errors import DamagedFileError
+from imageclf.learn.callbacks import Callback
+from imageclf.learn.checkpoint import checkpoint_position, read_checkpoint
 
 from .helpers import ARCH, make_folder_dataset, run_cli
 
@@ -18,8 +18,8 @@ def test_a_stop_inside_an_accumulation_group_waits_for_its_step(folder_dataset: 
     """SIGTERM (as the handler records it) after batch 3 with --accum-steps 2: training
     stops after batch 4, where the group's step is taken and a checkpoint can hold
     everything; resuming ends exactly as a run never stopped."""
-    import imageclf.runs as runs
-    from imageclf.checkpoint import STOP
+    import imageclf.run.runs as runs
+    from imageclf.learn.checkpoint import STOP
 
     class StopAt(Callback):
         def on_batch_end(self, learn):

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from imageclf.config import DataConfig
-from imageclf.data.loader import DataLoaders
-from imageclf.lr_finder import resolve_rule
+from imageclf.core.config import DataConfig
+from imageclf.data.dataloaders import DataLoaders
+from imageclf.learn.lr_find import resolve_rule
 
 from .helpers import ARCH, CliResult, add_bad_files, run_cli
 

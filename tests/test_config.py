@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from imageclf.cli.options import settings_command
-from imageclf.config import (
+from imageclf.core.config import (
     AugConfig,
     DataConfig,
     DataSource,
@@ -16,9 +16,9 @@ from imageclf.config import (
     TrainConfig,
     read_settings,
 )
-from imageclf.errors import ConfigError
-from imageclf.serve import ServeConfig
-from imageclf.settings import differences, settings_markdown
+from imageclf.core.errors import ConfigError
+from imageclf.core.settings import differences, settings_markdown
+from imageclf.serve.app import ServeConfig
 
 from .helpers import run_cli
 
@@ -148,7 +148,7 @@ def test_a_tensorboard_config_reads_without_tensorboard(monkeypatch: pytest.Monk
                         lambda name, *a: None if name == "tensorboard" else real(name, *a))
     t = TrainConfig.build(tensorboard=True)
     assert TrainConfig.from_json(t.to_json()).output.tensorboard
-    from imageclf.runs import train_run
+    from imageclf.run.runs import train_run
 
     with pytest.raises(ConfigError, match="--tensorboard needs the tensorboard package"):
         train_run(DataConfig.build(path="x"), t)
@@ -170,9 +170,9 @@ def test_docs_record_tables_are_the_generated_ones():
 
 
 def test_records_round_trip_and_refuse_damage():
+    from imageclf.core.errors import DamagedFileError
     from imageclf.data.cache import CacheIndex, Slot
-    from imageclf.errors import DamagedFileError
-    from imageclf.rundir import RunMetrics, Watched
+    from imageclf.run.rundir import RunMetrics, Watched
 
     idx = CacheIndex(2, 40, "crop", "k-1.u8", (1, 3, 40, 40), [Slot("/a.jpg", 10, 5, True, 40)])
     assert CacheIndex.from_json(json.loads(json.dumps(idx.to_json()))) == idx

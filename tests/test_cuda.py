@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from imageclf.callbacks import Callback
-from imageclf.config import DataConfig, TrainConfig
-from imageclf.runs import RunContext, build_learner
+from imageclf.core.config import DataConfig, TrainConfig
+from imageclf.learn.callbacks import Callback
+from imageclf.run.runs import RunContext, build_learner
 
 from .helpers import make_folder_dataset
 
@@ -70,8 +70,8 @@ def test_training_steps_never_wait_for_the_gpu(data: Path, precision: str):
 
 
 def test_predictor_on_the_gpu_agrees_with_the_cpu(data: Path, tmp_path: Path):
-    from imageclf.predict import Predictor
-    from imageclf.runs import train_run
+    from imageclf.model.predict import Predictor
+    from imageclf.run.runs import train_run
 
     res = train_run(DataConfig.build(path=str(data), size=32, presize=40, bs=8),
                     TrainConfig.build(arch="resnet18", pretrained="none", epochs=2, lr="1e-2",
@@ -87,7 +87,7 @@ def test_predictor_on_the_gpu_agrees_with_the_cpu(data: Path, tmp_path: Path):
 def test_the_gpu_backend_takes_cpu_and_gpu_tensors(tmp_path: Path):
     import torch.distributed as tdist
 
-    from imageclf.distributed import backend_for
+    from imageclf.core.distributed import backend_for
 
     dev = torch.device("cuda:0")
     tdist.init_process_group(backend_for(dev), init_method=f"file://{tmp_path / 'rdv'}",

@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from imageclf.config import DataConfig
+from imageclf.core.config import DataConfig
+from imageclf.core.errors import ConfigError
 from imageclf.data.cache import PresizeCache
+from imageclf.data.dataloaders import DataLoaders
 from imageclf.data.device_decode import exif_upright, jpeg_complete, read_jpeg
-from imageclf.data.loader import DataLoaders
-from imageclf.errors import ConfigError
 
 from .helpers import add_bad_files, make_folder_dataset
 

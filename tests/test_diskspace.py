@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from imageclf.diskspace import check_room, free_bytes, is_disk_full
-from imageclf.errors import DiskFullError
+from imageclf.core.diskspace import check_room, free_bytes, is_disk_full
+from imageclf.core.errors import DiskFullError
 
 from .helpers import ARCH, make_folder_dataset, run_cli
 
@@ -123,7 +123,7 @@ cat $D/../err1
 ls $D/run/checkpoints
 $PY -c "
 import sys; from pathlib import Path
-from imageclf.checkpoint import read_checkpoint
+from imageclf.learn.checkpoint import read_checkpoint
 info, _ = read_checkpoint(Path(sys.argv[1]))
 print('checkpoint epoch', info.progress['epochs_done'])" $D/run/checkpoints
 rm $D/filler
@@ -144,9 +144,9 @@ cat $D/run/metrics.json
 
 def test_estimate_covers_a_real_run(folder_dataset: Path, tmp_path: Path):
     """The run directory's estimate is at least what a finished run wrote."""
-    from imageclf.config import DataConfig, TrainConfig
-    from imageclf.rundir import required_bytes
-    from imageclf.runs import build_learner
+    from imageclf.core.config import DataConfig, TrainConfig
+    from imageclf.run.finish import required_bytes
+    from imageclf.run.runs import build_learner
 
     r = run_cli(*_train_args(folder_dataset, tmp_path / "run"))
     assert r.returncode == 0, r.stderr

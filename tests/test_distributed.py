@@ -267,8 +267,8 @@ def test_an_elastic_job_grows_and_shrinks(tmp_path: Path):
 def test_more_processes_than_gpus_is_one_clear_error(monkeypatch: pytest.MonkeyPatch):
     """torchrun --nproc_per_node 2 on a machine with one GPU: the second process says what
     is wrong before touching the device (CUDA would answer "invalid device ordinal")."""
-    from imageclf.distributed import from_env
-    from imageclf.errors import ConfigError
+    from imageclf.core.distributed import from_env
+    from imageclf.core.errors import ConfigError
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)

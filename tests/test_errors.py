@@ -3,8 +3,8 @@
 import pytest
 
 from imageclf import ConfigError, DamagedFileError, DataError, ImageclfError
-from imageclf.distributed import Dist
-from imageclf.errors import BY_NAME
+from imageclf.core.distributed import Dist
+from imageclf.core.errors import BY_NAME
 
 
 def test_one_base_and_kinds_to_tell_apart():

@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from imageclf.errors import ConfigError, DamagedFileError
-from imageclf.evaluate import calibrate, evaluate, subsample_per_class, write_calibration
-from imageclf.predict import NONE_LABEL, Predictor
+from imageclf.core.errors import ConfigError, DamagedFileError
+from imageclf.jobs.evaluate import calibrate, evaluate, subsample_per_class, write_calibration
+from imageclf.model.predict import NONE_LABEL, Predictor
 
 from .helpers import run_cli
 

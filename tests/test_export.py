@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from imageclf.errors import DamagedFileError
-from imageclf.export import export_learner, load_model
-from imageclf.predict import Predictor, to_probs
+from imageclf.core.errors import DamagedFileError
+from imageclf.model.export import export_learner
+from imageclf.model.folder import load_model
+from imageclf.model.predict import Predictor, to_probs
 
 from .helpers import ARCH, run_cli
 

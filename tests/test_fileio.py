@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from imageclf.fileio import atomic_write, write_json
+from imageclf.core.fileio import atomic_write, write_json
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Path):

@@ -3,14 +3,14 @@
 import pytest
 import torch
 
-from imageclf.errors import ConfigError
-from imageclf.hardware import resolve_precision
+from imageclf.core.errors import ConfigError
+from imageclf.core.hardware import resolve_precision
 
 
 def test_compile_without_a_cpp_compiler_is_refused_early(monkeypatch: pytest.MonkeyPatch):
     import shutil
 
-    from imageclf.hardware import check_compiler
+    from imageclf.core.hardware import check_compiler
 
     monkeypatch.delenv("CXX", raising=False)
     monkeypatch.setattr(shutil, "which", lambda name: None)
@@ -21,16 +21,16 @@ def test_compile_without_a_cpp_compiler_is_refused_early(monkeypatch: pytest.Mon
 
 def test_forced_bf16_without_native_support_warns(monkeypatch: pytest.MonkeyPatch, caplog):
     """auto never picks bf16 where it would run emulated; asked for by hand, it says so."""
-    import imageclf.hardware as H
+    import imageclf.core.hardware as H
 
     monkeypatch.setattr(H, "native_bf16", lambda device: False)
     assert resolve_precision("auto", torch.device("cpu")).name == "fp32"
-    with caplog.at_level("WARNING", logger="imageclf.hardware"):
+    with caplog.at_level("WARNING", logger="imageclf.core.hardware"):
         assert resolve_precision("bf16", torch.device("cpu")).name == "bf16"
     assert "no native bf16" in caplog.text
     monkeypatch.setattr(H, "native_bf16", lambda device: True)
     caplog.clear()
-    with caplog.at_level("WARNING", logger="imageclf.hardware"):
+    with caplog.at_level("WARNING", logger="imageclf.core.hardware"):
         assert resolve_precision("auto", torch.device("cpu")).name == "bf16"
         resolve_precision("bf16", torch.device("cpu"))
     assert "no native bf16" not in caplog.text
@@ -39,7 +39,7 @@ def test_forced_bf16_without_native_support_warns(monkeypatch: pytest.MonkeyPatc
 def test_an_isa_capped_below_bf16_counts_as_no_native_bf16():
     """ONEDNN_MAX_CPU_ISA / ATEN_CPU_CAPABILITY set to AVX2 make a newer CPU behave as an
     AVX2 one; auto precision must then choose what it would choose there (fp32)."""
-    from imageclf.hardware import isa_capped_below_bf16
+    from imageclf.core.hardware import isa_capped_below_bf16
 
     assert not isa_capped_below_bf16({})
     assert isa_capped_below_bf16({"ONEDNN_MAX_CPU_ISA": "AVX2"})
@@ -77,7 +77,7 @@ def test_decoding_threads_leave_the_rest_of_the_process_its_thread_count():
 
     import torch
 
-    from imageclf.hardware import decoding_pool
+    from imageclf.core.hardware import decoding_pool
 
     before = torch.get_num_threads()
     with decoding_pool(2) as pool:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from imageclf.interpret import Interpretation, map_targets
+from imageclf.model.interpret import Interpretation, map_targets
 
 
 def test_a_hand_made_validation_pass():

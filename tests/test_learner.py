@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from imageclf.config import AugConfig, DataConfig, TrainConfig
-from imageclf.models import norm_params
-from imageclf.runs import build_learner
-from imageclf.schedules import spread_lrs
+from imageclf.core.config import AugConfig, DataConfig, TrainConfig
+from imageclf.learn.schedules import spread_lrs
+from imageclf.model.classifier import norm_params
+from imageclf.run.runs import build_learner
 
 from .helpers import ARCH
 
@@ -82,7 +82,7 @@ def test_compiled_training_matches_eager(folder_dataset: Path, monkeypatch: pyte
     # unwraps, not inductor's vector code, and they compile 1.7x faster (27 s, not 47 s)
     monkeypatch.setattr(torch._inductor.config.cpp, "vec_isa_ok", False)
 
-    from imageclf.schedules import fine_tune_plan
+    from imageclf.learn.schedules import fine_tune_plan
 
     rows = {}
     for comp in (False, True):
@@ -146,7 +146,7 @@ def test_spread_lrs():
 def test_clip_grad_caps_the_gradients_global_norm(folder_dataset: Path):
     """--clip-grad: at each step the optimiser sees gradients of global norm at most the
     setting's; without it they are left as they are (here well above it)."""
-    from imageclf.callbacks import Callback
+    from imageclf.learn.callbacks import Callback
 
     class Norms(Callback):
         def __init__(self) -> None:

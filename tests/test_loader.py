@@ -7,8 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from imageclf.config import AugConfig, DataConfig
-from imageclf.data.loader import DataLoaders, balanced_order, item_weights
+from imageclf.core.config import AugConfig, DataConfig
+from imageclf.data.dataloaders import DataLoaders
+from imageclf.data.sampling import balanced_order, item_weights
 
 from .helpers import solid
 

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from imageclf.errors import ConfigError
-from imageclf.losses import class_weights, inverse_frequency, make_loss
+from imageclf.core.errors import ConfigError
+from imageclf.model.losses import class_weights, inverse_frequency, make_loss
 
 
 def test_cross_entropy_by_hand_and_with_label_smoothing():

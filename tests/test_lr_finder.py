@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from imageclf.lr_finder import LRChoice, minimum, resolve_rule, slide, smooth, steep, valley
-from imageclf.schedules import exp_sweep
+from imageclf.learn.lr_find import LRChoice, minimum, resolve_rule, slide, smooth, steep, valley
+from imageclf.learn.schedules import exp_sweep
 
 
 def test_lr_suggestions_on_a_synthetic_curve():

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from imageclf.errors import DamagedFileError
-from imageclf.meta import FORMAT_VERSION, ModelMeta, OpenSetRule, schema_markdown
-from imageclf.none_rule import NoneRule
+from imageclf.core.errors import DamagedFileError
+from imageclf.core.modelmeta import FORMAT_VERSION, ModelMeta, OpenSetRule, schema_markdown
+from imageclf.openset.rule import NoneRule
 
 META = ModelMeta(arch="resnet18", head="concat", classes=("a", "b"), size=32, presize=40,
                  resize_method="crop", mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),

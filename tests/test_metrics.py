@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from imageclf import metrics as M
-from imageclf.errors import ConfigError
-from imageclf.metrics import accuracy_multi, compute
+from imageclf.core.errors import ConfigError
+from imageclf.model import metrics as M
+from imageclf.model.metrics import accuracy_multi, compute
 
 
 def test_accuracy_and_error_rate():

@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from imageclf.config import DataConfig, TrainConfig
-from imageclf.errors import ConfigError
-from imageclf.models import check_arch, create_model
-from imageclf.runs import build_learner
+from imageclf.core.config import DataConfig, TrainConfig
+from imageclf.core.errors import ConfigError
+from imageclf.model.classifier import check_arch, create_model
+from imageclf.run.runs import build_learner
 
 from .helpers import ARCH
 
@@ -17,7 +17,7 @@ def test_hub_offline_fails_fast_with_a_way_out(monkeypatch: pytest.MonkeyPatch):
     import socket
     import time
 
-    from imageclf.models import create_body
+    from imageclf.model.classifier import create_body
 
     def refuse(*_a, **_k):
         raise OSError("network unreachable")
@@ -34,7 +34,7 @@ def test_pretrained_from_files_and_wrong_keys(tmp_path: Path):
     import timm
     from safetensors.torch import save_file
 
-    from imageclf.models import create_body
+    from imageclf.model.classifier import create_body
 
     src = timm.create_model("resnet18", num_classes=7)
     state = {k: v.contiguous() for k, v in src.state_dict().items()}
@@ -51,7 +51,7 @@ def test_pickle_payload_is_refused(tmp_path: Path):
     """A .pth that would run code when unpickled is refused (weights_only=True)."""
     import pickle
 
-    from imageclf.models import create_body
+    from imageclf.model.classifier import create_body
 
     marker = tmp_path / "pwned"
 
@@ -77,7 +77,7 @@ def test_transfer_beats_scratch(tmp_path: Path):
     data_a = DataConfig.build(path=str(a), size=32, presize=40, bs=8, seed=1)
     pre = build_learner(data_a, TrainConfig.build(arch=ARCH, pretrained="none", precision="fp32"))
     pre.fit_one_cycle(6, 3e-3)
-    from imageclf.export import export_learner
+    from imageclf.model.export import export_learner
 
     export_learner(pre, tmp_path / "pre" / "model")
     data_b = DataConfig.build(path=str(b), size=32, presize=40, bs=6, seed=2)

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from imageclf.config import DataConfig, TrainConfig
-from imageclf.data.loader import DataLoaders
-from imageclf.data.negatives import NEGATIVE, negative_order, negative_set
-from imageclf.errors import ConfigError, DataError
-from imageclf.losses import cross_entropy, uniform_cross_entropy, with_negatives
+from imageclf.core.config import DataConfig, TrainConfig
+from imageclf.core.errors import ConfigError, DataError
+from imageclf.data.dataloaders import DataLoaders
+from imageclf.data.negatives import NEGATIVE, negative_set
+from imageclf.data.sampling import negative_order
+from imageclf.model.losses import cross_entropy, uniform_cross_entropy, with_negatives
 
 from .helpers import ARCH, COLOURS, make_folder_dataset, run_cli, solid
 
@@ -62,7 +63,7 @@ def test_the_loss_adds_the_weighted_term_of_the_negatives_to_the_known_loss():
     assert float(loss(logits[[0, 2]], y[[0, 2]])) == pytest.approx(
         float(cross_entropy(logits[[0, 2]], y[[0, 2]])))  # validation: the known loss alone
     # multi-label: a negative's row is all NEGATIVE, its target no label at all
-    from imageclf.losses import bce_multi_label
+    from imageclf.model.losses import bce_multi_label
 
     t = torch.tensor([[1.0, 0.0, 0.0], [-1.0, -1.0, -1.0], [0.0, 0.0, 1.0]])
     ml = with_negatives(bce_multi_label, 2.0, multi_label=True)
@@ -220,9 +221,9 @@ def test_calibrate_without_ood_uses_the_held_out_negatives_and_says_so(trained, 
     assert ood["negatives"] is True and ood["n"] == 4
     assert {"vim", "ash", "scale", "msp+vim"} <= set(ood["scores"])  # timm's linear head
     # the figure a person reads, as the page's card shows it
-    from imageclf.none_rule import calibrated_sentence
-    from imageclf.predict import Predictor
-    from imageclf.serve import model_card
+    from imageclf.model.predict import Predictor
+    from imageclf.openset.rule import calibrated_sentence
+    from imageclf.serve.app import model_card
 
     sentence = calibrated_sentence(meta["open_set"])
     assert sentence.startswith("Of images like the 4 unknowns it was calibrated on")
@@ -250,9 +251,9 @@ def test_resume_with_negatives_matches_an_uninterrupted_run(data: Path, negative
                                                             tmp_path: Path):
     """Stopped mid-epoch (as SIGTERM's handler records it), then resumed: the same history,
     negatives' rejection figures included, as the run never stopped."""
-    import imageclf.runs as runs
-    from imageclf.callbacks import Callback
-    from imageclf.checkpoint import STOP
+    import imageclf.run.runs as runs
+    from imageclf.learn.callbacks import Callback
+    from imageclf.learn.checkpoint import STOP
 
     class StopAt(Callback):
         def on_batch_end(self, learn):
@@ -275,7 +276,7 @@ def test_resume_with_negatives_matches_an_uninterrupted_run(data: Path, negative
 
 def test_show_batch_titles_the_negatives_as_none(data: Path, negatives: Path,
                                                  tmp_path: Path):
-    from imageclf.plots import NEGATIVE_TITLE, show_batch
+    from imageclf.data.show import NEGATIVE_TITLE, show_batch
 
     dls = DataLoaders.from_config(_cfg(data, negatives, bs=8))
     fig = show_batch(dls, tmp_path / "batch.png", n=8)

@@ -3,15 +3,15 @@
 import pytest
 import torch
 
-from imageclf import openset
-from imageclf.errors import ConfigError
-from imageclf.none_rule import NoneRule
+from imageclf.core.errors import ConfigError
+from imageclf.openset import scores as openset
+from imageclf.openset.rule import NoneRule
 
 CONFIDENT = torch.tensor([[8.0, 0.0, 0.0]])
 
 
 def test_rule_applies_its_score_and_decides():
-    from imageclf.predict import Outputs
+    from imageclf.model.predict import Outputs
 
     out = Outputs(CONFIDENT, CONFIDENT)
     rule = NoneRule("energy", 1.0)

@@ -16,8 +16,8 @@ import httpx
 import numpy as np
 import pytest
 
-from imageclf.oip import join_bytes, split_bytes
-from imageclf.serve import ServeConfig, create_app
+from imageclf.serve.app import ServeConfig, create_app
+from imageclf.serve.v2 import join_bytes, split_bytes
 
 from .helpers import add_bad_files
 from .test_serve import _files, _get, _post

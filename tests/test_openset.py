@@ -7,8 +7,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from imageclf import openset
-from imageclf.errors import ConfigError, DamagedFileError
+from imageclf.core.errors import ConfigError, DamagedFileError
+from imageclf.openset import scores as openset
 
 CONFIDENT = torch.tensor([[8.0, 0.0, 0.0]])
 UNSURE = torch.tensor([[1.0, 0.9, 0.8]])
@@ -174,8 +174,8 @@ def test_vim_marks_down_a_feature_outside_the_training_subspace():
 
 def test_head_scores_need_the_linear_head(run_dir: Path):
     """The concat head (the fixture's) offers neither vim nor ash: a clear error."""
-    from imageclf.evaluate import calibrate
-    from imageclf.predict import Predictor
+    from imageclf.jobs.evaluate import calibrate
+    from imageclf.model.predict import Predictor
 
     with pytest.raises(ConfigError, match="--score 'vim'.*--head timm"):
         calibrate(Predictor(run_dir / "model"), run_dir, score="vim")

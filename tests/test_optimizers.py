@@ -8,12 +8,12 @@ import pytest
 import timm
 import torch
 
-from imageclf.callbacks import Callback
-from imageclf.config import DataConfig, TrainConfig
-from imageclf.errors import ConfigError
-from imageclf.learner import make_optimizer
-from imageclf.models import create_model
-from imageclf.schedules import FLAT_PCT, Phase, flat_cos_lr, shaped
+from imageclf.core.config import DataConfig, TrainConfig
+from imageclf.core.errors import ConfigError
+from imageclf.learn.callbacks import Callback
+from imageclf.learn.learner import make_optimizer
+from imageclf.learn.schedules import FLAT_PCT, Phase, flat_cos_lr, shaped
+from imageclf.model.classifier import create_model
 
 from .helpers import ARCH
 
@@ -127,7 +127,7 @@ def test_the_xresnet_mini_net_puts_the_groups_first_as_fastai_does():
 
 
 def _train(data: Path, tmp: Path, name: str, **kw):
-    from imageclf import runs
+    from imageclf.run import runs
 
     cfg = DataConfig.build(path=str(data), size=32, presize=40, bs=4,
                            cache_dir=str(tmp / "cache"))
@@ -140,8 +140,8 @@ def _train(data: Path, tmp: Path, name: str, **kw):
 def test_ranger_flat_cos_follows_the_schedule_and_resumes_exactly(tmp_path: Path):
     """The rate is flat for 72% of the steps then falls, momentum stays at ranger's 0.95;
     a stop mid-run (Lookahead's slow weights in the checkpoint) resumes to the same end."""
-    from imageclf import runs
-    from imageclf.checkpoint import STOP
+    from imageclf.learn.checkpoint import STOP
+    from imageclf.run import runs
 
     from .helpers import make_folder_dataset
 
@@ -176,7 +176,7 @@ def test_mom_is_held_by_flat_cos_kept_by_the_run_and_refused_by_one_cycle(tmp_pa
     """--mom 0.9 (the leaderboard record's ranger momentum): beta1 at every step, and in
     the run's config.json, so that a resumed run builds the same optimiser. one_cycle
     cycles the momentum itself, so --mom with it is a clear error."""
-    from imageclf.config import read_settings
+    from imageclf.core.config import read_settings
 
     from .helpers import make_folder_dataset, run_cli
 
@@ -226,7 +226,7 @@ def test_the_self_attention_net_adds_fastais_simple_self_attention_to_the_first_
     after the first stage's squeeze-excitation: 64 x 64 weights and a gamma, starting as
     the identity, then gamma * (x x^T)(W x) + x with W spectrally normalised, every output
     position reading every input position."""
-    from imageclf.archs import SimpleSelfAttention
+    from imageclf.model.archs import SimpleSelfAttention
     sa_net = create_model("xse_resnext_mini_xresnet_sa", 10, "none", "timm").body
     plain = dict(create_model("xse_resnext_mini_xresnet", 10, "none", "timm").body
                  .named_parameters())
@@ -256,8 +256,9 @@ def test_the_self_attention_net_adds_fastais_simple_self_attention_to_the_first_
 def test_the_self_attention_net_exports_and_loads_with_identical_logits(tmp_path: Path):
     """The spectral norm's state (its weight and power-iteration vectors) goes through
     model.safetensors and timm's rebuild of the name."""
-    from imageclf.export import load_model, save_model
-    from imageclf.meta import ModelMeta
+    from imageclf.core.modelmeta import ModelMeta
+    from imageclf.model.export import save_model
+    from imageclf.model.folder import load_model
     model = create_model("xse_resnext_mini_xresnet_sa", 3, "none", "timm")
     with torch.no_grad():
         for m in model.modules():

@@ -9,7 +9,7 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from imageclf.plots import (
+from imageclf.core.plots import (
     image_grid,
     plot_confusion_matrix,
     plot_losses,
@@ -20,9 +20,10 @@ from imageclf.plots import (
 
 @pytest.mark.slow
 def test_importing_imageclf_leaves_the_backend_and_pyplot_alone():
-    """A notebook's inline backend stays in place after `import imageclf.runs`."""
-    code = ("import sys, matplotlib; matplotlib.use('svg'); import imageclf.runs, imageclf.plots, "
-            "imageclf.report; print(matplotlib.get_backend(), 'matplotlib.pyplot' in sys.modules)")
+    """A notebook's inline backend stays in place after `import imageclf.run.runs`."""
+    code = ("import sys, matplotlib; matplotlib.use('svg'); import imageclf.run.runs, "
+            "imageclf.core.plots, imageclf.run.report; "
+            "print(matplotlib.get_backend(), 'matplotlib.pyplot' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["svg", "False"]

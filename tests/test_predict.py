@@ -7,21 +7,22 @@ from pathlib import Path
 
 import pytest
 
-from imageclf.config import DataConfig, TrainConfig
-from imageclf.errors import ConfigError
-from imageclf.evaluate import calibrate, write_calibration
-from imageclf.predict import NONE_LABEL, Predictor
-from imageclf.runs import train_run
+from imageclf.core.config import DataConfig, TrainConfig
+from imageclf.core.errors import ConfigError
+from imageclf.jobs.evaluate import calibrate, write_calibration
+from imageclf.model.predict import NONE_LABEL, Predictor
+from imageclf.run.runs import train_run
 
 from .helpers import add_bad_files, make_folder_dataset, run_cli, solid
 
 
 @pytest.mark.slow
 def test_predictor_imports_no_training_code(run_dir: Path):
-    code = ("import sys; from imageclf.predict import Predictor; "
+    code = ("import sys; from imageclf.model.predict import Predictor; "
             f"p = Predictor({str(run_dir / 'model')!r}); "
-            "bad = [m for m in ('imageclf.learner', 'imageclf.callbacks', 'imageclf.runs', "
-            "'imageclf.data.loader', 'imageclf.data.cache') if m in sys.modules]; print(bad)")
+            "bad = [m for m in ('imageclf.learn.learner', 'imageclf.learn.callbacks', "
+            "'imageclf.run.runs', 'imageclf.data.loader', 'imageclf.data.cache') "
+            "if m in sys.modules]; print(bad)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"

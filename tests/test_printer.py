@@ -4,7 +4,7 @@ import io
 
 from rich.console import Console
 
-from imageclf.callbacks import PrintEpochs, format_row
+from imageclf.learn.callbacks import PrintEpochs, format_row
 
 
 def test_format_row_reads_well():

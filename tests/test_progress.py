@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from imageclf.progress import TrainProgress
+from imageclf.core.clock import TrainProgress
 
 
 def test_counts_epochs_batches_and_images():

@@ -9,15 +9,15 @@ import pytest
 import torch
 from torch import nn
 
-from imageclf.callbacks import Callback, SizeSchedule
-from imageclf.config import DataConfig, OptimConfig, RegConfig
+from imageclf.core.config import DataConfig, OptimConfig, RegConfig
 from imageclf.data import augment
-from imageclf.data.loader import DataLoaders
+from imageclf.data.dataloaders import DataLoaders
 from imageclf.data.mix import mix_batch
-from imageclf.ema import WeightEMA
-from imageclf.learner import Learner
-from imageclf.models import create_model
-from imageclf.predict import Predictor
+from imageclf.learn.callbacks import Callback, SizeSchedule
+from imageclf.learn.ema import WeightEMA
+from imageclf.learn.learner import Learner
+from imageclf.model.classifier import create_model
+from imageclf.model.predict import Predictor
 
 from .helpers import ARCH, final_metrics, make_folder_dataset, run_cli
 from .test_resume import _start, _wait_for_checkpoint

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from imageclf.errors import DamagedFileError
-from imageclf.report import build_report
+from imageclf.core.errors import DamagedFileError
+from imageclf.run.report import build_report
 
 
 def test_the_per_epoch_table_is_formatted_for_reading(tmp_path: Path):

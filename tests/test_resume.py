@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from imageclf.checkpoint import checkpoint_position, read_checkpoint
+from imageclf.learn.checkpoint import checkpoint_position, read_checkpoint
 
 from .helpers import ARCH, final_metrics, make_folder_dataset, run_cli
 

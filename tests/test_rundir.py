@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from imageclf.config import DataConfig, TrainConfig
-from imageclf.errors import ConfigError, DamagedFileError
-from imageclf.rundir import CLAIM, claim, read_config, write_config
+from imageclf.core.config import DataConfig, TrainConfig
+from imageclf.core.errors import ConfigError, DamagedFileError
+from imageclf.run.rundir import CLAIM, claim, read_config, write_config
 
 RACER = """
 import sys, time
-from imageclf.errors import ConfigError
-from imageclf.rundir import claim
+from imageclf.core.errors import ConfigError
+from imageclf.run.rundir import claim
 start = float(sys.argv[2])
 while time.time() < start:
     pass

@@ -5,12 +5,12 @@ from pathlib import Path
 
 import pytest
 
-from imageclf.callbacks import Callback
-from imageclf.config import DataConfig, TrainConfig
-from imageclf.evaluate import evaluate
-from imageclf.models import create_model
-from imageclf.predict import Predictor
-from imageclf.runs import train_run
+from imageclf.core.config import DataConfig, TrainConfig
+from imageclf.jobs.evaluate import evaluate
+from imageclf.learn.callbacks import Callback
+from imageclf.model.classifier import create_model
+from imageclf.model.predict import Predictor
+from imageclf.run.runs import train_run
 
 from .helpers import ARCH, add_bad_files, make_folder_dataset, solid
 
@@ -19,8 +19,8 @@ def test_a_tiny_auto_rate_is_reported(folder_dataset: Path, tmp_path: Path,
                                       monkeypatch: pytest.MonkeyPatch, caplog):
     """A sweep whose loss never fell: every suggestion is near its 1e-7 start. The run goes
     on at what was asked for, and the log says the rate is suspect and what to do."""
-    import imageclf.runs as runs
-    from imageclf.lr_sweep import LRFindResult
+    import imageclf.run.runs as runs
+    from imageclf.learn.lr_sweep import LRFindResult
 
     tiny = {"valley": 2e-7, "slide": 1e-7, "minimum": 1e-8, "steep": 1e-7}
     monkeypatch.setattr(runs, "run_lr_find",
@@ -28,7 +28,7 @@ def test_a_tiny_auto_rate_is_reported(folder_dataset: Path, tmp_path: Path,
     data = DataConfig.build(path=str(folder_dataset), size=32, presize=40, bs=6)
     train = TrainConfig.build(arch=ARCH, pretrained="none", precision="fp32", epochs=0,
                               out=str(tmp_path / "r"))
-    with caplog.at_level("WARNING", logger="imageclf.runs"):
+    with caplog.at_level("WARNING", logger="imageclf.run.runs"):
         res = runs.train_run(data, train)
     assert res.metrics.lr_rule == "valley" and res.metrics.lr == 2e-7
     assert "is tiny" in caplog.text and "--lr-find-steps" in caplog.text
@@ -38,7 +38,7 @@ def test_fine_tuning_sweeps_the_rate_with_the_body_frozen(folder_dataset: Path,
                                                           tmp_path: Path):
     """fastai's order: lr_find sees the frozen model when fine-tuning (its first phase trains
     at the rate found), the whole model from scratch."""
-    import imageclf.runs as runs
+    import imageclf.run.runs as runs
 
     class BodyTrainable(Callback):
         def __init__(self):
@@ -90,7 +90,7 @@ def test_salted_folder_trains_and_every_bad_file_is_reported(tmp_path: Path):
     assert f"Skipped files ({len(bad_train) + len(bad_valid)})" in html
     assert "truncated.jpg" in html and "bomb.png" in html
     # 18 good + 4 oddities used for training; every unreadable one left out
-    from imageclf.data.loader import DataLoaders
+    from imageclf.data.dataloaders import DataLoaders
 
     dls = DataLoaders.from_config(DataConfig.build(path=str(data), size=32, presize=40, bs=6))
     assert dls.train.n_items == 18 + 4 and dls.valid.n_items == 9

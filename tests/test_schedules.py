@@ -2,7 +2,7 @@
 
 import math
 
-from imageclf.schedules import cos_anneal, exp_sweep, one_cycle_lr, one_cycle_mom
+from imageclf.learn.schedules import cos_anneal, exp_sweep, one_cycle_lr, one_cycle_mom
 
 
 def test_schedules_by_hand():

@@ -15,8 +15,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from imageclf.predict import Predictor
-from imageclf.serve import ServeConfig, create_app
+from imageclf.model.predict import Predictor
+from imageclf.serve.app import ServeConfig, create_app
 
 from .helpers import add_bad_files
 

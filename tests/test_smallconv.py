@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from imageclf.smallconv import SmallMapConv, TrainConv2d, use_for_training
+from imageclf.model.smallconv import SmallMapConv, TrainConv2d, use_for_training
 
 
 @pytest.mark.parametrize("stride,padding,bias,side", [(1, 1, False, 2), (2, 1, True, 4),
@@ -60,7 +60,7 @@ def test_small_map_path_only_where_it_pays(monkeypatch):
     conv.train()
     conv(torch.randn(2, 4, 4, 4)).sum().backward()  # fp32, 16 positions: native
     assert len(calls) == 1
-    import imageclf.smallconv as S
+    import imageclf.model.smallconv as S
 
     monkeypatch.setattr(S, "cpu_avx2_only", lambda: False)
     conv(torch.randn(2, 4, 2, 2)).sum().backward()  # fp32, AVX-512 (or not x86): native, even 2x2

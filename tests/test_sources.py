@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from imageclf.errors import ConfigError, DataError
+from imageclf.core.errors import ConfigError, DataError
 
 from .helpers import COLOURS, find, solid
 
@@ -86,8 +86,8 @@ def test_bad_layouts_are_clear_errors(tmp_path: Path, folder_dataset: Path):
 def test_csv_listing_missing_files_reports_them_and_goes_on(tmp_path: Path):
     """Labels files drift from folders: a listed file deleted by hand is left out with its
     reason, like a dangling link, and the run goes on with the rest."""
-    from imageclf.config import DataConfig
-    from imageclf.data.loader import DataLoaders
+    from imageclf.core.config import DataConfig
+    from imageclf.data.dataloaders import DataLoaders
 
     rows = ["filename,label,is_valid"]
     for i, c in enumerate(["red", "green"] * 4):

@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 import torch
 
-from imageclf.config import DataConfig
+from imageclf.core.config import DataConfig
+from imageclf.core.errors import DataError
+from imageclf.data.dataloaders import DataLoaders
 from imageclf.data.images import load_presized
-from imageclf.data.jpegcache import choose_form
-from imageclf.data.loader import DataLoaders
 from imageclf.data.pack import PackSettings, pack
 from imageclf.data.sources import resolve
-from imageclf.data.store import read_index, read_manifest, split_store_ref
-from imageclf.errors import DataError
+from imageclf.data.store import StoreRef, read_index, read_manifest
+from imageclf.data.storecache import choose_form
 
 from .helpers import ARCH, add_bad_files, make_folder_dataset, run_cli
 
@@ -200,7 +200,7 @@ def _many_images(root: Path, n: int) -> Path:
 @pytest.mark.slow
 def test_pack_killed_and_rerun_gives_the_same_store(tmp_path: Path):
     data = _many_images(tmp_path / "data", 120)
-    code = ("import sys; from imageclf.config import DataConfig; "
+    code = ("import sys; from imageclf.core.config import DataConfig; "
             "from imageclf.data.pack import PackSettings, pack; "
             f"pack(DataConfig.build(path={str(data)!r}).source, sys.argv[1], "
             "PackSettings(presize=64, shard_bytes=16 * 1024), workers=1)")
@@ -227,5 +227,7 @@ def test_store_refs_name_their_shard(folder_dataset: Path, tmp_path: Path):
     _pack(folder_dataset, tmp_path / "store")
     st = resolve(tmp_path / "store", evaluate=True)
     assert all(v for v in st.is_valid) and len(st) == 9
-    shard, offset, size = split_store_ref(st.paths[0])
+    ref = st.paths[0]
+    assert isinstance(ref, StoreRef) and StoreRef.parse(str(ref)) == ref
+    shard, offset, size = ref.shard, ref.offset, ref.size
     assert shard.name == "valid-000000.tar" and offset % 512 == 0 and size > 0

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from imageclf.config import DataConfig
-from imageclf.data.loader import DataLoaders
+from imageclf.core.config import DataConfig
+from imageclf.data.dataloaders import DataLoaders
 from imageclf.data.pack import PackSettings, pack
-from imageclf.data.stream import buffer_shuffle, rank_segments, shard_order
+from imageclf.data.sampling import buffer_shuffle, rank_segments, shard_order
 
 from .helpers import ARCH, make_folder_dataset, run_cli
 
@@ -94,7 +94,7 @@ def test_two_ranks_see_every_sample_once_an_epoch_in_seeded_order(store: Path,
                                                                   tmp_path: Path):
     url = store.as_uri() + "/"
     ranks = [_loaders(url, tmp_path, r, 2, bs=3) for r in range(2)]
-    n = len(ranks[0].train.rows)
+    n = len(ranks[0].train.source.rows)
     assert n == 42 and len(ranks[0].train) == 7  # 21 a rank, 7 batches of 3
     epochs = []
     for epoch in range(2):
@@ -173,7 +173,7 @@ def test_truncated_shard_in_a_stream_is_named_and_the_epoch_completes(store: Pat
     d = _loaders(store.as_uri() + "/", tmp_path)
     n = sum(x.shape[0] for x, _ in d.train)
     assert n == len(d.train) * 6
-    lost = d.train.cache.unreadable()
+    lost = d.train.source.unreadable()
     assert len(lost) == 1 and "truncated shard train-000001.tar" in lost[0].reason
 
 
@@ -198,7 +198,7 @@ def _peak_bytes(store: Path, tmp_path: Path, copies: int) -> int:
     (big / "manifest.json").write_text(json.dumps(m))
     (big / "index.csv").write_text("\n".join([header, *body]) + "\n")
     d = _loaders(big.as_uri() + "/", tmp_path, bs=6)
-    d.train.buffer = 8
+    d.train.source.buffer = 8
     tracemalloc.start()
     n = sum(x.shape[0] for x, _ in d.train)
     peak = tracemalloc.get_traced_memory()[1]

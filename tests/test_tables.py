@@ -10,10 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from imageclf.config import DataConfig
-from imageclf.data.loader import DataLoaders
-from imageclf.data.tables import read_image, split_ref
-from imageclf.errors import ConfigError, DataError
+from imageclf.core.config import DataConfig
+from imageclf.core.errors import ConfigError, DataError
+from imageclf.data.dataloaders import DataLoaders
+from imageclf.data.tables import RowRef, read_image
 
 from .helpers import ARCH, COLOURS, find, run_cli, solid
 
@@ -62,7 +62,9 @@ def test_hugging_face_layout_splits_and_class_names(hf: Path):
     items = find(hf)
     assert items.classes == tuple(CLASSES) and len(items) == 18 + 6
     assert sum(items.is_valid) == 6
-    file, col, row = split_ref(items.paths[4])
+    ref = items.paths[4]
+    assert isinstance(ref, RowRef) and RowRef.parse(str(ref)) == ref
+    file, col, row = ref.table, ref.column, ref.row
     assert file.name.startswith("train-") and col == "image" and row == 4
     assert len(find(hf, evaluate=True)) == 6  # the validation rows
     assert read_image(items.paths[0]) == _jpeg("blue", 0)
@@ -72,7 +74,7 @@ def test_rows_decode_into_the_cache_with_the_corrupt_one_reported(hf: Path, tmp_
     dls = DataLoaders.from_config(DataConfig.build(path=str(hf), size=24, presize=32, bs=4,
                                              cache_dir=str(tmp_path / "cache")))
     skipped = dls.skipped()
-    assert len(skipped) == 1 and split_ref(skipped[0].path)[2] == 4
+    assert len(skipped) == 1 and RowRef.parse(skipped[0].path).row == 4
     assert "truncated" in skipped[0].reason
     assert dls.train.n_items == 17 and dls.valid.n_items == 6
     x, y = next(iter(dls.train))

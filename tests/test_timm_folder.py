@@ -16,12 +16,12 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from imageclf.card import CardFacts, base_model, header
-from imageclf.errors import ConfigError
-from imageclf.evaluate import calibrate, write_calibration
-from imageclf.hub import hub_folder
-from imageclf.meta import ModelMeta
-from imageclf.predict import Predictor
+from imageclf.core.errors import ConfigError
+from imageclf.core.modelmeta import ModelMeta
+from imageclf.jobs.card import CardFacts, base_model, header
+from imageclf.jobs.evaluate import calibrate, write_calibration
+from imageclf.jobs.share import hub_folder
+from imageclf.model.predict import Predictor
 
 from .helpers import COLOURS, make_folder_dataset, run_cli, solid
 
@@ -30,8 +30,8 @@ from .helpers import COLOURS, make_folder_dataset, run_cli, solid
 def timm_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run whose model has timm's head (--head auto from scratch), calibrated with knn so
     the folder carries open_set.safetensors."""
-    from imageclf.config import DataConfig, DataSource, TrainConfig
-    from imageclf.runs import train_run
+    from imageclf.core.config import DataConfig, DataSource, TrainConfig
+    from imageclf.run.runs import train_run
 
     tmp = tmp_path_factory.mktemp("timm")
     data = make_folder_dataset(tmp / "data", n_train=10, n_valid=4)
@@ -196,8 +196,8 @@ def test_push_offline_fails_at_once_in_one_line(timm_run: Path,
 
 def test_timm_named_weights_without_their_config_are_a_clear_error(timm_run: Path,
                                                                     tmp_path: Path):
-    from imageclf.errors import DamagedFileError
-    from imageclf.export import load_model
+    from imageclf.core.errors import DamagedFileError
+    from imageclf.model.folder import load_model
 
     out = hub_folder(timm_run / "model", tmp_path / "hub")
     (out / "config.json").unlink()

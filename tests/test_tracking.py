@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from imageclf.checkpoint import checkpoint_position
+from imageclf.learn.checkpoint import checkpoint_position
 
 from .helpers import ARCH, make_folder_dataset, run_cli
 from .test_resume import _start, _wait_for_checkpoint

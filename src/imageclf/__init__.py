@@ -1,6 +1,6 @@
 """imageclf: train image classifiers with presizing and one-resample batch augmentation.
 
-Names are imported lazily, so `from imageclf.predict import Predictor` loads no training code.
+Names are imported lazily, so `from imageclf.model.predict import Predictor` loads no training code.
 """
 
 from __future__ import annotations
@@ -11,24 +11,24 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 _LAZY = {
-    "AugConfig": "imageclf.config",
-    "ConfigError": "imageclf.errors",
-    "DataError": "imageclf.errors",
-    "DamagedFileError": "imageclf.errors",
-    "ImageclfError": "imageclf.errors",
-    "ModelMeta": "imageclf.meta",
-    "TrainProgress": "imageclf.progress",
-    "DataConfig": "imageclf.config",
-    "TrainConfig": "imageclf.config",
-    "DataSource": "imageclf.config",
+    "AugConfig": "imageclf.core.config",
+    "ConfigError": "imageclf.core.errors",
+    "DataError": "imageclf.core.errors",
+    "DamagedFileError": "imageclf.core.errors",
+    "ImageclfError": "imageclf.core.errors",
+    "ModelMeta": "imageclf.core.modelmeta",
+    "TrainProgress": "imageclf.core.clock",
+    "DataConfig": "imageclf.core.config",
+    "TrainConfig": "imageclf.core.config",
+    "DataSource": "imageclf.core.config",
     "BatchAugment": "imageclf.data.augment",
     "PresizeCache": "imageclf.data.cache",
     "BatchLoader": "imageclf.data.loader",
-    "DataLoaders": "imageclf.data.loader",
-    "Items": "imageclf.data.sources",
+    "DataLoaders": "imageclf.data.dataloaders",
+    "Items": "imageclf.data.items",
     "resolve": "imageclf.data.sources",
-    "Learner": "imageclf.learner",
-    "Predictor": "imageclf.predict",
+    "Learner": "imageclf.learn.learner",
+    "Predictor": "imageclf.model.predict",
 }
 
 __all__ = [
@@ -39,16 +39,18 @@ __all__ = [
 assert sorted(_LAZY) == sorted(n for n in __all__ if n != "__version__")
 
 if TYPE_CHECKING:
-    from imageclf.config import AugConfig, DataConfig, DataSource, TrainConfig
+    from imageclf.core.clock import TrainProgress
+    from imageclf.core.config import AugConfig, DataConfig, DataSource, TrainConfig
+    from imageclf.core.errors import ConfigError, DamagedFileError, DataError, ImageclfError
+    from imageclf.core.modelmeta import ModelMeta
     from imageclf.data.augment import BatchAugment
     from imageclf.data.cache import PresizeCache
-    from imageclf.data.loader import BatchLoader, DataLoaders
-    from imageclf.data.sources import Items, resolve
-    from imageclf.errors import ConfigError, DamagedFileError, DataError, ImageclfError
-    from imageclf.learner import Learner
-    from imageclf.meta import ModelMeta
-    from imageclf.predict import Predictor
-    from imageclf.progress import TrainProgress
+    from imageclf.data.dataloaders import DataLoaders
+    from imageclf.data.items import Items
+    from imageclf.data.loader import BatchLoader
+    from imageclf.data.sources import resolve
+    from imageclf.learn.learner import Learner
+    from imageclf.model.predict import Predictor
 
 
 def __getattr__(name: str) -> object:

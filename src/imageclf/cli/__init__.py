@@ -17,7 +17,7 @@ from rich.text import Text
 from imageclf import __version__
 from imageclf.cli import data_cmds, model_cmds, serve_cmd, train_cmds
 from imageclf.cli.options import err
-from imageclf.errors import ImageclfError
+from imageclf.core.errors import ImageclfError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Train, inspect and use image classifiers.")

@@ -14,8 +14,8 @@ from rich.table import Table
 
 from imageclf.cli import options as o
 from imageclf.cli.options import console
-from imageclf.config import RESIZE_METHODS, DataConfig, DataSource
-from imageclf.errors import ConfigError
+from imageclf.core.config import RESIZE_METHODS, DataConfig, DataSource
+from imageclf.core.errors import ConfigError
 
 PROGRESS_FROM = 500  # files: smaller sets are checked before a bar would be read
 
@@ -93,8 +93,8 @@ def show_batch(data: DataConfig,
                                                    help="Show validation images.")] = False,
                ) -> None:
     """Save a PNG grid of augmented training images with their labels."""
-    from imageclf.data.loader import DataLoaders
-    from imageclf.plots import show_batch as draw
+    from imageclf.data.dataloaders import DataLoaders
+    from imageclf.data.show import show_batch as draw
 
     dls = DataLoaders.from_config(data)
     draw(dls, output, n=data.bs, train=not valid)
@@ -113,8 +113,8 @@ def bench_loader(data: DataConfig, epochs: Annotated[int, typer.Option(
     """
     import torch
 
-    from imageclf.data.loader import DataLoaders
-    from imageclf.distributed import from_env
+    from imageclf.core.distributed import from_env
+    from imageclf.data.dataloaders import DataLoaders
 
     o.check_device(device)
     _, dev = from_env(device)
@@ -177,9 +177,9 @@ def pack(source: DataSource,
     )
 
     from imageclf.cli.options import err
+    from imageclf.core.diskspace import human
     from imageclf.data.pack import PackSettings
     from imageclf.data.pack import pack as run_pack
-    from imageclf.diskspace import human
 
     if method not in RESIZE_METHODS:
         raise ConfigError(f"--resize-method must be one of {', '.join(RESIZE_METHODS)}; "

@@ -13,8 +13,8 @@ from rich.text import Text
 from imageclf.cli import options as o
 from imageclf.cli.options import console, err
 from imageclf.cli.printer import print_open_set, score_table
-from imageclf.config import DataSource
-from imageclf.errors import ConfigError
+from imageclf.core.config import DataSource
+from imageclf.core.errors import ConfigError
 
 
 def _expand_inputs(inputs: list[Path]) -> list[Path]:
@@ -40,7 +40,7 @@ def predict(model: o.ModelArg,
             size: o.PredictSize = None,
             as_json: o.Json = False) -> None:
     """Top-k labels per image; unreadable files are reported per file, never a crash."""
-    from imageclf.predict import Predictor
+    from imageclf.model.predict import Predictor
 
     pred = Predictor(model, min_confidence=min_confidence, precision=precision, size=size)
     paths = _expand_inputs(inputs)
@@ -75,9 +75,9 @@ def evaluate(model: o.ModelArg, data: DataSource,
              as_json: o.Json = False) -> None:
     """Accuracy, per-class table and most-confused pairs on DATA's validation split (or every
     labelled image when DATA has no split); with --ood, the open-set figures on unknowns."""
-    from imageclf.evaluate import evaluate as run_evaluate
-    from imageclf.evaluate import evaluate_open_set
-    from imageclf.predict import Predictor
+    from imageclf.jobs.evaluate import evaluate as run_evaluate
+    from imageclf.jobs.evaluate import evaluate_open_set
+    from imageclf.model.predict import Predictor
 
     pred = Predictor(model, precision=precision, size=size)
     open_set = None
@@ -136,9 +136,9 @@ def calibrate(model: o.ModelArg, data: DataSource, keep: o.Keep = 0.95,
     """Choose the "none of these" rule on DATA (thresholds from its validation split, knn's
     feature bank from its training split) and store it in the model folder. Without --ood,
     a model trained with --negatives is measured on their held-out part."""
-    from imageclf.evaluate import calibrate as run_calibrate
-    from imageclf.evaluate import write_calibration
-    from imageclf.predict import Predictor
+    from imageclf.jobs.evaluate import calibrate as run_calibrate
+    from imageclf.jobs.evaluate import write_calibration
+    from imageclf.model.predict import Predictor
 
     chosen = run_calibrate(Predictor(model), data, keep, score=score, ood=ood,
                            bank_rows=bank_rows, k=k, bs=bs)
@@ -146,7 +146,7 @@ def calibrate(model: o.ModelArg, data: DataSource, keep: o.Keep = 0.95,
     if not dry_run:
         write_calibration(model, chosen)
         if (model.parent / "metrics.json").exists():  # a run's model: its report shows it
-            from imageclf.report import build_report
+            from imageclf.run.report import build_report
 
             report = build_report(model.parent)
     if as_json:
@@ -194,7 +194,7 @@ def export(model: o.ModelArg,
     if timm:
         if output is None:
             raise ConfigError("--timm needs -o DIR, the folder to write")
-        from imageclf.hub import hub_folder
+        from imageclf.jobs.share import hub_folder
 
         out = hub_folder(model, output, name=name, license=license,
                          datasets=tuple(dataset or ()))
@@ -206,7 +206,7 @@ def export(model: o.ModelArg,
     except ImportError as e:
         raise ConfigError(f"--onnx needs the ONNX exporter ({e.name} is not installed): "
                           "pip install 'imageclf[onnx]'") from e
-    from imageclf.export import export_onnx
+    from imageclf.model.export import export_onnx
 
     console.print(f"wrote {export_onnx(model, output)}")
 
@@ -221,7 +221,7 @@ def push(model: o.ModelArg,
          license: License = None, dataset: Dataset = None) -> None:
     """Upload MODEL to the Hugging Face Hub as a timm model with its card (what
     `export --timm` writes)."""
-    from imageclf.hub import push as run_push
+    from imageclf.jobs.share import push as run_push
 
     url = run_push(model, repo_id, private=private, token=token, license=license,
                    datasets=tuple(dataset or ()))
@@ -231,6 +231,6 @@ def push(model: o.ModelArg,
 def report(run_dir: Annotated[Path, typer.Argument(help="A run directory.",
                                                                    metavar="RUN_DIR")]) -> None:
     """Rebuild RUN_DIR/report.html from the run's files."""
-    from imageclf.report import build_report
+    from imageclf.run.report import build_report
 
     console.print(f"wrote {build_report(run_dir)}")

@@ -16,8 +16,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from imageclf.errors import ConfigError
-from imageclf.settings import MISSING, UNSET, Settings, flag_of, spec_of
+from imageclf.core.errors import ConfigError
+from imageclf.core.settings import MISSING, UNSET, Settings, flag_of, spec_of
 
 # no markup or emoji codes in what is printed: paths, class names and error messages are
 # the user's text ("runs/[v2]", a gloo error naming "[pair.cc:152]") and print as they are

@@ -10,7 +10,7 @@ import socket
 
 from imageclf.cli import options as o
 from imageclf.cli.options import console
-from imageclf.config import ServeConfig
+from imageclf.core.config import ServeConfig
 
 
 @o.settings_command
@@ -25,8 +25,8 @@ def serve(model: o.ServeModelArg, config: ServeConfig, host: o.Host = "127.0.0.1
     flight, then exits."""
     import uvicorn
 
-    from imageclf.hardware import pick_device
-    from imageclf.serve import create_app
+    from imageclf.core.hardware import pick_device
+    from imageclf.serve.app import create_app
 
     o.check_device(device)
     dev = pick_device(device)
@@ -57,7 +57,7 @@ def serve(model: o.ServeModelArg, config: ServeConfig, host: o.Host = "127.0.0.1
 
 def _check_port(host: str, port: int) -> None:
     """Fail before loading the model when the address cannot be listened on."""
-    from imageclf.errors import ConfigError
+    from imageclf.core.errors import ConfigError
 
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:

@@ -12,8 +12,8 @@ from rich.text import Text
 
 from imageclf.cli import options as o
 from imageclf.cli.options import console, err
-from imageclf.config import LR_FIND_STEPS, DataConfig, TrainConfig
-from imageclf.errors import ConfigError
+from imageclf.core.config import LR_FIND_STEPS, DataConfig, TrainConfig
+from imageclf.core.errors import ConfigError
 
 
 @o.settings_command(data_required=False)
@@ -23,9 +23,9 @@ def train(data: DataConfig, train: TrainConfig, resume: o.Resume = None,
     """Train: fine_tune when pretrained, fit_one_cycle from scratch; write a run directory.
     Ctrl-C or SIGTERM stops after the current step with a checkpoint; --resume continues.
     An --out that already holds a run is refused (--resume or --auto-resume continue it)."""
-    from imageclf.callbacks import PrintEpochs
-    from imageclf.distributed import from_env, shutdown
-    from imageclf.runs import Interrupted, RunContext, auto_run, resume_run, train_run
+    from imageclf.core.distributed import from_env, shutdown
+    from imageclf.learn.callbacks import PrintEpochs
+    from imageclf.run.runs import Interrupted, RunContext, auto_run, resume_run, train_run
 
     if checkpoint_every < 0:
         raise ConfigError(f"--checkpoint-every must be >= 0 minutes; got {checkpoint_every}")
@@ -86,8 +86,8 @@ def lr_find(data: DataConfig, train: TrainConfig, output: o.Output = None,
             as_json: o.Json = False) -> None:
     """Run the learning-rate finder as `train --lr auto` would with these settings, and
     print its four suggestions, marking the one auto takes."""
-    from imageclf.plots import plot_lr_find
-    from imageclf.runs import build_learner, choose_lr
+    from imageclf.core.plots import plot_lr_find
+    from imageclf.run.runs import build_learner, choose_lr
 
     learn = build_learner(data, train)
     choice, res = choose_lr(learn, train)
@@ -119,16 +119,16 @@ def demo(out: Annotated[Path, typer.Option("--out", help="Where the data and the
                                   ] = LR_FIND_STEPS) -> None:
     """Draw a shapes data set, then verify → lr_find → train → evaluate → calibrate "none
     of these", offline."""
-    from imageclf.callbacks import PrintEpochs
     from imageclf.cli.data_cmds import print_verify
+    from imageclf.core.hardware import pick_device
     from imageclf.data.sources import resolve
     from imageclf.data.verify import verify_items
-    from imageclf.demo import draw_negative, make_negatives, make_shapes_dataset
-    from imageclf.evaluate import calibrate, evaluate, write_calibration
-    from imageclf.hardware import pick_device
-    from imageclf.predict import Predictor
-    from imageclf.report import build_report
-    from imageclf.runs import RunContext, build_learner, run_lr_find, train_run
+    from imageclf.jobs.demo import draw_negative, make_negatives, make_shapes_dataset
+    from imageclf.jobs.evaluate import calibrate, evaluate, write_calibration
+    from imageclf.learn.callbacks import PrintEpochs
+    from imageclf.model.predict import Predictor
+    from imageclf.run.report import build_report
+    from imageclf.run.runs import RunContext, build_learner, run_lr_find, train_run
 
     data, none = out / "data", out / "none"
     if not (data / "train").is_dir() or not (none / "valid").is_dir():

@@ -22,14 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from imageclf.core.diskspace import check_room, disk_full, is_disk_full
+from imageclf.core.errors import ImageclfError
+from imageclf.core.fileio import atomic_write, commit
+from imageclf.core.records import Record, Skipped, doc
+from imageclf.data import refs
 from imageclf.data.device_decode import decode_chunk
 from imageclf.data.images import presize_into, slot_length, verify_file
-from imageclf.data.store import is_store_ref, split_store_ref
-from imageclf.data.tables import is_ref, ref_file
-from imageclf.diskspace import check_room, disk_full, is_disk_full
-from imageclf.errors import ImageclfError
-from imageclf.fileio import atomic_write, commit
-from imageclf.records import Record, Skipped, doc
+from imageclf.data.refs import ImageRef
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 2  # 2: the index's entries are objects
@@ -84,18 +84,22 @@ def default_cache_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "imageclf"
 
 
-def _stat(path: Path) -> tuple[int, int]:
+def _stat(ref: ImageRef) -> tuple[int, int]:
     """(size, mtime) of a file; of its table file or shard for a table row or an image in a
     store."""
-    if is_ref(path):
-        path = ref_file(path)
-    elif is_store_ref(path):
-        path = split_store_ref(path)[0]
     try:
-        st = os.stat(path)
+        st = os.stat(refs.backing_file(ref))
         return st.st_size, st.st_mtime_ns
     except OSError:
         return -1, -1
+
+
+def cache_key(paths: Sequence[ImageRef], presize: int, method: str, role: str) -> str:
+    """The key of one split's cache: the presize settings and the data set's folder (both
+    forms of the cache share it, so a run resumed in the other form is the same data)."""
+    root = os.path.commonpath([refs.text(p) for p in paths]) if paths else ""
+    key_src = json.dumps([CACHE_VERSION, presize, method, root, role])
+    return hashlib.sha256(key_src.encode()).hexdigest()[:20]
 
 
 @dataclass
@@ -117,19 +121,17 @@ class PresizeCache:
     data file it belongs to, so a reader never sees a half-written cache.
     """
 
-    def __init__(self, paths: Sequence[Path], presize: int, method: str = "crop",
+    def __init__(self, paths: Sequence[ImageRef], presize: int, method: str = "crop",
                  cache_dir: str | Path | None = None, workers: int = 0,
                  role: str = "", decode_device: torch.device | None = None) -> None:
-        self.paths = [Path(p) for p in paths]
+        self.paths = [refs.as_ref(p) for p in paths]
         self.presize = presize
         self.method = method
         self.length = slot_length(presize, method)
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.workers = workers or (os.cpu_count() or 1)
         self.decode_device = decode_device  # None: Pillow in worker processes
-        root = os.path.commonpath([str(p.absolute()) for p in self.paths]) if self.paths else ""
-        key_src = json.dumps([CACHE_VERSION, presize, method, root, role])
-        self.key = hashlib.sha256(key_src.encode()).hexdigest()[:20]
+        self.key = cache_key(self.paths, presize, method, role)
         self.data: np.ndarray | None = None  # (N, 3, P, L) uint8 memmap
         self.lengths = np.zeros(len(self.paths), np.int32)  # used long side of each slot
         self.transposed = np.zeros(len(self.paths), bool)
@@ -189,7 +191,7 @@ class PresizeCache:
                       ) -> Callable[[], None] | None:
         stats = [_stat(p) for p in self.paths]
         index = self._read_index()
-        entries = [Slot(str(p.absolute()), st[0], st[1])
+        entries = [Slot(refs.text(p), st[0], st[1])
                    for p, st in zip(self.paths, stats, strict=True)]
         reuse, todo = _plan(index, entries)
         n = len(self.paths)

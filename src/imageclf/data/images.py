@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from imageclf.data.tables import MARK
+from imageclf.core.errors import DataError
+from imageclf.data import refs
 
 # Images larger than this many pixels are refused as decompression bombs (PIL's own default
 # limit is 89.5 MP for a warning and twice that for an error; we refuse at the warning level).
@@ -116,27 +117,12 @@ def _to_rgb(im: Image.Image) -> Image.Image:
 Source = str | Path | bytes  # a file, or an image's bytes (an upload)
 
 
-def _resolve_ref(path: Source) -> Source:
-    """A row of a Parquet/Arrow table (data/tables.py) or an image in a store
-    (data/store.py) → its image's bytes (or file)."""
+def _resolve_ref(path: Source) -> bytes | Path:
+    """An image reference (data/refs.py), or its text → its image's bytes (or file)."""
     if isinstance(path, bytes | bytearray):
         return path
-    from imageclf.data.store import MARK as STORE_MARK
-    from imageclf.errors import DataError
-
-    text = str(path)
-    if STORE_MARK in text:
-        from imageclf.data.store import read_store_image
-
-        read = read_store_image
-    elif MARK in text:
-        from imageclf.data.tables import read_image
-
-        read = read_image
-    else:
-        return path
     try:
-        return read(path)
+        return refs.read(refs.as_ref(path))
     except DataError as e:
         raise UnreadableImage(str(e)) from e
 

@@ -24,6 +24,10 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from imageclf.core.diskspace import check_room, disk_full, is_disk_full
+from imageclf.core.errors import DataError
+from imageclf.core.fileio import commit, write_json
+from imageclf.core.records import Skipped
 from imageclf.data.cache import _stat
 from imageclf.data.images import UnreadableImage, load_presized
 from imageclf.data.store import (
@@ -39,10 +43,6 @@ from imageclf.data.store import (
     StoreManifest,
     encode_jpeg,
 )
-from imageclf.diskspace import check_room, disk_full, is_disk_full
-from imageclf.errors import DataError
-from imageclf.fileio import commit, write_json
-from imageclf.records import Skipped
 
 log = logging.getLogger(__name__)
 CHUNK = 16  # files a worker presizes at a time
@@ -327,7 +327,7 @@ def _finish(out: Path, done: dict[str, list[dict]], classes: Sequence[str],
     """index.csv and manifest.json from the shards' rows; then the rows files go."""
     import csv
 
-    from imageclf.fileio import atomic_write
+    from imageclf.core.fileio import atomic_write
 
     recs = done["train"] + done["valid"]
 

@@ -6,88 +6,22 @@ The manifest and the index are fetched (small); the shards are streamed (data/st
 from __future__ import annotations
 
 import json
-import re
 import shutil
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
+from imageclf.core.errors import DataError
+from imageclf.data.items import Items
 from imageclf.data.store import (
     INDEX,
     MANIFEST,
     IndexRow,
     StoreManifest,
+    StoreRef,
     read_index,
     read_manifest,
-    store_ref,
 )
-from imageclf.errors import ConfigError, DataError
-
-URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
-TIMEOUT_S = 60
-
-
-def is_url(text: str | Path | None) -> bool:
-    """A URL (scheme://...) rather than a local path."""
-    return text is not None and bool(URL.match(str(text)))
-
-
-def open_url(url: str) -> IO[bytes]:
-    """A binary stream of `url`, read as it arrives: urllib for http(s), the file for
-    file://, fsspec for any other scheme."""
-    try:
-        if url.startswith(("http://", "https://")):
-            return urllib.request.urlopen(url, timeout=TIMEOUT_S)  # noqa: S310 - the user's
-        if url.startswith("file://"):
-            return open(urllib.request.url2pathname(url[len("file://"):]), "rb")  # noqa: SIM115
-    except (OSError, urllib.error.URLError) as e:
-        raise DataError(f"cannot open {url}: {getattr(e, 'reason', None) or e}") from e
-    try:
-        import fsspec
-    except ImportError as e:
-        raise ConfigError(f"{url}: the {url.split('://')[0]} scheme needs fsspec "
-                          "(pip install fsspec and its filesystem's package)") from e
-    try:
-        return fsspec.open(url, "rb").open()
-    except Exception as e:  # noqa: BLE001 - each filesystem raises its own kinds
-        raise DataError(f"cannot open {url}: {e}") from e
-
-
-def read_range(url: str, offset: int, size: int) -> bytes:
-    """`size` bytes of `url` from `offset`: one ranged request where the server supports it,
-    else read past the bytes before."""
-    headers = {"Range": f"bytes={offset}-{offset + size - 1}"}
-    if url.startswith(("http://", "https://")):
-        try:
-            resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers),  # noqa: S310
-                                          timeout=TIMEOUT_S)
-        except (OSError, urllib.error.URLError) as e:
-            raise DataError(f"cannot open {url}: {getattr(e, 'reason', None) or e}") from e
-        with resp:
-            if resp.status != 206:  # the whole file came: skip to the offset
-                left = offset
-                while left > 0:
-                    chunk = resp.read(min(left, 2**20))
-                    if not chunk:
-                        break
-                    left -= len(chunk)
-            return resp.read(size)
-    with open_url(url) as f:
-        f.seek(offset)
-        return f.read(size)
-
-
-REMOTE = "remote.json"  # in the local folder a remote store's manifest and index are fetched to
-
-
-def remote_base(folder: Path) -> str | None:
-    """The URL of the store whose manifest and index were fetched into `folder`."""
-    try:
-        return json.loads((folder / REMOTE).read_text())["base"]
-    except (OSError, ValueError, KeyError):
-        return None
+from imageclf.data.urlio import REMOTE, open_url
 
 
 def _fetch(url: str, dest: Path) -> None:
@@ -155,16 +89,16 @@ def open_remote(source: str, cache: Path) -> RemoteStore:
     return RemoteStore(base, cache, m, rows, shards)
 
 
-def items_from_remote(store: RemoteStore):  # -> Items
+def items_from_remote(store: RemoteStore) -> Items:
     """The labelled images of a remote store, named as a local store's are, in the folder
-    its manifest was fetched to: `read_store_image` finds the URL there (remote.json) and
+    its manifest was fetched to: `StoreRef.read` finds the URL there (remote.json) and
     reads the bytes with a ranged request."""
-    from imageclf.data.sources import Items
+    from imageclf.data.items import Items
 
     index = {c: i for i, c in enumerate(store.manifest.classes)}
     paths, labels, flags = [], [], []
     for r in store.rows:
-        paths.append(store_ref(store.local / r.shard, r.offset, r.size))
+        paths.append(StoreRef(store.local / r.shard, r.offset, r.size))
         labels.append(tuple(index[c] for c in r.labels))
         flags.append(r.split == "valid")
     if not any(flags) or all(flags):

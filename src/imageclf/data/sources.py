@@ -7,65 +7,26 @@ import csv
 import dataclasses
 import os
 import re
-from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from imageclf.errors import ConfigError, DataError
+from imageclf.core.errors import ConfigError, DataError
+from imageclf.data.items import Items
+from imageclf.data.store import is_store, items_from_store
+from imageclf.data.tables import TABLE_SUFFIXES, read_rows, table_files
+from imageclf.data.urlio import is_url
 
 if TYPE_CHECKING:
-    from imageclf.config import DataSource
+    from imageclf.core.config import DataSource
+    from imageclf.data.refs import ImageRef
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".jfif"}
 )
 TRAIN_NAMES = ("train",)
 VALID_NAMES = ("valid", "val", "validation")
-
-
-@dataclass(frozen=True)
-class Items:
-    """A labelled image set: paths, integer labels (multi-hot lists if multi-label), split."""
-
-    paths: tuple[Path, ...]
-    labels: tuple[tuple[int, ...], ...]  # one class index per item, or several if multi-label
-    classes: tuple[str, ...]
-    is_valid: tuple[bool, ...]
-    multi_label: bool = False
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def subset(self, keep: list[int]) -> Items:
-        """The items at `keep` indices, same classes."""
-        return Items(
-            tuple(self.paths[i] for i in keep),
-            tuple(self.labels[i] for i in keep),
-            self.classes,
-            tuple(self.is_valid[i] for i in keep),
-            self.multi_label,
-        )
-
-    def split_indices(self) -> tuple[list[int], list[int]]:
-        """(train indices, valid indices)."""
-        train = [i for i, v in enumerate(self.is_valid) if not v]
-        valid = [i for i, v in enumerate(self.is_valid) if v]
-        return train, valid
-
-    def counts(self) -> dict[str, dict[str, int]]:
-        """Images per class for each split: {"train": {cls: n}, "valid": {cls: n}}."""
-        out: dict[str, dict[str, int]] = {}
-        for split, flag in (("train", False), ("valid", True)):
-            c: Counter[str] = Counter()
-            for labels, v in zip(self.labels, self.is_valid, strict=True):
-                if v == flag:
-                    for lab in labels:
-                        c[self.classes[lab]] += 1
-            out[split] = {k: c.get(k, 0) for k in self.classes}
-        return out
 
 
 def _is_image_name(name: str) -> bool:
@@ -272,8 +233,6 @@ def from_tables(root: Path, *, image_col: str | None = None, label_col: str | No
                 multi_label: bool = False, evaluate: bool = False) -> Items:
     """Items from Parquet/Arrow files (see data/tables.py): the split from --split-col or
     the files' names (train-*, validation-*; test rows left out), else random."""
-    from imageclf.data.tables import read_rows, table_files
-
     rows = read_rows(table_files(root), image_col, label_col, split_col)
     if not rows.paths:
         raise DataError(f"no rows to use in {root}" + (
@@ -295,8 +254,6 @@ def from_tables(root: Path, *, image_col: str | None = None, label_col: str | No
 
 def _is_tables(root: Path) -> bool:
     """DATA is a table file, or a folder of table files with no image files."""
-    from imageclf.data.tables import TABLE_SUFFIXES, table_files
-
     if root.is_file():
         return root.suffix in TABLE_SUFFIXES
     return root.is_dir() and bool(table_files(root)) and not list_images(root)
@@ -312,9 +269,6 @@ def source_kind(source: DataSource) -> str:
     if source.path is None:
         raise ConfigError("DATA is missing: give a folder of class folders, a CSV, or "
                           "Parquet/Arrow files")
-    from imageclf.data.remote import is_url
-    from imageclf.data.store import is_store
-
     if is_url(source.path):
         return "stream"
     root = Path(source.path)
@@ -338,7 +292,7 @@ def resolve(source: DataSource | str | Path, seed: int = 0, evaluate: bool = Fal
     evaluate on, all flagged valid: the validation split where the source has one (a
     valid/ folder, an is_valid column, a table's validation rows), else every labelled
     image."""
-    from imageclf.config import DataSource
+    from imageclf.core.config import DataSource
 
     if not isinstance(source, DataSource):
         source = DataSource(path=str(source))
@@ -354,8 +308,6 @@ def resolve(source: DataSource | str | Path, seed: int = 0, evaluate: bool = Fal
                           "show-batch; to verify, evaluate or calibrate on it, copy the store "
                           "into a folder and give that")
     if kind == "store":
-        from imageclf.data.store import items_from_store
-
         items = items_from_store(root, evaluate)
         return dataclasses.replace(items, multi_label=True) if ml else items
     if kind == "tables":
@@ -383,3 +335,55 @@ def _eval_folders(root: Path) -> Items:
         paths += files
         names += [[cls]] * len(files)
     return _finish(paths, names, [True] * len(paths), False, root, need_split=False)
+
+
+def resolve_unlabelled(source: str, valid_pct: float = 0.2, seed: int = 0
+                       ) -> tuple[list[ImageRef], list[bool]]:
+    """The resolver with labels off (--negatives): (image references, is_valid) of a
+    source: a folder (its train/ and valid/ sub-folders when it has both, else every image
+    under it, `valid_pct` held out at random with `seed`), a CSV
+    whose first column names the files (an `is_valid` third column splits it), or
+    Parquet/Arrow files (their split column or file names). Labels are ignored."""
+    root = Path(source)
+    if root.is_file() and root.suffix.lower() == ".csv":
+        return _from_csv(root, valid_pct, seed)
+    if _is_tables(root):
+        rows = read_rows(table_files(root), None, None, None)
+        if all(s is None for s in rows.splits):
+            return rows.paths, _random_split(len(rows.paths), valid_pct, seed)
+        return rows.paths, [s == "valid" for s in rows.splits]
+    if not root.is_dir():
+        there = "" if root.exists() else " (nothing is there)"
+        raise ConfigError(f"--negatives {root} is not a folder, a .csv, .parquet or .arrow "
+                          f"file{there}")
+    tr, va = _find_split_dir(root, TRAIN_NAMES), _find_split_dir(root, VALID_NAMES)
+    if tr is not None and va is not None:
+        a, b = _images(tr), _images(va)
+        return a + b, [False] * len(a) + [True] * len(b)
+    paths = _images(root)
+    return paths, _random_split(len(paths), valid_pct, seed)
+
+
+def _images(folder: Path) -> list[Path]:
+    """`list_images`, also under sub-folders that are links (a negatives folder put
+    together from class folders elsewhere)."""
+    found = list_images(folder)
+    for sub in sorted(folder.iterdir()):
+        if sub.is_symlink() and sub.is_dir() and not sub.name.startswith("."):
+            found += list_images(sub)
+    return sorted(found)
+
+
+def _from_csv(path: Path, valid_pct: float, seed: int) -> tuple[list[Path], list[bool]]:
+    try:
+        with open(path, newline="") as f:
+            rows = [r for r in csv.reader(f) if r and r[0].strip()]
+    except OSError as e:
+        raise ConfigError(f"cannot read --negatives {path}: {e.strerror}") from e
+    if rows and not (path.parent / rows[0][0].strip()).exists() and not Path(
+            rows[0][0].strip()).suffix:
+        rows = rows[1:]  # a header
+    paths = [p if (p := Path(r[0].strip())).is_absolute() else path.parent / p for r in rows]
+    if rows and all(len(r) >= 3 for r in rows):
+        return paths, [_truthy(r[2], path) for r in rows]
+    return paths, _random_split(len(paths), valid_pct, seed)

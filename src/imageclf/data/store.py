@@ -6,9 +6,8 @@ A sample is one key in WebDataset's layout: `KEY.jpg` (the presized image, uprig
 `KEY.cls` (the class index) or, multi-label, `KEY.json` (`{"labels": [names]}`). The split
 is in the shard's name; each sample's source file is in index.csv.
 
-An image in a store is named by a reference, `SHARD::store::OFFSET::SIZE`, which the
-decoders (the presize cache, verify, the Predictor) read through `read_store_image`: one
-pread of the JPEG's bytes.
+An image in a store is named by a `StoreRef` (shard, offset, size), which the decoders (the
+presize cache, verify, the Predictor) read with one pread of the JPEG's bytes.
 """
 
 from __future__ import annotations
@@ -22,8 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from imageclf.errors import DataError
-from imageclf.records import Record, Skipped, doc
+from imageclf.core.errors import DataError
+from imageclf.core.records import Record, Skipped, doc
+from imageclf.data.items import Items
+from imageclf.data.urlio import read_range, remote_base
 
 FORMAT = "imageclf-store"
 VERSION = 1
@@ -70,49 +71,64 @@ class StoreManifest(Record):
 
 
 # --- references -------------------------------------------------------------------------
-def store_ref(shard: Path, offset: int, size: int) -> Path:
-    """The name of one image in a store: its shard and where its JPEG bytes lie."""
-    return Path(f"{shard.absolute()}{MARK}{offset}::{size}")
+@dataclass(frozen=True)
+class StoreRef:
+    """One image in a store: its shard and where its JPEG bytes lie in it. Written as
+    `SHARD::store::OFFSET::SIZE` (`str`, `parse`)."""
 
+    shard: Path  # absolute
+    offset: int
+    size: int
 
-def is_store_ref(path: str | Path) -> bool:
-    return MARK in str(path)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shard", Path(self.shard).absolute())
 
+    def __str__(self) -> str:
+        return f"{self.shard}{MARK}{self.offset}::{self.size}"
 
-def split_store_ref(path: str | Path) -> tuple[Path, int, int]:
-    """(shard, offset, size) of a store reference."""
-    shard, rest = str(path).split(MARK, 1)
-    offset, size = rest.split("::", 1)
-    return Path(shard), int(offset), int(size)
+    @classmethod
+    def parse(cls, text: str) -> StoreRef:
+        """The reference `str` wrote."""
+        shard, rest = str(text).split(MARK, 1)
+        offset, size = rest.split("::", 1)
+        return cls(Path(shard), int(offset), int(size))
 
+    @property
+    def file(self) -> Path:
+        """The shard: what is stat'ed for the cache."""
+        return self.shard
 
-def read_store_image(path: str | Path) -> bytes:
-    """The JPEG bytes a store reference names. Raises DataError naming the shard when they
-    are not all there (a truncated or missing shard)."""
-    shard, offset, size = split_store_ref(path)
-    if not shard.exists():
-        from imageclf.data.remote import read_range, remote_base
+    @property
+    def store(self) -> Path:
+        """The store's folder."""
+        return self.shard.parent
 
-        base = remote_base(shard.parent)
-        if base is not None:  # a store at a URL
-            data = read_range(base + shard.name, offset, size)
-            if len(data) != size:
-                raise DataError(f"truncated shard {base + shard.name}: the index needs "
-                                f"{offset + size} bytes")
-            return data
-    try:
-        fd = os.open(shard, os.O_RDONLY)
-    except OSError as e:
-        raise DataError(f"shard {shard.name} of store {shard.parent}: {e.strerror}") from e
-    try:
-        data = os.pread(fd, size, offset)
-    finally:
-        os.close(fd)
-    if len(data) != size:
-        have = os.stat(shard).st_size
-        raise DataError(f"truncated shard {shard.name} of store {shard.parent}: {have} "
-                        f"bytes, the index needs {offset + size}; pack the store again")
-    return data
+    def read(self) -> bytes:
+        """The JPEG bytes: one pread, or one ranged request for a store fetched from a URL.
+        Raises DataError naming the shard when they are not all there (a truncated or
+        missing shard)."""
+        shard, offset, size = self.shard, self.offset, self.size
+        if not shard.exists():
+            base = remote_base(shard.parent)
+            if base is not None:  # a store at a URL
+                data = read_range(base + shard.name, offset, size)
+                if len(data) != size:
+                    raise DataError(f"truncated shard {base + shard.name}: the index needs "
+                                    f"{offset + size} bytes")
+                return data
+        try:
+            fd = os.open(shard, os.O_RDONLY)
+        except OSError as e:
+            raise DataError(f"shard {shard.name} of store {shard.parent}: {e.strerror}") from e
+        try:
+            data = os.pread(fd, size, offset)
+        finally:
+            os.close(fd)
+        if len(data) != size:
+            have = os.stat(shard).st_size
+            raise DataError(f"truncated shard {shard.name} of store {shard.parent}: {have} "
+                            f"bytes, the index needs {offset + size}; pack the store again")
+        return data
 
 
 # --- the store on disk ------------------------------------------------------------------
@@ -178,11 +194,9 @@ def read_index(root: Path) -> list[IndexRow]:
         raise DataError(f"{root / INDEX} cannot be read ({e}); pack the store again") from e
 
 
-def items_from_store(root: Path, evaluate: bool = False):  # -> Items
+def items_from_store(root: Path, evaluate: bool = False) -> Items:
     """The labelled images of a store, split as it was packed; `evaluate`: the validation
     split only (all of it, when the store has none)."""
-    from imageclf.data.sources import Items
-
     m = read_manifest(root)
     rows = read_index(root)
     if evaluate and any(r.split == "valid" for r in rows):
@@ -190,7 +204,7 @@ def items_from_store(root: Path, evaluate: bool = False):  # -> Items
     index = {c: i for i, c in enumerate(m.classes)}
     paths, labels, flags = [], [], []
     for r in rows:
-        paths.append(store_ref(root / r.shard, r.offset, r.size))
+        paths.append(StoreRef(root / r.shard, r.offset, r.size))
         labels.append(tuple(index[c] for c in r.labels))
         flags.append(evaluate or r.split == "valid")
     if not paths:

@@ -1,6 +1,6 @@
 """Training from a store at a URL: each process streams its own share of the shards.
 
-The rule for one epoch (pure functions below, tested without a loader):
+The rule for one epoch (pure functions in data/sampling.py, tested without a loader):
 - the split's shards are put in an order drawn from (seed, epoch), the same on every rank;
 - their samples, in that order, form one sequence of N; rank r of W takes the contiguous
   positions [r·⌈N/W⌉, (r+1)·⌈N/W⌉), reading only the shards that hold them (a shard's
@@ -23,130 +23,60 @@ import os
 import tarfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from imageclf.core.config import DataConfig
+from imageclf.core.errors import ConfigError, DataError
+from imageclf.core.records import Skipped
 from imageclf.data.cache import CacheStats, default_cache_dir
-from imageclf.data.jpegcache import CacheChoice
-from imageclf.data.loader import BatchLoader, epoch_generator, prefetch, targets_tensor
-from imageclf.data.remote import RemoteStore, open_url
-from imageclf.data.sources import Items
-from imageclf.data.store import decode_square, store_ref
-from imageclf.errors import DataError
-from imageclf.records import Skipped
+from imageclf.data.items import Items, targets_tensor
+from imageclf.data.remote import RemoteStore, items_from_remote, open_remote
+from imageclf.data.sampling import buffer_shuffle, epoch_generator, rank_segments, shard_order
+from imageclf.data.store import StoreRef, decode_square
+from imageclf.data.storecache import CacheChoice
+from imageclf.data.urlio import open_url
 
 log = logging.getLogger(__name__)
 BUFFER = 2048  # samples in the shuffle buffer (their JPEG bytes: ~30 MB at presize 160)
 
 
-# --- the plan: pure functions ---------------------------------------------------------------
-def shard_order(n_shards: int, seed: int, epoch: int) -> list[int]:
-    """The epoch's order of the shards, the same on every rank."""
-    return torch.randperm(n_shards, generator=epoch_generator(seed, epoch, 9)).tolist()
-
-
-def rank_segments(counts: list[int], order: list[int], rank: int, world: int
-                  ) -> list[tuple[int, int, int]]:
-    """Rank's share of the epoch as runs (shard, first sample, end) in reading order: the
-    positions [rank·⌈N/W⌉, (rank+1)·⌈N/W⌉) of the shards' samples in `order`, positions
-    past N wrapping to the start (the padding)."""
-    n = sum(counts)
-    per = -(-n // world)
-    lo, hi = rank * per, (rank + 1) * per
-    spans = [(lo, min(hi, n))] if lo < n else []
-    if hi > n:
-        spans.append((max(lo, n) - n, hi - n))
-    out = []
-    for a, b in spans:
-        start = 0
-        for j in order:
-            end = start + counts[j]
-            s, e = max(a, start), min(b, end)
-            if s < e:
-                out.append((j, s - start, e - start))
-            start = end
-    return out
-
-
-def buffer_shuffle(items: Iterator, size: int, g: torch.Generator) -> Iterator:
-    """Items in a shuffled order, holding at most `size` at a time."""
-    buf: list = []
-    for it in items:
-        if len(buf) < size:
-            buf.append(it)
-            continue
-        k = int(torch.randint(len(buf), (1,), generator=g))
-        buf[k], it = it, buf[k]
-        yield it
-    for k in torch.randperm(len(buf), generator=g).tolist():
-        yield buf[k]
-
-
 # --- reading ----------------------------------------------------------------------------------
-@dataclass
-class StreamSource:
-    """What a streamed split has in place of a cache: a key for resume, the losses found."""
+class StreamedSource:
+    """A split of a remote store, streamed shard by shard (see the module's rule) and
+    decoded in threads. Implements BatchSource (data/loader.py); it builds nothing, so it
+    has no cache: `key` names the stream for resume, `unreadable` the shards cut short."""
 
-    key: str
-    lengths: np.ndarray  # (N,) each sample's long side
-    transposed: np.ndarray  # (N,) stored portrait
-    stats: CacheStats = field(default_factory=CacheStats)
-    choice: CacheChoice | None = None
-    lost: list[Skipped] = field(default_factory=list)
+    negatives = None  # --negatives is refused for a stream
+    extra = 0
 
-    def build(self, progress=None) -> CacheStats:
-        return self.stats
-
-    def wait(self) -> None:
-        """Nothing is written."""
-
-    def unreadable(self) -> list[Skipped]:
-        return list(self.lost)
-
-
-class StreamLoader(BatchLoader):
-    """A split of a remote store, streamed shard by shard (see the module's rule), decoded
-    in threads and augmented on the device like BatchLoader's batches."""
-
-    def __init__(self, store: RemoteStore, split: str, targets: torch.Tensor, cfg, train: bool,
-                 device: torch.device | str = "cpu", mean=None, std=None, rank: int = 0,
-                 world_size: int = 1, n_classes: int = 0, multi_label: bool = False) -> None:
-        from imageclf.data.augment import IMAGENET_MEAN, IMAGENET_STD, BatchAugment
-
+    def __init__(self, store: RemoteStore, split: str, targets: torch.Tensor, cfg: DataConfig,
+                 train: bool, device: torch.device, rank: int = 0, world_size: int = 1) -> None:
         self.store, self.split = store, split
         self.shards = store.shards[split]
-        rows = [r for r in store.rows if r.split == split]
         by_shard: dict[str, list] = {s: [] for s in self.shards}
-        for r in rows:
-            if r.shard in by_shard:
+        for r in store.rows:
+            if r.split == split and r.shard in by_shard:
                 by_shard[r.shard].append(r)
         self.rows = [r for s in self.shards for r in by_shard[s]]  # item order
         self.counts = [len(by_shard[s]) for s in self.shards]
         self.first = np.concatenate([[0], np.cumsum(self.counts)[:-1]]).astype(int)
         self.keys = [r.key for r in self.rows]
-        self.paths = [store_ref(store.local / r.shard, r.offset, r.size) for r in self.rows]
+        self.paths = [StoreRef(store.local / r.shard, r.offset, r.size) for r in self.rows]
         self.all_targets = targets
-        self.cfg, self.train = cfg, train
-        self.device = torch.device(device)
-        size = cfg.size if train else (cfg.valid_size or cfg.size)
-        self.augment = BatchAugment(size, cfg.aug, mean or IMAGENET_MEAN, std or IMAGENET_STD)
-        self.bs = cfg.bs
+        self.cfg, self.train, self.bs = cfg, train, cfg.bs
+        self.pin = device.type == "cuda"
         self.rank, self.world_size = rank, world_size
-        self.epoch, self.skip = 0, 0
-        self.last_ids: torch.Tensor | None = None
         self.buffer = BUFFER
-        self.index = np.arange(len(self.rows))
-        self.negatives, self.neg_k, self.neg_index = None, 0, None
-        self.n_classes, self.multi_label = n_classes, multi_label
-        key_src = json.dumps([store.manifest.fingerprint, split, self.shards])
-        self.cache = StreamSource(
-            hashlib.sha256(key_src.encode()).hexdigest()[:20],
-            np.array([max(r.width, r.height) for r in self.rows], np.int32),
-            np.array([r.height > r.width for r in self.rows], bool),
-            choice=CacheChoice("stream", f"none: streamed from {store.base}"))
+        self.key = hashlib.sha256(json.dumps([store.manifest.fingerprint, split, self.shards]
+                                             ).encode()).hexdigest()[:20]
+        self.lengths = np.array([max(r.width, r.height) for r in self.rows], np.int32)
+        self.transposed = np.array([r.height > r.width for r in self.rows], bool)
+        self.choice = CacheChoice("stream", f"none: streamed from {store.base}")
+        self.stats = CacheStats()
+        self.lost: list[Skipped] = []
         self._pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1,
                                         thread_name_prefix="imageclf-stream")
         if store.manifest.presize != cfg.presize:
@@ -156,6 +86,30 @@ class StreamLoader(BatchLoader):
 
     def prepare(self) -> None:
         """Nothing to build: the shards are read as the epoch goes."""
+
+    def wait(self) -> None:
+        """Nothing is written."""
+
+    def unreadable(self) -> list[Skipped]:
+        return list(self.lost)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.rows)
+
+    @property
+    def kept_paths(self) -> list[StoreRef]:
+        return self.paths
+
+    @property
+    def targets(self) -> torch.Tensor:
+        return self.all_targets
+
+    def __len__(self) -> int:
+        n = -(-len(self.rows) // self.world_size)  # the sampler's per-rank count
+        if self.train and n >= self.bs:
+            n = n // self.bs * self.bs
+        return -(-n // self.bs)
 
     def _samples(self, j: int, start: int, end: int) -> Iterator[tuple[int, bytes]]:
         """(item, JPEG bytes) of samples [start, end) of shard j; a shard cut short ends
@@ -182,17 +136,17 @@ class StreamLoader(BatchLoader):
             log.debug("shard %s: %s", name, e)
         if t < end:
             why = f"truncated shard {name}: it ended after {t} of {self.counts[j]} samples"
-            self.cache.lost.append(Skipped(self.store.url(name), why))
+            self.lost.append(Skipped(self.store.url(name), why))
             log.warning("%s; the rest of this epoch repeats earlier samples in their place",
                         why)
 
-    def _stream(self) -> Iterator[tuple[int, bytes]]:
+    def _stream(self, epoch: int) -> Iterator[tuple[int, bytes]]:
         """This rank's samples for the epoch, in order (training: shuffled)."""
         if self.train:
-            order = shard_order(len(self.shards), self.cfg.seed, self.epoch)
+            order = shard_order(len(self.shards), self.cfg.seed, epoch)
             runs = rank_segments(self.counts, order, self.rank, self.world_size)
             items = (s for run in runs for s in self._samples(*run))
-            g = epoch_generator(self.cfg.seed, self.epoch, 10 + self.rank)
+            g = epoch_generator(self.cfg.seed, epoch, 10 + self.rank)
             return buffer_shuffle(items, self.buffer, g)
         return self._valid_stream()
 
@@ -212,29 +166,37 @@ class StreamLoader(BatchLoader):
 
     def _decode(self, batch: list[tuple[int, bytes]], offsets: np.ndarray) -> torch.Tensor:
         p = self.cfg.presize
-        out = torch.empty((len(batch), 3, p, p), dtype=torch.uint8,
-                          pin_memory=self.device.type == "cuda")
+        out = torch.empty((len(batch), 3, p, p), dtype=torch.uint8, pin_memory=self.pin)
         dst = out.numpy()
 
         def one(k: int) -> None:
             item, data = batch[k]
-            decode_square(data, int(offsets[item]), p, bool(self.cache.transposed[item]),
+            decode_square(data, int(offsets[item]), p, bool(self.transposed[item]),
                           dst[k])
 
         list(self._pool.map(one, range(len(batch))))
         return out
 
-    def _batch_stream(self, skip: int
-                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+
+    def _offsets(self, g: torch.Generator) -> np.ndarray:
+        """Where each image's presize square starts along its long side: at random per
+        epoch when training, centred otherwise (as the cache-backed source crops)."""
+        room = np.maximum(self.lengths - self.cfg.presize, 0)
+        if not self.train:
+            return room // 2
+        u = torch.rand(len(room), generator=g, dtype=torch.float64).numpy()
+        return np.floor(u * (room + 1)).astype(np.int64)
+
+    def batches(self, epoch: int, skip: int = 0
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """(uint8 images, targets, item ids) of this rank's batches, from batch `skip`."""
-        offsets = self._offsets(self.cache, self.index,
-                                epoch_generator(self.cfg.seed, self.epoch, 0))
+        offsets = self._offsets(epoch_generator(self.cfg.seed, epoch, 0))
         n_batches = len(self)
         per = n_batches * self.bs if self.train else -(-len(self.rows) // self.world_size)
         batch: list[tuple[int, bytes]] = []
         done = 0
         last: list[tuple[int, bytes]] = []
-        stream = self._stream()
+        stream = self._stream(epoch)
         while done < n_batches:
             sample = next(stream, None)
             if sample is None:  # a shard was cut short: repeat the last batch's samples
@@ -246,33 +208,16 @@ class StreamLoader(BatchLoader):
             if len(batch) == self.bs or (not self.train and done * self.bs + len(batch) == per):
                 if done >= skip:
                     ids = torch.tensor([i for i, _ in batch])
-                    yield self._decode(batch, offsets), self.all_targets[ids], ids
+                    yb = self.all_targets[ids]
+                    yield self._decode(batch, offsets), yb.pin_memory() if self.pin else yb, ids
                 last, batch = batch, []
                 done += 1
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        g_aug = epoch_generator(self.cfg.seed, self.epoch, 1)
-        skip, self.skip = self.skip, 0
-        if self.train:
-            for _ in range(skip):  # the same augmentation draws as a full pass
-                self._params(self.bs, g_aug)
-        pin = self.device.type == "cuda"
-        for xb, yb, ids in prefetch(self._batch_stream(skip), self.device):
-            self.last_ids = ids  # which samples the batch being yielded holds
-            xb = xb.to(self.device, non_blocking=True)
-            yb = (yb.pin_memory() if pin else yb).to(self.device, non_blocking=True)
-            params = self._params(xb.shape[0], g_aug) if self.train else None
-            yield self.augment(xb, train=self.train, params=params), yb
 
-
-def streamed_loaders(cfg, device: torch.device | str, mean: tuple[float, ...],
-                     std: tuple[float, ...], rank: int, world_size: int
-                     ) -> tuple[Items, StreamLoader, StreamLoader]:
-    """(items, training loader, validation loader) of a store at a URL: its manifest and
+def streamed_sources(cfg: DataConfig, device: torch.device, rank: int, world_size: int
+                     ) -> tuple[Items, StreamedSource, StreamedSource]:
+    """(items, training source, validation source) of a store at a URL: its manifest and
     index fetched into the cache folder, its shards streamed by each process."""
-    from imageclf.data.remote import items_from_remote, open_remote
-    from imageclf.errors import ConfigError
-
     if cfg.negatives:
         raise ConfigError("--negatives with a store at a URL is not supported: pack the "
                           "negatives into the store's folder, or train from a local copy")
@@ -287,10 +232,8 @@ def streamed_loaders(cfg, device: torch.device | str, mean: tuple[float, ...],
     items = items_from_remote(store)
     targets = targets_tensor(items)
     tr, va = items.split_indices()
-    n, ml = len(items.classes), items.multi_label
 
-    def make(split: str, y: torch.Tensor, train: bool) -> StreamLoader:
-        return StreamLoader(store, split, y, cfg, train, device, mean, std, rank,
-                            world_size, n, ml)
+    def make(split: str, y: torch.Tensor, train: bool) -> StreamedSource:
+        return StreamedSource(store, split, y, cfg, train, device, rank, world_size)
 
     return items, make("train", targets[tr], True), make("valid", targets[va], False)

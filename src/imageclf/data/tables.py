@@ -4,9 +4,9 @@ integer with class names in the schema metadata, a string, or a list of either f
 multi-label), optionally a split column.
 
 Rows are listed by reading only the label and split columns, in record batches. An image
-is named by a row reference, `FILE::table::COLUMN::ROW`, which the decoders (the presize
-cache, verify, the Predictor) read through `read_image`: one row group (Parquet) or record
-batch (Arrow) at a time, a few kept per process, so a file larger than memory works.
+is named by a `RowRef` (file, column, row), which the decoders (the presize cache, verify,
+the Predictor) read: one row group (Parquet) or record batch (Arrow) at a time, a few
+kept per process, so a file larger than memory works.
 pyarrow is an optional extra (`pip install 'imageclf[parquet]'`).
 """
 
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imageclf.errors import ConfigError, DataError
+from imageclf.core.errors import ConfigError, DataError
 
 TABLE_SUFFIXES = (".parquet", ".arrow")
 MARK = "::table::"
@@ -42,28 +42,39 @@ def _pyarrow() -> Any:
 
 
 # --- row references ------------------------------------------------------------------------
-def row_ref(file: Path, column: str, row: int) -> Path:
-    """The name of one image in a table file."""
-    return Path(f"{file.absolute()}{MARK}{column}::{row}")
+@dataclass(frozen=True)
+class RowRef:
+    """One image in a table file: the file, its image column and the row. Written as
+    `FILE::table::COLUMN::ROW` (`str`, `parse`)."""
+
+    table: Path  # absolute
+    column: str
+    row: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "table", Path(self.table).absolute())
+
+    def __str__(self) -> str:
+        return f"{self.table}{MARK}{self.column}::{self.row}"
+
+    @classmethod
+    def parse(cls, text: str) -> RowRef:
+        """The reference `str` wrote."""
+        file, rest = str(text).split(MARK, 1)
+        column, row = rest.rsplit("::", 1)
+        return cls(Path(file), column, int(row))
+
+    @property
+    def file(self) -> Path:
+        """The table file: what is stat'ed for the cache."""
+        return self.table
+
+    def read(self) -> bytes | Path:
+        """The encoded image: its bytes, or the file its struct's `path` points to (relative
+        to the table's folder). Raises DataError with the reason."""
+        return read_image(self)
 
 
-def is_ref(path: str | Path) -> bool:
-    return MARK in str(path)
-
-
-def split_ref(path: str | Path) -> tuple[Path, str, int]:
-    """(table file, image column, row) of a row reference."""
-    file, rest = str(path).split(MARK, 1)
-    column, row = rest.rsplit("::", 1)
-    return Path(file), column, int(row)
-
-
-def ref_file(path: str | Path) -> Path:
-    """The table file a row reference lives in (what is stat'ed for the cache)."""
-    return split_ref(path)[0]
-
-
-# --- reading ----------------------------------------------------------------------------------
 class _Table:
     """Random access to one table file's rows by chunk (Parquet row groups, Arrow record
     batches)."""
@@ -155,10 +166,10 @@ def _chunk(file: str, size: int, mtime: int, chunk: int, column: str) -> list:
     return _table(file, size, mtime).read_chunk(chunk, [column]).column(0).to_pylist()
 
 
-def read_image(path: str | Path) -> bytes | Path:
+def read_image(ref: RowRef) -> bytes | Path:
     """The encoded image a row reference names: its bytes, or the file its struct's `path`
     points to (relative to the table's folder). Raises DataError with the reason."""
-    file, column, row = split_ref(path)
+    file, column, row = ref.table, ref.column, ref.row
     try:
         st = os.stat(file)
     except OSError as e:
@@ -256,7 +267,7 @@ def _pick(schema: Any, given: str | None, options: tuple[str, ...], what: str,
 class TableRows:
     """What the table files of DATA hold: one entry per usable row."""
 
-    paths: list[Path]
+    paths: list[RowRef]
     names: list[list[str]]  # label names per row
     splits: list[str | None]  # train / valid / None (no split given)
     multi_label: bool
@@ -299,7 +310,7 @@ def read_rows(files: list[Path], image_col: str | None, label_col: str | None,
                     out.multi_label |= multi
                     vals = value if multi else ([] if value is None else [value])
                     out.names.append([_label_name(v, names, file, row) for v in vals])
-                    out.paths.append(row_ref(file, img, row))
+                    out.paths.append(RowRef(file, img, row))
                     out.splits.append(split)
                 row += 1
     return out

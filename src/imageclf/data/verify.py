@@ -10,9 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from imageclf.core.records import Skipped
 from imageclf.data.images import verify_file
-from imageclf.data.sources import Items
-from imageclf.records import Skipped
+from imageclf.data.items import Items
 
 FEW = 5  # a class with fewer images than this in a split gets a warning
 

@@ -1,0 +1,343 @@
+"""Evaluate a model/ folder on labelled images (and on unknown ones), and calibrate its
+"none of these" rule."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from imageclf.core.config import DataSource
+from imageclf.core.errors import ConfigError, DataError
+from imageclf.core.modelmeta import CalibrationInfo, ModelMeta, OodFigures, OpenSetRule
+from imageclf.core.plots import plot_open_set
+from imageclf.core.records import Skipped
+from imageclf.data.items import Items
+from imageclf.data.sources import list_images, resolve
+from imageclf.model.classifier import linear_head
+from imageclf.model.interpret import Interpretation, map_targets, write_pictures
+from imageclf.model.predict import NONE_LABEL, Outputs, Predictor, to_probs
+from imageclf.openset import rule as none_rule
+from imageclf.openset import scores as openset
+from imageclf.openset.scores import OpenSetStats
+
+
+@dataclass
+class Seen:
+    """Images run through a model: their outputs, which of them were read, what was not."""
+
+    outputs: Outputs
+    kept: list[int]  # indices (into the paths given) of the images that were read
+    skipped: list[Skipped] = field(default_factory=list)
+
+
+def run_images(predictor: Predictor, paths: Sequence[str | Path], *, bs: int = 32,
+               tta: bool = False, features: bool = False, what: str = "images") -> Seen:
+    """Every readable image of `paths` through the model; unreadable ones are listed, and
+    only when none is readable is it an error."""
+    parts, kept, skipped = [], [], []
+    offset = 0
+    for chunk, x, errors in predictor.batches(paths, bs):
+        if x is not None:
+            parts.append(predictor.outputs(x, tta, features))
+        for j, (path, e) in enumerate(zip(chunk, errors, strict=True)):
+            if e is None:
+                kept.append(offset + j)
+            else:
+                skipped.append(Skipped(path, e))
+        offset += len(chunk)
+    if not kept:
+        raise DataError(f"none of the {len(paths)} {what} could be read")
+    return Seen(Outputs.cat(parts), kept, skipped)
+
+
+def evaluate(predictor: Predictor, data: DataSource | str | Path, *, tta: bool = False,
+             bs: int = 32, out_dir: str | Path | None = None, k: int = 9) -> Interpretation:
+    """Run DATA's validation split (or all its labelled images) through the model; with
+    `out_dir`, write confusion_matrix.png and top_losses.png there. Unreadable files are
+    listed in `skipped`, never raised."""
+    interp, _ = _evaluate(predictor, data, tta=tta, bs=bs)
+    if out_dir is not None:
+        write_pictures(interp, out_dir, predictor.presize, predictor.method, predictor.augment,
+                       k)
+    return interp
+
+
+def _source(data: DataSource | str | Path, predictor: Predictor) -> DataSource:
+    """The data source, read as the model reads labels (one or several per image)."""
+    src = data if isinstance(data, DataSource) else DataSource(path=str(data))
+    return dataclasses.replace(src, multi_label=predictor.multi_label)
+
+
+def _evaluate(predictor: Predictor, data: DataSource | str | Path, *, tta: bool, bs: int,
+              features: bool = False) -> tuple[Interpretation, Outputs]:
+    src = _source(data, predictor)
+    items = resolve(src, evaluate=True)
+    targets = map_targets(items.labels, items.classes, predictor.classes, predictor.multi_label)
+    seen = run_images(predictor, items.paths, bs=bs, tta=tta, features=features,
+                      what=f"labelled images in {src.path}")
+    interp = Interpretation.from_logits(
+        seen.outputs.logits, targets[torch.tensor(seen.kept)], predictor.classes,
+        predictor.multi_label, [items.paths[i] for i in seen.kept],
+        predictor.rule.class_thresholds.tolist() if predictor.multi_label else None,
+        seen.skipped)
+    return interp, seen.outputs
+
+
+# --- open set ----------------------------------------------------------------------------
+def unknown_images(folder: str | Path) -> list[Path]:
+    """Every image file under `folder` (labels, if any, are ignored)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConfigError(f"--ood {folder} is not a folder")
+    paths = list_images(folder)
+    if not paths:
+        raise ConfigError(f"--ood {folder}: no image files found")
+    return paths
+
+
+def held_out_negatives(meta: ModelMeta) -> tuple[list[Path], str, bool] | None:
+    """(paths, where they come from, True) of the negatives a model trained with
+    `--negatives` held out, split as training split them; None for a model trained without.
+    A source that has gone is a clear error naming --ood."""
+    from imageclf.data.negatives import negative_set
+
+    neg = meta.negatives
+    if neg is None:
+        return None
+    gone = [s for s in neg.sources if not Path(s).exists()]
+    if gone:
+        raise ConfigError(f"the model was trained with --negatives {gone[0]}, which is no "
+                          "longer there: give the unknowns with --ood DIR")
+    found = negative_set(neg.sources, neg.valid_pct, neg.seed)
+    return list(found.valid), "held-out negatives of " + ", ".join(neg.sources), True
+
+
+def evaluate_open_set(predictor: Predictor, data: DataSource | str | Path, ood: str | Path,
+                      *, keep: float = 0.95, tta: bool = False, bs: int = 32,
+                      out_dir: str | Path | None = None) -> tuple[Interpretation, dict]:
+    """The model on DATA's validation images (known) and on the images in `ood` (unknown):
+    AUROC and FPR at `keep` of every score the model can compute, and for its own rule how
+    many unknowns it accepted, as which class. With `out_dir`, evaluate's pictures and
+    open_set.png there."""
+    rule = predictor.rule
+    interp, known_out = _evaluate(predictor, data, tta=tta, bs=bs,
+                                  features=rule.needs_features)
+    seen = run_images(predictor, unknown_images(ood), bs=bs, tta=tta,
+                      features=rule.needs_features, what=f"images in --ood {ood}")
+    names = list(_allowed(predictor)[:3])
+    if rule.score is not None and rule.score not in names:
+        names.append(rule.score)
+    known = openset.score_outputs(names, known_out, rule.stats, rule.k)
+    unknown = openset.score_outputs(names, seen.outputs, rule.stats, rule.k)
+    figures = openset.compare(known, unknown, keep)
+    score = rule.score or names[0]
+
+    def decided(out: Outputs, scores: torch.Tensor) -> list[list[str]]:
+        return rule.decide(to_probs(out.logits, predictor.multi_label), scores,
+                           predictor.classes)
+
+    unknown_labels = decided(seen.outputs, unknown[score])
+    accepted = Counter(c for labels in unknown_labels for c in labels if c != NONE_LABEL)
+    known_none = sum(ls == [NONE_LABEL] for ls in decided(known_out, known[score]))
+    accepted_n = sum(ls != [NONE_LABEL] for ls in unknown_labels)
+    report = {"ood": str(ood), "n_known": len(known[score]), "n_unknown": len(seen.kept),
+              "keep": keep, "rule": rule.name, "score": score,
+              "threshold": rule.threshold, "scores": figures,
+              "unknown_accepted": accepted_n,
+              "unknown_accepted_as": dict(accepted.most_common()),
+              "known_answered_none": known_none,
+              "none_figure": none_rule.none_sentence(
+                  1.0 - accepted_n / len(unknown_labels), known_none / len(known[score]),
+                  f"these {len(seen.kept)} unknowns"),
+              "skipped_unknown": [s.to_json() for s in seen.skipped]}
+    if out_dir is not None:  # evaluate's pictures, and the scores' histogram
+        write_pictures(interp, out_dir, predictor.presize, predictor.method,
+                       predictor.augment)
+        plot_open_set(known[score], unknown[score], rule.threshold, score,
+                      Path(out_dir) / "open_set.png")
+    return interp, report
+
+
+# --- calibration -------------------------------------------------------------------------
+@dataclass
+class Calibration:
+    """What `calibrate` chose: the open-set score and threshold (None: per-class thresholds
+    only), multi-label per-class thresholds, the figures on --ood, the training statistics
+    the chosen score needs."""
+
+    score: str | None
+    threshold: float | None
+    keep: float
+    n: int
+    thresholds: list[float] | None = None
+    k: int = openset.KNN_K
+    ood: dict | None = None
+    stats: OpenSetStats | None = None
+    histogram: tuple[torch.Tensor, torch.Tensor] | None = None  # known, unknown scores
+
+    def rule(self, file: str | None = None) -> OpenSetRule:
+        """What model.json stores of it (`file`: where the training statistics went)."""
+        knn = self.score == "knn"
+        return OpenSetRule(self.score, self.threshold, self.keep, self.n, self.k,
+                           int(self.stats.bank.shape[0]) if knn and self.stats else None,
+                           file, OodFigures(**self.ood) if self.ood is not None else None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON of `calibrate --json`: the rule, and multi-label per-class thresholds."""
+        out = self.rule().to_json() if self.score is not None else {
+            "score": None, "threshold": None, "keep": self.keep, "n": self.n}
+        if self.thresholds is not None:
+            out["thresholds"] = self.thresholds
+        return out
+
+
+def subsample_per_class(idx: list[int], labels: Sequence[Sequence[int]], rows: int,
+                        seed: int = 0) -> list[int]:
+    """At most `rows` of `idx`, an equal share per (first) label, drawn with a fixed seed;
+    a class smaller than its share keeps all its images. In the original order."""
+    pick = openset.per_class_sample(_labels_of(labels), rows, seed)
+    return [idx[i] for i in pick.tolist()]
+
+
+def _labels_of(items_labels: Sequence[Sequence[int]]) -> torch.Tensor:
+    return torch.tensor([labs[0] if labs else -1 for labs in items_labels])
+
+
+def calibrate(predictor: Predictor, data: DataSource | str | Path, keep: float = 0.95, *,
+              score: str = "auto", ood: str | Path | None = None,
+              bank_rows: int = openset.BANK_ROWS, k: int = openset.KNN_K, bs: int = 32
+              ) -> Calibration:
+    """Choose the "none of these" rule on DATA: the threshold on `score` that keeps `keep`
+    of the validation images (multi-label: of those with a label; one without is none).
+    DATA is split as training splits it (its valid/ folder or is_valid column, else the
+    same 20% with seed 0): thresholds come from the validation part, knn's feature bank and
+    mahalanobis's class means from the training part.
+
+    `score="auto"`: with `ood` (a folder of images from no known class), the score with
+    the best AUROC there; without, `openset.default_score`. Multi-label models also get
+    per-class thresholds (each keeps `keep` of the validation images that have the class).
+    """
+    if not 0 < keep < 1:
+        raise ConfigError(f"--keep must be between 0 and 1 (exclusive); got {keep}")
+    allowed = _allowed(predictor)
+    if score != "auto" and score not in allowed:
+        kind = "multi-label" if predictor.multi_label else "softmax"
+        why = (" (vim, ash, scale and msp+vim read a softmax model's linear head: train "
+               "with --head timm)" if score in openset.HEAD_SCORES + ("msp+vim",) else "")
+        raise ConfigError(f"--score {score!r}: a {kind} model takes auto, "
+                          f"{', '.join(allowed)}{why}")
+    if bank_rows < 1 or k < 1:
+        raise ConfigError(f"--bank-rows and --k must be at least 1; got {bank_rows}, {k}")
+    src = _source(data, predictor)
+    items = resolve(src)
+    data = src.path
+    train_idx, valid_idx = items.split_indices()
+    if not valid_idx:
+        raise DataError(f"{data} has no validation images to calibrate on")
+    targets = map_targets(items.labels, items.classes, predictor.classes, predictor.multi_label)
+    unknowns = (unknown_images(ood), str(ood), False) if ood is not None \
+        else held_out_negatives(predictor.meta)
+    if score == "auto" and unknowns is None:
+        score = openset.default_score(predictor.multi_label,
+                                      linear_head(predictor.model) is not None)
+    candidates = list(allowed) if score == "auto" else ([score] if score else [])
+    needs_stats = any(c in openset.FEATURE_SCORES for c in candidates)
+    stats = _training_stats(predictor, items, train_idx, bank_rows, bs) if needs_stats \
+        else None
+    valid = run_images(predictor, [items.paths[i] for i in valid_idx], bs=bs,
+                       features=needs_stats, what=f"validation images in {data}")
+    if stats is not None:  # the fused score is standardised on the known images
+        stats.fit_fusion(valid.outputs.logits, valid.outputs.features, predictor.multi_label)
+    valid_targets = targets[torch.tensor([valid_idx[i] for i in valid.kept])]
+    thresholds = (class_thresholds(valid.outputs.logits.sigmoid(), valid_targets, keep)
+                  if predictor.multi_label else None)
+    known = openset.score_outputs(candidates, valid.outputs, stats, k)
+    labelled = valid_targets.sum(1) > 0 if predictor.multi_label else None
+    if labelled is not None and labelled.any():  # an image with no label is none, not known
+        known = {name: v[labelled] for name, v in known.items()}
+    figures = hist = None
+    if unknowns is not None:
+        paths, where, from_negatives = unknowns
+        unk = run_images(predictor, paths, bs=bs, features=needs_stats,
+                         what=f"unknown images ({where})")
+        unknown = openset.score_outputs(candidates, unk.outputs, stats, k)
+        figures = openset.compare(known, unknown, keep)
+        if score == "auto":
+            score = openset.best(figures)
+        hist = (known[score], unknown[score]) if score else None
+    n = int(labelled.sum()) if labelled is not None and labelled.any() else len(valid.kept)
+    if not score:
+        return Calibration(None, None, keep, n, thresholds)
+    return Calibration(score, openset.threshold_for(known[score], keep), keep, n, thresholds,
+                       k, {"folder": where, "n": len(hist[1]), "scores": figures,
+                           "negatives": from_negatives} if figures is not None else None,
+                       stats.only(score) if stats is not None else None, hist)
+
+
+def _training_stats(predictor: Predictor, items: Items, train_idx: list[int], bank_rows: int,
+                    bs: int) -> OpenSetStats:
+    """knn's bank and mahalanobis's class means and precision from at most `bank_rows`
+    training images, an equal share per class (the cost of calibrating stays bounded on a
+    large data set)."""
+    if not train_idx:
+        raise DataError("the data has no training images: knn and mahalanobis need them")
+    train_idx = subsample_per_class(train_idx, [items.labels[i] for i in train_idx], bank_rows)
+    train = run_images(predictor, [items.paths[i] for i in train_idx], bs=bs, features=True,
+                       what="training images")
+    labels = _labels_of([items.labels[train_idx[i]] for i in train.kept])
+    # labels in the model's order; -1 (an image with no class) indexes the last entry
+    model_index = {c: i for i, c in enumerate(predictor.classes)}
+    remap = torch.tensor([model_index.get(c, -1) for c in items.classes] + [-1])
+    return OpenSetStats.fit(train.outputs.features, remap[labels], len(predictor.classes),
+                            bank_rows, linear_head(predictor.model))
+
+
+def _allowed(predictor: Predictor) -> tuple[str, ...]:
+    """The open-set scores this model can compute."""
+    return openset.scores_for(predictor.multi_label, linear_head(predictor.model) is not None)
+
+
+def class_thresholds(probs: torch.Tensor, targets: torch.Tensor, keep: float) -> list[float]:
+    """Multi-label: per class, the sigmoid threshold that keeps `keep` of the validation
+    images that have it (0.5 for a class none has)."""
+    out = []
+    for c in range(probs.shape[1]):
+        pos = probs[targets[:, c] > 0.5, c]
+        out.append(openset.threshold_for(pos, keep) if len(pos) else 0.5)
+    return out
+
+
+def write_calibration(folder: str | Path, chosen: Calibration) -> Path:
+    """Store what calibrate chose in folder/model.json (atomically), the training
+    statistics of knn / mahalanobis in folder/open_set.safetensors, and with --ood figures
+    the histogram in folder/open_set.png."""
+    folder = Path(folder)
+    meta = ModelMeta.read(folder)
+    stats_path, png = folder / openset.STATS_FILE, folder / "open_set.png"
+    open_set = None
+    if chosen.score is not None:
+        file = None
+        if chosen.stats is not None and chosen.score in openset.FEATURE_SCORES:
+            chosen.stats.save(stats_path)  # before model.json names it
+            file = openset.STATS_FILE
+        open_set = chosen.rule(file)
+    if chosen.histogram is not None:
+        plot_open_set(*chosen.histogram, chosen.threshold, chosen.score, png,
+                      f"calibrated: {chosen.score}, keeps {chosen.keep:.0%} of known")
+    changes: dict = {"open_set": open_set, "min_confidence": None,
+                     "calibration": CalibrationInfo(chosen.keep, chosen.n, chosen.score
+                                                    or none_rule.MULTI_LABEL_THRESHOLDS)}
+    if chosen.thresholds is not None:
+        changes["thresholds"] = tuple(chosen.thresholds)
+    written = dataclasses.replace(meta, **changes).write(folder)
+    if open_set is None or open_set.file is None:  # what the new model.json no longer uses
+        stats_path.unlink(missing_ok=True)
+    if chosen.histogram is None:
+        png.unlink(missing_ok=True)
+    return written
