@@ -49,8 +49,8 @@ from PIL import Image
 from common import imagenette, machine, run, save
 from imageclf.core.config import DataSource
 from imageclf.data.negatives import negative_set
+from imageclf.data.shapes import make_shapes_dataset
 from imageclf.data.sources import list_images, resolve
-from imageclf.jobs.demo import make_shapes_dataset
 from imageclf.jobs.evaluate import calibrate, run_images
 from imageclf.model.classifier import linear_head
 from imageclf.model.predict import Predictor

@@ -23,7 +23,7 @@ def tables() -> dict[tuple[str, str], str]:
     from imageclf.data.cache import CacheIndex
     from imageclf.data.store import StoreManifest
     from imageclf.learn.checkpoint import CheckpointInfo
-    from imageclf.learn.lr_sweep import LRFindResult
+    from imageclf.learn.lr_find import LRFindResult
     from imageclf.model.interpret import InterpretationRecord
     from imageclf.run.rundir import RunClaim, RunMetrics
 

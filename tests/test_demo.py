@@ -4,7 +4,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from imageclf.jobs.demo import make_shapes_dataset
+from imageclf.data.shapes import make_shapes_dataset
 
 from .helpers import find
 

@@ -11,8 +11,9 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from imageclf.core.errors import ConfigError, DamagedFileError
-from imageclf.jobs.evaluate import calibrate, evaluate, subsample_per_class, write_calibration
+from imageclf.jobs.evaluate import calibrate, evaluate, write_calibration
 from imageclf.model.predict import NONE_LABEL, Predictor
+from imageclf.openset.calibrate import subsample_per_class
 
 from .helpers import run_cli
 

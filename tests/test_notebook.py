@@ -46,7 +46,7 @@ def test_interrupting_the_kernel_stops_after_a_checkpoint_and_keeps_the_kernel(
         tmp_path: Path):
     cells = [
         "from imageclf.core.config import DataConfig, TrainConfig\n"
-        "from imageclf.jobs.demo import make_shapes_dataset\n"
+        "from imageclf.data.shapes import make_shapes_dataset\n"
         "from imageclf.run.runs import RunContext, train_run\n"
         "data = make_shapes_dataset('d', n_train=12, n_valid=4)",
         "train_run(DataConfig.build(path=str(data), size=32, presize=40, bs=8),\n"

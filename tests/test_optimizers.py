@@ -11,7 +11,7 @@ import torch
 from imageclf.core.config import DataConfig, TrainConfig
 from imageclf.core.errors import ConfigError
 from imageclf.learn.callbacks import Callback
-from imageclf.learn.learner import make_optimizer
+from imageclf.learn.optim import make_optimizer
 from imageclf.learn.schedules import FLAT_PCT, Phase, flat_cos_lr, shaped
 from imageclf.model.classifier import create_model
 

@@ -20,7 +20,7 @@ def test_a_tiny_auto_rate_is_reported(folder_dataset: Path, tmp_path: Path,
     """A sweep whose loss never fell: every suggestion is near its 1e-7 start. The run goes
     on at what was asked for, and the log says the rate is suspect and what to do."""
     import imageclf.run.runs as runs
-    from imageclf.learn.lr_sweep import LRFindResult
+    from imageclf.learn.lr_find import LRFindResult
 
     tiny = {"valley": 2e-7, "slide": 1e-7, "minimum": 1e-8, "steep": 1e-7}
     monkeypatch.setattr(runs, "run_lr_find",

@@ -203,7 +203,7 @@ def test_pack_killed_and_rerun_gives_the_same_store(tmp_path: Path):
     code = ("import sys; from imageclf.core.config import DataConfig; "
             "from imageclf.data.pack import PackSettings, pack; "
             f"pack(DataConfig.build(path={str(data)!r}).source, sys.argv[1], "
-            "PackSettings(presize=64, shard_bytes=16 * 1024), workers=1)")
+            "PackSettings(presize=64, shard_bytes=16 * 1024, workers=1))")
     whole = tmp_path / "whole"
     subprocess.run([sys.executable, "-c", code, str(whole)], check=True)
     killed = tmp_path / "killed"

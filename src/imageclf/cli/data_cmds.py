@@ -7,15 +7,18 @@ import json
 import tempfile
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from imageclf.cli import options as o
-from imageclf.cli.options import console
-from imageclf.core.config import RESIZE_METHODS, DataConfig, DataSource
+from imageclf.cli.options import console, err
+from imageclf.core.config import DataConfig, DataSource, PackSettings
 from imageclf.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from imageclf.data.store import StoreManifest
 
 PROGRESS_FROM = 500  # files: smaller sets are checked before a bar would be read
 
@@ -148,20 +151,8 @@ def bench_loader(data: DataConfig, epochs: Annotated[int, typer.Option(
 
 
 @o.settings_command
-def pack(source: DataSource,
+def pack(source: DataSource, settings: PackSettings,
          out: Annotated[Path, typer.Option("-o", "--out", help="The store's folder.")],
-         presize: Annotated[int, typer.Option("--presize", min=8,
-                                              help="Side of the CPU presize.")] = 256,
-         method: Annotated[str, typer.Option(
-             "--resize-method", help="How a non-square image becomes square: crop, squish "
-             "or pad.")] = "crop",
-         seed: Annotated[int, typer.Option("--seed", help="Seed of a random split.")] = 0,
-         workers: Annotated[int, typer.Option("--workers", min=0, help="Processes "
-                                              "presizing (0: one per core).")] = 0,
-         quality: Annotated[int, typer.Option("--quality", min=1, max=100,
-                                              help="JPEG quality of the stored images.")] = 90,
-         shard_mb: Annotated[int, typer.Option("--shard-mb", min=1,
-                                               help="Size of each tar shard.")] = 512,
          overwrite: Annotated[bool, typer.Option(
              "--overwrite", help="Replace a store of other data in --out.")] = False,
          as_json: o.Json = False) -> None:
@@ -176,28 +167,28 @@ def pack(source: DataSource,
         TimeRemainingColumn,
     )
 
-    from imageclf.cli.options import err
-    from imageclf.core.diskspace import human
-    from imageclf.data.pack import PackSettings
     from imageclf.data.pack import pack as run_pack
 
-    if method not in RESIZE_METHODS:
-        raise ConfigError(f"--resize-method must be one of {', '.join(RESIZE_METHODS)}; "
-                          f"got {method!r}")
-    s = PackSettings(presize, method, quality, shard_mb * 2**20)
     t0 = time.perf_counter()
     with Progress(TextColumn("pack"), BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn(), console=err, transient=True) as bar:
         task = bar.add_task("pack", total=None)
-        m = run_pack(source, out, s, seed, workers,
+        m = run_pack(source, out, settings,
                      progress=lambda n, total: bar.update(task, completed=n, total=total),
                      overwrite=overwrite)
-    size = sum(sh.bytes for sh in m.shards)
-    n = sum(m.counts.values())
     if as_json:
         print(json.dumps(m.to_json() | {"seconds": round(time.perf_counter() - t0, 2)},
                          indent=2))
         return
+    print_store(out, m)
+
+
+def print_store(out: Path, m: StoreManifest) -> None:
+    """What `pack` wrote: counts, shards, size per image, and the files left out."""
+    from imageclf.core.diskspace import human
+
+    size = sum(sh.bytes for sh in m.shards)
+    n = sum(m.counts.values())
     console.print(f"{out}: {n} images ({m.counts['train']} train, {m.counts['valid']} valid) "
                   f"in {len(m.shards)} shard(s), {human(size)}, "
                   f"{human(size / max(n, 1))} an image at presize {m.presize}, "

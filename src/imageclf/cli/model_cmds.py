@@ -13,7 +13,7 @@ from rich.text import Text
 from imageclf.cli import options as o
 from imageclf.cli.options import console, err
 from imageclf.cli.printer import print_open_set, score_table
-from imageclf.core.config import DataSource
+from imageclf.core.config import CalibrateSettings, DataSource, PredictOptions
 from imageclf.core.errors import ConfigError
 
 
@@ -30,23 +30,23 @@ def _expand_inputs(inputs: list[Path]) -> list[Path]:
     return out
 
 
+@o.settings_command
 def predict(model: o.ModelArg,
             inputs: Annotated[list[Path], typer.Argument(help="Image files or folders.",
                                                          metavar="INPUTS")],
+            opts: PredictOptions,
             top_k: Annotated[int, typer.Option("--top-k", help="Labels listed per image.")] = 3,
             min_confidence: o.MinConfidence = None,
-            tta: o.Tta = False,
-            bs: o.Bs = 32, precision: o.Precision = "auto",
-            size: o.PredictSize = None,
             as_json: o.Json = False) -> None:
     """Top-k labels per image; unreadable files are reported per file, never a crash."""
     from imageclf.model.predict import Predictor
 
-    pred = Predictor(model, min_confidence=min_confidence, precision=precision, size=size)
+    pred = Predictor(model, min_confidence=min_confidence, precision=opts.precision,
+                     size=opts.size)
     paths = _expand_inputs(inputs)
     if not paths:
         raise ConfigError("no image files found in the given inputs")
-    results = pred.predict(paths, top_k=top_k, bs=bs, tta=tta)
+    results = pred.predict(paths, top_k=top_k, bs=opts.bs, tta=opts.tta)
     n_ok = 0
     for r in results:
         n_ok += r.error is None
@@ -64,14 +64,12 @@ def predict(model: o.ModelArg,
 
 
 @o.settings_command(exclude=("valid_pct", "multi_label"))
-def evaluate(model: o.ModelArg, data: DataSource,
+def evaluate(model: o.ModelArg, data: DataSource, opts: PredictOptions,
              output: Annotated[Path | None, typer.Option(
                  "-o", "--output", help="Folder for confusion_matrix.png, top_losses.png "
                  "(and open_set.png with --ood)."
              )] = None,
              ood: o.Ood = None, keep: o.Keep = 0.95,
-             tta: o.Tta = False, bs: o.Bs = 32,
-             precision: o.Precision = "auto", size: o.PredictSize = None,
              as_json: o.Json = False) -> None:
     """Accuracy, per-class table and most-confused pairs on DATA's validation split (or every
     labelled image when DATA has no split); with --ood, the open-set figures on unknowns."""
@@ -79,13 +77,13 @@ def evaluate(model: o.ModelArg, data: DataSource,
     from imageclf.jobs.evaluate import evaluate_open_set
     from imageclf.model.predict import Predictor
 
-    pred = Predictor(model, precision=precision, size=size)
+    pred = Predictor(model, precision=opts.precision, size=opts.size)
     open_set = None
     if ood is not None:
-        interp, open_set = evaluate_open_set(pred, data, ood, keep=keep, tta=tta, bs=bs,
-                                             out_dir=output)
+        interp, open_set = evaluate_open_set(pred, data, ood, keep=keep, tta=opts.tta,
+                                             bs=opts.bs, out_dir=output)
     else:
-        interp = run_evaluate(pred, data, tta=tta, bs=bs, out_dir=output)
+        interp = run_evaluate(pred, data, tta=opts.tta, bs=opts.bs, out_dir=output)
     s = interp.summary()
     if open_set is not None:
         s["open_set"] = open_set
@@ -93,7 +91,7 @@ def evaluate(model: o.ModelArg, data: DataSource,
         print(json.dumps(s))
         return
     console.print(f"{s['n']} images; accuracy {s['accuracy']:.4f}; loss {s['loss']:.4f}"
-                  + ("  (TTA)" if tta else ""))
+                  + ("  (TTA)" if opts.tta else ""))
     table = Table()
     for c in ("class", "precision", "recall", "f1", "support"):
         table.add_column(c, justify="left" if c == "class" else "right")
@@ -115,21 +113,9 @@ def evaluate(model: o.ModelArg, data: DataSource,
         console.print(f"pictures in {output}")
 
 
-@o.settings_command(exclude=("valid_pct", "multi_label"))
-def calibrate(model: o.ModelArg, data: DataSource, keep: o.Keep = 0.95,
-              score: Annotated[str, typer.Option(
-                  "--score", help="auto, msp, max_logit, energy, knn, mahalanobis, "
-                  "msp+mahalanobis; with timm's head also vim, ash, scale, msp+vim "
-                  "(multi-label: sigmoid_max instead of msp). auto: the best AUROC on --ood, "
-                  "or on a --negatives model's held-out negatives; else the documented "
-                  "default.")] = "auto",
-              ood: o.Ood = None,
-              bank_rows: Annotated[int, typer.Option(
-                  "--bank-rows", help="knn: most training features kept (fp16, an equal "
-                  "share per class).")] = 10_000,
-              k: Annotated[int, typer.Option("--k", help="knn: which nearest neighbour.")
-                           ] = 10,
-              bs: o.Bs = 32,
+@o.settings_command(exclude=("valid_pct", "multi_label", "tta", "precision", "size"))
+def calibrate(model: o.ModelArg, data: DataSource, settings: CalibrateSettings,
+              opts: PredictOptions, ood: o.Ood = None,
               dry_run: Annotated[bool, typer.Option("--dry-run",
                                                     help="Print, do not store.")] = False,
               as_json: o.Json = False) -> None:
@@ -140,8 +126,9 @@ def calibrate(model: o.ModelArg, data: DataSource, keep: o.Keep = 0.95,
     from imageclf.jobs.evaluate import write_calibration
     from imageclf.model.predict import Predictor
 
-    chosen = run_calibrate(Predictor(model), data, keep, score=score, ood=ood,
-                           bank_rows=bank_rows, k=k, bs=bs)
+    keep = settings.keep
+    chosen = run_calibrate(Predictor(model), data, keep, score=settings.score, ood=ood,
+                           bank_rows=settings.bank_rows, k=settings.k, bs=opts.bs)
     report = None
     if not dry_run:
         write_calibration(model, chosen)

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import typer
 from rich.text import Text
 
@@ -102,13 +101,6 @@ def lr_find(data: DataConfig, train: TrainConfig, output: o.Output = None,
                                                  else ""))
 
 
-# The demo's recipe, chosen by measurement on 2 cores capped at AVX2 in fp32 (docs/recipes.md,
-# "The demo"): timm's resnet10t at half width trains 6x as many images a second as resnet18,
-# and at 48 px, batch 16, 10 epochs and 1e-2, without warp or lighting changes (the shapes'
-# colours are random already), it reached 97.5, 95.0, 94.0% (seeds 0-2).
-DEMO_ARCH, DEMO_SIZE, DEMO_PRESIZE, DEMO_BS, DEMO_LR = "resnet10t_narrow", 48, 64, 16, 1e-2
-
-
 def demo(out: Annotated[Path, typer.Option("--out", help="Where the data and the run go.")
                         ] = Path("runs/demo"),
          epochs: Annotated[int, typer.Option("--epochs", help="Epochs to train.")] = 10,
@@ -120,65 +112,8 @@ def demo(out: Annotated[Path, typer.Option("--out", help="Where the data and the
     """Draw a shapes data set, then verify → lr_find → train → evaluate → calibrate "none
     of these", offline."""
     from imageclf.cli.data_cmds import print_verify
-    from imageclf.core.hardware import pick_device
-    from imageclf.data.sources import resolve
-    from imageclf.data.verify import verify_items
-    from imageclf.jobs.demo import draw_negative, make_negatives, make_shapes_dataset
-    from imageclf.jobs.evaluate import calibrate, evaluate, write_calibration
+    from imageclf.jobs.demo import demo as run_demo
     from imageclf.learn.callbacks import PrintEpochs
-    from imageclf.model.predict import Predictor
-    from imageclf.run.report import build_report
-    from imageclf.run.runs import RunContext, build_learner, run_lr_find, train_run
 
-    data, none = out / "data", out / "none"
-    if not (data / "train").is_dir() or not (none / "valid").is_dir():
-        console.print(f"drawing a shapes data set into {data}, and images of none of the "
-                      f"shapes into {none} ...")
-        make_shapes_dataset(data, n_train=n_train, n_valid=max(10, n_train // 5))
-        make_negatives(none, n_train=0, n_valid=max(10, n_train // 5))
-    print_verify(data, verify_items(resolve(data), full=True))
-    dcfg = DataConfig.build(path=str(data), size=DEMO_SIZE, presize=DEMO_PRESIZE, bs=DEMO_BS,
-                            max_warp=0.0, max_lighting=0.0)
-    tcfg = TrainConfig.build(arch=DEMO_ARCH, pretrained="none", head="timm", epochs=epochs,
-                             lr=str(DEMO_LR), out=str(out / "run"),
-                             lr_find_steps=lr_find_steps)
-    # The sweep is shown, but the demo trains at its measured rate: in 100 steps this model
-    # from scratch learns nothing yet (with a zero head its loss stays at ln 4 until the
-    # blow-up), so the suggestions are noise here (docs/recipes.md, "The demo")
-    (out / "lr_find").mkdir(exist_ok=True)
-    dev = pick_device("auto")  # the GPU when there is one, as `imageclf train` takes it
-    found = run_lr_find(build_learner(dcfg, tcfg, RunContext(dev)), tcfg, out / "lr_find")
-    console.print("lr_find: " + ", ".join(f"{k} {v:.2e}" for k, v in found.suggestions.items())
-                  + f"; plot: {out / 'lr_find' / 'lr_find.png'}")
-    console.print(f"training {DEMO_ARCH} from scratch at {DEMO_LR:.0e}, {DEMO_SIZE} px, the "
-                  "rate measured for this net and task")
-    # the last demo's run is replaced
-    res = train_run(dcfg, tcfg, RunContext(dev, cbs=[PrintEpochs(console)]), overwrite=True)
-    model = res.out / "model"
-    pred = Predictor(model)
-    interp = evaluate(pred, data)
-    console.print(f"evaluate {model}: valid accuracy {interp.accuracy():.3f} on "
-                  f"{len(interp.targets)} images ({res.metrics.precision} on "
-                  f"{res.metrics.device})")
-    chosen = calibrate(pred, data, ood=none / "valid")
-    write_calibration(model, chosen)
-    build_report(res.out)
-    fig = chosen.ood["scores"][chosen.score]
-    console.print(f'"none of these": {chosen.score} below {chosen.threshold:.4g} keeps '
-                  f"{chosen.keep:.0%} of the known images and answers none for "
-                  f"{1 - fig['fpr']:.0%} of {chosen.ood['n']} drawn images of no shape")
-    # fresh images of no shape, never seen in calibration: the first answered none is shown
-    rng = np.random.default_rng(12345)
-    fresh = [none / f"example-{i}.jpg" for i in range(8)]
-    for path in fresh:
-        draw_negative(rng).save(path, quality=90)
-    answers = Predictor(model).predict(fresh)  # loaded again: with the rule just stored
-    refused = [p for p in answers if p.labels == ["none"]]
-    console.print(f"{len(refused)} of {len(fresh)} fresh images of no shape answered none")
-    for p in refused[:1]:
-        console.print(f"predict {p.path}: none (top: {p.top[0][0]} {p.top[0][1]:.1%}; "
-                      f"{p.none_rule} {p.none_score:.3g} < {p.none_threshold:.3g})")
-    console.print(f"run directory: {res.out}; report: {res.out / 'report.html'}; "
-                  f"model: {model}")
-    console.print(f"next: imageclf serve {res.out}   (or: imageclf predict {model} "
-                  f"{data / 'valid'} --top-k 2)")
+    run_demo(out, epochs=epochs, n_train=n_train, lr_find_steps=lr_find_steps,
+             say=console.print, verified=print_verify, cbs=[PrintEpochs(console)])

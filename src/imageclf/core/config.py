@@ -146,6 +146,26 @@ class DataConfig(Settings):
                              self.valid_size)
 
 
+def _mib(n: int) -> int:
+    return n * 2**20
+
+
+@dataclass(frozen=True)
+class PackSettings(Settings):
+    """How `pack` writes a store: the presize and JPEG of its images, its shards, the order
+    of its samples."""
+
+    section = "Store"
+    presize: int = setting(256, "Side of the CPU presize of the stored images.", ge=8)
+    method: str = setting("crop", "How a non-square image becomes square.",
+                          choices=RESIZE_METHODS, flag="--resize-method")
+    quality: int = setting(90, "JPEG quality of the stored images.", ge=1, le=100)
+    shard_bytes: int = setting(512 * 2**20, "Size of each tar shard, in MiB.", flag="--shard-mb",
+                               cli_type=int, cli_default=512, parse=_mib, ge=1)
+    workers: int = setting(0, "Processes presizing (0: one per core).", ge=0)
+    seed: int = setting(0, "Seed of a random split and of the samples' order.")
+
+
 # --- training -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ModelConfig(Settings):
@@ -315,6 +335,35 @@ def read_settings(obj: Any, where: str) -> tuple[DataConfig, TrainConfig]:
     else:
         train = TrainConfig.from_json(train, f"{where}: train")
     return data, train
+
+
+@dataclass(frozen=True)
+class PredictOptions(Settings):
+    """How a model folder runs over images: predict, evaluate and calibrate."""
+
+    section = "Prediction"
+    bs: int = setting(32, "Images per forward pass.", ge=1)
+    tta: bool = setting(False, "Average flipped/zoomed views.")
+    precision: str = setting("auto", "auto, bf16, fp16 or fp32.", choices=PRECISIONS)
+    size: int | None = setting(None, "Predict at this side instead of the model's own "
+                               "(model.json size).", ge=8)
+
+
+@dataclass(frozen=True)
+class CalibrateSettings(Settings):
+    """How `calibrate` chooses the "none of these" rule."""
+
+    section = "Calibration"
+    keep: float = setting(0.95, "Share of known (validation) images that must keep a label: "
+                          "the threshold's true-positive rate.", gt=0, lt=1)
+    score: str = setting("auto", "auto, msp, max_logit, energy, knn, mahalanobis, "
+                         "msp+mahalanobis; with timm's head also vim, ash, scale, msp+vim "
+                         "(multi-label: sigmoid_max instead of msp). auto: the best AUROC on "
+                         "--ood, or on a --negatives model's held-out negatives; else the "
+                         "documented default.")
+    bank_rows: int = setting(10_000, "knn: most training features kept (fp16, an equal "
+                             "share per class).", ge=1)
+    k: int = setting(10, "knn: which nearest neighbour.", ge=1)
 
 
 @dataclass(frozen=True)

@@ -120,6 +120,9 @@ class Skipped(Record):
     path: str = doc("the file (a table row: FILE::table::COLUMN::ROW)")
     reason: str = doc("why it could not be used: empty, truncated, not an image, missing...")
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", str(self.path))  # a Path or an image reference
+
 
 def type_name(tp: Any) -> str:
     """A field's type in words, for the schema tables."""

@@ -24,10 +24,12 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from imageclf.core.config import DataSource, PackSettings
 from imageclf.core.diskspace import check_room, disk_full, is_disk_full
 from imageclf.core.errors import DataError
 from imageclf.core.fileio import commit, write_json
 from imageclf.core.records import Skipped
+from imageclf.data import refs
 from imageclf.data.cache import _stat
 from imageclf.data.images import UnreadableImage, load_presized
 from imageclf.data.store import (
@@ -42,6 +44,7 @@ from imageclf.data.store import (
     ShardInfo,
     StoreManifest,
     encode_jpeg,
+    read_manifest,
 )
 
 log = logging.getLogger(__name__)
@@ -58,14 +61,6 @@ class PackItem:
     split: str
 
 
-@dataclass(frozen=True)
-class PackSettings:
-    presize: int
-    method: str = "crop"
-    quality: int = 90
-    shard_bytes: int = 512 * 2**20
-
-
 def fingerprint(items: Sequence[PackItem], s: PackSettings) -> str:
     """Hash of every file (path, size, mtime), its labels and split, and the settings that
     change the stored bytes: equal fingerprints, equal stores."""
@@ -73,7 +68,7 @@ def fingerprint(items: Sequence[PackItem], s: PackSettings) -> str:
                                    s.shard_bytes]).encode())
     for it in items:
         size, mtime = _stat(it.path)
-        h.update(json.dumps([str(it.path.absolute()), size, mtime, it.labels,
+        h.update(json.dumps([refs.text(it.path), size, mtime, it.labels,
                              it.split]).encode())
     return h.hexdigest()[:32]
 
@@ -246,28 +241,16 @@ def _estimate(items: Sequence[PackItem], s: PackSettings) -> int:
 
 
 def pack_items(items: Sequence[PackItem], out: Path, classes: Sequence[str],
-               multi_label: bool, s: PackSettings, source: str, workers: int = 0,
+               multi_label: bool, s: PackSettings, source: str,
                progress: Callable[[int, int], None] | None = None,
                overwrite: bool = False) -> StoreManifest:
     """Write `items` as a store in `out` (or finish a stopped pack of the same items, or
     return the store already there); refuse a folder holding a store of other data."""
     out.mkdir(parents=True, exist_ok=True)
     fp = fingerprint(items, s)
-    existing = _existing_fingerprint(out)
-    if existing is not None and existing != fp:
-        if not overwrite:
-            raise DataError(
-                f"{out} holds a store of other data or settings (its source files, labels, "
-                "split or presize/quality changed since it was packed). Fix: pack into a new "
-                "folder (-o), or add --overwrite to replace it")
-        _clear(out)
-    if (out / MANIFEST).is_file():  # finished (a pack stopped in its last step: tidy up)
-        from imageclf.data.store import read_manifest
-
-        for p in out.glob("*.rows.json"):
-            p.unlink()
-        (out / STATE).unlink(missing_ok=True)
-        return read_manifest(out)
+    finished_store = _claim(out, fp, overwrite)
+    if finished_store is not None:
+        return finished_store
     write_json(out / STATE, {"fingerprint": fp, "source": source})
     index = {c: i for i, c in enumerate(classes)}
     by_split = {sp: [it for it in items if it.split == sp] for sp in SPLITS}
@@ -276,35 +259,73 @@ def pack_items(items: Sequence[PackItem], out: Path, classes: Sequence[str],
     n_todo = sum(len(v) for v in todo.values())
     free_needed = _estimate(todo["train"] + todo["valid"], s) if n_todo else 0
     check_room(free_needed, out, "the store", "pack to another disk with -o")
-    workers = workers or (os.cpu_count() or 1)
-    n_done_before = len(items) - n_todo
-    finished = n_done_before
+    workers = s.workers or (os.cpu_count() or 1)
+    count = _Count(len(items) - n_todo, len(items), progress)
     with _pool(workers) as pool:
         for sp in SPLITS:
             writer = _ShardWriter(out, sp, len(done[sp]), s, index, multi_label)
             pos0 = sum(len(by_split[x]) for x in SPLITS[:SPLITS.index(sp)])
-            start = len(by_split[sp]) - len(todo[sp])
-            try:
-                for k, (item, enc) in enumerate(_encoded(pool, todo[sp], s, 4 * workers)):
-                    writer.add(f"{pos0 + start + k:09d}", item, enc)
-                    finished += 1
-                    if progress is not None and finished % CHUNK == 0:
-                        progress(finished, len(items))
-                writer.close()
-            except OSError as e:
-                writer.abandon()
-                if is_disk_full(e):
-                    raise disk_full(e, out, "the store", "free room, or pack to another "
-                                    "disk with -o; then rerun the same command: it continues "
-                                    "after the last complete shard") from e
-                raise
-            except BaseException:
-                writer.abandon()
-                raise
+            first = pos0 + len(by_split[sp]) - len(todo[sp])
+            _write_split(writer, _encoded(pool, todo[sp], s, 4 * workers), first, count, out)
             done[sp] += writer.records
     if progress is not None:
         progress(len(items), len(items))
     return _finish(out, done, classes, multi_label, s, source, fp)
+
+
+def _claim(out: Path, fp: str, overwrite: bool) -> StoreManifest | None:
+    """The store already finished in `out` (None: there is work to do). A store of other
+    data there is refused, or with `overwrite` cleared."""
+    existing = _existing_fingerprint(out)
+    if existing is not None and existing != fp:
+        if not overwrite:
+            raise DataError(
+                f"{out} holds a store of other data or settings (its source files, labels, "
+                "split or presize/quality changed since it was packed). Fix: pack into a new "
+                "folder (-o), or add --overwrite to replace it")
+        _clear(out)
+    if not (out / MANIFEST).is_file():
+        return None
+    # finished (a pack stopped in its last step: tidy up)
+    for p in out.glob("*.rows.json"):
+        p.unlink()
+    (out / STATE).unlink(missing_ok=True)
+    return read_manifest(out)
+
+
+@dataclass
+class _Count:
+    """Images packed so far, reported to `progress` every CHUNK."""
+
+    done: int
+    total: int
+    progress: Callable[[int, int], None] | None
+
+    def one(self) -> None:
+        self.done += 1
+        if self.progress is not None and self.done % CHUNK == 0:
+            self.progress(self.done, self.total)
+
+
+def _write_split(writer: _ShardWriter, encoded: Iterator, first: int, count: _Count,
+                 out: Path) -> None:
+    """One split's encoded images into its shards, keys numbered from `first`. A shard cut
+    short by an error is abandoned: the pack continues after the last complete one."""
+    try:
+        for k, (item, enc) in enumerate(encoded):
+            writer.add(f"{first + k:09d}", item, enc)
+            count.one()
+        writer.close()
+    except OSError as e:
+        writer.abandon()
+        if is_disk_full(e):
+            raise disk_full(e, out, "the store", "free room, or pack to another disk with -o; "
+                            "then rerun the same command: it continues after the last "
+                            "complete shard") from e
+        raise
+    except BaseException:
+        writer.abandon()
+        raise
 
 
 def _existing_fingerprint(out: Path) -> str | None:
@@ -351,11 +372,11 @@ def _finish(out: Path, done: dict[str, list[dict]], classes: Sequence[str],
     return m
 
 
-def pack(source, out: str | Path, s: PackSettings, seed: int = 0, workers: int = 0,
+def pack(source: DataSource, out: str | Path, s: PackSettings,
          progress: Callable[[int, int], None] | None = None,
          overwrite: bool = False) -> StoreManifest:
     """Pack a data source (folders, regex, CSV, Parquet: a DataSource) into a store in `out`,
-    split as training would split it, its samples in an order drawn from `seed`: a source
+    split as training would split it, its samples in an order drawn from `s.seed`: a source
     listed class by class would otherwise give shards of one class each, and a stream read
     shard by shard through a shuffle buffer trains on a few classes at a time (Imagenette
     packed in folder order and streamed reached 27.3% where the same store read by index
@@ -364,10 +385,10 @@ def pack(source, out: str | Path, s: PackSettings, seed: int = 0, workers: int =
 
     from imageclf.data.sources import resolve
 
-    items = resolve(source, seed)
-    order = np.random.default_rng(seed).permutation(len(items))
+    items = resolve(source, s.seed)
+    order = np.random.default_rng(s.seed).permutation(len(items))
     names = [PackItem(items.paths[i], tuple(items.classes[c] for c in items.labels[i]),
                       "valid" if items.is_valid[i] else "train") for i in order]
     src = str(Path(source.path).absolute()) if source.path else ""
-    return pack_items(names, Path(out), items.classes, items.multi_label, s, src, workers,
-                      progress, overwrite)
+    return pack_items(names, Path(out), items.classes, items.multi_label, s, src, progress,
+                      overwrite)

@@ -161,8 +161,9 @@ class StoreCache:
         with open(self.cache_dir / f"{self.key}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # one packer per machine; the others wait
             before = (out / "manifest.json").is_file()
-            m = pack_items(items, out, (), True, PackSettings(self.presize, self.method),
-                           str(self.cache_dir), self.workers, progress, overwrite=True)
+            m = pack_items(items, out, (), True,
+                           PackSettings(self.presize, self.method, workers=self.workers),
+                           str(self.cache_dir), progress, overwrite=True)
         where = {r.source: r for r in read_index(out)}
         skipped = {s.path: s.reason for s in m.skipped}
         for i, p in enumerate(self.paths):

@@ -8,13 +8,12 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from imageclf.core.config import DataSource
 from imageclf.core.errors import ConfigError, DataError
-from imageclf.core.modelmeta import CalibrationInfo, ModelMeta, OodFigures, OpenSetRule
+from imageclf.core.modelmeta import CalibrationInfo, ModelMeta
 from imageclf.core.plots import plot_open_set
 from imageclf.core.records import Skipped
 from imageclf.data.items import Items
@@ -24,6 +23,15 @@ from imageclf.model.interpret import Interpretation, map_targets, write_pictures
 from imageclf.model.predict import NONE_LABEL, Outputs, Predictor, to_probs
 from imageclf.openset import rule as none_rule
 from imageclf.openset import scores as openset
+from imageclf.openset.calibrate import (
+    Calibration,
+    Known,
+    candidates,
+    choose,
+    class_thresholds,
+    labels_of,
+    subsample_per_class,
+)
 from imageclf.openset.scores import OpenSetStats
 
 
@@ -165,50 +173,6 @@ def evaluate_open_set(predictor: Predictor, data: DataSource | str | Path, ood: 
 
 
 # --- calibration -------------------------------------------------------------------------
-@dataclass
-class Calibration:
-    """What `calibrate` chose: the open-set score and threshold (None: per-class thresholds
-    only), multi-label per-class thresholds, the figures on --ood, the training statistics
-    the chosen score needs."""
-
-    score: str | None
-    threshold: float | None
-    keep: float
-    n: int
-    thresholds: list[float] | None = None
-    k: int = openset.KNN_K
-    ood: dict | None = None
-    stats: OpenSetStats | None = None
-    histogram: tuple[torch.Tensor, torch.Tensor] | None = None  # known, unknown scores
-
-    def rule(self, file: str | None = None) -> OpenSetRule:
-        """What model.json stores of it (`file`: where the training statistics went)."""
-        knn = self.score == "knn"
-        return OpenSetRule(self.score, self.threshold, self.keep, self.n, self.k,
-                           int(self.stats.bank.shape[0]) if knn and self.stats else None,
-                           file, OodFigures(**self.ood) if self.ood is not None else None)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON of `calibrate --json`: the rule, and multi-label per-class thresholds."""
-        out = self.rule().to_json() if self.score is not None else {
-            "score": None, "threshold": None, "keep": self.keep, "n": self.n}
-        if self.thresholds is not None:
-            out["thresholds"] = self.thresholds
-        return out
-
-
-def subsample_per_class(idx: list[int], labels: Sequence[Sequence[int]], rows: int,
-                        seed: int = 0) -> list[int]:
-    """At most `rows` of `idx`, an equal share per (first) label, drawn with a fixed seed;
-    a class smaller than its share keeps all its images. In the original order."""
-    pick = openset.per_class_sample(_labels_of(labels), rows, seed)
-    return [idx[i] for i in pick.tolist()]
-
-
-def _labels_of(items_labels: Sequence[Sequence[int]]) -> torch.Tensor:
-    return torch.tensor([labs[0] if labs else -1 for labs in items_labels])
-
-
 def calibrate(predictor: Predictor, data: DataSource | str | Path, keep: float = 0.95, *,
               score: str = "auto", ood: str | Path | None = None,
               bank_rows: int = openset.BANK_ROWS, k: int = openset.KNN_K, bs: int = 32
@@ -223,6 +187,33 @@ def calibrate(predictor: Predictor, data: DataSource | str | Path, keep: float =
     the best AUROC there; without, `openset.default_score`. Multi-label models also get
     per-class thresholds (each keeps `keep` of the validation images that have the class).
     """
+    allowed = _check_calibration(predictor, keep, score, bank_rows, k)
+    src = _source(data, predictor)
+    items = resolve(src)
+    train_idx, valid_idx = items.split_indices()
+    if not valid_idx:
+        raise DataError(f"{src.path} has no validation images to calibrate on")
+    unknowns = (unknown_images(ood), str(ood), False) if ood is not None \
+        else held_out_negatives(predictor.meta)
+    score, names = candidates(score, allowed, openset.default_score(
+        predictor.multi_label, linear_head(predictor.model) is not None), unknowns is not None)
+    needs_stats = any(c in openset.FEATURE_SCORES for c in names)
+    stats = _training_stats(predictor, items, train_idx, bank_rows, bs) if needs_stats \
+        else None
+    known = _known_scores(predictor, items, valid_idx, names, stats, keep,
+                          (k, bs, f"validation images in {src.path}"))
+    unknown = None
+    if unknowns is not None:
+        unk = run_images(predictor, unknowns[0], bs=bs, features=needs_stats,
+                         what=f"unknown images ({unknowns[1]})")
+        unknown = openset.score_outputs(names, unk.outputs, stats, k)
+    return choose(score, keep, known, unknown, k, stats,
+                  (unknowns[1], unknowns[2]) if unknowns is not None else ("", False))
+
+
+def _check_calibration(predictor: Predictor, keep: float, score: str, bank_rows: int,
+                       k: int) -> tuple[str, ...]:
+    """The scores this model can compute; a setting out of range is a clear error."""
     if not 0 < keep < 1:
         raise ConfigError(f"--keep must be between 0 and 1 (exclusive); got {keep}")
     allowed = _allowed(predictor)
@@ -234,50 +225,30 @@ def calibrate(predictor: Predictor, data: DataSource | str | Path, keep: float =
                           f"{', '.join(allowed)}{why}")
     if bank_rows < 1 or k < 1:
         raise ConfigError(f"--bank-rows and --k must be at least 1; got {bank_rows}, {k}")
-    src = _source(data, predictor)
-    items = resolve(src)
-    data = src.path
-    train_idx, valid_idx = items.split_indices()
-    if not valid_idx:
-        raise DataError(f"{data} has no validation images to calibrate on")
+    return allowed
+
+
+def _known_scores(predictor: Predictor, items: Items, valid_idx: list[int],
+                  names: list[str], stats: OpenSetStats | None, keep: float,
+                  how: tuple[int, int, str]
+                  ) -> Known:
+    """(each candidate score of the known validation images, how many, multi-label
+    per-class thresholds); `how`: (knn's k, the batch size, what they are, in words)."""
+    k, bs, what = how
     targets = map_targets(items.labels, items.classes, predictor.classes, predictor.multi_label)
-    unknowns = (unknown_images(ood), str(ood), False) if ood is not None \
-        else held_out_negatives(predictor.meta)
-    if score == "auto" and unknowns is None:
-        score = openset.default_score(predictor.multi_label,
-                                      linear_head(predictor.model) is not None)
-    candidates = list(allowed) if score == "auto" else ([score] if score else [])
-    needs_stats = any(c in openset.FEATURE_SCORES for c in candidates)
-    stats = _training_stats(predictor, items, train_idx, bank_rows, bs) if needs_stats \
-        else None
     valid = run_images(predictor, [items.paths[i] for i in valid_idx], bs=bs,
-                       features=needs_stats, what=f"validation images in {data}")
+                       features=stats is not None, what=what)
     if stats is not None:  # the fused score is standardised on the known images
         stats.fit_fusion(valid.outputs.logits, valid.outputs.features, predictor.multi_label)
     valid_targets = targets[torch.tensor([valid_idx[i] for i in valid.kept])]
     thresholds = (class_thresholds(valid.outputs.logits.sigmoid(), valid_targets, keep)
                   if predictor.multi_label else None)
-    known = openset.score_outputs(candidates, valid.outputs, stats, k)
+    known = openset.score_outputs(names, valid.outputs, stats, k)
     labelled = valid_targets.sum(1) > 0 if predictor.multi_label else None
     if labelled is not None and labelled.any():  # an image with no label is none, not known
         known = {name: v[labelled] for name, v in known.items()}
-    figures = hist = None
-    if unknowns is not None:
-        paths, where, from_negatives = unknowns
-        unk = run_images(predictor, paths, bs=bs, features=needs_stats,
-                         what=f"unknown images ({where})")
-        unknown = openset.score_outputs(candidates, unk.outputs, stats, k)
-        figures = openset.compare(known, unknown, keep)
-        if score == "auto":
-            score = openset.best(figures)
-        hist = (known[score], unknown[score]) if score else None
-    n = int(labelled.sum()) if labelled is not None and labelled.any() else len(valid.kept)
-    if not score:
-        return Calibration(None, None, keep, n, thresholds)
-    return Calibration(score, openset.threshold_for(known[score], keep), keep, n, thresholds,
-                       k, {"folder": where, "n": len(hist[1]), "scores": figures,
-                           "negatives": from_negatives} if figures is not None else None,
-                       stats.only(score) if stats is not None else None, hist)
+        return known, int(labelled.sum()), thresholds
+    return known, len(valid.kept), thresholds
 
 
 def _training_stats(predictor: Predictor, items: Items, train_idx: list[int], bank_rows: int,
@@ -290,7 +261,7 @@ def _training_stats(predictor: Predictor, items: Items, train_idx: list[int], ba
     train_idx = subsample_per_class(train_idx, [items.labels[i] for i in train_idx], bank_rows)
     train = run_images(predictor, [items.paths[i] for i in train_idx], bs=bs, features=True,
                        what="training images")
-    labels = _labels_of([items.labels[train_idx[i]] for i in train.kept])
+    labels = labels_of([items.labels[train_idx[i]] for i in train.kept])
     # labels in the model's order; -1 (an image with no class) indexes the last entry
     model_index = {c: i for i, c in enumerate(predictor.classes)}
     remap = torch.tensor([model_index.get(c, -1) for c in items.classes] + [-1])
@@ -301,16 +272,6 @@ def _training_stats(predictor: Predictor, items: Items, train_idx: list[int], ba
 def _allowed(predictor: Predictor) -> tuple[str, ...]:
     """The open-set scores this model can compute."""
     return openset.scores_for(predictor.multi_label, linear_head(predictor.model) is not None)
-
-
-def class_thresholds(probs: torch.Tensor, targets: torch.Tensor, keep: float) -> list[float]:
-    """Multi-label: per class, the sigmoid threshold that keeps `keep` of the validation
-    images that have it (0.5 for a class none has)."""
-    out = []
-    for c in range(probs.shape[1]):
-        pos = probs[targets[:, c] > 0.5, c]
-        out.append(openset.threshold_for(pos, keep) if len(pos) else 0.5)
-    return out
 
 
 def write_calibration(folder: str | Path, chosen: Calibration) -> Path:

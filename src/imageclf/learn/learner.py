@@ -1,9 +1,10 @@
-"""Learner: the training loop, fit, fit_one_cycle, fine_tune, freeze/unfreeze (lr_find's
-sweep is lr_sweep.py, the recipes' phases schedules.py)."""
+"""Learner: the training loop, fit, fit_one_cycle, fine_tune, freeze/unfreeze and the lr
+finder's sweep (its suggestions are lr_find.py, the recipes' phases schedules.py)."""
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,22 +14,22 @@ import numpy as np
 import torch
 
 from imageclf.core.clock import TrainProgress
-from imageclf.core.config import OPTIMIZERS, OptimConfig, RegConfig
+from imageclf.core.config import OptimConfig, RegConfig
 from imageclf.core.distributed import Dist
-from imageclf.core.errors import ConfigError
 from imageclf.core.hardware import check_compiler, resolve_precision, tune_for_training
 from imageclf.learn.callbacks import Callback, History, LRSweep, OneCycle, PrintEpochs, in_notebook
 from imageclf.learn.ema import WeightEMA
+from imageclf.learn.lr_find import LRFindResult, sweep_result
+from imageclf.learn.optim import optimizer_for
 from imageclf.learn.schedules import Phase, fine_tune_plan, spread_lrs
 from imageclf.model import metrics as M
-from imageclf.model.classifier import Classifier, freeze, norm_params, param_groups, unfreeze
+from imageclf.model.classifier import Classifier, freeze, param_groups, unfreeze
 from imageclf.model.losses import LossFn, class_weights, make_loss, with_negatives
 from imageclf.model.smallconv import use_for_training
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from imageclf.learn.lr_sweep import LRFindResult
     from imageclf.model.interpret import Interpretation
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ class Learner:
         self._wrap()
         self.groups = param_groups(self.model)
         self.n_groups = len(self.groups)
-        self.opt = self._make_optimizer()
+        self.opt = optimizer_for(self.model, self.groups, self.optim, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.scaler)
         self.cbs: list[Callback] = list(cbs)
         # a bar per epoch and a row per epoch; by default only in a notebook (the command
@@ -98,18 +99,6 @@ class Learner:
         return model
 
     # --- optimiser -------------------------------------------------------------------
-    def _make_optimizer(self) -> torch.optim.Optimizer:
-        """AdamW with one (decay, no-decay) pair of param groups per layer group: no weight
-        decay on normalisation weights and biases."""
-        norms = norm_params(self.model)
-        groups = []
-        for i, params in enumerate(self.groups):
-            decay = [p for p in params if id(p) not in norms and p.ndim > 1]
-            no_decay = [p for p in params if id(p) in norms or p.ndim <= 1]
-            groups.append({"params": decay, "weight_decay": self.optim.wd, "layer": i})
-            groups.append({"params": no_decay, "weight_decay": 0.0, "layer": i})
-        return make_optimizer(self.optim.opt, groups, self.device, self.optim.mom)
-
     def set_lrs(self, lrs: Sequence[float]) -> None:
         """Learning rate of each layer group (stem+early, late, head)."""
         for g in self.opt.param_groups:
@@ -372,36 +361,27 @@ class Learner:
     def lr_find(self, start_lr: float = 1e-7, end_lr: float = 10.0,
                 num_it: int = 100) -> LRFindResult:
         """Exponential sweep start→end over num_it optimiser steps, stopped when the
-        smoothed loss exceeds 4× its best; model, optimiser and RNG are restored afterwards
-        (lr_sweep.sweep)."""
-        from imageclf.learn.lr_sweep import sweep
-
-        return sweep(self, start_lr, end_lr, num_it)
-
-
-def make_optimizer(name: str, groups: list[dict], device: torch.device,
-                   mom: float | None = None) -> torch.optim.Optimizer:
-    """adamw (fastai's betas and eps; PyTorch's fused kernel where the device has it),
-    ranger (timm's lookahead_radamw: RAdam with decoupled decay inside Lookahead k=6,
-    alpha 0.5, fastai's ranger betas (0.95, 0.99) and eps 1e-6) or sgd (Nesterov, momentum
-    0.9), all through timm's optimiser factory. `mom` replaces beta1 (SGD's momentum)."""
-    from timm.optim import create_optimizer_v2
-
-    def held(default: float) -> float:
-        return default if mom is None else mom
-
-    if name == "adamw":
-        fused = device.type in ("cpu", "cuda")  # one pass over all parameters
-        return create_optimizer_v2(groups, "adamw", lr=1e-3, betas=(held(0.9), 0.99),
-                                   eps=1e-5, fused=fused)
-    if name == "ranger":
-        return create_optimizer_v2(groups, "lookahead_radamw", lr=1e-3,
-                                   betas=(held(0.95), 0.99), eps=1e-6)
-    if name == "sgd":
-        return create_optimizer_v2(groups, "sgd", lr=1e-3, momentum=held(0.9),
-                                   nesterov=True)
-    raise ConfigError(f"--opt must be one of {', '.join(OPTIMIZERS)}; got {name!r}")
-
+        smoothed loss exceeds 4× its best; model, optimiser and RNG are restored afterwards,
+        in memory. Each step sees the images a training step will: `accum` batches, and with
+        several processes (the sweep runs on rank 0 alone) `accum × world_size` of rank 0's
+        batches, so the rate it finds is for the job's global batch."""
+        saved = (copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.opt.state_dict()),
+                 torch.get_rng_state(), self.progress.copy(), list(self.history.rows))
+        sweep = LRSweep(start_lr, end_lr, num_it)
+        wrapped, self.train_model = self.train_model, self.model  # rank 0 alone: no DDP
+        accum, self.accum = self.accum, self.accum * self.dist.world_size
+        try:
+            steps = -(-len(self.dls.train) // self.accum)  # optimiser steps per epoch
+            self.loop(-(-num_it // max(steps, 1)), [sweep], validate=False)
+        finally:
+            self.model.load_state_dict(saved[0])
+            self.opt.load_state_dict(saved[1])
+            torch.set_rng_state(saved[2])
+            self.progress, self.history.rows = saved[3], saved[4]
+            self.history.clear_batches()
+            self.train_model = wrapped  # not rebuilt: building DDP is collective
+            self.accum = accum
+        return sweep_result(sweep)
 
 def set_seed(seed: int) -> None:
     """Seed torch and numpy's global generators (model init, dropout)."""

@@ -1,13 +1,23 @@
-"""Learning-rate suggestions from a finder sweep (pure functions of the recorded curve),
-and the rate a run chose."""
+"""The learning-rate finder's results: suggestions from a sweep's curve (pure functions),
+the sweep's record (lr_find.json), and the rate a run chose. The sweep itself is
+Learner.lr_find."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+from imageclf.core.records import Record, doc
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from imageclf.learn.callbacks import LRSweep
 
 
 def smooth(losses: Sequence[float], beta: float = 0.98) -> list[float]:
@@ -121,3 +131,31 @@ class LRChoice:
     def from_dict(cls, d: dict) -> LRChoice:
         """Rebuild from `to_dict`'s output."""
         return cls(float(d["lr"]), d.get("rule"), d.get("suggestions"))
+
+
+@dataclass
+class LRFindResult(Record):
+    """lr_find.json: a finder sweep's rates, smoothed losses, and the four suggestions."""
+
+    lrs: list[float] = doc("the rate of each optimiser step")
+    losses: list[float] = doc("the smoothed training loss at each step")
+    suggestions: dict[str, float] = doc("valley, slide, minimum and steep (lr-find.md)")
+    images_per_step: int = doc("images each full step saw (the last of an epoch may be short)",
+                               0)
+
+    def plot(self, path: str | Path | None = None) -> Figure:
+        """The loss against the rate with the suggestions marked (saved when given a
+        path; a notebook shows the Figure inline)."""
+        from imageclf.core.plots import plot_lr_find
+
+        return plot_lr_find(self.lrs, self.losses, self.suggestions, path)
+
+
+def sweep_result(sweep: LRSweep) -> LRFindResult:
+    """What a finished sweep found: its curve and the suggestions. The last points are the
+    blow-up that stopped it: not candidates."""
+    n = len(sweep.losses)
+    lrs, losses = sweep.lrs[:n], sweep.losses
+    keep = max(3, n - 1) if n > 5 else n
+    return LRFindResult(lrs, losses, suggest(lrs[:keep], losses[:keep]),
+                        max(sweep.step_images, default=0))

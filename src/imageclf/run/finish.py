@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     import torch
 
     from imageclf.learn.learner import Learner
-    from imageclf.learn.lr_sweep import LRFindResult
+    from imageclf.learn.lr_find import LRFindResult
     from imageclf.model.interpret import Interpretation
 
 

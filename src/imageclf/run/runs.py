@@ -27,8 +27,7 @@ from imageclf.learn.checkpoint import (
     restore,
 )
 from imageclf.learn.learner import Learner, set_seed
-from imageclf.learn.lr_find import LRChoice, resolve_rule
-from imageclf.learn.lr_sweep import LRFindResult
+from imageclf.learn.lr_find import LRChoice, LRFindResult, resolve_rule
 from imageclf.learn.schedules import Phase, fine_tune_plan, shaped, spread_lrs
 from imageclf.model.classifier import check_arch, create_model
 from imageclf.model.metrics import check_metric

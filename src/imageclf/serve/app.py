@@ -2,7 +2,7 @@
 pass.
 
 `create_app(model_dir)` returns the ASGI app (FastAPI); `imageclf serve` runs it on uvicorn.
-The Open Inference Protocol's routes (oip.py) answer through the same path.
+The Open Inference Protocol's routes (v2.py) answer through the same path.
 Uploads are decoded and presized in a thread pool, off the event loop, by the same code as
 `predict`; the model runs in one inference thread, which takes every image waiting (up to
 `max_batch`, after at most `max_wait_ms` for more) into one forward pass.
@@ -37,13 +37,13 @@ from imageclf.data.images import UnreadableImage
 from imageclf.model.predict import Prediction, Predictor
 from imageclf.openset.rule import calibrated_sentence
 from imageclf.run.rundir import read_metrics
-from imageclf.serve import v2 as oip
+from imageclf.serve import v2
 from imageclf.serve.batcher import Batcher
 
 log = logging.getLogger(__name__)
 access = logging.getLogger("imageclf.serve.access")
 # open without the token: the page asks for it, probes need none
-PUBLIC = ("/", "/health", *oip.PUBLIC)
+PUBLIC = ("/", "/health", *v2.PUBLIC)
 # metrics.json fields shown on the model card (never paths, history or skipped files)
 CARD_FINAL = ("valid_accuracy", "valid_loss", "accuracy_multi")
 CARD_METRICS = ("epochs", "lr", "lr_rule", "precision", "train_img_per_s")
@@ -188,7 +188,7 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None, *,
     _add_error_handlers(app, cfg)
     answer = _answerer(predictor, batcher, decoders, cfg.top_k)
     _add_routes(app, folder, cfg, answer)
-    oip.add_v2_routes(app, model_name(folder, cfg.name), len(predictor.classes), cfg.top_k,
+    v2.add_v2_routes(app, model_name(folder, cfg.name), len(predictor.classes), cfg.top_k,
                       predictor.rule.name is not None, cfg.max_files, answer)
     return app
 
@@ -220,7 +220,7 @@ def _add_error_handlers(app: FastAPI, cfg: ServeConfig) -> None:
 
 
 def _answerer(predictor: Predictor, batcher: Batcher, decoders: ThreadPoolExecutor,
-              top_k: int) -> oip.Answer:
+              top_k: int) -> v2.Answer:
     """uploads (name, bytes) → one Prediction each, in order: decoded and presized in the
     decoder threads, then batched with every other request's images."""
 
@@ -242,7 +242,7 @@ def _answerer(predictor: Predictor, batcher: Batcher, decoders: ThreadPoolExecut
     return answer
 
 
-def _add_routes(app: FastAPI, folder: Path, cfg: ServeConfig, answer: oip.Answer) -> None:
+def _add_routes(app: FastAPI, folder: Path, cfg: ServeConfig, answer: v2.Answer) -> None:
     """The page, /health, /model and POST /predict over app.state's predictor and batcher."""
     predictor, batcher = app.state.predictor, app.state.batcher
 

@@ -191,17 +191,8 @@ def encode_response(req: dict, name: str, tensors: dict) -> Response:
 
 
 # --- routes -----------------------------------------------------------------------------
-def add_v2_routes(app: FastAPI, name: str, n_classes: int, top_k: int, has_rule: bool,
-                  max_images: int, answer: Answer) -> None:
-    """The v2 routes, answering through `answer` (uploads → predictions: the batcher)."""
-    top_k = max(1, min(top_k, n_classes))
-    meta = model_metadata(name, n_classes, top_k, has_rule)
-
-    def check(model_name: str, version: str | None) -> None:
-        if model_name != name or version not in (None, VERSION):
-            asked = model_name + (f" version {version}" if version else "")
-            raise _bad(f"no model {asked!r} here; this server serves {name!r} version "
-                       f"{VERSION}", 404)
+def _add_server_routes(app: FastAPI) -> None:
+    """The server's own routes: its metadata and health."""
 
     @app.get("/v2", tags=["v2"])
     async def server_metadata() -> dict:
@@ -218,6 +209,21 @@ def add_v2_routes(app: FastAPI, name: str, n_classes: int, top_k: int, has_rule:
     async def ready() -> dict:
         """Readiness: the model is loaded before the server listens."""
         return {"ready": True}
+
+
+def add_v2_routes(app: FastAPI, name: str, n_classes: int, top_k: int, has_rule: bool,
+                  max_images: int, answer: Answer) -> None:
+    """The v2 routes, answering through `answer` (uploads → predictions: the batcher)."""
+    top_k = max(1, min(top_k, n_classes))
+    meta = model_metadata(name, n_classes, top_k, has_rule)
+
+    def check(model_name: str, version: str | None) -> None:
+        if model_name != name or version not in (None, VERSION):
+            asked = model_name + (f" version {version}" if version else "")
+            raise _bad(f"no model {asked!r} here; this server serves {name!r} version "
+                       f"{VERSION}", 404)
+
+    _add_server_routes(app)
 
     @app.get("/v2/models/{model_name}", tags=["v2"])
     @app.get("/v2/models/{model_name}/versions/{version}", tags=["v2"])
