@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import argparse
 import copy
+from pathlib import Path
 
 import torch
 
-from common import imagenette, machine, save
+from common import cpu_name, imagenette, machine, save
 from imageclf import DataConfig, DataLoaders, ModelMeta, Predictor
 from imageclf.jobs.evaluate import evaluate
 
@@ -63,6 +64,32 @@ def main() -> None:
     print(save(a.name, {"machine": machine(), "settings": vars(a) | {
         "data": str(data), "train_size": meta.train_size, "model_size": meta.size},
         "rows": rows}))
+
+
+# --- its part of docs/benchmarks.md --------------------------------------------------------
+def section(r: dict) -> str:
+    m, st = r["machine"], r["settings"]
+    lines = [
+        "## BatchNorm statistics after a size change", "",
+        f"`bench/bench_bn_recal.py` on `{Path(st['model']).name}` (last trained at"
+        f" {st['train_size']} px, exported for {st['model_size']} px): validation accuracy"
+        f" with the running statistics from training, and with them recomputed as an exact"
+        f" average over {st['batches']} augmented training batches at the same side (weights"
+        f" unchanged). fp32. Measured {m['date']} on {cpu_name(m)} ({m['cores']} cores),"
+        f" commit {m['commit']}.", "",
+        "| side | accuracy | recomputed statistics | difference |", "|---:|---:|---:|---:|"]
+    for x in r["rows"]:
+        d = x["recalibrated_accuracy"] - x["accuracy"]
+        lines.append(f"| {x['size']} | {100 * x['accuracy']:.1f}% |"
+                     f" {100 * x['recalibrated_accuracy']:.1f}% | {100 * d:+.1f} points |")
+    return "\n".join([*lines, "", ""])
+
+
+def headline(r: dict) -> str:
+    """The row of docs/benchmarks.md's summary table."""
+    return "recomputed BatchNorm statistics: " + ", ".join(
+        f"{x['size']} px {100 * (x['recalibrated_accuracy'] - x['accuracy']):+.1f}"
+        " points" for x in r["rows"])
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import imagenette, machine, recipe_parser, run, save, subset
+from common import cpu_name, imagenette, machine, recipe_parser, run, save, subset
 from report import render
 
 
@@ -66,6 +66,39 @@ def main() -> None:
     print(result["summary"])
     print(save("ddp-cpu", result))
     render()
+
+
+# --- its part of docs/benchmarks.md --------------------------------------------------------
+def section(r: dict) -> str:
+    m, st, one, many, sm = r["machine"], r["settings"], r["one"], r["many"], r["summary"]
+
+    def row(j: dict) -> str:
+        return (f"| {j['processes']} × bs {j['bs_per_process']} × {j['threads_per_process']}"
+                f" thread(s) | {j['cold_img_per_s']:.1f} | {j['warm_img_per_s']:.1f} |"
+                f" {j['wall_seconds']:.0f} | {j['valid_accuracy']:.1%} |")
+
+    return "\n".join([
+        "## Several processes on one CPU machine (torchrun, gloo)",
+        "",
+        f"resnet18 from scratch, {Path(st['data']).name} ({st['subset']} images per class and"
+        f" split), size {st['size']}, presize {st['presize']}, global batch {st['bs']},"
+        f" {st['epochs']} epochs, {one['precision']}; one process using every core against"
+        f" {many['processes']} gloo processes sharing them; each job from a cold presize"
+        " cache; images/s count the whole job's images. One run of each."
+        f" Measured {m['date']} on {cpu_name(m)} ({m['cores']} cores), commit {m['commit']}.",
+        "",
+        "| job | cold epoch (img/s) | warm epochs, median (img/s) | wall (s) | valid accuracy |",
+        "|---|---:|---:|---:|---:|",
+        row(one), row(many),
+        f"| **{many['processes']} processes / 1** | **{sm['cold_ratio']:.2f}×** |"
+        f" **{sm['warm_ratio']:.2f}×** | **{sm['wall_ratio']:.2f}×** | |",
+        "", "", ""])
+
+
+def headline(r: dict) -> str:
+    """The row of docs/benchmarks.md's summary table."""
+    s = r.get("summary") or {}
+    return f"warm img/s {s['warm_ratio']:.2f}× one process, wall {s['wall_ratio']:.2f}×"
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, imagenette, machine, save
+from common import ROOT, cpu_name, imagenette, machine, save
 
 AVX2 = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
 REFERENCE = "3f35317"  # the last commit with the resnet18 demo (64 px, 10 epochs, lr auto)
@@ -96,6 +96,48 @@ def main() -> None:
                           "native_wall_s": rows["new, native ISA"]["wall_s"],
                           "photos_none_share": new["photos_none_share"]}}
     print(save(args.name, result))
+
+
+# --- its part of docs/benchmarks.md --------------------------------------------------------
+REAL_AVX2_REFERENCE_DEMO_S = 592  # the resnet18 demo on a real 2-core AVX2 EPYC (issue 27)
+
+
+def section(r: dict) -> str:
+    m, rows = r["machine"], r["rows"]
+    scale = REAL_AVX2_REFERENCE_DEMO_S / rows["reference, AVX2 cap, fp32"]["wall_s"]
+    lines = [
+        "## The first run: `imageclf demo` end to end"
+        + (f", on {cpu_name(m)}" if m.get("cpu_id") else ""), "",
+        "A whole process from an empty folder and cache: draw the shapes, verify, lr_find, "
+        "train, evaluate, calibrate \"none of these\" and show one rejection "
+        "(`bench/bench_demo.py`). Side by side in one run with the demo of commit "
+        f"{r['reference_commit']} (resnet18, 64 px, `--lr auto`). \"AVX2 cap\" is "
+        "`ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2`, fp32: an approximation of an "
+        f"AVX2-only CPU, not one: the reference demo took {REAL_AVX2_REFERENCE_DEMO_S} s on a "
+        f"real 2-core AVX2 EPYC, {scale:.1f}× its capped wall here, and the same factor would "
+        f"put the new demo at about {scale * rows['new, AVX2 cap, fp32']['wall_s']:.0f} s "
+        f"there (not measured on one). Measured {m['date']} on {cpu_name(m)} ({m['isa']}), "
+        f"{m['cores']} cores, commit {m['commit']}.", "",
+        "| demo | wall | valid accuracy | precision | epoch (median) | drawn no-shape images "
+        f"answered none | of {r['photos']} Imagenette photos answered none |",
+        "|---|---:|---:|---|---:|---:|---:|"]
+    for name, x in rows.items():
+        drawn, photos = x.get("drawn_none_share"), x.get("photos_none_share")
+        lines.append(
+            f"| {name} | {x['wall_s']:.0f} s | {100 * x['valid_accuracy']:.1f}% | "
+            f"{x['precision']} | {x['epoch_seconds_median']:.1f} s | "
+            + (f"{100 * drawn:.0f}%" if drawn is not None else "-") + " | "
+            + (f"{100 * photos:.0f}%" if photos is not None else "-") + " |")
+    return "\n".join([*lines, "", ""])
+
+
+def headline(r: dict) -> str:
+    """The row of docs/benchmarks.md's summary table."""
+    s = r.get("summary") or {}
+    return (f"`imageclf demo` {s['avx2_wall_s']:.0f} s at {100 * s['avx2_accuracy']:.1f}%"
+            f" capped at AVX2 fp32 ({s['avx2_wall_ratio']:.2f}× the resnet18 demo's "
+            f"wall), {s['native_wall_s']:.0f} s native; "
+            f"{100 * s['photos_none_share']:.0f}% of photos answered none")
 
 
 if __name__ == "__main__":

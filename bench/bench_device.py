@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from common import imagenette, machine, save, subset
+from common import cpu_name, imagenette, machine, save, subset
 from imageclf.core.config import DataConfig, TrainConfig
 from imageclf.core.distributed import from_env
 from imageclf.run.runs import RunContext, build_learner
@@ -125,6 +125,53 @@ def main() -> None:
     print({k: v for k, v in result.items() if k not in ("epochs", "machine", "settings")})
     print(save(a.name, result))
     render()
+
+
+# --- its part of docs/benchmarks.md --------------------------------------------------------
+def section(results: list[dict]) -> str:
+    """bench_device.py runs: training images/s end to end against the step's ceiling."""
+    lines = [
+        "## Training device: end to end vs the training step's ceiling",
+        "",
+        "`bench/bench_device.py`: the ceiling is the same Learner's `train_step` on one"
+        " synthetic batch already on the device; end to end is `fit_one_cycle` on Imagenette"
+        " from a fresh presize cache (built when the learner is made, its seconds in their"
+        " own column; the first epoch cold, later epochs warm), images/s of the training"
+        " loop. Goal on a GPU: warm >= 90% of the ceiling. On a machine"
+        " with a CUDA GPU, `bash bench/gpu_checks.sh DATA` runs the CUDA tests and the three"
+        " GPU rows (default, `--decode device`, `--compile`) in under ten minutes.",
+        "",
+        "| device | date, commit | model | size / presize | batch | precision | decode |"
+        " compile | cache build (s) | ceiling (img/s) | cold (img/s) | warm (img/s) |"
+        " warm / ceiling |",
+        "|---|---|---|---|---:|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+
+    def where(m: dict) -> str:  # a GPU's name, or which CPU
+        return f"cpu ({cpu_name(m)})" if m["device"] == "cpu" else m["device"]
+
+    for r in results:
+        m, st = r["machine"], r["settings"]
+        warm = r.get("warm_img_per_s")
+        frac = r.get("warm_fraction_of_ceiling")
+        # runs before the learner built its cache when made decoded inside the first epoch
+        build = r.get("cache_build_seconds")
+        build = f"{build:.1f}" if build is not None else "in the cold epoch"
+        lines.append(
+            f"| {where(m)} | {m['date']}, {m['commit']} | {st['arch']} |"
+            f" {st['size']} / {st['presize']} | {st['bs']} | {st['precision']} |"
+            f" {st['decode']} | {'yes' if st['compile'] else 'no'} | {build} |"
+            f" {r['ceiling_img_per_s']:.0f} | {r['cold_img_per_s']:.0f} |"
+            f" {warm:.0f} | **{frac:.0%}** |" if warm is not None else
+            f"| {where(m)} | {m['date']}, {m['commit']} | {st['arch']} | ... | | | | | {build} |"
+            f" {r['ceiling_img_per_s']:.0f} | {r['cold_img_per_s']:.0f} | | |")
+    return "\n".join([*lines, ""])
+
+
+def headline(r: dict) -> str:
+    """The row of docs/benchmarks.md's summary table."""
+    return (f"warm epochs {100 * r['warm_fraction_of_ceiling']:.0f}% of the step's "
+            f"ceiling ({r['warm_img_per_s']:.0f} of {r['ceiling_img_per_s']:.0f} img/s)")
 
 
 if __name__ == "__main__":

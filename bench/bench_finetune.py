@@ -21,7 +21,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import imagenette, machine, pretrain_body, run, run_json, save, split_env, subset
+from common import (
+    cpu_name,
+    imagenette,
+    machine,
+    pretrain_body,
+    run,
+    run_json,
+    save,
+    split_env,
+    subset,
+)
 from report import render
 
 VARIANTS = [
@@ -85,6 +95,37 @@ def main() -> None:
     print(save(a.name, result))
     print(json.dumps(summary, indent=1))
     render()
+
+
+# --- its part of docs/benchmarks.md --------------------------------------------------------
+def section(r: dict) -> str:
+    m, st, pre = r["machine"], r["settings"], r["pretrain"]
+    seeds = st["seeds"].split(",")
+    lines = [
+        "## Fine-tuning on small data: the new techniques and defaults", "",
+        f"`bench/bench_finetune.py`: resnet18 body trained here from scratch on"
+        f" {len(pre['classes'])} Imagenette classes ({pre['epochs']} epochs,"
+        f" {100 * pre['valid_accuracy']:.1f}% valid there), fine-tuned (`fine_tune`: 1 frozen"
+        f" + {st['epochs']} epochs) on the other classes, {st['subset']} images per class, at"
+        f" {st['size']} px (presize {st['presize']}); per seed one lr_find sweep (valley) fixes"
+        f" the rate for every variant. Seeds {', '.join(seeds)}; medians. Measured"
+        f" {m['date']} on {cpu_name(m)} ({m['cores']} cores), commit {m['commit']}.", "",
+        "| variant | args | valid accuracy | with TTA | per seed | wall (s) |",
+        "|---|---|---:|---:|---|---:|"]
+    for name, v in r["summary"].items():
+        per = ", ".join(f"{100 * x['valid_accuracy']:.1f}%" for x in r["runs"]
+                        if x["variant"] == name)
+        args = next(x["args"] for x in r["runs"] if x["variant"] == name)
+        lines.append(f"| {name} | `{args or '(defaults)'}` | {100 * v['valid_accuracy']:.1f}% |"
+                     f" {100 * v['tta_accuracy']:.1f}% | {per} | {v['wall_seconds']:.0f} |")
+    return "\n".join([*lines, "", ""])
+
+
+def headline(r: dict) -> str:
+    """The row of docs/benchmarks.md's summary table."""
+    s = r.get("summary") or {}
+    return "median valid accuracy " + ", ".join(
+        f"{k} {100 * v['valid_accuracy']:.1f}%" for k, v in s.items())
 
 
 if __name__ == "__main__":

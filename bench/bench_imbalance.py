@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import imagenette, machine, run, save
+from common import cpu_name, imagenette, machine, run, save
 from report import render
 
 WAYS = {"none": [], "class_weights": ["--class-weights", "auto"],
@@ -94,6 +94,36 @@ def main() -> None:
     print(save("imbalance", result))
     print(json.dumps(summary, indent=1))
     render()
+
+
+# --- its part of docs/benchmarks.md --------------------------------------------------------
+def section(r: dict) -> str:
+    m, st = r["machine"], r["settings"]
+    cut = ", ".join(f"{c} ({r['train_counts'][c]})" for c in r["minority"])
+    others = round(statistics.median(v for c, v in r["train_counts"].items()
+                                     if c not in r["minority"]))
+    lines = [
+        "## Imbalanced classes: class weights and the balanced sampler", "",
+        f"`bench/bench_imbalance.py`: Imagenette with 3 classes cut to {st['keep']:.0%} of"
+        f" their training images ({cut} left; the others about"
+        f" {others} each), validation untouched; resnet18 from scratch, {st['epochs']} epochs at"
+        f" {st['size']} px (presize {st['presize']}), one-cycle at {st['lr']}, the same seed"
+        f" for each way (seeds {st['seeds']}; medians). Measured {m['date']} on {cpu_name(m)}"
+        f" ({m['cores']} cores), commit {m['commit']}.", "",
+        "| training | accuracy | balanced accuracy | macro-F1 | minority recall |"
+        " majority recall |", "|---|---:|---:|---:|---:|---:|"]
+    for way, v in r["summary"].items():
+        lines.append(f"| {way.replace('_', ' ')} | {100 * v['accuracy']:.1f}% |"
+                     f" {100 * v['balanced_accuracy']:.1f}% | {100 * v['macro_f1']:.1f}% |"
+                     f" {100 * v['minority_recall']:.1f}% | {100 * v['majority_recall']:.1f}% |")
+    return "\n".join([*lines, "", ""])
+
+
+def headline(r: dict) -> str:
+    """The row of docs/benchmarks.md's summary table."""
+    s = r.get("summary") or {}
+    return "minority recall " + ", ".join(
+        f"{k} {100 * v['minority_recall']:.1f}%" for k, v in s.items())
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from bench_time_to_accuracy import curve, evaluate_views
 from common import (
     FASTAI_VERSION,
     RESULTS,
+    cpu_name,
     fastai_python,
     imagenette,
     machine,
@@ -167,6 +168,50 @@ def main() -> None:
     print(save(NAME, result))
     print(json.dumps(entry["summary"], indent=1))
     render()
+
+
+# --- its part of docs/benchmarks.md --------------------------------------------------------
+def section(r: dict) -> str:
+    lines = [
+        "## Imagenette leaderboard: 5 epochs at 128 px from scratch, the mean of seeds",
+        "", "`bench/bench_leaderboard.py`: Imagenette (9,469 training, 3,925 validation"
+        " images), each seed a whole `imageclf train` process from a cold cache, accuracy on"
+        " the whole validation set after the last epoch; TTA is `evaluate --tta` on the"
+        " final model, untimed. The leaderboard's best for this setting is 85.77%, the mean"
+        " of 5 runs on a GPU (fastai's Imagenette README). Means over the seeds run; the"
+        " wall is the median of whole processes, cache build included.", "",
+        "| recipe | args | seeds | valid accuracy (mean) | per seed | with TTA (mean) |"
+        " wall (median) | measured on | accuracy per epoch (s), first seed |",
+        "|---|---|---|---:|---|---:|---:|---|---|"]
+    for label, e in r["recipes"].items():
+        s, runs = e["summary"], e["runs"]
+        first = runs[s["seeds"][0]]
+        per = ", ".join(f"{100 * runs[k]['final_accuracy']:.1f}%" for k in s["seeds"])
+        where = sorted({(f"{x['machine']['gpu']} with " if x["machine"].get("gpu") else "")
+                        + f"{cpu_name(x['machine'])} ({x['machine'].get('isa', '?')},"
+                        f" {x['machine']['cores']} cores),"
+                        f" {x['machine']['commit']}, {x['machine']['date']}"
+                        for x in runs.values()})
+        pts = ", ".join(f"{100 * p['valid_accuracy']:.1f}% ({p['seconds']:.0f})"
+                        for p in first["points"])
+        tta = s["mean_tta_accuracy"]
+        tta = "–" if tta is None else f"{100 * tta:.1f}%"  # no TTA row: another tool's run
+        data = f" on the copy widened to {e['widen']}" if e.get("widen") else ""
+        data += f", {e['data']}" if e.get("data") else ""
+        lines.append(f"| {label} | `{e['args']}`{data} | {', '.join(s['seeds'])} |"
+                     f" {100 * s['mean_accuracy']:.1f}% | {per} |"
+                     f" {tta} | {s['median_wall_seconds']:.0f} s |"
+                     f" {'; '.join(where)} | {pts} |")
+    notes = [f"{label}: {e['note']}" for label, e in r["recipes"].items() if e.get("note")]
+    return "\n".join([*lines, "", *notes, "", ""])
+
+
+def headline(r: dict) -> str:
+    """The row of docs/benchmarks.md's summary table."""
+    return "5 epochs at 128 px from scratch, mean of seeds: " + ", ".join(
+        f"{k} {100 * v['summary']['mean_accuracy']:.1f}% "
+        f"({len(v['summary']['seeds'])} seed{'s' * (len(v['summary']['seeds']) > 1)})"
+        for k, v in r["recipes"].items())
 
 
 if __name__ == "__main__":

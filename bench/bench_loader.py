@@ -12,7 +12,7 @@ import statistics
 import sys
 import tempfile
 
-from common import fastai_python, imagenette, machine, recipe_parser, run_json, save
+from common import cpu_name, fastai_python, imagenette, machine, recipe_parser, run_json, save
 from report import render
 
 
@@ -43,6 +43,44 @@ def main() -> None:
     print(save("loader", result))
     print(result["summary"])
     render()
+
+
+# --- its part of docs/benchmarks.md --------------------------------------------------------
+def section(r: dict) -> str:
+    m, s, st = r["machine"], r["summary"], r["settings"]
+    lines = [
+        "## Data loader: images/s through the full training batch pipeline",
+        "",
+        f"Imagenette train split, presize {st['presize']}, size {st['size']}, batch {st['bs']},"
+        f" {st['epochs']} epochs. imageclf: presize cache + one grid_sample per batch;"
+        f" fastai {r['fastai'].get('version', '2.8.12')}: `Resize({st['presize']})` +"
+        f" `aug_transforms(size={st['size']}, min_scale=0.75)`,"
+        f" num_workers={r['fastai']['num_workers']} (its default here)."
+        f" Measured {m['date']} on {cpu_name(m)}"
+        f" ({m['cores']} cores), commit {m['commit']}.",
+        "",
+        "| tool | cold epoch (img/s) | warm epochs, median (img/s) |",
+        "|---|---:|---:|",
+        f"| imageclf | {s['imageclf']['cold_img_per_s']:.0f} |"
+        f" {s['imageclf']['warm_img_per_s']:.0f} |",
+        f"| fastai | {s['fastai']['cold_img_per_s']:.0f} | {s['fastai']['warm_img_per_s']:.0f} |",
+        f"| **ratio** | **{s['cold_ratio']:.2f}×** | **{s['warm_ratio']:.2f}×** |",
+        "",
+        "Per epoch (seconds): imageclf "
+        + ", ".join(f"{e['seconds']:.1f}" for e in r["imageclf"]["epochs"])
+        + "; fastai " + ", ".join(f"{e['seconds']:.1f}" for e in r["fastai"]["epochs"]) + ".",
+        "",
+        "",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def headline(r: dict) -> str:
+    """The row of docs/benchmarks.md's summary table."""
+    s = r.get("summary") or {}
+    return (f"warm {s['warm_ratio']:.2f}×, cold {s['cold_ratio']:.2f}× fastai's "
+            "images/s")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import fastai_python, imagenette, machine, recipe_parser, run_json, save
+from common import cpu_name, fastai_python, imagenette, machine, recipe_parser, run_json, save
 from report import render
 
 
@@ -37,6 +37,34 @@ def main() -> None:
     print(save("lr_find", result))
     print(ours, ref)
     render()
+
+
+# --- its part of docs/benchmarks.md --------------------------------------------------------
+def section(r: dict) -> str:
+    m, st, o, f = r["machine"], r["settings"], r["imageclf"], r["fastai"]
+
+    def sugg(d: dict) -> str:
+        return ", ".join(f"{k} {v:.1e}" for k, v in d["suggestions"].items())
+
+    return "\n".join([
+        "## Learning-rate finder: cost of one sweep",
+        "",
+        f"resnet18 from scratch, Imagenette, presize {st['presize']}, size {st['size']},"
+        f" batch {st['bs']}; whole process from start to exit (imageclf with a cold cache)."
+        f" Measured {m['date']} on {cpu_name(m)} ({m['cores']} cores), commit {m['commit']}.",
+        "",
+        "| tool | iterations | wall (s) | suggestions |",
+        "|---|---:|---:|---|",
+        f"| imageclf | {o['iterations']} | {o['wall_seconds']:.0f} | {sugg(o)} |",
+        f"| fastai | {f['iterations']} | {f['wall_seconds']:.0f} | {sugg(f)} |",
+        f"| **imageclf / fastai** | | **{r['summary']['wall_ratio']:.2f}×** | |",
+        "", "", ""])
+
+
+def headline(r: dict) -> str:
+    """The row of docs/benchmarks.md's summary table."""
+    s = r.get("summary") or {}
+    return f"sweep wall {s['wall_ratio']:.2f}× fastai's"
 
 
 if __name__ == "__main__":

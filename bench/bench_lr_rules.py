@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import imagenette, machine, pretrain_body, run, save, subset
+from common import cpu_name, imagenette, machine, pretrain_body, run, save, subset
 from report import render
 
 
@@ -84,6 +84,46 @@ def main() -> None:
     print(save(a.name, result))
     print(result["summary"])
     render()
+
+
+# --- its part of docs/benchmarks.md --------------------------------------------------------
+def section(r: dict) -> str:
+    m, st, runs = r["machine"], r["settings"], r["runs"]
+    seeds = sorted({x["seed"] for x in runs})
+    pre = r.get("pretrain")
+    body = (f"fine-tuned (`fine_tune`: 1 frozen + {st['epochs']} epochs) on the second half of"
+            f" the classes from a body the script trained from scratch on the first"
+            f" {len(pre['classes'])} ({pre['epochs']} epochs, {pre['valid_accuracy']:.1%} valid"
+            " there)" if pre else
+            f"pretrained: {st['pretrained']}, {st['epochs']} epochs")
+    lines = [
+        "## Learning-rate finder: which suggestion trains best"
+        + (f" (fine-tuning; {st['sweep']})" if pre and st.get("sweep") else " (fine-tuning)"
+           if pre else " (from scratch)" if st["pretrained"] == "none" else ""),
+        "",
+        f"`bench/bench_lr_rules.py`: {st['arch']}, {body};"
+        f" {st['subset'] or 'all'} Imagenette images per class, presize {st['presize']},"
+        f" size {st['size']}, batch {st['bs']}; per seed one finder"
+        " sweep, then one run per suggestion with that seed (only the rate differs)."
+        f" Measured {m['date']} on {cpu_name(m)} ({m['cores']} cores), commit {m['commit']}.",
+        "",
+        "| rule | " + " | ".join(f"seed {s}: rate, valid accuracy" for s in seeds)
+        + " | median accuracy |",
+        "|---|" + "---:|" * (len(seeds) + 1),
+    ]
+    for rule, med in r["summary"]["median_valid_accuracy"].items():
+        cells = [next((f"{x['lr']:.1e}, {x['valid_accuracy']:.1%}" for x in runs
+                       if x["rule"] == rule and x["seed"] == s), "") for s in seeds]
+        lines.append(f"| {rule} | " + " | ".join(cells) + f" | **{med:.1%}** |")
+    return "\n".join([*lines, "", "", ""])
+
+
+def headline(r: dict) -> str:
+    """The row of docs/benchmarks.md's summary table."""
+    s = r.get("summary") or {}
+    acc = s["median_valid_accuracy"]
+    return "median valid accuracy " + ", ".join(
+        f"{k} {100 * v:.1f}%" for k, v in acc.items())
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from common import imagenette, machine, run, save
+from common import cpu_name, imagenette, machine, run, save
 from imageclf.core.config import DataSource
 from imageclf.data.negatives import negative_set
 from imageclf.data.shapes import make_shapes_dataset
@@ -259,6 +259,98 @@ def main() -> None:
     print(save("open_set", result))
     print(json.dumps(result["summary"], indent=1))
     render()
+
+
+# --- its part of docs/benchmarks.md --------------------------------------------------------
+OPEN_SET_COLUMNS = ("negatives", "near", "far", "far-shapes", "far-uniform", "far-gaussian",
+                    "far-textures")
+
+
+def _headline_of(s: dict) -> str:
+    def fig(kind: str, split: str, name: str) -> str:
+        return f"{100 * s[kind]['sets'][split][name]['auroc']:.1f}"
+
+    neg = next((k for k in s if k.startswith("scratch+negatives")), None)
+    out = (f"from scratch, msp near AUROC {fig('scratch', 'near', 'msp')}, far "
+           f"{fig('scratch', 'far', 'msp')}")
+    if neg:
+        out += (f"; with negatives msp near {fig(neg, 'near', 'msp')}, far "
+                f"{fig(neg, 'far', 'msp')}")
+    return out
+
+
+def _chosen(kind: dict) -> str:
+    """calibrate's choices on the held-out negatives and the medians of their figures."""
+    cs = kind.get("calibrated") or []
+    if not cs:
+        return ""
+    names = ", ".join(c["score"] for c in cs)
+    med = {s: {m: statistics.median(c[s][m] for c in cs) for m in ("auroc", "fpr")}
+           for s in ("near", "far")}
+    neg = statistics.median(c["on_negatives"]["auroc"] for c in cs)
+    return (f"{names} | {100 * neg:.1f} | {100 * med['near']['auroc']:.1f} | "
+            f"{100 * med['near']['fpr']:.1f} | {100 * med['far']['auroc']:.1f} | "
+            f"{100 * med['far']['fpr']:.1f}")
+
+
+def section(r: dict) -> str:
+    m, st, runs = r["machine"], r["settings"], r["runs"]
+    seeds = sorted({x["seed"] for x in runs})
+    dealt = "; ".join(f"seed {x['seed']}: negatives {', '.join(x['classes']['negatives'])}, "
+                      f"unseen {', '.join(x['classes']['unseen'])}" for x in runs
+                      if x["kind"] == "scratch")
+    n = runs[0]["n"]
+    lines = [
+        '## Open set: "none of these" with and without negatives', "",
+        f"`bench/bench_open_set.py`: resnet18 (timm's linear head), {st['epochs']} epochs at"
+        f" {st['size']} px (presize {st['presize']}, one-cycle at {st['lr']}, batch {st['bs']})"
+        f" on 6 Imagenette classes; 2 more are the training negatives (`--negatives`, ratio"
+        f" {st['ratio']:g}), their {n['negatives']} validation images held out; the last 2 are"
+        f" never shown: their {n['near']} validation images are the near unknowns ({dealt})."
+        f" Far unknowns no model saw: drawn shapes, uniform and Gaussian noise, generated"
+        f" textures ({n['far']} images). Known: the 6 classes' {runs[0]['n_known']} validation"
+        f" images. Seeds {', '.join(map(str, seeds))} (fine-tuning: seed"
+        f" {st.get('finetune_seed')}, from a body pretrained here on the 6 known classes);"
+        f" medians (AUROC, higher is better; FPR at 95% of known kept, lower is better)."
+        f" Measured {m['date']} on {cpu_name(m)} ({m.get('isa', '')}, {m['cores']} cores),"
+        f" commit {m['commit']}.", "",
+        "| model | known accuracy (mean) | score | held-out negatives AUROC |"
+        " near AUROC | near FPR95 | far AUROC | far FPR95 |",
+        "|---|---:|---|---:|---:|---:|---:|---:|"]
+    summary = r["summary"]
+    for kind, k in summary.items():
+        sets = k["sets"]
+        for name in ("msp", "mahalanobis", "ash", "scale", "msp+mahalanobis", "msp+vim"):
+            if name not in sets["near"]:
+                continue
+            lines.append(
+                f"| {kind} | {100 * k['valid_accuracy']:.1f}% | {name} |"
+                f" {100 * sets['negatives'][name]['auroc']:.1f} |"
+                f" {100 * sets['near'][name]['auroc']:.1f} |"
+                f" {100 * sets['near'][name]['fpr']:.1f} |"
+                f" {100 * sets['far'][name]['auroc']:.1f} |"
+                f" {100 * sets['far'][name]['fpr']:.1f} |")
+        if _chosen(k):
+            lines.append(f"| {kind} | | calibrate's pick: {_chosen(k)} |")
+    lines.append("")
+    for kind, k in summary.items():
+        sets = k["sets"]
+        cols = [c for c in OPEN_SET_COLUMNS if c in sets]
+        lines += [f"**{kind}**: every score", "",
+                  "| score | " + " | ".join(f"{c} AUROC | FPR95" for c in cols) + " |",
+                  "|---|" + "---:|" * (2 * len(cols))]
+        for name in sets["near"]:
+            lines.append(f"| {name} | " + " | ".join(
+                f"{100 * sets[c][name]['auroc']:.1f} | {100 * sets[c][name]['fpr']:.1f}"
+                for c in cols) + " |")
+        lines.append("")
+    return "\n".join([*lines, "", ""])
+
+
+def headline(r: dict) -> str:
+    """The row of docs/benchmarks.md's summary table."""
+    s = r.get("summary") or {}
+    return _headline_of(s)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import fastai_python, imagenette, machine, random_resnet18, run_json, save
+from common import cpu_name, fastai_python, imagenette, machine, random_resnet18, run_json, save
 from report import render
 
 
@@ -41,6 +41,35 @@ def main() -> None:
     print(save("predict", result))
     print(result["summary"], {p: o["median_ms"] for p, o in ours.items()}, ref["median_ms"])
     render()
+
+
+# --- its part of docs/benchmarks.md --------------------------------------------------------
+def section(r: dict) -> str:
+    m, st, o, f = r["machine"], r["settings"], r["imageclf"], r["fastai"]
+    lines = [
+        "## Prediction: single-image latency, file to probabilities",
+        "",
+        f"resnet18 at {st['size']} (presize {st['presize']}), one Imagenette validation JPEG"
+        f" per call, in process, {f['n']} calls after 5 warm-up calls; imageclf's"
+        " `Predictor.predict(path)` against fastai's `Learner.predict(path)`."
+        f" Measured {m['date']} on {cpu_name(m)} ({m['cores']} cores), commit {m['commit']}.",
+        "",
+        "| tool | precision | median (ms) | p90 (ms) | fastai / tool |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for p, v in o.items():
+        lines.append(f"| imageclf | {p} | {v['median_ms']:.1f} | {v['p90_ms']:.1f} |"
+                     f" **{r['summary'][p]:.2f}×** |")
+    lines += [f"| fastai | fp32 | {f['median_ms']:.1f} | {f['p90_ms']:.1f} | 1.00× |", "",
+              "", ""]
+    return "\n".join(lines)
+
+
+def headline(r: dict) -> str:
+    """The row of docs/benchmarks.md's summary table."""
+    s = r.get("summary") or {}
+    return "latency: fastai / imageclf " + ", ".join(
+        f"{k} {v:.2f}×" for k, v in s.items())
 
 
 if __name__ == "__main__":

@@ -32,12 +32,14 @@ import httpx
 from common import (
     HERE,
     ROOT,
+    cpu_name,
     fastai_python,
     imagenette,
     machine,
     random_resnet18,
     run_json,
     save,
+    where,
 )
 
 LEVELS = (1, 8, 32)
@@ -308,6 +310,87 @@ def main() -> None:
     from report import render
 
     render()
+
+
+# --- its part of docs/benchmarks.md --------------------------------------------------------
+def section(r: dict) -> str:
+    m, st, s = r["machine"], r["settings"], r["summary"]
+    lines = [
+        "## Serving: requests per second and latency under concurrent clients",
+        "",
+        f"resnet18 at {st['size']} (presize {st['presize']}), random weights; an async HTTP"
+        " load generator on the same machine, each client posting one Imagenette JPEG per"
+        f" request, {st['seconds']:g} s per level. imageclf serve batches concurrent requests"
+        " (--max-batch 32, --max-wait-ms 5; also shown with --max-batch 1); fastai 2.8.12:"
+        " a FastAPI endpoint calling `learn.predict` on the uploaded bytes. imageclf's"
+        f" precision is auto ({st['auto_precision']} here). Measured {m['date']} on"
+        f" {cpu_name(m)} ({m['cores']} cores), commit {m['commit']}.",
+        "",
+        "| server | clients | req/s | p50 (ms) | p90 (ms) | p99 (ms) | failed |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for run in r["runs"]:
+        for row in run["levels"]:
+            lines.append(f"| {run['name']} | {row['clients']} | {row['req_per_s']:.1f} |"
+                         f" {row['p50_ms']:.0f} | {row['p90_ms']:.0f} | {row['p99_ms']:.0f} |"
+                         f" {row['failed']} |")
+    k = r["soak"]
+    lines += [
+        "",
+        f"At 32 clients: **{s['vs_fastai_at_32']:.1f}×** fastai's throughput and"
+        f" **{s['vs_unbatched_at_32']:.1f}×** imageclf's without batching. One client: p50"
+        f" {s['single_client_p50_ms']:.0f} ms over HTTP, against"
+        f" {s['predictor_ms']:.0f} ms for `Predictor.predict` on one image in process.",
+        "",
+        f"Soak: {k['seconds']:g} s at {k['clients']} clients with 5% bad uploads:"
+        f" {k['requests']} requests, {k['failed']} good ones failed, {k['bad_refused_4xx']} of"
+        f" {k['bad_uploads']} bad ones refused with a 4xx; the server's RSS went from"
+        f" {k['rss_before_mb']:.0f} MB to {k['rss_after_mb']:.0f} MB"
+        + (f" ({k['rss_second_half_growth_mb']:+.0f} MB over the second half; every 5 s: "
+           + ", ".join(f"{v:.0f}" for v in k["rss_series_mb"]) + ")"
+           if "rss_series_mb" in k else "") + ".",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def section_single(r: dict) -> str:
+    m, st = r["machine"], r["settings"]
+    lines = [
+        "## Serving: one client against Predictor.predict",
+        "",
+        f"resnet18 at {st['size']} (presize {st['presize']}), random weights. A blocking"
+        " client (http.client, one keep-alive connection) sends one Imagenette JPEG per"
+        " request, each kind of request in turn per file, over 40 files; then"
+        " `Predictor.predict` on the same files, one at a time, in its own process; three"
+        f" such rounds, medians (of every request, and of the rounds' Predictor medians)."
+        f" Measured {m['date']} on {where(r)}, commit {m['commit']}.",
+        "",
+        "| precision | raw body (ms) | multipart (ms) | v2 infer, binary (ms) |"
+        " Predictor.predict (ms) | raw body / predict | goal: ≤ 1.1 × predict + 3 ms |",
+        "|---|---:|---:|---:|---:|---:|---|"]
+    for p, d in r["single_client"].items():
+        worst = max(d["raw body"], d["multipart"], d["v2 infer"])
+        goal = 1.1 * d["predictor"] + 3
+        lines.append(f"| {p} | {d['raw body']:.1f} | {d['multipart']:.1f} |"
+                     f" {d['v2 infer']:.1f} | {d['predictor']:.1f} |"
+                     f" {d['raw body'] / d['predictor']:.2f}× |"
+                     f" {'met' if worst <= goal else 'missed'} ({goal:.1f} ms) |")
+    return "\n".join([*lines, "", ""])
+
+
+def headline(r: dict) -> str:
+    """The row of docs/benchmarks.md's summary table."""
+    s = r.get("summary") or {}
+    return (f"at 32 clients {s['vs_fastai_at_32']:.1f}× fastai's req/s, "
+            f"{s['vs_unbatched_at_32']:.1f}× unbatched; {s['failed']} failed")
+
+
+def headline_single(r: dict) -> str:
+    """The summary row of the single-client figures."""
+    return "one client, HTTP p50 / Predictor.predict: " + ", ".join(
+        f"{p} {d['raw body'] / d['predictor']:.2f}×"
+        for p, d in r["single_client"].items())
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import psutil
 
-from common import RESULTS, ROOT, imagenette, machine, save
+from common import RESULTS, ROOT, cpu_name, imagenette, machine, save
 
 IMAGECLF = [sys.executable, "-m", "imageclf"]
 
@@ -269,6 +269,63 @@ def main() -> None:
             server.terminate()
     print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=1))
     save("store", result)
+
+
+# --- its part of docs/benchmarks.md --------------------------------------------------------
+IMAGENET_IMAGES = 1_281_167
+
+
+def section(r: dict) -> str:
+    m = r["machine"]
+    lines = [
+        "## The store: `imageclf pack` against the raw cache", "",
+        f"`bench/bench_store.py`: {r['n']:,} distinct JPEG photos made from Imagenette's "
+        "(random crops, flips, rescales to short sides of 180-480, quality 80-95), and an "
+        "evenly spread tenth of them. Disk, build wall and peak memory (the PSS of the whole "
+        "process tree, forked workers' shared pages counted once) side by side, the raw "
+        "cache's build first. PSNR of 400 stored images against their raw presized image. "
+        f"Measured {m['date']} on {cpu_name(m)} ({m['isa']}), {m['cores']} cores, commit "
+        f"{m['commit']}. Goals: disk ≤ 1/6 of raw at ≥ 38 dB; build ≤ 1.2×; peak memory "
+        "< 1 GB.", "",
+        "| presize | images | raw KB/image | store KB/image | store/raw | PSNR median (p10) "
+        "| raw build | pack | pack/raw | peak MB raw / pack | ImageNet raw → store |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for b in r["build"]:
+        ps = b.get("psnr")
+        proj = (f"{IMAGENET_IMAGES * b['raw']['per_image_kb'] / 1e6:.0f} GB → "
+                f"{IMAGENET_IMAGES * b['store']['per_image_kb'] / 1e6:.0f} GB")
+        lines.append(
+            f"| {b['presize']} | {b['images']:,} | {b['raw']['per_image_kb']:.1f} | "
+            f"{b['store']['per_image_kb']:.1f} | {b['disk_ratio']:.3f} | "
+            + (f"{ps['median']:.1f} ({ps['p10']:.1f}) dB" if ps else "-")
+            + f" | {b['raw']['seconds']:.0f} s | {b['store']['seconds']:.0f} s | "
+            f"{b['build_ratio']:.2f}× | {b['raw']['peak_mb']} / {b['store']['peak_mb']} | "
+            f"{proj} |")
+    mt, mk = r.get("machine_train"), r.get("machine_kept_runs")
+    if mt and (r.get("loader") or r.get("train")):
+        lines += ["", f"The training rows below: measured {mt['date']} on {cpu_name(mt)} "
+                  f"({mt['isa']}), {mt['cores']} cores, commit {mt['commit']}"
+                  + (f"; the raw-cache rows and the loader at commit {mk['commit']}, the "
+                     "same day and machine, one run earlier (before pack wrote its samples "
+                     "in a seeded order, which the raw cache does not use)" if mk else "")
+                  + "."]
+    if r.get("loader"):
+        lines += ["", "The loader alone (`imageclf bench loader`, Imagenette train, 128 px "
+                  "from presize 160, batch 64, full augmentation), warm epoch:", "",
+                  "| cache | images/s |", "|---|---:|"]
+        for form, x in r["loader"].items():
+            lines.append(f"| {form} | {x['epochs'][-1]['img_per_s']:.0f} |")
+    if r.get("train"):
+        lines += ["", "Training: resnet18 from scratch at 128 px from presize 160, batch 64, "
+                  "2 epochs at 2e-3, Imagenette (9,469 train / 3,925 valid): the raw cache, "
+                  "the store read by index (`--cache jpeg`), and the store streamed over "
+                  "HTTP from `python -m http.server` on 127.0.0.1. Warm epoch = the second.",
+                  "", "| run | seed | valid accuracy | warm epoch images/s | wall |",
+                  "|---|---:|---:|---:|---:|"]
+        for t in r["train"]:
+            lines.append(f"| {t['name']} | {t['seed']} | {100 * t['valid_accuracy']:.1f}% | "
+                         f"{t['warm_epoch_img_s']:.0f} | {t['wall_s']:.0f} s |")
+    return "\n".join([*lines, "", ""])
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 
-from common import ROOT, machine, save
+from common import ROOT, cpu_name, machine, save
 from report import render
 
 SUMMARY = re.compile(r"(\d+) passed(?:, (\d+) skipped)?(?:, \d+ \w+)* in ([0-9.]+)s")
@@ -57,6 +57,36 @@ def main() -> None:
               "summary": {k: v["pytest_seconds"] for k, v in rows.items()}}
     print(save(a.name, result))
     render()
+
+
+# --- its part of docs/benchmarks.md --------------------------------------------------------
+def section(r: dict) -> str:
+    m = r["machine"]
+    cap = m.get("isa_cap")
+    lines = [f"## The test suite{' capped at ' + cap if cap else ''}"
+             + (f", on {cpu_name(m)}" if m.get("cpu_id") else ""), "",
+             "`bench/bench_suite.py`: the README's test command (`pytest -q`) and the inner"
+             " loop (`-m \"not slow\"`), each once, with an empty torch.compile cache"
+             + (f", under `ONEDNN_MAX_CPU_ISA={cap}` and the matching ATEN_CPU_CAPABILITY"
+                " (an approximation of such a CPU, not one)" if cap else "")
+             + f". Measured {m['date']} on {cpu_name(m)} ({m.get('isa', '?')}, {m['cores']}"
+             f" cores), commit {m['commit']}.", "",
+             "| run | passed | skipped | pytest's wall | slowest tests (s) |",
+             "|---|---:|---:|---:|---|"]
+    for name, row in r["rows"].items():
+        slow = ", ".join(f"{x['test'].split('::')[-1]} {x['seconds']:.0f}"
+                         for x in row["slowest"][:8])
+        lines.append(f"| {name} | {row['passed']} | {row['skipped']} |"
+                     f" {row['pytest_seconds']:.0f} s | {slow} |")
+    return "\n".join([*lines, "", ""])
+
+
+def headline(r: dict) -> str:
+    """The row of docs/benchmarks.md's summary table."""
+    s = r.get("summary") or {}
+    cap = r["machine"].get("isa_cap")
+    return (f"full suite {s['full']:.0f} s, `-m \"not slow\"` {s['inner loop']:.0f} s"
+            + (f" (capped at {cap})" if cap else ""))
 
 
 if __name__ == "__main__":

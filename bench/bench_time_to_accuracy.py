@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import fastai_python, imagenette, machine, save, split_env
+from common import cpu_name, fastai_python, imagenette, machine, save, split_env
 from report import render
 
 HERE = Path(__file__).resolve().parent
@@ -159,6 +159,56 @@ def main() -> None:
     print(save(a.name, result))
     print(json.dumps(summary, indent=1))
     render()
+
+
+# --- its part of docs/benchmarks.md --------------------------------------------------------
+def section(r: dict) -> str:
+    m, rows, s, st = r["machine"], r["rows"], r["summary"], r["settings"]
+    reused = rows["fastai"].get("reused_from")
+    sizes = sorted({int(k.rsplit("_", 1)[1]) for row in rows.values() for k in row
+                    if k.startswith("accuracy_at_")})
+    lines = [
+        f"## {st.get('title') or 'Time to accuracy: resnet18 from scratch on Imagenette'}",
+        "", "`bench/bench_time_to_accuracy.py`: Imagenette, batch 64, each run a whole"
+        " process from a cold cache; validation accuracy logged with the wall time after"
+        f" every epoch. Target: fastai's final accuracy, {100 * s['target_accuracy']:.1f}%"
+        f" after {s['fastai_wall_seconds']:.0f} s"
+        + (f" (fastai's row is reused from `{reused}`, measured in that run: its target"
+           " only, not a side-by-side figure)" if reused else "")
+        + f". {st['note'] + ' ' if st.get('note') else ''}Measured {m['date']} on {cpu_name(m)}"
+        f" ({m['cores']} cores{', ' + m['isa'] if 'isa' in m else ''}"
+        f"{', capped at ' + m['isa_cap'] if m.get('isa_cap') else ''}), commit {m['commit']}.",
+        "",
+        "| run | recipe | reaches the target at | / fastai's wall | best accuracy |"
+        " with TTA |" + "".join(f" at {z} px |" for z in sizes)
+        + " wall | accuracy per epoch (s) |",
+        "|---|---|---:|---:|---:|---:|" + "---:|" * len(sizes) + "---:|---|"]
+    for name, row in rows.items():
+        if name == "fastai" and reused:
+            continue
+        at = row.get("reached_at_seconds")
+        frac = row.get("fraction_of_fastai_wall")
+        pts = ", ".join(f"{100 * p['valid_accuracy']:.1f}% ({p['seconds']:.0f})"
+                        for p in row["points"])
+        at_sizes = "".join(f" {100 * row[f'accuracy_at_{z}']:.1f}% |"
+                           if f"accuracy_at_{z}" in row else " - |" for z in sizes)
+        lines.append(f"| {name} | `{row['args']}` | {'-' if at is None else f'{at:.0f} s'} |"
+                     f" {'-' if frac is None else f'{frac:.2f}×'} |"
+                     f" {100 * row['best_accuracy']:.1f}% |"
+                     + (f" {100 * row['tta_accuracy']:.1f}% |" if "tta_accuracy" in row
+                        else " - |") + at_sizes
+                     + f" {row['wall_seconds']:.0f} s |"
+                     f" {pts} |")
+    return "\n".join([*lines, "", ""])
+
+
+def headline(r: dict) -> str:
+    """The row of docs/benchmarks.md's summary table."""
+    s = r.get("summary") or {}
+    f = s.get("fastest_fraction")
+    return (f"fastest recipe reaches fastai's {100 * s['target_accuracy']:.1f}% at "
+            + (f"{f:.2f}× fastai's wall" if f is not None else "never")
+            + f"; best {100 * s['fastest_best_accuracy']:.1f}%")
 
 
 if __name__ == "__main__":

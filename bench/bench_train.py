@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import fastai_python, imagenette, machine, recipe_parser, run, run_json, save
+from common import cpu_name, fastai_python, imagenette, machine, recipe_parser, run, run_json, save
 from report import render
 
 
@@ -62,6 +62,46 @@ def main() -> None:
     print(save(a.name, result))
     print(result["summary"])
     render()
+
+
+# --- its part of docs/benchmarks.md --------------------------------------------------------
+def section(r: dict) -> str:
+    m, st, o, f, s = r["machine"], r["settings"], r["imageclf"], r["fastai"], r["summary"]
+    lines = [
+        f"## Training: resnet18 from scratch, whole run ({cpu_name(m)})",
+        "",
+        f"Imagenette, presize {st['presize']}, size {st['size']}, batch {st['bs']},"
+        f" `fit_one_cycle({st['epochs']}, {st['lr']})`, same recipe in both tools; wall time is"
+        " the whole process from start to exit (imageclf with a cold presize cache, so its"
+        f" first epoch includes decoding). imageclf precision: {o['precision']}"
+        + (" (bf16 autocast + channels_last: this CPU has AMX)" if o["precision"] == "bf16"
+           else " (+ channels_last: this CPU has no native bf16, so auto chose fp32)")
+        + "; fastai: fp32 (its mixed precision"
+        f" is CUDA-only). Measured {m['date']} on {cpu_name(m)} ({m['cores']} cores),"
+        f" commit {m['commit']}.",
+        "",
+        "| tool | valid accuracy | valid loss | wall (s) |",
+        "|---|---:|---:|---:|",
+        f"| imageclf | {o['valid_accuracy']:.1%} | {o['valid_loss']:.3f} |"
+        f" {o['wall_seconds']:.0f} |",
+        f"| fastai | {f['valid_accuracy']:.1%} | {f['valid_loss']:.3f} | {f['wall_seconds']:.0f} |",
+        f"| **imageclf / fastai** | **{s['accuracy_diff']*100:+.1f} points** | |"
+        f" **{s['wall_ratio']:.2f}×** |",
+        "",
+        f"imageclf trained at {o['train_img_per_s']:.0f} img/s"
+        f" ({o['train_seconds']:.0f} s in training steps).",
+        "",
+        "",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def headline(r: dict) -> str:
+    """The row of docs/benchmarks.md's summary table."""
+    s = r.get("summary") or {}
+    return (f"wall {s['wall_ratio']:.2f}× fastai's, accuracy "
+            f"{100 * s['accuracy_diff']:+.1f} points")
 
 
 if __name__ == "__main__":

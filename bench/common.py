@@ -266,3 +266,16 @@ def random_resnet18(folder: Path, size: int, presize: int) -> Path:
         arch="resnet18", head="concat", classes=tuple(f"c{i}" for i in range(10)),
         size=size, presize=presize, resize_method="crop", mean=(0.485, 0.456, 0.406),
         std=(0.229, 0.224, 0.225), loss="cross_entropy"))
+
+
+def cpu_name(m: dict) -> str:
+    """The CPU's name, with its family and model where recorded (one name covers machines
+    of different speeds)."""
+    return f"{m['cpu']} {m['cpu_id']}" if m.get("cpu_id") else m["cpu"]
+
+
+def where(r: dict) -> str:
+    """The device a result was measured on: the GPU, or the CPU with its ISA; its cores."""
+    m = r["machine"]
+    isa = f" ({m['isa']})" if m.get("isa") and not m.get("gpu") else ""
+    return f"{m.get('gpu') or cpu_name(m)}{isa}, {m['cores']} cores"

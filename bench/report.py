@@ -1,12 +1,12 @@
-"""Regenerate docs/benchmarks.md from bench/results/*.json."""
+"""Regenerate docs/benchmarks.md from bench/results/*.json. Each benchmark script owns its
+part: `section(r)` (its table) and `headline(r)` (its row of the summary)."""
 
 from __future__ import annotations
 
+import importlib
 import json
-import statistics
-from pathlib import Path
 
-from common import RESULTS, ROOT
+from common import RESULTS, ROOT, where
 
 HEADER = """# Benchmarks
 
@@ -40,17 +40,45 @@ on the device (the ceiling) against end-to-end training from a fresh cache;
 CUDA GPU.
 """
 
+# result name (or NAME-* prefix) -> the script that measured it, and its (section, headline)
+SCRIPTS = {
+    "demo": ("bench_demo", "section", "headline"),
+    "loader": ("bench_loader", "section", "headline"),
+    "train": ("bench_train", "section", "headline"),
+    "predict": ("bench_predict", "section", "headline"),
+    "lr_find": ("bench_lr_find", "section", "headline"),
+    "lr_rules": ("bench_lr_rules", "section", "headline"),
+    "ddp": ("bench_ddp", "section", "headline"),
+    "serve": ("bench_serve", "section", "headline"),
+    "serve_single": ("bench_serve", "section_single", "headline_single"),
+    "open_set": ("bench_open_set", "section", "headline"),
+    "imbalance": ("bench_imbalance", "section", "headline"),
+    "time_to_accuracy": ("bench_time_to_accuracy", "section", "headline"),
+    "finetune": ("bench_finetune", "section", "headline"),
+    "bn_recal": ("bench_bn_recal", "section", "headline"),
+    "store": ("bench_store", "section", None),
+    "leaderboard": ("bench_leaderboard", "section", "headline"),
+    "suite": ("bench_suite", "section", "headline"),
+    "device": ("bench_device", "section", "headline"),
+}
+# the sections in the page's order; these also render their NAME-*.json results
+SECTIONS = ("demo", "loader", "train", "predict", "lr_find", "lr_rules", "ddp-cpu", "serve",
+            "serve_single", "open_set", "imbalance", "time_to_accuracy", "finetune",
+            "bn_recal", "store", "leaderboard", "suite")
+VARIANTS = ("train", "lr_rules", "time_to_accuracy", "suite", "demo")
 
-def _cpu(m: dict) -> str:
-    """The CPU's name, with its family and model where recorded (one name covers machines
-    of different speeds)."""
-    return f"{m['cpu']} {m['cpu_id']}" if m.get("cpu_id") else m["cpu"]
+
+PREFIXED = ("train", "lr_rules", "ddp", "suite", "time_to_accuracy", "demo", "device")
 
 
-def _where(r: dict) -> str:
-    m = r["machine"]
-    isa = f" ({m['isa']})" if m.get("isa") and not m.get("gpu") else ""
-    return f"{m.get('gpu') or _cpu(m)}{isa}, {m['cores']} cores"
+def _script(name: str) -> tuple | None:
+    """(module, section, headline) of a result name: its own entry, else (for the names
+    that come in variants, NAME-*) its prefix's; None for a result with no part."""
+    key = name if name in SCRIPTS else next((k for k in PREFIXED if name.startswith(k)), None)
+    if key is None:
+        return None
+    module, section, headline = SCRIPTS[key]
+    return importlib.import_module(module), section, headline
 
 
 def _summary() -> str:
@@ -58,246 +86,15 @@ def _summary() -> str:
     rows = ["## Current results", "", "| benchmark | result | machine | commit | date |",
             "|---|---|---|---|---|"]
     for path in sorted(RESULTS.glob("*.json")):
-        r = json.loads(path.read_text())
-        s, name = r.get("summary") or {}, path.stem
-        if name == "loader":
-            text = (f"warm {s['warm_ratio']:.2f}×, cold {s['cold_ratio']:.2f}× fastai's "
-                    "images/s")
-        elif name.startswith("train"):
-            text = (f"wall {s['wall_ratio']:.2f}× fastai's, accuracy "
-                    f"{100 * s['accuracy_diff']:+.1f} points")
-        elif name == "predict":
-            text = "latency: fastai / imageclf " + ", ".join(
-                f"{k} {v:.2f}×" for k, v in s.items())
-        elif name == "lr_find":
-            text = f"sweep wall {s['wall_ratio']:.2f}× fastai's"
-        elif name.startswith("lr_rules"):
-            acc = s["median_valid_accuracy"]
-            text = "median valid accuracy " + ", ".join(
-                f"{k} {100 * v:.1f}%" for k, v in acc.items())
-        elif name.startswith("ddp"):
-            text = f"warm img/s {s['warm_ratio']:.2f}× one process, wall {s['wall_ratio']:.2f}×"
-        elif name == "serve":
-            text = (f"at 32 clients {s['vs_fastai_at_32']:.1f}× fastai's req/s, "
-                    f"{s['vs_unbatched_at_32']:.1f}× unbatched; {s['failed']} failed")
-        elif name == "serve_single":
-            text = "one client, HTTP p50 / Predictor.predict: " + ", ".join(
-                f"{p} {d['raw body'] / d['predictor']:.2f}×"
-                for p, d in r["single_client"].items())
-        elif name == "open_set":
-            text = _open_set_headline(s)
-        elif name.startswith("suite"):
-            cap = r["machine"].get("isa_cap")
-            text = (f"full suite {s['full']:.0f} s, `-m \"not slow\"` {s['inner loop']:.0f} s"
-                    + (f" (capped at {cap})" if cap else ""))
-        elif name == "leaderboard":
-            text = "5 epochs at 128 px from scratch, mean of seeds: " + ", ".join(
-                f"{k} {100 * v['summary']['mean_accuracy']:.1f}% "
-                f"({len(v['summary']['seeds'])} seed{'s' * (len(v['summary']['seeds']) > 1)})"
-                for k, v in r["recipes"].items())
-        elif name.startswith("time_to_accuracy"):
-            f = s.get("fastest_fraction")
-            text = (f"fastest recipe reaches fastai's {100 * s['target_accuracy']:.1f}% at "
-                    + (f"{f:.2f}× fastai's wall" if f is not None else "never")
-                    + f"; best {100 * s['fastest_best_accuracy']:.1f}%")
-        elif name == "finetune":
-            text = "median valid accuracy " + ", ".join(
-                f"{k} {100 * v['valid_accuracy']:.1f}%" for k, v in s.items())
-        elif name == "bn_recal":
-            text = "recomputed BatchNorm statistics: " + ", ".join(
-                f"{x['size']} px {100 * (x['recalibrated_accuracy'] - x['accuracy']):+.1f}"
-                " points" for x in r["rows"])
-        elif name == "imbalance":
-            text = "minority recall " + ", ".join(
-                f"{k} {100 * v['minority_recall']:.1f}%" for k, v in s.items())
-        elif name.startswith("demo"):
-            text = (f"`imageclf demo` {s['avx2_wall_s']:.0f} s at {100 * s['avx2_accuracy']:.1f}%"
-                    f" capped at AVX2 fp32 ({s['avx2_wall_ratio']:.2f}× the resnet18 demo's "
-                    f"wall), {s['native_wall_s']:.0f} s native; "
-                    f"{100 * s['photos_none_share']:.0f}% of photos answered none")
-        elif name.startswith("device"):
-            text = (f"warm epochs {100 * r['warm_fraction_of_ceiling']:.0f}% of the step's "
-                    f"ceiling ({r['warm_img_per_s']:.0f} of {r['ceiling_img_per_s']:.0f} img/s)")
-        else:
+        r, name = json.loads(path.read_text()), path.stem
+        found = _script(name)
+        if found is None or found[2] is None:
             continue
+        module, _, headline = found
         m = r["machine"]
-        rows.append(f"| {name} | {text} | {_where(r)} | {m['commit']} | {m['date']} |")
+        rows.append(f"| {name} | {getattr(module, headline)(r)} | {where(r)} | "
+                    f"{m['commit']} | {m['date']} |")
     return "\n".join(rows) + "\n"
-
-
-def _loader(r: dict) -> str:
-    m, s, st = r["machine"], r["summary"], r["settings"]
-    lines = [
-        "## Data loader: images/s through the full training batch pipeline",
-        "",
-        f"Imagenette train split, presize {st['presize']}, size {st['size']}, batch {st['bs']},"
-        f" {st['epochs']} epochs. imageclf: presize cache + one grid_sample per batch;"
-        f" fastai {r['fastai'].get('version', '2.8.12')}: `Resize({st['presize']})` +"
-        f" `aug_transforms(size={st['size']}, min_scale=0.75)`,"
-        f" num_workers={r['fastai']['num_workers']} (its default here)."
-        f" Measured {m['date']} on {_cpu(m)}"
-        f" ({m['cores']} cores), commit {m['commit']}.",
-        "",
-        "| tool | cold epoch (img/s) | warm epochs, median (img/s) |",
-        "|---|---:|---:|",
-        f"| imageclf | {s['imageclf']['cold_img_per_s']:.0f} |"
-        f" {s['imageclf']['warm_img_per_s']:.0f} |",
-        f"| fastai | {s['fastai']['cold_img_per_s']:.0f} | {s['fastai']['warm_img_per_s']:.0f} |",
-        f"| **ratio** | **{s['cold_ratio']:.2f}×** | **{s['warm_ratio']:.2f}×** |",
-        "",
-        "Per epoch (seconds): imageclf "
-        + ", ".join(f"{e['seconds']:.1f}" for e in r["imageclf"]["epochs"])
-        + "; fastai " + ", ".join(f"{e['seconds']:.1f}" for e in r["fastai"]["epochs"]) + ".",
-        "",
-        "",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def _train(r: dict) -> str:
-    m, st, o, f, s = r["machine"], r["settings"], r["imageclf"], r["fastai"], r["summary"]
-    lines = [
-        f"## Training: resnet18 from scratch, whole run ({_cpu(m)})",
-        "",
-        f"Imagenette, presize {st['presize']}, size {st['size']}, batch {st['bs']},"
-        f" `fit_one_cycle({st['epochs']}, {st['lr']})`, same recipe in both tools; wall time is"
-        " the whole process from start to exit (imageclf with a cold presize cache, so its"
-        f" first epoch includes decoding). imageclf precision: {o['precision']}"
-        + (" (bf16 autocast + channels_last: this CPU has AMX)" if o["precision"] == "bf16"
-           else " (+ channels_last: this CPU has no native bf16, so auto chose fp32)")
-        + "; fastai: fp32 (its mixed precision"
-        f" is CUDA-only). Measured {m['date']} on {_cpu(m)} ({m['cores']} cores),"
-        f" commit {m['commit']}.",
-        "",
-        "| tool | valid accuracy | valid loss | wall (s) |",
-        "|---|---:|---:|---:|",
-        f"| imageclf | {o['valid_accuracy']:.1%} | {o['valid_loss']:.3f} |"
-        f" {o['wall_seconds']:.0f} |",
-        f"| fastai | {f['valid_accuracy']:.1%} | {f['valid_loss']:.3f} | {f['wall_seconds']:.0f} |",
-        f"| **imageclf / fastai** | **{s['accuracy_diff']*100:+.1f} points** | |"
-        f" **{s['wall_ratio']:.2f}×** |",
-        "",
-        f"imageclf trained at {o['train_img_per_s']:.0f} img/s"
-        f" ({o['train_seconds']:.0f} s in training steps).",
-        "",
-        "",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def _predict(r: dict) -> str:
-    m, st, o, f = r["machine"], r["settings"], r["imageclf"], r["fastai"]
-    lines = [
-        "## Prediction: single-image latency, file to probabilities",
-        "",
-        f"resnet18 at {st['size']} (presize {st['presize']}), one Imagenette validation JPEG"
-        f" per call, in process, {f['n']} calls after 5 warm-up calls; imageclf's"
-        " `Predictor.predict(path)` against fastai's `Learner.predict(path)`."
-        f" Measured {m['date']} on {_cpu(m)} ({m['cores']} cores), commit {m['commit']}.",
-        "",
-        "| tool | precision | median (ms) | p90 (ms) | fastai / tool |",
-        "|---|---|---:|---:|---:|",
-    ]
-    for p, v in o.items():
-        lines.append(f"| imageclf | {p} | {v['median_ms']:.1f} | {v['p90_ms']:.1f} |"
-                     f" **{r['summary'][p]:.2f}×** |")
-    lines += [f"| fastai | fp32 | {f['median_ms']:.1f} | {f['p90_ms']:.1f} | 1.00× |", "",
-              "", ""]
-    return "\n".join(lines)
-
-
-def _lr_find(r: dict) -> str:
-    m, st, o, f = r["machine"], r["settings"], r["imageclf"], r["fastai"]
-
-    def sugg(d: dict) -> str:
-        return ", ".join(f"{k} {v:.1e}" for k, v in d["suggestions"].items())
-
-    return "\n".join([
-        "## Learning-rate finder: cost of one sweep",
-        "",
-        f"resnet18 from scratch, Imagenette, presize {st['presize']}, size {st['size']},"
-        f" batch {st['bs']}; whole process from start to exit (imageclf with a cold cache)."
-        f" Measured {m['date']} on {_cpu(m)} ({m['cores']} cores), commit {m['commit']}.",
-        "",
-        "| tool | iterations | wall (s) | suggestions |",
-        "|---|---:|---:|---|",
-        f"| imageclf | {o['iterations']} | {o['wall_seconds']:.0f} | {sugg(o)} |",
-        f"| fastai | {f['iterations']} | {f['wall_seconds']:.0f} | {sugg(f)} |",
-        f"| **imageclf / fastai** | | **{r['summary']['wall_ratio']:.2f}×** | |",
-        "", "", ""])
-
-
-def _lr_rules(r: dict) -> str:
-    m, st, runs = r["machine"], r["settings"], r["runs"]
-    seeds = sorted({x["seed"] for x in runs})
-    pre = r.get("pretrain")
-    body = (f"fine-tuned (`fine_tune`: 1 frozen + {st['epochs']} epochs) on the second half of"
-            f" the classes from a body the script trained from scratch on the first"
-            f" {len(pre['classes'])} ({pre['epochs']} epochs, {pre['valid_accuracy']:.1%} valid"
-            " there)" if pre else
-            f"pretrained: {st['pretrained']}, {st['epochs']} epochs")
-    lines = [
-        "## Learning-rate finder: which suggestion trains best"
-        + (f" (fine-tuning; {st['sweep']})" if pre and st.get("sweep") else " (fine-tuning)"
-           if pre else " (from scratch)" if st["pretrained"] == "none" else ""),
-        "",
-        f"`bench/bench_lr_rules.py`: {st['arch']}, {body};"
-        f" {st['subset'] or 'all'} Imagenette images per class, presize {st['presize']},"
-        f" size {st['size']}, batch {st['bs']}; per seed one finder"
-        " sweep, then one run per suggestion with that seed (only the rate differs)."
-        f" Measured {m['date']} on {_cpu(m)} ({m['cores']} cores), commit {m['commit']}.",
-        "",
-        "| rule | " + " | ".join(f"seed {s}: rate, valid accuracy" for s in seeds)
-        + " | median accuracy |",
-        "|---|" + "---:|" * (len(seeds) + 1),
-    ]
-    for rule, med in r["summary"]["median_valid_accuracy"].items():
-        cells = [next((f"{x['lr']:.1e}, {x['valid_accuracy']:.1%}" for x in runs
-                       if x["rule"] == rule and x["seed"] == s), "") for s in seeds]
-        lines.append(f"| {rule} | " + " | ".join(cells) + f" | **{med:.1%}** |")
-    return "\n".join([*lines, "", "", ""])
-
-
-def _device(results: list[dict]) -> str:
-    """bench_device.py runs: training images/s end to end against the step's ceiling."""
-    lines = [
-        "## Training device: end to end vs the training step's ceiling",
-        "",
-        "`bench/bench_device.py`: the ceiling is the same Learner's `train_step` on one"
-        " synthetic batch already on the device; end to end is `fit_one_cycle` on Imagenette"
-        " from a fresh presize cache (built when the learner is made, its seconds in their"
-        " own column; the first epoch cold, later epochs warm), images/s of the training"
-        " loop. Goal on a GPU: warm >= 90% of the ceiling. On a machine"
-        " with a CUDA GPU, `bash bench/gpu_checks.sh DATA` runs the CUDA tests and the three"
-        " GPU rows (default, `--decode device`, `--compile`) in under ten minutes.",
-        "",
-        "| device | date, commit | model | size / presize | batch | precision | decode |"
-        " compile | cache build (s) | ceiling (img/s) | cold (img/s) | warm (img/s) |"
-        " warm / ceiling |",
-        "|---|---|---|---|---:|---|---|---|---:|---:|---:|---:|---:|",
-    ]
-
-    def where(m: dict) -> str:  # a GPU's name, or which CPU
-        return f"cpu ({_cpu(m)})" if m["device"] == "cpu" else m["device"]
-
-    for r in results:
-        m, st = r["machine"], r["settings"]
-        warm = r.get("warm_img_per_s")
-        frac = r.get("warm_fraction_of_ceiling")
-        # runs before the learner built its cache when made decoded inside the first epoch
-        build = r.get("cache_build_seconds")
-        build = f"{build:.1f}" if build is not None else "in the cold epoch"
-        lines.append(
-            f"| {where(m)} | {m['date']}, {m['commit']} | {st['arch']} |"
-            f" {st['size']} / {st['presize']} | {st['bs']} | {st['precision']} |"
-            f" {st['decode']} | {'yes' if st['compile'] else 'no'} | {build} |"
-            f" {r['ceiling_img_per_s']:.0f} | {r['cold_img_per_s']:.0f} |"
-            f" {warm:.0f} | **{frac:.0%}** |" if warm is not None else
-            f"| {where(m)} | {m['date']}, {m['commit']} | {st['arch']} | ... | | | | | {build} |"
-            f" {r['ceiling_img_per_s']:.0f} | {r['cold_img_per_s']:.0f} | | |")
-    return "\n".join([*lines, ""])
 
 
 def plot_images_per_s(loader: dict | None, train: dict | None, path) -> bool:
@@ -342,438 +139,6 @@ def plot_images_per_s(loader: dict | None, train: dict | None, path) -> bool:
     return True
 
 
-def _ddp(r: dict) -> str:
-    m, st, one, many, sm = r["machine"], r["settings"], r["one"], r["many"], r["summary"]
-
-    def row(j: dict) -> str:
-        return (f"| {j['processes']} × bs {j['bs_per_process']} × {j['threads_per_process']}"
-                f" thread(s) | {j['cold_img_per_s']:.1f} | {j['warm_img_per_s']:.1f} |"
-                f" {j['wall_seconds']:.0f} | {j['valid_accuracy']:.1%} |")
-
-    return "\n".join([
-        "## Several processes on one CPU machine (torchrun, gloo)",
-        "",
-        f"resnet18 from scratch, {Path(st['data']).name} ({st['subset']} images per class and"
-        f" split), size {st['size']}, presize {st['presize']}, global batch {st['bs']},"
-        f" {st['epochs']} epochs, {one['precision']}; one process using every core against"
-        f" {many['processes']} gloo processes sharing them; each job from a cold presize"
-        " cache; images/s count the whole job's images. One run of each."
-        f" Measured {m['date']} on {_cpu(m)} ({m['cores']} cores), commit {m['commit']}.",
-        "",
-        "| job | cold epoch (img/s) | warm epochs, median (img/s) | wall (s) | valid accuracy |",
-        "|---|---:|---:|---:|---:|",
-        row(one), row(many),
-        f"| **{many['processes']} processes / 1** | **{sm['cold_ratio']:.2f}×** |"
-        f" **{sm['warm_ratio']:.2f}×** | **{sm['wall_ratio']:.2f}×** | |",
-        "", "", ""])
-
-
-def _serve(r: dict) -> str:
-    m, st, s = r["machine"], r["settings"], r["summary"]
-    lines = [
-        "## Serving: requests per second and latency under concurrent clients",
-        "",
-        f"resnet18 at {st['size']} (presize {st['presize']}), random weights; an async HTTP"
-        " load generator on the same machine, each client posting one Imagenette JPEG per"
-        f" request, {st['seconds']:g} s per level. imageclf serve batches concurrent requests"
-        " (--max-batch 32, --max-wait-ms 5; also shown with --max-batch 1); fastai 2.8.12:"
-        " a FastAPI endpoint calling `learn.predict` on the uploaded bytes. imageclf's"
-        f" precision is auto ({st['auto_precision']} here). Measured {m['date']} on"
-        f" {_cpu(m)} ({m['cores']} cores), commit {m['commit']}.",
-        "",
-        "| server | clients | req/s | p50 (ms) | p90 (ms) | p99 (ms) | failed |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for run in r["runs"]:
-        for row in run["levels"]:
-            lines.append(f"| {run['name']} | {row['clients']} | {row['req_per_s']:.1f} |"
-                         f" {row['p50_ms']:.0f} | {row['p90_ms']:.0f} | {row['p99_ms']:.0f} |"
-                         f" {row['failed']} |")
-    k = r["soak"]
-    lines += [
-        "",
-        f"At 32 clients: **{s['vs_fastai_at_32']:.1f}×** fastai's throughput and"
-        f" **{s['vs_unbatched_at_32']:.1f}×** imageclf's without batching. One client: p50"
-        f" {s['single_client_p50_ms']:.0f} ms over HTTP, against"
-        f" {s['predictor_ms']:.0f} ms for `Predictor.predict` on one image in process.",
-        "",
-        f"Soak: {k['seconds']:g} s at {k['clients']} clients with 5% bad uploads:"
-        f" {k['requests']} requests, {k['failed']} good ones failed, {k['bad_refused_4xx']} of"
-        f" {k['bad_uploads']} bad ones refused with a 4xx; the server's RSS went from"
-        f" {k['rss_before_mb']:.0f} MB to {k['rss_after_mb']:.0f} MB"
-        + (f" ({k['rss_second_half_growth_mb']:+.0f} MB over the second half; every 5 s: "
-           + ", ".join(f"{v:.0f}" for v in k["rss_series_mb"]) + ")"
-           if "rss_series_mb" in k else "") + ".",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def _serve_single(r: dict) -> str:
-    m, st = r["machine"], r["settings"]
-    lines = [
-        "## Serving: one client against Predictor.predict",
-        "",
-        f"resnet18 at {st['size']} (presize {st['presize']}), random weights. A blocking"
-        " client (http.client, one keep-alive connection) sends one Imagenette JPEG per"
-        " request, each kind of request in turn per file, over 40 files; then"
-        " `Predictor.predict` on the same files, one at a time, in its own process; three"
-        f" such rounds, medians (of every request, and of the rounds' Predictor medians)."
-        f" Measured {m['date']} on {_where(r)}, commit {m['commit']}.",
-        "",
-        "| precision | raw body (ms) | multipart (ms) | v2 infer, binary (ms) |"
-        " Predictor.predict (ms) | raw body / predict | goal: ≤ 1.1 × predict + 3 ms |",
-        "|---|---:|---:|---:|---:|---:|---|"]
-    for p, d in r["single_client"].items():
-        worst = max(d["raw body"], d["multipart"], d["v2 infer"])
-        goal = 1.1 * d["predictor"] + 3
-        lines.append(f"| {p} | {d['raw body']:.1f} | {d['multipart']:.1f} |"
-                     f" {d['v2 infer']:.1f} | {d['predictor']:.1f} |"
-                     f" {d['raw body'] / d['predictor']:.2f}× |"
-                     f" {'met' if worst <= goal else 'missed'} ({goal:.1f} ms) |")
-    return "\n".join([*lines, "", ""])
-
-
-OPEN_SET_COLUMNS = ("negatives", "near", "far", "far-shapes", "far-uniform", "far-gaussian",
-                    "far-textures")
-
-
-def _open_set_headline(s: dict) -> str:
-    def fig(kind: str, split: str, name: str) -> str:
-        return f"{100 * s[kind]['sets'][split][name]['auroc']:.1f}"
-
-    neg = next((k for k in s if k.startswith("scratch+negatives")), None)
-    out = (f"from scratch, msp near AUROC {fig('scratch', 'near', 'msp')}, far "
-           f"{fig('scratch', 'far', 'msp')}")
-    if neg:
-        out += (f"; with negatives msp near {fig(neg, 'near', 'msp')}, far "
-                f"{fig(neg, 'far', 'msp')}")
-    return out
-
-
-def _chosen(kind: dict) -> str:
-    """calibrate's choices on the held-out negatives and the medians of their figures."""
-    cs = kind.get("calibrated") or []
-    if not cs:
-        return ""
-    names = ", ".join(c["score"] for c in cs)
-    med = {s: {m: statistics.median(c[s][m] for c in cs) for m in ("auroc", "fpr")}
-           for s in ("near", "far")}
-    neg = statistics.median(c["on_negatives"]["auroc"] for c in cs)
-    return (f"{names} | {100 * neg:.1f} | {100 * med['near']['auroc']:.1f} | "
-            f"{100 * med['near']['fpr']:.1f} | {100 * med['far']['auroc']:.1f} | "
-            f"{100 * med['far']['fpr']:.1f}")
-
-
-def _open_set(r: dict) -> str:
-    m, st, runs = r["machine"], r["settings"], r["runs"]
-    seeds = sorted({x["seed"] for x in runs})
-    dealt = "; ".join(f"seed {x['seed']}: negatives {', '.join(x['classes']['negatives'])}, "
-                      f"unseen {', '.join(x['classes']['unseen'])}" for x in runs
-                      if x["kind"] == "scratch")
-    n = runs[0]["n"]
-    lines = [
-        '## Open set: "none of these" with and without negatives', "",
-        f"`bench/bench_open_set.py`: resnet18 (timm's linear head), {st['epochs']} epochs at"
-        f" {st['size']} px (presize {st['presize']}, one-cycle at {st['lr']}, batch {st['bs']})"
-        f" on 6 Imagenette classes; 2 more are the training negatives (`--negatives`, ratio"
-        f" {st['ratio']:g}), their {n['negatives']} validation images held out; the last 2 are"
-        f" never shown: their {n['near']} validation images are the near unknowns ({dealt})."
-        f" Far unknowns no model saw: drawn shapes, uniform and Gaussian noise, generated"
-        f" textures ({n['far']} images). Known: the 6 classes' {runs[0]['n_known']} validation"
-        f" images. Seeds {', '.join(map(str, seeds))} (fine-tuning: seed"
-        f" {st.get('finetune_seed')}, from a body pretrained here on the 6 known classes);"
-        f" medians (AUROC, higher is better; FPR at 95% of known kept, lower is better)."
-        f" Measured {m['date']} on {_cpu(m)} ({m.get('isa', '')}, {m['cores']} cores),"
-        f" commit {m['commit']}.", "",
-        "| model | known accuracy (mean) | score | held-out negatives AUROC |"
-        " near AUROC | near FPR95 | far AUROC | far FPR95 |",
-        "|---|---:|---|---:|---:|---:|---:|---:|"]
-    summary = r["summary"]
-    for kind, k in summary.items():
-        sets = k["sets"]
-        for name in ("msp", "mahalanobis", "ash", "scale", "msp+mahalanobis", "msp+vim"):
-            if name not in sets["near"]:
-                continue
-            lines.append(
-                f"| {kind} | {100 * k['valid_accuracy']:.1f}% | {name} |"
-                f" {100 * sets['negatives'][name]['auroc']:.1f} |"
-                f" {100 * sets['near'][name]['auroc']:.1f} |"
-                f" {100 * sets['near'][name]['fpr']:.1f} |"
-                f" {100 * sets['far'][name]['auroc']:.1f} |"
-                f" {100 * sets['far'][name]['fpr']:.1f} |")
-        if _chosen(k):
-            lines.append(f"| {kind} | | calibrate's pick: {_chosen(k)} |")
-    lines.append("")
-    for kind, k in summary.items():
-        sets = k["sets"]
-        cols = [c for c in OPEN_SET_COLUMNS if c in sets]
-        lines += [f"**{kind}**: every score", "",
-                  "| score | " + " | ".join(f"{c} AUROC | FPR95" for c in cols) + " |",
-                  "|---|" + "---:|" * (2 * len(cols))]
-        for name in sets["near"]:
-            lines.append(f"| {name} | " + " | ".join(
-                f"{100 * sets[c][name]['auroc']:.1f} | {100 * sets[c][name]['fpr']:.1f}"
-                for c in cols) + " |")
-        lines.append("")
-    return "\n".join([*lines, "", ""])
-
-
-def _imbalance(r: dict) -> str:
-    m, st = r["machine"], r["settings"]
-    cut = ", ".join(f"{c} ({r['train_counts'][c]})" for c in r["minority"])
-    others = round(statistics.median(v for c, v in r["train_counts"].items()
-                                     if c not in r["minority"]))
-    lines = [
-        "## Imbalanced classes: class weights and the balanced sampler", "",
-        f"`bench/bench_imbalance.py`: Imagenette with 3 classes cut to {st['keep']:.0%} of"
-        f" their training images ({cut} left; the others about"
-        f" {others} each), validation untouched; resnet18 from scratch, {st['epochs']} epochs at"
-        f" {st['size']} px (presize {st['presize']}), one-cycle at {st['lr']}, the same seed"
-        f" for each way (seeds {st['seeds']}; medians). Measured {m['date']} on {_cpu(m)}"
-        f" ({m['cores']} cores), commit {m['commit']}.", "",
-        "| training | accuracy | balanced accuracy | macro-F1 | minority recall |"
-        " majority recall |", "|---|---:|---:|---:|---:|---:|"]
-    for way, v in r["summary"].items():
-        lines.append(f"| {way.replace('_', ' ')} | {100 * v['accuracy']:.1f}% |"
-                     f" {100 * v['balanced_accuracy']:.1f}% | {100 * v['macro_f1']:.1f}% |"
-                     f" {100 * v['minority_recall']:.1f}% | {100 * v['majority_recall']:.1f}% |")
-    return "\n".join([*lines, "", ""])
-
-
-def _time_to_accuracy(r: dict) -> str:
-    m, rows, s, st = r["machine"], r["rows"], r["summary"], r["settings"]
-    reused = rows["fastai"].get("reused_from")
-    sizes = sorted({int(k.rsplit("_", 1)[1]) for row in rows.values() for k in row
-                    if k.startswith("accuracy_at_")})
-    lines = [
-        f"## {st.get('title') or 'Time to accuracy: resnet18 from scratch on Imagenette'}",
-        "", "`bench/bench_time_to_accuracy.py`: Imagenette, batch 64, each run a whole"
-        " process from a cold cache; validation accuracy logged with the wall time after"
-        f" every epoch. Target: fastai's final accuracy, {100 * s['target_accuracy']:.1f}%"
-        f" after {s['fastai_wall_seconds']:.0f} s"
-        + (f" (fastai's row is reused from `{reused}`, measured in that run: its target"
-           " only, not a side-by-side figure)" if reused else "")
-        + f". {st['note'] + ' ' if st.get('note') else ''}Measured {m['date']} on {_cpu(m)}"
-        f" ({m['cores']} cores{', ' + m['isa'] if 'isa' in m else ''}"
-        f"{', capped at ' + m['isa_cap'] if m.get('isa_cap') else ''}), commit {m['commit']}.",
-        "",
-        "| run | recipe | reaches the target at | / fastai's wall | best accuracy |"
-        " with TTA |" + "".join(f" at {z} px |" for z in sizes)
-        + " wall | accuracy per epoch (s) |",
-        "|---|---|---:|---:|---:|---:|" + "---:|" * len(sizes) + "---:|---|"]
-    for name, row in rows.items():
-        if name == "fastai" and reused:
-            continue
-        at = row.get("reached_at_seconds")
-        frac = row.get("fraction_of_fastai_wall")
-        pts = ", ".join(f"{100 * p['valid_accuracy']:.1f}% ({p['seconds']:.0f})"
-                        for p in row["points"])
-        at_sizes = "".join(f" {100 * row[f'accuracy_at_{z}']:.1f}% |"
-                           if f"accuracy_at_{z}" in row else " - |" for z in sizes)
-        lines.append(f"| {name} | `{row['args']}` | {'-' if at is None else f'{at:.0f} s'} |"
-                     f" {'-' if frac is None else f'{frac:.2f}×'} |"
-                     f" {100 * row['best_accuracy']:.1f}% |"
-                     + (f" {100 * row['tta_accuracy']:.1f}% |" if "tta_accuracy" in row
-                        else " - |") + at_sizes
-                     + f" {row['wall_seconds']:.0f} s |"
-                     f" {pts} |")
-    return "\n".join([*lines, "", ""])
-
-
-def _leaderboard(r: dict) -> str:
-    lines = [
-        "## Imagenette leaderboard: 5 epochs at 128 px from scratch, the mean of seeds",
-        "", "`bench/bench_leaderboard.py`: Imagenette (9,469 training, 3,925 validation"
-        " images), each seed a whole `imageclf train` process from a cold cache, accuracy on"
-        " the whole validation set after the last epoch; TTA is `evaluate --tta` on the"
-        " final model, untimed. The leaderboard's best for this setting is 85.77%, the mean"
-        " of 5 runs on a GPU (fastai's Imagenette README). Means over the seeds run; the"
-        " wall is the median of whole processes, cache build included.", "",
-        "| recipe | args | seeds | valid accuracy (mean) | per seed | with TTA (mean) |"
-        " wall (median) | measured on | accuracy per epoch (s), first seed |",
-        "|---|---|---|---:|---|---:|---:|---|---|"]
-    for label, e in r["recipes"].items():
-        s, runs = e["summary"], e["runs"]
-        first = runs[s["seeds"][0]]
-        per = ", ".join(f"{100 * runs[k]['final_accuracy']:.1f}%" for k in s["seeds"])
-        where = sorted({(f"{x['machine']['gpu']} with " if x["machine"].get("gpu") else "")
-                        + f"{_cpu(x['machine'])} ({x['machine'].get('isa', '?')},"
-                        f" {x['machine']['cores']} cores),"
-                        f" {x['machine']['commit']}, {x['machine']['date']}"
-                        for x in runs.values()})
-        pts = ", ".join(f"{100 * p['valid_accuracy']:.1f}% ({p['seconds']:.0f})"
-                        for p in first["points"])
-        tta = s["mean_tta_accuracy"]
-        tta = "–" if tta is None else f"{100 * tta:.1f}%"  # no TTA row: another tool's run
-        data = f" on the copy widened to {e['widen']}" if e.get("widen") else ""
-        data += f", {e['data']}" if e.get("data") else ""
-        lines.append(f"| {label} | `{e['args']}`{data} | {', '.join(s['seeds'])} |"
-                     f" {100 * s['mean_accuracy']:.1f}% | {per} |"
-                     f" {tta} | {s['median_wall_seconds']:.0f} s |"
-                     f" {'; '.join(where)} | {pts} |")
-    notes = [f"{label}: {e['note']}" for label, e in r["recipes"].items() if e.get("note")]
-    return "\n".join([*lines, "", *notes, "", ""])
-
-
-def _suite(r: dict) -> str:
-    m = r["machine"]
-    cap = m.get("isa_cap")
-    lines = [f"## The test suite{' capped at ' + cap if cap else ''}"
-             + (f", on {_cpu(m)}" if m.get("cpu_id") else ""), "",
-             "`bench/bench_suite.py`: the README's test command (`pytest -q`) and the inner"
-             " loop (`-m \"not slow\"`), each once, with an empty torch.compile cache"
-             + (f", under `ONEDNN_MAX_CPU_ISA={cap}` and the matching ATEN_CPU_CAPABILITY"
-                " (an approximation of such a CPU, not one)" if cap else "")
-             + f". Measured {m['date']} on {_cpu(m)} ({m.get('isa', '?')}, {m['cores']}"
-             f" cores), commit {m['commit']}.", "",
-             "| run | passed | skipped | pytest's wall | slowest tests (s) |",
-             "|---|---:|---:|---:|---|"]
-    for name, row in r["rows"].items():
-        slow = ", ".join(f"{x['test'].split('::')[-1]} {x['seconds']:.0f}"
-                         for x in row["slowest"][:8])
-        lines.append(f"| {name} | {row['passed']} | {row['skipped']} |"
-                     f" {row['pytest_seconds']:.0f} s | {slow} |")
-    return "\n".join([*lines, "", ""])
-
-
-def _finetune(r: dict) -> str:
-    m, st, pre = r["machine"], r["settings"], r["pretrain"]
-    seeds = st["seeds"].split(",")
-    lines = [
-        "## Fine-tuning on small data: the new techniques and defaults", "",
-        f"`bench/bench_finetune.py`: resnet18 body trained here from scratch on"
-        f" {len(pre['classes'])} Imagenette classes ({pre['epochs']} epochs,"
-        f" {100 * pre['valid_accuracy']:.1f}% valid there), fine-tuned (`fine_tune`: 1 frozen"
-        f" + {st['epochs']} epochs) on the other classes, {st['subset']} images per class, at"
-        f" {st['size']} px (presize {st['presize']}); per seed one lr_find sweep (valley) fixes"
-        f" the rate for every variant. Seeds {', '.join(seeds)}; medians. Measured"
-        f" {m['date']} on {_cpu(m)} ({m['cores']} cores), commit {m['commit']}.", "",
-        "| variant | args | valid accuracy | with TTA | per seed | wall (s) |",
-        "|---|---|---:|---:|---|---:|"]
-    for name, v in r["summary"].items():
-        per = ", ".join(f"{100 * x['valid_accuracy']:.1f}%" for x in r["runs"]
-                        if x["variant"] == name)
-        args = next(x["args"] for x in r["runs"] if x["variant"] == name)
-        lines.append(f"| {name} | `{args or '(defaults)'}` | {100 * v['valid_accuracy']:.1f}% |"
-                     f" {100 * v['tta_accuracy']:.1f}% | {per} | {v['wall_seconds']:.0f} |")
-    return "\n".join([*lines, "", ""])
-
-
-def _bn_recal(r: dict) -> str:
-    m, st = r["machine"], r["settings"]
-    lines = [
-        "## BatchNorm statistics after a size change", "",
-        f"`bench/bench_bn_recal.py` on `{Path(st['model']).name}` (last trained at"
-        f" {st['train_size']} px, exported for {st['model_size']} px): validation accuracy"
-        f" with the running statistics from training, and with them recomputed as an exact"
-        f" average over {st['batches']} augmented training batches at the same side (weights"
-        f" unchanged). fp32. Measured {m['date']} on {_cpu(m)} ({m['cores']} cores),"
-        f" commit {m['commit']}.", "",
-        "| side | accuracy | recomputed statistics | difference |", "|---:|---:|---:|---:|"]
-    for x in r["rows"]:
-        d = x["recalibrated_accuracy"] - x["accuracy"]
-        lines.append(f"| {x['size']} | {100 * x['accuracy']:.1f}% |"
-                     f" {100 * x['recalibrated_accuracy']:.1f}% | {100 * d:+.1f} points |")
-    return "\n".join([*lines, "", ""])
-
-
-REAL_AVX2_REFERENCE_DEMO_S = 592  # the resnet18 demo on a real 2-core AVX2 EPYC (issue 27)
-
-
-def _demo(r: dict) -> str:
-    m, rows = r["machine"], r["rows"]
-    scale = REAL_AVX2_REFERENCE_DEMO_S / rows["reference, AVX2 cap, fp32"]["wall_s"]
-    lines = [
-        "## The first run: `imageclf demo` end to end"
-        + (f", on {_cpu(m)}" if m.get("cpu_id") else ""), "",
-        "A whole process from an empty folder and cache: draw the shapes, verify, lr_find, "
-        "train, evaluate, calibrate \"none of these\" and show one rejection "
-        "(`bench/bench_demo.py`). Side by side in one run with the demo of commit "
-        f"{r['reference_commit']} (resnet18, 64 px, `--lr auto`). \"AVX2 cap\" is "
-        "`ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2`, fp32: an approximation of an "
-        f"AVX2-only CPU, not one: the reference demo took {REAL_AVX2_REFERENCE_DEMO_S} s on a "
-        f"real 2-core AVX2 EPYC, {scale:.1f}× its capped wall here, and the same factor would "
-        f"put the new demo at about {scale * rows['new, AVX2 cap, fp32']['wall_s']:.0f} s "
-        f"there (not measured on one). Measured {m['date']} on {_cpu(m)} ({m['isa']}), "
-        f"{m['cores']} cores, commit {m['commit']}.", "",
-        "| demo | wall | valid accuracy | precision | epoch (median) | drawn no-shape images "
-        f"answered none | of {r['photos']} Imagenette photos answered none |",
-        "|---|---:|---:|---|---:|---:|---:|"]
-    for name, x in rows.items():
-        drawn, photos = x.get("drawn_none_share"), x.get("photos_none_share")
-        lines.append(
-            f"| {name} | {x['wall_s']:.0f} s | {100 * x['valid_accuracy']:.1f}% | "
-            f"{x['precision']} | {x['epoch_seconds_median']:.1f} s | "
-            + (f"{100 * drawn:.0f}%" if drawn is not None else "-") + " | "
-            + (f"{100 * photos:.0f}%" if photos is not None else "-") + " |")
-    return "\n".join([*lines, "", ""])
-
-
-IMAGENET_IMAGES = 1_281_167
-
-
-def _store(r: dict) -> str:
-    m = r["machine"]
-    lines = [
-        "## The store: `imageclf pack` against the raw cache", "",
-        f"`bench/bench_store.py`: {r['n']:,} distinct JPEG photos made from Imagenette's "
-        "(random crops, flips, rescales to short sides of 180-480, quality 80-95), and an "
-        "evenly spread tenth of them. Disk, build wall and peak memory (the PSS of the whole "
-        "process tree, forked workers' shared pages counted once) side by side, the raw "
-        "cache's build first. PSNR of 400 stored images against their raw presized image. "
-        f"Measured {m['date']} on {_cpu(m)} ({m['isa']}), {m['cores']} cores, commit "
-        f"{m['commit']}. Goals: disk ≤ 1/6 of raw at ≥ 38 dB; build ≤ 1.2×; peak memory "
-        "< 1 GB.", "",
-        "| presize | images | raw KB/image | store KB/image | store/raw | PSNR median (p10) "
-        "| raw build | pack | pack/raw | peak MB raw / pack | ImageNet raw → store |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for b in r["build"]:
-        ps = b.get("psnr")
-        proj = (f"{IMAGENET_IMAGES * b['raw']['per_image_kb'] / 1e6:.0f} GB → "
-                f"{IMAGENET_IMAGES * b['store']['per_image_kb'] / 1e6:.0f} GB")
-        lines.append(
-            f"| {b['presize']} | {b['images']:,} | {b['raw']['per_image_kb']:.1f} | "
-            f"{b['store']['per_image_kb']:.1f} | {b['disk_ratio']:.3f} | "
-            + (f"{ps['median']:.1f} ({ps['p10']:.1f}) dB" if ps else "-")
-            + f" | {b['raw']['seconds']:.0f} s | {b['store']['seconds']:.0f} s | "
-            f"{b['build_ratio']:.2f}× | {b['raw']['peak_mb']} / {b['store']['peak_mb']} | "
-            f"{proj} |")
-    mt, mk = r.get("machine_train"), r.get("machine_kept_runs")
-    if mt and (r.get("loader") or r.get("train")):
-        lines += ["", f"The training rows below: measured {mt['date']} on {_cpu(mt)} "
-                  f"({mt['isa']}), {mt['cores']} cores, commit {mt['commit']}"
-                  + (f"; the raw-cache rows and the loader at commit {mk['commit']}, the "
-                     "same day and machine, one run earlier (before pack wrote its samples "
-                     "in a seeded order, which the raw cache does not use)" if mk else "")
-                  + "."]
-    if r.get("loader"):
-        lines += ["", "The loader alone (`imageclf bench loader`, Imagenette train, 128 px "
-                  "from presize 160, batch 64, full augmentation), warm epoch:", "",
-                  "| cache | images/s |", "|---|---:|"]
-        for form, x in r["loader"].items():
-            lines.append(f"| {form} | {x['epochs'][-1]['img_per_s']:.0f} |")
-    if r.get("train"):
-        lines += ["", "Training: resnet18 from scratch at 128 px from presize 160, batch 64, "
-                  "2 epochs at 2e-3, Imagenette (9,469 train / 3,925 valid): the raw cache, "
-                  "the store read by index (`--cache jpeg`), and the store streamed over "
-                  "HTTP from `python -m http.server` on 127.0.0.1. Warm epoch = the second.",
-                  "", "| run | seed | valid accuracy | warm epoch images/s | wall |",
-                  "|---|---:|---:|---:|---:|"]
-        for t in r["train"]:
-            lines.append(f"| {t['name']} | {t['seed']} | {100 * t['valid_accuracy']:.1f}% | "
-                         f"{t['warm_epoch_img_s']:.0f} | {t['wall_s']:.0f} s |")
-    return "\n".join([*lines, "", ""])
-
-
-SECTIONS = {"demo": _demo, "loader": _loader, "train": _train, "predict": _predict,
-            "lr_find": _lr_find, "lr_rules": _lr_rules, "ddp-cpu": _ddp, "serve": _serve,
-            "serve_single": _serve_single,
-            "open_set": _open_set, "imbalance": _imbalance,
-            "time_to_accuracy": _time_to_accuracy, "finetune": _finetune,
-            "bn_recal": _bn_recal, "store": _store, "leaderboard": _leaderboard, "suite": _suite}
-
-
 def _read(name: str) -> dict | None:
     path = RESULTS / f"{name}.json"
     return json.loads(path.read_text()) if path.exists() else None
@@ -786,17 +151,17 @@ def render() -> None:
     docs.mkdir(exist_ok=True)
     if plot_images_per_s(_read("loader"), _read("train"), docs / "images_per_s.png"):
         parts.append("![images/s per tool](images_per_s.png)\n")
-    for name, fn in SECTIONS.items():
+    for name in SECTIONS:
+        module, section, _ = _script(name)
         r = _read(name)
         if r is not None:
-            parts.append(fn(r))
-        # further settings or machines: NAME-*.json
-        if name in ("train", "lr_rules", "time_to_accuracy", "suite", "demo"):
+            parts.append(getattr(module, section)(r))
+        if name in VARIANTS:  # further settings or machines: NAME-*.json
             for path in sorted(RESULTS.glob(f"{name}-*.json")):
-                parts.append(fn(json.loads(path.read_text())))
+                parts.append(getattr(module, section)(json.loads(path.read_text())))
     device = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("device*.json"))]
     if device:
-        parts.append(_device(device))
+        parts.append(_script("device")[0].section(device))
     else:
         parts.append("## Training device\n\nNo `bench/bench_device.py` figures yet: the GPU"
                      " benchmark (resnet50 at 224, batch 128, end to end vs the training"
