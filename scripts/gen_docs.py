@@ -16,9 +16,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def tables() -> dict[tuple[str, str], str]:
     """(doc file, block name) -> generated text."""
-    from imageclf.core.config import DataConfig, ServeConfig, TrainConfig
-    from imageclf.core.modelmeta import CalibrationInfo, NegativesInfo, OpenSetRule, schema_markdown
-    from imageclf.core.records import record_markdown
+    from imageclf.core.config import (
+        CalibrateSettings,
+        DataConfig,
+        PackSettings,
+        PredictOptions,
+        ServeConfig,
+        TrainConfig,
+    )
+    from imageclf.core.modelmeta import CalibrationInfo, ModelMeta, NegativesInfo, OpenSetRule
+    from imageclf.core.schema import record_markdown
     from imageclf.core.settings import settings_markdown
     from imageclf.data.cache import CacheIndex
     from imageclf.data.store import StoreManifest
@@ -27,7 +34,8 @@ def tables() -> dict[tuple[str, str], str]:
     from imageclf.model.interpret import InterpretationRecord
     from imageclf.run.rundir import RunClaim, RunMetrics
 
-    out = {("settings.md", "settings"): settings_markdown(DataConfig, TrainConfig, ServeConfig),
+    out = {("settings.md", "settings"): settings_markdown(
+        DataConfig, TrainConfig, PackSettings, PredictOptions, CalibrateSettings, ServeConfig),
            ("run-directory.md", "metrics"): record_markdown(RunMetrics),
            ("run-directory.md", "claim"): record_markdown(RunClaim)
            + "\n" + record_markdown(LRFindResult),
@@ -35,7 +43,7 @@ def tables() -> dict[tuple[str, str], str]:
            ("data-at-scale.md", "store"): record_markdown(StoreManifest),
            ("run-directory.md", "checkpoint"): record_markdown(CheckpointInfo),
            ("run-directory.md", "interpretation"): record_markdown(InterpretationRecord),
-           ("run-directory.md", "model"): schema_markdown(),
+           ("run-directory.md", "model"): record_markdown(ModelMeta, nested=False),
            ("run-directory.md", "open_set"): record_markdown(OpenSetRule)
            + "\n" + record_markdown(CalibrationInfo)
            + "\n" + record_markdown(NegativesInfo)}

@@ -10,9 +10,12 @@ import pytest
 from imageclf.cli.options import settings_command
 from imageclf.core.config import (
     AugConfig,
+    CalibrateSettings,
     DataConfig,
     DataSource,
     OptimConfig,
+    PackSettings,
+    PredictOptions,
     TrainConfig,
     read_settings,
 )
@@ -118,7 +121,8 @@ def test_generated_options_carry_the_declared_defaults_and_build_the_settings():
 
 def test_docs_settings_table_is_the_generated_one():
     doc = (ROOT / "docs" / "settings.md").read_text()
-    assert settings_markdown(DataConfig, TrainConfig, ServeConfig) in doc
+    assert settings_markdown(DataConfig, TrainConfig, PackSettings, PredictOptions,
+                             CalibrateSettings, ServeConfig) in doc
 
 
 def test_a_bad_flag_value_is_one_line(folder_dataset: Path, tmp_path: Path):
@@ -185,3 +189,30 @@ def test_records_round_trip_and_refuse_damage():
         RunMetrics.from_json({"epochs": 2})
     with pytest.raises(DamagedFileError, match="unknown field"):
         Slot.from_json({"path": "a", "size": 1, "mtime": 2, "colour": 3})
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: PackSettings.build(quality=101), "--quality (quality in PackSettings) must be in "
+                                              "[1, 100]; got 101"),
+    (lambda: PackSettings.build(method="zoom"), "--resize-method (method in PackSettings) must "
+                                                "be one of crop, squish, pad"),
+    (lambda: PredictOptions.build(bs=0), "--bs (bs in PredictOptions) must be >= 1; got 0"),
+    (lambda: CalibrateSettings.build(keep=1.0), "--keep (keep in CalibrateSettings) must be in "
+                                                "(0, 1); got 1.0"),
+])
+def test_command_settings_are_checked_where_they_are_declared(build, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        build()
+
+
+def test_pack_takes_its_shard_size_in_mib_on_the_command_line():
+    from imageclf.cli.options import settings_command
+
+    seen = {}
+
+    @settings_command
+    def cmd(settings: PackSettings) -> None:
+        seen["s"] = settings
+
+    cmd(presize=64, method="crop", quality=80, shard_bytes=2, workers=1, seed=3)
+    assert seen["s"] == PackSettings(64, "crop", 80, 2 * 2**20, 1, 3)

@@ -14,113 +14,47 @@ command line gives) builds the tree with `build`.
 from __future__ import annotations
 
 import dataclasses
-import functools
-import types
-import typing
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 from imageclf.core.errors import ConfigError
+from imageclf.core.schema import (
+    MISSING,
+    UNSET,
+    Schema,
+    Spec,
+    flag_of,
+    hints,
+    json_value,
+    schema_type,
+    setting,
+    spec_of,
+    type_name,
+)
 
-MISSING = dataclasses.MISSING
-
-
-class _Unset:
-    def __repr__(self) -> str:
-        return "UNSET"
-
-
-UNSET: Any = _Unset()  # a Spec entry not given
-
-
-@dataclass(frozen=True)
-class Spec:
-    """What a field's metadata says about it as a setting."""
-
-    help: str
-    flag: str | None = None  # the command-line flag; None: --field-name
-    choices: tuple[Any, ...] | None = None
-    ge: float | None = None  # bounds of a number (None: none)
-    gt: float | None = None
-    le: float | None = None
-    lt: float | None = None
-    cli: bool = True  # offered on the command line
-    cli_default: Any = UNSET  # the command line's default, where it differs from Python's
-    cli_type: Any = None  # what the command line takes, when not the field's type
-    parse: Callable[[Any], Any] | None = None  # command-line value -> field value
-    argument: bool = False  # a positional argument (DATA), not an option
-    metavar: str | None = None  # what the help shows for the value, when not its type
-
-    def expected(self) -> str | None:
-        """What a value must be, in words (None: anything of its type)."""
-        if self.choices is not None:
-            return "one of " + ", ".join(str(c) for c in self.choices)
-        lo = (f"[{self.ge:g}" if self.ge is not None else f"({self.gt:g}"
-              if self.gt is not None else None)
-        hi = (f"{self.le:g}]" if self.le is not None else f"{self.lt:g})"
-              if self.lt is not None else None)
-        if lo and hi:
-            return f"in {lo}, {hi}"
-        if lo:
-            return (">= " if lo[0] == "[" else "> ") + lo[1:]
-        if hi:
-            return ("<= " if hi[-1] == "]" else "< ") + hi[:-1]
-        return None
-
-    def accepts(self, value: Any) -> bool:
-        if value is None:
-            return True
-        if self.choices is not None:
-            return value in self.choices
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return True
-        return ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
-                and (self.le is None or value <= self.le)
-                and (self.lt is None or value < self.lt))
-
-
-def setting(default: Any = MISSING, help: str = "", *,  # noqa: A002 - the option's word
-            default_factory: Any = MISSING, **spec: Any) -> Any:
-    """A dataclass field declared as a setting (see the module's docstring)."""
-    return field(default=default, default_factory=default_factory,
-                 metadata={"setting": Spec(help=help, **spec)})
-
-
-def spec_of(f: dataclasses.Field) -> Spec | None:
-    return f.metadata.get("setting")
-
-
-def flag_of(f: dataclasses.Field) -> str:
-    """The command-line flag of a field: its Spec's, else --field-name."""
-    spec = spec_of(f)
-    if spec is not None and spec.flag:
-        return spec.flag
-    return "--" + f.name.replace("_", "-")
-
-
-@functools.cache
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+__all__ = ["MISSING", "UNSET", "Settings", "Spec", "differences", "flag_of", "setting",
+           "settings_markdown", "spec_of"]
 
 
 def _settings_type(tp: Any) -> type | None:
     """The Settings class a field holds (itself nested settings), or None."""
-    return tp if isinstance(tp, type) and issubclass(tp, Settings) else None
+    sub = schema_type(tp)
+    return sub if sub is not None and issubclass(sub, Settings) else None
 
 
-class Settings:
+class Settings(Schema):
     """Base of the frozen settings dataclasses: validation by the fields' Specs, then the
     class's own `check` for rules between fields; JSON round trip; building from flat
     names."""
 
     section: ClassVar[str] = "Options"  # the help panel its options are listed under
+    error_type = ConfigError
 
     def __post_init__(self) -> None:
-        hints = _hints(type(self))
+        types_of = hints(type(self))
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, list) and "tuple" in str(hints[f.name]):
+            if isinstance(value, list) and "tuple" in str(types_of[f.name]):
                 object.__setattr__(self, f.name, tuple(value))  # JSON lists, held frozen
                 value = getattr(self, f.name)
             spec = spec_of(f)
@@ -139,29 +73,10 @@ class Settings:
         got = "" if value is MISSING else f"; got {value!r}"
         return ConfigError(f"{flag_of(f)} ({name} in {cls.__name__}) {must}{got}")
 
-    # --- JSON --------------------------------------------------------------------------
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict (nested settings as objects, tuples as lists)."""
-        return json_ready(dataclasses.asdict(self))
-
+    # --- JSON (Schema's round trip) ---------------------------------------------------
     @classmethod
-    def from_json(cls, data: Any, where: str = "") -> Any:
-        """Rebuild from `to_json`'s output; an unknown or mistyped key is a ConfigError."""
-        if not isinstance(data, dict):
-            raise ConfigError(f"{where or cls.__name__}: expected an object, got "
-                              f"{type(data).__name__}")
-        hints = _hints(cls)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ConfigError(f"{where or cls.__name__}: unknown {cls.__name__} settings: "
-                              f"{unknown}")
-        kw = {}
-        for name, value in data.items():
-            sub = _settings_type(hints[name])
-            kw[name] = sub.from_json(value, f"{where}.{name}" if where else name) if sub \
-                else value
-        return cls(**kw)
+    def unknown(cls, names: list[str], fields: list[str], where: str) -> ConfigError:
+        return ConfigError(f"{where}: unknown {cls.__name__} settings: {names}")
 
     # --- flat names -------------------------------------------------------------------
     @classmethod
@@ -169,9 +84,9 @@ class Settings:
                ) -> Iterator[tuple[tuple[str, ...], type, dataclasses.Field]]:
         """(path of nested field names, owning class, field) of every leaf setting, nested
         classes walked in order."""
-        hints = _hints(cls)
+        types_of = hints(cls)
         for f in dataclasses.fields(cls):
-            sub = _settings_type(hints[f.name])
+            sub = _settings_type(types_of[f.name])
             if sub is not None:
                 yield from sub.leaves((*path, f.name))
             else:
@@ -201,7 +116,7 @@ class Settings:
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            out |= v.flat() if isinstance(v, Settings) else {f.name: json_ready(v)}
+            out |= v.flat() if isinstance(v, Settings) else {f.name: json_value(v)}
         return out
 
 
@@ -215,10 +130,10 @@ def differences(old: Settings, new: Settings, ignore: tuple[str, ...] = ()) -> l
 
 def _build(cls: type, flat: dict[str, Any]) -> Any:
     """Pop this class's leaves (and its nested classes') out of `flat` and build it."""
-    hints = _hints(cls)
+    types_of = hints(cls)
     kw = {}
     for f in dataclasses.fields(cls):
-        sub = _settings_type(hints[f.name])
+        sub = _settings_type(types_of[f.name])
         if sub is not None and isinstance(flat.get(f.name), sub):  # a part given whole
             kw[f.name] = flat.pop(f.name)
         elif sub is not None:
@@ -226,15 +141,6 @@ def _build(cls: type, flat: dict[str, Any]) -> Any:
         elif f.name in flat:
             kw[f.name] = flat.pop(f.name)
     return cls(**kw)
-
-
-def json_ready(value: Any) -> Any:
-    """Tuples as lists, recursively (what json.loads gives back)."""
-    if isinstance(value, dict):
-        return {k: json_ready(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_ready(v) for v in value]
-    return value
 
 
 def default_of(f: dataclasses.Field) -> Any:
@@ -245,17 +151,6 @@ def default_of(f: dataclasses.Field) -> Any:
     return MISSING
 
 
-def type_name(tp: Any) -> str:
-    """A field's type as the docs table shows it: int, float, text, yes/no, optional."""
-    args = typing.get_args(tp)
-    if typing.get_origin(tp) in (types.UnionType, typing.Union):
-        inner = [a for a in args if a is not type(None)]
-        return type_name(inner[0]) + " or none" if len(inner) == 1 else str(tp)
-    if typing.get_origin(tp) is tuple:
-        return "list of " + type_name(args[0])
-    return {int: "int", float: "float", str: "text", bool: "flag"}.get(tp, str(tp))
-
-
 def settings_markdown(*classes: type) -> str:
     """Every setting of `classes` as a Markdown table (docs/settings.md holds this text)."""
     rows = ["| flag | field | type | default | allowed | meaning |", "|---|---|---|---|---|---|"]
@@ -264,9 +159,9 @@ def settings_markdown(*classes: type) -> str:
             spec = spec_of(f)
             if spec is None:
                 continue
-            hint = _hints(owner)[f.name]
+            hint = hints(owner)[f.name]
             default = default_of(f)
-            shown = "" if default is None else f"`{json_ready(default)}`"
+            shown = "" if default is None else f"`{json_value(default)}`"
             if spec.cli_default is not UNSET:
                 shown += f" (command line: `{spec.cli_default}`)"
             flag = f"`{flag_of(f)}`" if spec.cli and not spec.argument else (

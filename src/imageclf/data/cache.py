@@ -25,7 +25,8 @@ import torch
 from imageclf.core.diskspace import check_room, disk_full, is_disk_full
 from imageclf.core.errors import ImageclfError
 from imageclf.core.fileio import atomic_write, commit
-from imageclf.core.records import Record, Skipped, doc
+from imageclf.core.records import Record, Skipped
+from imageclf.core.schema import doc
 from imageclf.data import refs
 from imageclf.data.device_decode import decode_chunk
 from imageclf.data.images import presize_into, slot_length, verify_file

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from imageclf.core.errors import DataError
-from imageclf.core.records import Record, Skipped, doc
+from imageclf.core.records import Record, Skipped
+from imageclf.core.schema import doc
 from imageclf.data.items import Items
 from imageclf.data.urlio import read_range, remote_base
 

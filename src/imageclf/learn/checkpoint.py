@@ -31,7 +31,8 @@ from imageclf.core.clock import TrainProgress
 from imageclf.core.diskspace import disk_full, is_disk_full
 from imageclf.core.errors import DamagedFileError
 from imageclf.core.fileio import atomic_write, write_text
-from imageclf.core.records import Record, doc
+from imageclf.core.records import Record
+from imageclf.core.schema import doc
 from imageclf.learn.callbacks import Callback
 from imageclf.learn.lr_find import LRChoice
 

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from imageclf.core.records import Record, doc
+from imageclf.core.records import Record
+from imageclf.core.schema import doc
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

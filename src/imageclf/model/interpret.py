@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from imageclf.core.errors import ConfigError, DataError
-from imageclf.core.records import Record, Skipped, doc
+from imageclf.core.records import Record, Skipped
+from imageclf.core.schema import doc
 from imageclf.model import metrics as M
 
 
@@ -171,7 +172,7 @@ class InterpretationRecord(Record):
     at the top of the object (macro_f1, balanced_accuracy, top5_accuracy; multi-label: mAP,
     macro_f1, exact_match)."""
 
-    flat = "scores"
+    inline = "scores"
     scores: dict[str, float] = doc("the whole-set metrics, at the top level")
     n: int = doc("images evaluated")
     accuracy: float = doc("top-1 accuracy (multi-label: right decisions per image and class)")

@@ -15,7 +15,8 @@ from imageclf import __version__
 from imageclf.core.config import DataConfig, TrainConfig, read_settings
 from imageclf.core.errors import ConfigError, DamagedFileError
 from imageclf.core.fileio import write_json
-from imageclf.core.records import Record, Skipped, doc
+from imageclf.core.records import Record, Skipped
+from imageclf.core.schema import doc
 
 if TYPE_CHECKING:
 
@@ -52,7 +53,7 @@ class RunMetrics(Record):
     object (train_loss, valid_loss, valid_accuracy, ... as the last epoch's row has
     them)."""
 
-    flat = "final"
+    inline = "final"
     final: dict[str, float] = doc("the last epoch's losses and metrics, at the top level")
     epochs: int = doc("epochs trained")
     lr: float = doc("the rate trained at (the head's, when fine-tuning)")
