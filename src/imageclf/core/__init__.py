@@ -1,2 +1,2 @@
-"""Layer 1, core: errors, atomic files, settings and records, the model's metadata, the
-machine (hardware, disk, processes). Imports nothing else of imageclf."""
+"""Layer 1, core: errors, atomic files, the schema system (settings, records, model.json),
+the machine (hardware, disk, processes), plots. Imports nothing else of imageclf."""

@@ -17,7 +17,7 @@ FORMAT_VERSION = 1
 RESIZE_METHODS = ("crop", "squish", "pad")
 HEADS = ("concat", "timm")  # the classifier heads models.make_head builds
 LOSSES = ("cross_entropy", "bce_multi_label")
-# open-set scores a model may store as its "none of these" rule (see openset.py)
+# open-set scores a model may store as its "none of these" rule (see openset/scores.py)
 OPEN_SET_SCORES = ("msp", "max_logit", "energy", "sigmoid_max", "knn", "mahalanobis",
                    "msp+mahalanobis", "sigmoid_max+mahalanobis", "vim", "ash", "scale",
                    "msp+vim")

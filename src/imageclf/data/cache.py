@@ -139,7 +139,7 @@ class PresizeCache:
         self.ok = np.zeros(len(self.paths), bool)
         self.reasons: dict[int, str] = {}
         self.stats = CacheStats()
-        self.choice = None  # why this form was chosen (data/jpegcache.py's CacheChoice)
+        self.choice = None  # why this form was chosen (data/storecache.py's CacheChoice)
         self._persist_thread: threading.Thread | None = None
 
     @property

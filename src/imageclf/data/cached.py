@@ -29,9 +29,10 @@ class CachedSource:
     item ids) on the host, pinned when they go to a GPU."""
 
     def __init__(self, paths: Sequence[ImageRef], targets: torch.Tensor, cfg: DataConfig,
-                 train: bool, device: torch.device, *, rank: int = 0, world_size: int = 1,
-                 role: str | None = None, negatives: Sequence[Path] = (),
-                 n_classes: int = 0, multi_label: bool = False) -> None:
+                 train: bool, device: torch.device, *, part: tuple[int, int] = (0, 1),
+                 role: str | None = None, negatives: Sequence[Path] = ()) -> None:
+        """`targets`: (N,) class indices or (N, C) multi-hot; `part`: (rank, world size),
+        this process's share; `negatives`: images of no class, beside each training batch."""
         self.paths = list(paths)
         self.all_targets = targets
         self.cfg, self.train = cfg, train
@@ -39,14 +40,15 @@ class CachedSource:
         self.cache = make_cache(self.paths, cfg, None, role or ("train" if train else "valid"),
                                 device)
         self.bs = cfg.bs
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size = part
         self.index: np.ndarray | None = None  # usable cache slots
         # training with negatives: their own cache, `extra` of them beside each batch
         self.negatives = make_cache(list(negatives), cfg, None, "negatives", device) \
             if negatives else None
         self.extra = per_batch(cfg.negatives_ratio, cfg.bs) if negatives else 0
         self.neg_index: np.ndarray | None = None
-        self.n_classes, self.multi_label = n_classes, multi_label
+        self.multi_label = targets.dim() == 2
+        self.n_classes = targets.shape[1] if self.multi_label else 0  # a negative's row
 
     # --- what the loader and the run ask of a source ----------------------------------------
     @property

@@ -68,8 +68,7 @@ class DataLoaders:
         n, ml = len(items.classes), items.multi_label
 
         def cached(paths: list, y: torch.Tensor, train: bool, **kw) -> BatchLoader:
-            return loader(CachedSource(paths, y, cfg, train, device, rank=rank,
-                                       world_size=world_size, n_classes=n, multi_label=ml,
+            return loader(CachedSource(paths, y, cfg, train, device, part=(rank, world_size),
                                        **kw))
 
         train = cached([items.paths[i] for i in tr], targets[tr], True,

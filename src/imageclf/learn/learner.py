@@ -41,7 +41,7 @@ class Learner:
     def __init__(self, dls, model: Classifier, optim: OptimConfig | None = None,
                  reg: RegConfig | None = None, *, cbs: Sequence[Callback] = (),
                  device: torch.device | str | None = None, dist: Dist | None = None,
-                 loss_func: LossFn | None = None, show_progress: bool | None = None) -> None:
+                 loss_func: LossFn | None = None) -> None:
         self.dls = dls
         self.optim, self.reg = optim or OptimConfig(), reg or RegConfig()
         self.accum = self.optim.accum_steps  # batches whose gradients make one step
@@ -60,10 +60,9 @@ class Learner:
         self.opt = optimizer_for(self.model, self.groups, self.optim, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.scaler)
         self.cbs: list[Callback] = list(cbs)
-        # a bar per epoch and a row per epoch; by default only in a notebook (the command
-        # line brings its own, and a script stays quiet)
-        if show_progress or (show_progress is None and in_notebook()
-                             and not any(isinstance(c, PrintEpochs) for c in self.cbs)):
+        # a bar per epoch and a row per epoch: in a notebook unless given (the command line
+        # brings its own, and a script stays quiet unless it passes PrintEpochs())
+        if in_notebook() and not any(isinstance(c, PrintEpochs) for c in self.cbs):
             self.cbs.append(PrintEpochs())
         self.history = History()
         self._extra: list[Callback] = []
