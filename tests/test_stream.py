@@ -310,3 +310,12 @@ def json_metrics(run: Path) -> dict:
     import json
 
     return json.loads((run / "metrics.json").read_text())
+
+
+def test_bench_loader_measures_a_stream_as_it_measures_a_cache(store: Path, tmp_path: Path):
+    r = run_cli("bench", "loader", store.as_uri() + "/", "--size", "24", "--presize", "32",
+                "--bs", "6", "--epochs", "2", "--cache-dir", str(tmp_path / "c"), "--json")
+    assert r.returncode == 0, r.stderr
+    got = __import__("json").loads(r.stdout)
+    assert [e["images"] for e in got["epochs"]] == [42, 42] and got["decoded"] == 0
+    assert {e["cache"] for e in got["epochs"]} == {"warm"}  # a stream builds no cache

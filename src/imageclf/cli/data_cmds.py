@@ -136,12 +136,12 @@ def bench_loader(data: DataConfig, epochs: Annotated[int, typer.Option(
             dt = time.perf_counter() - t0
             rows.append({"epoch": epoch, "images": n, "seconds": round(dt, 3),
                          "img_per_s": round(n / dt, 1),
-                         "cache": "cold" if epoch == 0 and dls.train.cache.stats.decoded
+                         "cache": "cold" if epoch == 0 and dls.train.source.stats.decoded
                          else "warm"})
-        dls.train.cache.wait()
+        dls.train.source.wait()
     result = {"tool": "imageclf", "size": data.size, "presize": data.presize, "bs": data.bs,
               "epochs": rows, "device": str(dev), "decode": data.decode,
-              "decoded": dls.train.cache.stats.decoded}
+              "decoded": dls.train.source.stats.decoded}
     if as_json:
         print(json.dumps(result))
         return
