@@ -380,7 +380,7 @@ class Learner:
             self.history.clear_batches()
             self.train_model = wrapped  # not rebuilt: building DDP is collective
             self.accum = accum
-        return sweep_result(sweep)
+        return sweep_result(sweep.lrs, sweep.losses, sweep.step_images)
 
 def set_seed(seed: int) -> None:
     """Seed torch and numpy's global generators (model init, dropout)."""

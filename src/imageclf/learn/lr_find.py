@@ -18,7 +18,6 @@ from imageclf.core.schema import doc
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from imageclf.learn.callbacks import LRSweep
 
 
 def smooth(losses: Sequence[float], beta: float = 0.98) -> list[float]:
@@ -152,11 +151,12 @@ class LRFindResult(Record):
         return plot_lr_find(self.lrs, self.losses, self.suggestions, path)
 
 
-def sweep_result(sweep: LRSweep) -> LRFindResult:
-    """What a finished sweep found: its curve and the suggestions. The last points are the
-    blow-up that stopped it: not candidates."""
-    n = len(sweep.losses)
-    lrs, losses = sweep.lrs[:n], sweep.losses
+def sweep_result(lrs: Sequence[float], losses: Sequence[float],
+                 step_images: Sequence[int]) -> LRFindResult:
+    """What a finished sweep found: its curve (the rate and smoothed loss of each step) and
+    the suggestions. The last points are the blow-up that stopped it: not candidates."""
+    n = len(losses)
+    lrs, losses = list(lrs[:n]), list(losses)
     keep = max(3, n - 1) if n > 5 else n
     return LRFindResult(lrs, losses, suggest(lrs[:keep], losses[:keep]),
-                        max(sweep.step_images, default=0))
+                        max(step_images, default=0))
