@@ -23,7 +23,7 @@ from imageclf.data.augment import (
 )
 from imageclf.data.cache import CacheStats
 from imageclf.data.sampling import epoch_generator
-from imageclf.data.storecache import CacheChoice
+from imageclf.data.storecache import Cache, CacheChoice
 
 
 class BatchSource(Protocol):
@@ -79,8 +79,8 @@ class BatchLoader:
         self.last_ids: torch.Tensor | None = None  # the items of the batch last yielded
 
     @property
-    def cache(self):  # noqa: ANN201 - the cache-backed source's presize cache
-        """The presize cache of a cache-backed source."""
+    def cache(self) -> Cache:
+        """The presize cache of a cache-backed source (a stream has none)."""
         return self.source.cache
 
     @property
