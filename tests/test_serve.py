@@ -66,6 +66,7 @@ def test_answers_equal_the_predictors(run_dir: Path):
     assert [g["path"] for g in multi.json()] == [f.name for f in files]  # the client's names
     card = _get(app, "/model").json()
     assert card["classes"] == ["blue", "green", "red"] and card["arch"] == "resnet18"
+    assert card["mean"] == [0.485, 0.456, 0.406] and card["std"] == [0.229, 0.224, 0.225]
     assert 0 <= card["metrics"]["valid_accuracy"] <= 1
     assert card["tta"] is False and card["predict_size"] == ref_size(run_dir)
     assert _get(app, "/health").json()["model_loaded"] is True

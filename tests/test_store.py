@@ -231,3 +231,54 @@ def test_store_refs_name_their_shard(folder_dataset: Path, tmp_path: Path):
     assert isinstance(ref, StoreRef) and StoreRef.parse(str(ref)) == ref
     shard, offset, size = ref.shard, ref.offset, ref.size
     assert shard.name == "valid-000000.tar" and offset % 512 == 0 and size > 0
+
+
+def _edit_index(store: Path, row: int, column: str, value: str) -> None:
+    """Set one cell of index.csv (row 1 is the first sample)."""
+    import csv
+
+    with open(store / "index.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    rows[row][rows[0].index(column)] = value
+    with open(store / "index.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+
+
+@pytest.mark.parametrize("shard", ["../../../../etc/passwd", "/etc/passwd", "valid-999999.tar"])
+def test_an_index_naming_a_file_outside_the_store_is_refused(folder_dataset: Path,
+                                                             tmp_path: Path, shard: str):
+    store = tmp_path / "store"
+    _pack(folder_dataset, store)
+    _edit_index(store, 2, "shard", shard)
+    with pytest.raises(DataError, match=f"index.csv row 3: shard {shard!r} is not one of this "
+                                        "store's shards"):
+        resolve(store)
+    r = run_cli("verify", str(store))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "is not one of this store's shards" in r.stderr and "Traceback" not in r.stderr
+    url = store.as_uri() + "/"  # a store at a URL: the same rule
+    with pytest.raises(DataError, match="is not one of this store's shards"):
+        DataLoaders.from_config(DataConfig.build(path=url, size=24, presize=32,
+                                                 cache_dir=str(tmp_path / "c")))
+
+
+def test_a_manifest_naming_a_shard_outside_the_store_is_refused(folder_dataset: Path,
+                                                                tmp_path: Path):
+    store = tmp_path / "store"
+    _pack(folder_dataset, store)
+    m = json.loads((store / "manifest.json").read_text())
+    m["shards"][0]["name"] = "../outside.tar"
+    (store / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(DataError, match="shard '../outside.tar' is not a plain file name"):
+        resolve(store)
+
+
+def test_a_label_the_manifest_does_not_list_is_one_line(folder_dataset: Path,
+                                                        tmp_path: Path):
+    store = tmp_path / "store"
+    _pack(folder_dataset, store)
+    _edit_index(store, 4, "labels", "zebra")
+    r = run_cli("verify", str(store))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert f"{store / 'index.csv'} row 5: label 'zebra' is not one of the store's classes" \
+        in r.stderr

@@ -153,7 +153,17 @@ def read_manifest(root: Path) -> StoreManifest:
     if m.format != FORMAT or m.version != VERSION:
         raise DataError(f"{root / MANIFEST}: format {m.format} v{m.version}, this imageclf "
                         f"reads {FORMAT} v{VERSION}; pack the data again")
+    bad = next((s.name for s in m.shards if not plain_shard_name(s.name)), None)
+    if bad is not None:  # a store is data from elsewhere: it names only files of its own
+        raise DataError(f"{root / MANIFEST}: shard {bad!r} is not a plain file name in the "
+                        "store's folder; the store is refused")
     return m
+
+
+def plain_shard_name(name: str) -> bool:
+    """A shard's name as pack writes it: a .tar file directly in the store's folder."""
+    return (isinstance(name, str) and name.endswith(".tar") and "/" not in name
+            and "\\" not in name and not name.startswith("."))
 
 
 @dataclass(frozen=True)
@@ -182,7 +192,9 @@ class IndexRow:
 
 
 def read_index(root: Path) -> list[IndexRow]:
-    """Every sample of a store, train first, in shard order."""
+    """Every sample of a store, train first, in shard order. A row that names a shard the
+    manifest does not list, or a label it does not list, refuses the store in one line."""
+    m = read_manifest(root)
     try:
         with open(root / INDEX, newline="") as f:
             rows = csv.reader(f)
@@ -190,9 +202,25 @@ def read_index(root: Path) -> list[IndexRow]:
             if tuple(header) != INDEX_COLUMNS:
                 raise DataError(f"{root / INDEX}: columns {header}, expected "
                                 f"{list(INDEX_COLUMNS)}")
-            return [IndexRow.from_csv(r) for r in rows]
+            out = [IndexRow.from_csv(r) for r in rows]
     except (OSError, ValueError, StopIteration) as e:
         raise DataError(f"{root / INDEX} cannot be read ({e}); pack the store again") from e
+    _check_rows(root / INDEX, out, m)
+    return out
+
+
+def _check_rows(index: Path, rows: list[IndexRow], m: StoreManifest) -> None:
+    """Each row's shard is one of the manifest's, each label one of its classes."""
+    shards, classes = {s.name for s in m.shards}, set(m.classes)
+    for i, r in enumerate(rows, start=2):  # row 1 is the header
+        if r.shard not in shards:
+            raise DataError(f"{index} row {i}: shard {r.shard!r} is not one of this store's "
+                            "shards (manifest.json); the store is refused")
+        unknown = next((c for c in r.labels if c not in classes), None)
+        if unknown is not None:
+            raise DataError(f"{index} row {i}: label {unknown!r} is not one of the store's "
+                            f"classes ({', '.join(m.classes[:5])}"
+                            f"{', ...' if len(m.classes) > 5 else ''}); pack the store again")
 
 
 def items_from_store(root: Path, evaluate: bool = False) -> Items:

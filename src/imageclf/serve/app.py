@@ -153,7 +153,19 @@ def model_card(predictor: Predictor, model_dir: Path, tta: bool = False,
             m = read_metrics(model_dir.parent)
             card["metrics"] = {k: m.final[k] for k in CARD_FINAL if k in m.final} | {
                 k: getattr(m, k) for k in CARD_METRICS}
-    return card
+    return tidy(card)
+
+
+def tidy(value: object, digits: int = 6) -> object:
+    """Floats rounded to `digits` significant digits, recursively: model.json's float32
+    normalisation (0.48500001430511475) reads as what it means (0.485)."""
+    if isinstance(value, float):
+        return float(f"{value:.{digits}g}")
+    if isinstance(value, dict):
+        return {k: tidy(v, digits) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [tidy(v, digits) for v in value]
+    return value
 
 
 def create_app(model_dir: str | Path, config: ServeConfig | None = None, *,
