@@ -282,3 +282,22 @@ def test_a_label_the_manifest_does_not_list_is_one_line(folder_dataset: Path,
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert f"{store / 'index.csv'} row 5: label 'zebra' is not one of the store's classes" \
         in r.stderr
+
+
+def test_a_store_s_own_presize_is_the_command_line_s_default(folder_dataset: Path,
+                                                             tmp_path: Path):
+    store = tmp_path / "store"
+    _pack(folder_dataset, store)  # presize 32, below every command's own default
+    r = run_cli("show-batch", str(store), "--size", "24", "-o", str(tmp_path / "b.png"))
+    assert r.returncode == 0, r.stderr
+    r = run_cli("bench", "loader", store.as_uri() + "/", "--size", "24", "--bs", "6",
+                "--epochs", "1", "--cache-dir", str(tmp_path / "c"), "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["presize"] == 32, r.stderr
+    r = run_cli("pack", str(store), "-o", str(tmp_path / "again"))
+    assert r.returncode == 0 and read_manifest(tmp_path / "again").presize == 32, r.stderr
+    r = run_cli("show-batch", str(folder_dataset), "--size", "24", "-o", str(tmp_path / "f.png"),
+                "--cache-dir", str(tmp_path / "c2"))
+    assert r.returncode == 0, r.stderr  # not a store: 460, as before
+    r = run_cli("show-batch", str(store), "--size", "24", "--presize", "64", "-o",
+                str(tmp_path / "c.png"))
+    assert r.returncode == 2 and "would enlarge them" in r.stderr  # asked: refused, as before

@@ -71,6 +71,23 @@ def check_device(device: str) -> None:
 
 
 # --- settings as options -------------------------------------------------------------------
+def _store_presize(path: str | None, fallback: int) -> int:
+    """A store's own presize when DATA is one, else `fallback`."""
+    from imageclf.data.remote import store_presize
+
+    return store_presize(path) or fallback
+
+
+# settings whose command-line default comes from DATA: leaf -> (DATA, fallback) -> value
+FROM_DATA: dict[str, Callable[[str | None, Any], Any]] = {"presize": _store_presize}
+
+
+def _field_default(cls: type, name: str) -> Any:
+    """The Python default of the leaf setting `name` of `cls`."""
+    f = next(f for _, _, f in cls.leaves() if f.name == name)
+    return f.default if f.default is not MISSING else f.default_factory()
+
+
 @dataclasses.dataclass(frozen=True)
 class _Leaf:
     """One setting offered by a command: its parameter, and how its value becomes the
@@ -96,9 +113,9 @@ def _leaf_params(root: type, only: set[str] | None, exclude: set[str],
         if spec is None or not spec.cli or not _selected(path, f.name, only, exclude):
             continue
         tp = spec.cli_type or typing.get_type_hints(owner)[f.name]
-        default = defaults.get(f.name, spec.cli_default if spec.cli_default is not UNSET
-                               else (f.default if f.default is not MISSING
-                                     else f.default_factory()))
+        default = None if f.name in FROM_DATA else defaults.get(
+            f.name, spec.cli_default if spec.cli_default is not UNSET
+            else (f.default if f.default is not MISSING else f.default_factory()))
         if spec.argument:
             info = typer.Argument(help=escape(spec.help), show_default=False, metavar="DATA")
             if data_required:
@@ -157,12 +174,17 @@ def settings_command(fn: Callable | None = None, *, only: Iterable[str] | None =
 
     @functools.wraps(fn)
     def run(**kw: Any) -> Any:
+        values = {name: {leaf.name: leaf.parse(kw[leaf.name]) if leaf.parse is not None
+                         else kw[leaf.name] for leaf in leaves[name]} for name in groups}
+        for leaf in (x for name in groups for x in leaves[name]):
+            kw.pop(leaf.name)
+        data = next((v["path"] for v in values.values() if "path" in v), None)
         for name, cls in groups.items():
-            values = {}
-            for leaf in leaves[name]:
-                v = kw.pop(leaf.name)
-                values[leaf.name] = leaf.parse(v) if leaf.parse is not None else v
-            kw[name] = cls.build(values)
+            for leaf_name, from_data in FROM_DATA.items():  # the default DATA gives
+                if leaf_name in values[name] and values[name][leaf_name] is None:
+                    values[name][leaf_name] = from_data(data, (defaults or {}).get(
+                        leaf_name, _field_default(cls, leaf_name)))
+            kw[name] = cls.build(values[name])
         return fn(**kw)
 
     del run.__wrapped__  # typer reads the signature below, not the function's own

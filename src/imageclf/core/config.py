@@ -107,7 +107,9 @@ class DataConfig(Settings):
     section = "Data"
     source: DataSource = field(default_factory=DataSource)
     size: int = setting(224, "Side of the images the model sees.", ge=8)
-    presize: int = setting(460, "Side of the CPU presize (>= --size).", ge=8)
+    presize: int = setting(460, "Side of the CPU presize (>= --size). Default 460 (bench "
+                           "loader: 160), or a store's own presize when DATA is a store.",
+                           ge=8, cli_default=None, cli_type=int)
     resize_method: str = setting("crop", "How a non-square image becomes square.",
                                  choices=RESIZE_METHODS)
     bs: int = setting(64, "Batch size (per process).", ge=1)
@@ -156,7 +158,9 @@ class PackSettings(Settings):
     of its samples."""
 
     section = "Store"
-    presize: int = setting(256, "Side of the CPU presize of the stored images.", ge=8)
+    presize: int = setting(256, "Side of the CPU presize of the stored images. Default 256, "
+                           "or a store's own presize when DATA is a store.", ge=8,
+                           cli_default=None, cli_type=int)
     method: str = setting("crop", "How a non-square image becomes square.",
                           choices=RESIZE_METHODS, flag="--resize-method")
     quality: int = setting(90, "JPEG quality of the stored images.", ge=1, le=100)

@@ -18,10 +18,11 @@ from imageclf.data.store import (
     IndexRow,
     StoreManifest,
     StoreRef,
+    is_store,
     read_index,
     read_manifest,
 )
-from imageclf.data.urlio import REMOTE, open_url
+from imageclf.data.urlio import REMOTE, is_url, open_url
 
 
 def _fetch(url: str, dest: Path) -> None:
@@ -49,21 +50,39 @@ def _expand(pattern: str) -> list[str]:
     return list(braceexpand(pattern))
 
 
+def _base(text: str) -> tuple[str, list[str] | None]:
+    """(the store folder's URL, the training shards a brace list names, else None)."""
+    name = text.rsplit("/", 1)[1]
+    if text.endswith("/"):
+        return text, None
+    if name == MANIFEST:
+        return text[: -len(MANIFEST)], None
+    if name.endswith(".tar") or "{" in name:
+        return text[: len(text) - len(name)], [u.rsplit("/", 1)[1] for u in _expand(text)]
+    return text + "/", None
+
+
+def store_presize(source: str | Path | None) -> int | None:
+    """The presize of the store DATA names (a folder, or a URL: its manifest alone is
+    fetched); None when DATA is not a store."""
+    if source is None:
+        return None
+    if is_url(source):
+        url = _base(str(source))[0] + MANIFEST
+        try:
+            with open_url(url) as f:
+                obj = json.loads(f.read())
+        except (DataError, ValueError):
+            return None  # not a store: training says so, with the reason
+        return StoreManifest.from_json(obj, url).presize
+    root = Path(source)
+    return read_manifest(root).presize if is_store(root) else None
+
+
 def open_remote(source: str, cache: Path) -> RemoteStore:
     """Fetch the manifest and index of the store `source` names into `cache` and list its
     shards (the brace list given, for training, else the manifest's)."""
-    text = str(source)
-    name = text.rsplit("/", 1)[1]
-    train_override = None
-    if text.endswith("/"):
-        base = text
-    elif name == MANIFEST:
-        base = text[: -len(MANIFEST)]
-    elif name.endswith(".tar") or "{" in name:
-        base = text[: len(text) - len(name)]
-        train_override = [u.rsplit("/", 1)[1] for u in _expand(text)]
-    else:
-        base = text + "/"
+    base, train_override = _base(str(source))
     cache.mkdir(parents=True, exist_ok=True)
     for f in (MANIFEST, INDEX):
         try:
