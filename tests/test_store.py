@@ -24,6 +24,7 @@ from imageclf.data.pack import PackSettings, pack
 from imageclf.data.sources import resolve
 from imageclf.data.store import StoreRef, read_index, read_manifest
 from imageclf.data.storecache import choose_form
+from imageclf.data.verify import skipped_by_cause
 
 from .helpers import ARCH, add_bad_files, make_folder_dataset, run_cli
 
@@ -175,6 +176,24 @@ def test_truncated_shard_is_named_and_its_images_left_out(folder_dataset: Path,
         skipped = dls.skipped()
         assert len(skipped) == len(lost)
         assert all(victim in s.reason for s in skipped)
+        assert skipped_by_cause(skipped, {"train": 18, "valid": 9}) == [
+            f"{victim} is truncated: {len(lost)} of 18 training images lost"]
+    r = run_cli("train", str(out), "--arch", ARCH, "--pretrained", "none", "--size", "24",
+                "--bs", "4", "--epochs", "1", "--lr", "1e-3", "--precision", "fp32",
+                "--cache-dir", str(tmp_path / "t"), "--out", str(tmp_path / "run"))
+    assert r.returncode == 0, r.stderr
+    assert f"{victim} is truncated: {len(lost)} of 18 training images lost" in r.stdout
+
+
+def test_verify_of_a_store_lists_what_pack_left_out(folder_dataset: Path, tmp_path: Path):
+    bad = add_bad_files(folder_dataset / "train" / "red")
+    _pack(folder_dataset, tmp_path / "store")
+    r = run_cli("verify", str(tmp_path / "store"))
+    assert r.returncode == 0 and "left out when the store was packed" in r.stdout
+    for name in ("empty.jpg", "truncated.jpg", "text.jpg"):
+        assert name in r.stdout and name in bad
+    got = json.loads(run_cli("verify", str(tmp_path / "store"), "--json").stdout)
+    assert {Path(s["path"]).name for s in got["left_out_by_pack"]} >= {"empty.jpg", "text.jpg"}
 
 
 def test_store_presize_above_the_stored_is_refused(folder_dataset: Path, tmp_path: Path):

@@ -35,3 +35,19 @@ def test_progress_is_reported_per_file(folder_dataset: Path):
     done = []
     verify_items(items, progress=done.append)
     assert sum(done) == len(items)
+
+
+def test_skipped_files_are_grouped_by_cause_and_a_shard_names_its_split(tmp_path: Path):
+    from imageclf.core.records import Skipped
+    from imageclf.data.store import StoreRef
+    from imageclf.data.verify import skipped_by_cause
+
+    shard = tmp_path / "store" / "valid-000000.tar"
+    cut = [Skipped(StoreRef(shard, 100 * i, 90), f"truncated shard {shard.name} of store "
+                   f"{shard.parent}: 250 bytes, the index needs {100 * i + 90}")
+           for i in range(3, 6)]
+    other = [Skipped(tmp_path / "a.jpg", "empty file"), Skipped(tmp_path / "b.jpg", "empty file"),
+             Skipped(tmp_path / "c.jpg", "not an image (unknown format)")]
+    assert skipped_by_cause(other + cut, {"train": 40, "valid": 10}) == [
+        "valid-000000.tar is truncated: 3 of 10 validation images lost",
+        "2 files: empty file", "1 file: not an image (unknown format)"]

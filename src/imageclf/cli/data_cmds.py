@@ -43,6 +43,11 @@ def print_verify(data: Path, report: object) -> None:
             console.print(f"  {b['path']}: {b['reason']}")
     else:
         console.print("no unreadable files")
+    if r["left_out_by_pack"]:
+        console.print(f"{len(r['left_out_by_pack'])} file(s) left out when the store was "
+                      "packed:", style="yellow")
+        for b in r["left_out_by_pack"]:
+            console.print(f"  {b['path']}: {b['reason']}")
     if not report.full:
         console.print("headers only (--quick); without it every image is decoded, which also "
                       "finds truncated or corrupt image data")
@@ -69,7 +74,7 @@ def verify(data: DataConfig, as_json: o.Json = False,
 
     from imageclf.cli.options import err
     from imageclf.data.sources import resolve
-    from imageclf.data.verify import verify_items
+    from imageclf.data.verify import left_out_by_pack, verify_items
 
     if quick and full:
         raise ConfigError("--quick and --full contradict each other: choose one")
@@ -80,6 +85,7 @@ def verify(data: DataConfig, as_json: o.Json = False,
         task = bar.add_task("verify", total=len(items))
         report = verify_items(items, full=not quick,
                               progress=lambda n: bar.advance(task, n))
+    report = dataclasses.replace(report, left_out=left_out_by_pack(data.source.path))
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
     else:

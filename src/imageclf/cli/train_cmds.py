@@ -68,7 +68,12 @@ def print_result(res: object) -> None:
         console.print("lr_find: " + ", ".join(f"{k} {v:.2e}" for k, v in res.lr_find.items())
                       + picked)
     if m.skipped_files:
-        console.print(f"{len(m.skipped_files)} unreadable file(s) skipped", style="yellow")
+        from imageclf.data.verify import skipped_by_cause
+
+        totals = {split: sum(per.values()) for split, per in m.class_counts.items()}
+        console.print(f"{len(m.skipped_files)} unreadable file(s) skipped:", style="yellow")
+        for line in skipped_by_cause(m.skipped_files, totals):
+            console.print(f"  {line}", style="yellow")
     if "train" in m.cache:
         console.print(f"presize cache {m.cache['train']}")
     w = m.watched
