@@ -289,3 +289,33 @@ def test_a_port_in_use_or_a_missing_model_is_one_line(run_dir: Path, tmp_path: P
     assert r.returncode == 2 and "neither a model/ folder" in r.stderr
     r = run_cli("serve", str(run_dir), "--max-batch", "0")
     assert r.returncode == 2 and "--max-batch (max_batch in ServeConfig) must be >= 1" in r.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_chromium() is None, reason="no chromium (.ci/run installs it)")
+def test_the_page_labels_the_bars_under_none_of_these_as_closest(run_dir: Path,
+                                                                 tmp_path: Path):
+    """When the answer is none, the bars under it are the closest classes, drawn plain."""
+    from playwright.sync_api import sync_playwright
+
+    p, url = _serve(run_dir, "--min-confidence", "0.999999")  # every answer: none
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=_chromium(),
+                                         args=["--no-sandbox", "--disable-gpu"])
+            page = browser.new_page(viewport={"width": 390, "height": 844})
+            page.goto(url + "/")
+            page.wait_for_selector("#card dd")
+            page.set_input_files("#file", str(_files(run_dir)[0]))
+            page.wait_for_selector(".bar")
+            assert page.inner_text(".answer") == "None of these"
+            assert "Closest classes" in page.inner_text("#closest")
+            fills = page.eval_on_selector_all(".bar .fill", "els => els.map(e => e.className)")
+            assert fills and all("plain" in c for c in fills)
+            label = page.get_attribute(".bar .track", "aria-label")
+            assert label.startswith("closest: ")
+            page.screenshot(path=str(tmp_path / "none.png"), full_page=True)
+            browser.close()
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.communicate(timeout=60)
