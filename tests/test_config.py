@@ -192,8 +192,8 @@ def test_records_round_trip_and_refuse_damage():
 
 
 @pytest.mark.parametrize("build, message", [
-    (lambda: PackSettings.build(quality=101), "--quality (quality in PackSettings) must be in "
-                                              "[1, 100]; got 101"),
+    (lambda: PackSettings.build(quality=101), "--quality (quality in PackSettings) must be auto "
+                                              "or an integer in [1, 100]; got 101"),
     (lambda: PackSettings.build(method="zoom"), "--resize-method (method in PackSettings) must "
                                                 "be one of crop, squish, pad"),
     (lambda: PredictOptions.build(bs=0), "--bs (bs in PredictOptions) must be >= 1; got 0"),
@@ -214,5 +214,11 @@ def test_pack_takes_its_shard_size_in_mib_on_the_command_line():
     def cmd(settings: PackSettings) -> None:
         seen["s"] = settings
 
-    cmd(presize=64, method="crop", quality=80, shard_bytes=2, workers=1, seed=3)
+    cmd(presize=64, method="crop", quality="80", shard_bytes=2, workers=1, seed=3, psnr=38.0)
     assert seen["s"] == PackSettings(64, "crop", 80, 2 * 2**20, 1, 3)
+
+
+def test_pack_quality_is_a_number_or_auto():
+    assert PackSettings.build(quality="auto").quality == "auto"
+    with pytest.raises(ConfigError, match="--quality .* must be auto or an integer in"):
+        PackSettings.build(quality="best")

@@ -320,3 +320,36 @@ def test_a_store_s_own_presize_is_the_command_line_s_default(folder_dataset: Pat
     r = run_cli("show-batch", str(store), "--size", "24", "--presize", "64", "-o",
                 str(tmp_path / "c.png"))
     assert r.returncode == 2 and "would enlarge them" in r.stderr  # asked: refused, as before
+
+
+def test_quality_auto_picks_the_smallest_setting_that_reaches_the_psnr(folder_dataset: Path,
+                                                                       tmp_path: Path):
+    from imageclf.data import jpegquality
+    from imageclf.data.sources import resolve as find_items
+
+    paths = find_items(folder_dataset).paths
+    low = jpegquality.choose(paths, PackSettings(presize=32, psnr=30.0))
+    high = jpegquality.choose(paths, PackSettings(presize=32, psnr=44.0))
+    assert low.reached and low.psnr_median >= 30 and high.psnr_median > low.psnr_median
+    assert high.bytes_mean > low.bytes_mean  # a higher target costs bytes
+    r = run_cli("pack", str(folder_dataset), "-o", str(tmp_path / "store"), "--presize", "32",
+                "--quality", "auto", "--psnr", "36")
+    assert r.returncode == 0 and "--quality auto chose" in r.stdout, r.stderr
+    m = read_manifest(tmp_path / "store")
+    assert m.psnr["target"] == 36 and m.psnr["median"] >= 36 and m.quality in jpegquality.QUALITIES
+    assert m.subsampling in ("4:2:0", "4:4:4")
+    dls = DataLoaders.from_config(DataConfig.build(path=str(tmp_path / "store"), size=24,
+                                                   presize=32, cache_dir=str(tmp_path / "c")))
+    x, _ = next(iter(dls.train))
+    assert x.shape[-1] == 24
+    again = run_cli("pack", str(folder_dataset), "-o", str(tmp_path / "store"), "--presize",
+                    "32", "--quality", "auto", "--psnr", "36")
+    assert again.returncode == 0, again.stderr  # the same choice: the store is found complete
+
+
+def test_psnr_of_identical_and_of_known_images():
+    from imageclf.data.jpegquality import psnr
+
+    a = np.zeros((4, 4, 3), np.uint8)
+    assert psnr(a, a) == float("inf")
+    assert psnr(a, a + 1) == pytest.approx(20 * np.log10(255.0), abs=1e-9)

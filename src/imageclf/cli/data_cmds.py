@@ -198,7 +198,12 @@ def print_store(out: Path, m: StoreManifest) -> None:
     console.print(f"{out}: {n} images ({m.counts['train']} train, {m.counts['valid']} valid) "
                   f"in {len(m.shards)} shard(s), {human(size)}, "
                   f"{human(size / max(n, 1))} an image at presize {m.presize}, "
-                  f"JPEG quality {m.quality}")
+                  f"JPEG quality {m.quality} {m.subsampling}")
+    if m.psnr is not None:
+        verdict = "reaches" if m.psnr["median"] >= m.psnr["target"] else "falls short of"
+        console.print(f"--quality auto chose {m.quality} {m.subsampling}: median PSNR "
+                      f"{m.psnr['median']:.1f} dB (10th percentile {m.psnr['p10']:.1f}), "
+                      f"which {verdict} the target {m.psnr['target']:g} dB")
     if m.skipped:
         console.print(f"{len(m.skipped)} unreadable file(s), left out:", style="yellow")
         for b in m.skipped:

@@ -148,6 +148,11 @@ class DataConfig(Settings):
                              self.valid_size)
 
 
+def _quality(text: str | int) -> str | int:
+    """--quality: `auto`, or a number."""
+    return int(text) if str(text).strip().isdigit() else str(text).strip()
+
+
 def _mib(n: int) -> int:
     return n * 2**20
 
@@ -163,11 +168,22 @@ class PackSettings(Settings):
                            cli_default=None, cli_type=int)
     method: str = setting("crop", "How a non-square image becomes square.",
                           choices=RESIZE_METHODS, flag="--resize-method")
-    quality: int = setting(90, "JPEG quality of the stored images.", ge=1, le=100)
+    quality: int | str = setting(90, "JPEG quality of the stored images (1-100), or auto: the "
+                                 "smallest setting whose median PSNR on a sample reaches "
+                                 "--psnr.", cli_type=str, parse=_quality, metavar="Q|auto")
     shard_bytes: int = setting(512 * 2**20, "Size of each tar shard, in MiB.", flag="--shard-mb",
                                cli_type=int, cli_default=512, parse=_mib, ge=1)
     workers: int = setting(0, "Processes presizing (0: one per core).", ge=0)
     seed: int = setting(0, "Seed of a random split and of the samples' order.")
+    psnr: float = setting(38.0, "--quality auto's target: the median PSNR (dB) of the stored "
+                          "images against the presized ones.", gt=0)
+    subsampling: int = setting(0, "Chroma subsampling: 0 (4:4:4) or 2 (4:2:0); --quality "
+                               "auto chooses it.", choices=(0, 2), cli=False)
+
+    def check(self) -> None:
+        q = self.quality
+        if q != "auto" and (isinstance(q, bool) or not isinstance(q, int) or not 1 <= q <= 100):
+            raise self.error("quality", "must be auto or an integer in [1, 100]", q)
 
 
 # --- training -------------------------------------------------------------------------------

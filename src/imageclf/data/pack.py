@@ -29,7 +29,7 @@ from imageclf.core.diskspace import check_room, disk_full, is_disk_full
 from imageclf.core.errors import DataError
 from imageclf.core.fileio import commit, write_json
 from imageclf.core.records import Skipped
-from imageclf.data import refs
+from imageclf.data import jpegquality, refs
 from imageclf.data.cache import _stat
 from imageclf.data.images import UnreadableImage, load_presized
 from imageclf.data.store import (
@@ -65,7 +65,8 @@ def fingerprint(items: Sequence[PackItem], s: PackSettings) -> str:
     """Hash of every file (path, size, mtime), its labels and split, and the settings that
     change the stored bytes: equal fingerprints, equal stores."""
     h = hashlib.sha256(json.dumps([FORMAT, VERSION, s.presize, s.method, s.quality,
-                                   s.shard_bytes]).encode())
+                                   s.shard_bytes] + ([s.subsampling] if s.subsampling else [])
+                                  ).encode())
     for it in items:
         size, mtime = _stat(it.path)
         h.update(json.dumps([refs.text(it.path), size, mtime, it.labels,
@@ -73,20 +74,19 @@ def fingerprint(items: Sequence[PackItem], s: PackSettings) -> str:
     return h.hexdigest()[:32]
 
 
-def encode_file(path: Path, presize: int, method: str, quality: int
-                ) -> tuple[bytes, int, int] | str:
+def encode_file(path: Path, s: PackSettings) -> tuple[bytes, int, int] | str:
     """(JPEG bytes, width, height) of one file presized, upright; or why it is unreadable."""
     try:
-        pre = load_presized(path, presize, method)
+        pre = load_presized(path, s.presize, s.method)
     except UnreadableImage as e:
         return str(e)
     a = pre.array.transpose(0, 2, 1) if pre.transposed else pre.array  # (3, H, W)
     hwc = a.transpose(1, 2, 0)
-    return encode_jpeg(hwc, quality), int(hwc.shape[1]), int(hwc.shape[0])
+    return encode_jpeg(hwc, s.quality, s.subsampling), int(hwc.shape[1]), int(hwc.shape[0])
 
 
-def _encode_chunk(paths: list[Path], presize: int, method: str, quality: int) -> list:
-    return [encode_file(p, presize, method, quality) for p in paths]
+def _encode_chunk(paths: list[Path], s: PackSettings) -> list:
+    return [encode_file(p, s) for p in paths]
 
 
 def _init_worker() -> None:
@@ -109,16 +109,14 @@ def _encoded(pool: Executor, items: Sequence[PackItem], s: PackSettings, window:
     pending: deque = deque()
     it = iter(chunks)
     for chunk in it:
-        pending.append((chunk, pool.submit(_encode_chunk, [c.path for c in chunk],
-                                           s.presize, s.method, s.quality)))
+        pending.append((chunk, pool.submit(_encode_chunk, [c.path for c in chunk], s)))
         if len(pending) >= window:
             break
     while pending:
         chunk, fut = pending.popleft()
         nxt = next(it, None)
         if nxt is not None:
-            pending.append((nxt, pool.submit(_encode_chunk, [c.path for c in nxt],
-                                             s.presize, s.method, s.quality)))
+            pending.append((nxt, pool.submit(_encode_chunk, [c.path for c in nxt], s)))
         yield from zip(chunk, fut.result(), strict=True)
 
 
@@ -233,8 +231,7 @@ class _ShardWriter:
 def _estimate(items: Sequence[PackItem], s: PackSettings) -> int:
     """Bytes the store will take: the mean JPEG of a few files, times the files, plus tar
     headers and a 20% margin."""
-    sample = [encode_file(it.path, s.presize, s.method, s.quality)
-              for it in items[:SAMPLE_FOR_SIZE]]
+    sample = [encode_file(it.path, s) for it in items[:SAMPLE_FOR_SIZE]]
     sizes = [len(e[0]) for e in sample if not isinstance(e, str)]
     mean = (sum(sizes) / len(sizes)) if sizes else 3 * s.presize * s.presize / 8
     return int(len(items) * (mean + 2048) * 1.2)
@@ -247,6 +244,7 @@ def pack_items(items: Sequence[PackItem], out: Path, classes: Sequence[str],
     """Write `items` as a store in `out` (or finish a stopped pack of the same items, or
     return the store already there); refuse a folder holding a store of other data."""
     out.mkdir(parents=True, exist_ok=True)
+    s, choice = jpegquality.resolve([it.path for it in items], s)  # --quality auto
     fp = fingerprint(items, s)
     finished_store = _claim(out, fp, overwrite)
     if finished_store is not None:
@@ -270,7 +268,8 @@ def pack_items(items: Sequence[PackItem], out: Path, classes: Sequence[str],
             done[sp] += writer.records
     if progress is not None:
         progress(len(items), len(items))
-    return _finish(out, done, classes, multi_label, s, source, fp)
+    return _finish(out, done, (classes, multi_label), s, (source, fp),
+                   choice.record(s.psnr) if choice is not None else None)
 
 
 def _claim(out: Path, fp: str, overwrite: bool) -> StoreManifest | None:
@@ -343,9 +342,11 @@ def _clear(out: Path) -> None:
             p.unlink() if p.is_file() else shutil.rmtree(p)
 
 
-def _finish(out: Path, done: dict[str, list[dict]], classes: Sequence[str],
-            multi_label: bool, s: PackSettings, source: str, fp: str) -> StoreManifest:
-    """index.csv and manifest.json from the shards' rows; then the rows files go."""
+def _finish(out: Path, done: dict[str, list[dict]], labels: tuple[Sequence[str], bool],
+            s: PackSettings, origin: tuple[str, str], psnr: dict | None) -> StoreManifest:
+    """index.csv and manifest.json from the shards' rows; then the rows files go. `labels`:
+    (classes, multi-label); `origin`: (source, fingerprint)."""
+    (classes, multi_label), (source, fp) = labels, origin
     import csv
 
     from imageclf.core.fileio import atomic_write
@@ -364,7 +365,8 @@ def _finish(out: Path, done: dict[str, list[dict]], classes: Sequence[str],
         FORMAT, VERSION, tuple(classes), multi_label, s.presize, s.method, s.quality,
         {sp: sum(r["count"] for r in done[sp]) for sp in SPLITS},
         [ShardInfo(r["name"], r["split"], r["count"], r["bytes"]) for r in recs],
-        source, fp, [Skipped(**k) for r in recs for k in r["skipped"]])
+        source, fp, [Skipped(**k) for r in recs for k in r["skipped"]],
+        "4:2:0" if s.subsampling == 2 else "4:4:4", psnr)
     write_json(out / MANIFEST, m.to_json())
     for r in recs:
         _rows_file(out, r["name"]).unlink(missing_ok=True)
