@@ -32,6 +32,7 @@ imageclf's same recipe and its fastest one. imageclf alone: `bench_open_set.py` 
 (the training techniques when fine-tuning on small data), `bench_bn_recal.py` (whether
 BatchNorm statistics need recomputing after a size change) and `bench_store.py` (the
 presized store against the raw cache: disk, build, memory, training, streaming),
+`bench_jpeg_quality.py` (`pack --quality auto` against q90 on photos and textures),
 `bench_leaderboard.py` (the Imagenette leaderboard's 5-epoch setting, a mean over seeds)
 and `bench_suite.py` (the test suite's own wall, whole and as the inner loop).
 `bench/bench_device.py` measures the training device: the training step on a batch already
@@ -57,6 +58,7 @@ SCRIPTS = {
     "finetune": ("bench_finetune", "section", "headline"),
     "bn_recal": ("bench_bn_recal", "section", "headline"),
     "store": ("bench_store", "section", None),
+    "jpeg_quality": ("bench_jpeg_quality", "section", "headline"),
     "leaderboard": ("bench_leaderboard", "section", "headline"),
     "suite": ("bench_suite", "section", "headline"),
     "device": ("bench_device", "section", "headline"),
@@ -64,7 +66,7 @@ SCRIPTS = {
 # the sections in the page's order; these also render their NAME-*.json results
 SECTIONS = ("demo", "loader", "train", "predict", "lr_find", "lr_rules", "ddp-cpu", "serve",
             "serve_single", "open_set", "imbalance", "time_to_accuracy", "finetune",
-            "bn_recal", "store", "leaderboard", "suite")
+            "bn_recal", "store", "jpeg_quality", "leaderboard", "suite")
 VARIANTS = ("train", "lr_rules", "time_to_accuracy", "suite", "demo")
 
 

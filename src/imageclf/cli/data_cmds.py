@@ -202,8 +202,9 @@ def print_store(out: Path, m: StoreManifest) -> None:
     if m.psnr is not None:
         verdict = "reaches" if m.psnr["median"] >= m.psnr["target"] else "falls short of"
         console.print(f"--quality auto chose {m.quality} {m.subsampling}: median PSNR "
-                      f"{m.psnr['median']:.1f} dB (10th percentile {m.psnr['p10']:.1f}), "
-                      f"which {verdict} the target {m.psnr['target']:g} dB")
+                      f"{m.psnr['median']:.1f} dB (10th percentile {m.psnr['p10']:.1f}) on a "
+                      f"sample of {m.psnr['sample']:g} images, which {verdict} the target "
+                      f"{m.psnr['target']:g} dB")
     if m.skipped:
         console.print(f"{len(m.skipped)} unreadable file(s), left out:", style="yellow")
         for b in m.skipped:

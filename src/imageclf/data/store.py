@@ -68,7 +68,7 @@ class StoreManifest(Record):
     subsampling: str = doc("chroma subsampling of the JPEGs: 4:4:4 or 4:2:0", "4:4:4")
     psnr: dict[str, float] | None = doc(
         "--quality auto: the target, and the median and 10th percentile PSNR (dB) of the "
-        "chosen setting on a sample", None)
+        "chosen setting on a sample of the images (its size)", None)
 
     def shard_names(self, split: str) -> list[str]:
         """The shards of one split, in order."""
