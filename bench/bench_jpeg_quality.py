@@ -21,7 +21,8 @@ import numpy as np
 from PIL import Image
 
 from common import cpu_name, imagenette, machine, save
-from imageclf.core.config import DataSource, PackSettings
+from imageclf.core.commands import PackSettings
+from imageclf.core.config import DataSource
 from imageclf.data.images import load_presized
 from imageclf.data.jpegquality import psnr
 from imageclf.data.pack import pack

@@ -16,14 +16,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def tables() -> dict[tuple[str, str], str]:
     """(doc file, block name) -> generated text."""
-    from imageclf.core.config import (
+    from imageclf.core.commands import (
         CalibrateSettings,
-        DataConfig,
         PackSettings,
         PredictOptions,
         ServeConfig,
-        TrainConfig,
     )
+    from imageclf.core.config import DataConfig, TrainConfig
     from imageclf.core.modelmeta import CalibrationInfo, ModelMeta, NegativesInfo, OpenSetRule
     from imageclf.core.schema import record_markdown
     from imageclf.core.settings import settings_markdown

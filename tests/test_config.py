@@ -8,14 +8,12 @@ from pathlib import Path
 import pytest
 
 from imageclf.cli.options import settings_command
+from imageclf.core.commands import CalibrateSettings, PackSettings, PredictOptions
 from imageclf.core.config import (
     AugConfig,
-    CalibrateSettings,
     DataConfig,
     DataSource,
     OptimConfig,
-    PackSettings,
-    PredictOptions,
     TrainConfig,
     read_settings,
 )

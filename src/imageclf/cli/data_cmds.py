@@ -14,7 +14,8 @@ from rich.table import Table
 
 from imageclf.cli import options as o
 from imageclf.cli.options import console, err
-from imageclf.core.config import DataConfig, DataSource, PackSettings
+from imageclf.core.commands import PackSettings
+from imageclf.core.config import DataConfig, DataSource
 from imageclf.core.errors import ConfigError
 
 if TYPE_CHECKING:

@@ -13,7 +13,8 @@ from rich.text import Text
 from imageclf.cli import options as o
 from imageclf.cli.options import console, err
 from imageclf.cli.printer import print_open_set, score_table
-from imageclf.core.config import CalibrateSettings, DataSource, PredictOptions
+from imageclf.core.commands import CalibrateSettings, PredictOptions
+from imageclf.core.config import DataSource
 from imageclf.core.errors import ConfigError
 
 

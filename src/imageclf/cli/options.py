@@ -136,6 +136,24 @@ def _leaf_params(root: type, only: set[str] | None, exclude: set[str],
     return out
 
 
+def _built(groups: dict[str, type], leaves: dict[str, list[_Leaf]], kw: dict[str, Any],
+           defaults: dict[str, Any]) -> dict[str, Any]:
+    """The command's keyword arguments with each settings group built from its leaves'
+    values; a leaf whose default comes from DATA (FROM_DATA) and was not given gets it."""
+    values = {name: {leaf.name: leaf.parse(kw[leaf.name]) if leaf.parse is not None
+                     else kw[leaf.name] for leaf in leaves[name]} for name in groups}
+    for leaf in (x for name in groups for x in leaves[name]):
+        kw.pop(leaf.name)
+    data = next((v["path"] for v in values.values() if "path" in v), None)
+    for name, cls in groups.items():
+        for leaf_name, from_data in FROM_DATA.items():
+            if leaf_name in values[name] and values[name][leaf_name] is None:
+                values[name][leaf_name] = from_data(data, defaults.get(
+                    leaf_name, _field_default(cls, leaf_name)))
+        kw[name] = cls.build(values[name])
+    return kw
+
+
 def settings_command(fn: Callable | None = None, *, only: Iterable[str] | None = None,
                      exclude: Iterable[str] = (), defaults: dict[str, Any] | None = None,
                      data_required: bool = True) -> Any:
@@ -174,18 +192,7 @@ def settings_command(fn: Callable | None = None, *, only: Iterable[str] | None =
 
     @functools.wraps(fn)
     def run(**kw: Any) -> Any:
-        values = {name: {leaf.name: leaf.parse(kw[leaf.name]) if leaf.parse is not None
-                         else kw[leaf.name] for leaf in leaves[name]} for name in groups}
-        for leaf in (x for name in groups for x in leaves[name]):
-            kw.pop(leaf.name)
-        data = next((v["path"] for v in values.values() if "path" in v), None)
-        for name, cls in groups.items():
-            for leaf_name, from_data in FROM_DATA.items():  # the default DATA gives
-                if leaf_name in values[name] and values[name][leaf_name] is None:
-                    values[name][leaf_name] = from_data(data, (defaults or {}).get(
-                        leaf_name, _field_default(cls, leaf_name)))
-            kw[name] = cls.build(values[name])
-        return fn(**kw)
+        return fn(**_built(groups, leaves, kw, defaults or {}))
 
     del run.__wrapped__  # typer reads the signature below, not the function's own
     run.__signature__ = inspect.Signature(params, return_annotation=None)

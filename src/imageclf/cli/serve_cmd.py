@@ -10,7 +10,7 @@ import socket
 
 from imageclf.cli import options as o
 from imageclf.cli.options import console
-from imageclf.core.config import ServeConfig
+from imageclf.core.commands import ServeConfig
 
 
 @o.settings_command

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from imageclf.core.config import PackSettings
+from imageclf.core.commands import PackSettings
 from imageclf.data.images import UnreadableImage, load_presized
 from imageclf.data.refs import ImageRef
 from imageclf.data.store import decode_hwc, encode_jpeg

@@ -24,7 +24,8 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from imageclf.core.config import DataSource, PackSettings
+from imageclf.core.commands import PackSettings
+from imageclf.core.config import DataSource
 from imageclf.core.diskspace import check_room, disk_full, is_disk_full
 from imageclf.core.errors import DataError
 from imageclf.core.fileio import commit, write_json

@@ -30,7 +30,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException
 
 from imageclf import __version__
-from imageclf.core.config import ServeConfig
+from imageclf.core.commands import ServeConfig
 from imageclf.core.errors import ConfigError, ImageclfError
 from imageclf.core.hardware import decoding_pool
 from imageclf.data.images import UnreadableImage
