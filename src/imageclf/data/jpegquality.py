@@ -89,4 +89,6 @@ def resolve(paths: Sequence[ImageRef], s: PackSettings) -> tuple[PackSettings, J
     if s.quality != "auto":
         return s, None
     c = choose(paths, s)
+    if not c.sample:  # no readable image to measure: pack's default, nothing to report
+        return dataclasses.replace(s, quality=90, subsampling=0), None
     return dataclasses.replace(s, quality=c.quality, subsampling=c.subsampling), c
