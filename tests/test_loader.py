@@ -137,3 +137,17 @@ def test_balanced_sampler_in_the_loader(folder_dataset: Path):
     assert len(ys) == 18 and set(ys.tolist()) <= {0, 1, 2}
     again = torch.cat([y for _, y in dls.train])  # same epoch: replayed
     assert torch.equal(ys, again)
+
+
+def test_batches_per_epoch_and_crop_offsets_are_pure():
+    from imageclf.data.sampling import batches_per_epoch, crop_offsets
+
+    assert batches_per_epoch(10, 4, 1, train=True) == 2  # the partial batch dropped
+    assert batches_per_epoch(10, 4, 1, train=False) == 3
+    assert batches_per_epoch(10, 4, 3, train=True) == 1 and batches_per_epoch(3, 4, 1, True) == 1
+    lengths = np.array([40, 50, 32])
+    assert crop_offsets(lengths, 32, False, torch.Generator()).tolist() == [4, 9, 0]
+    a = crop_offsets(lengths, 32, True, torch.Generator().manual_seed(3))
+    b = crop_offsets(lengths, 32, True, torch.Generator().manual_seed(3))
+    assert a.tolist() == b.tolist()
+    assert all(0 <= o <= r for o, r in zip(a.tolist(), [8, 18, 0], strict=True))

@@ -17,7 +17,14 @@ from imageclf.core.records import Skipped
 from imageclf.data.cache import CacheStats
 from imageclf.data.negatives import negative_targets
 from imageclf.data.refs import ImageRef
-from imageclf.data.sampling import balanced_order, epoch_generator, negative_order, per_batch
+from imageclf.data.sampling import (
+    balanced_order,
+    batches_per_epoch,
+    crop_offsets,
+    epoch_generator,
+    negative_order,
+    per_batch,
+)
 from imageclf.data.storecache import Cache, CacheChoice, make_cache
 
 HostBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # uint8 images, targets, item ids
@@ -99,10 +106,7 @@ class CachedSource:
         return self.all_targets[torch.from_numpy(self.index)]
 
     def __len__(self) -> int:
-        n = -(-self.n_items // self.world_size)  # the sampler's per-rank count
-        if self.train and n >= self.bs:
-            n = n // self.bs * self.bs
-        return -(-n // self.bs)
+        return batches_per_epoch(self.n_items, self.bs, self.world_size, self.train)
 
     # --- one epoch ---------------------------------------------------------------------------
     def sampler(self, epoch: int) -> DistributedSampler:
@@ -130,13 +134,8 @@ class CachedSource:
         return order
 
     def _offsets(self, cache: Cache, index: np.ndarray, g: torch.Generator) -> np.ndarray:
-        """Where each image's presize square starts along its long side: at random per
-        epoch when training, centred otherwise."""
-        room = np.maximum(cache.lengths[index] - self.cfg.presize, 0)
-        if not self.train:
-            return room // 2
-        u = torch.rand(len(room), generator=g, dtype=torch.float64).numpy()
-        return np.floor(u * (room + 1)).astype(np.int64)
+        """The crop offsets of the usable slots `index` of `cache` (sampling.crop_offsets)."""
+        return crop_offsets(cache.lengths[index], self.cfg.presize, self.train, g)
 
     def _negatives(self, n_batches: int, epoch: int) -> tuple[np.ndarray, np.ndarray] | None:
         """This epoch's negatives of each batch and their crop offsets (None without)."""

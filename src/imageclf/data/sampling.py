@@ -1,4 +1,5 @@
-"""Sampling and ordering: which items each process reads in each epoch, in which order.
+"""Sampling and ordering: which items each process reads in each epoch, in which order,
+and where each image is cropped.
 Pure functions of (seed, epoch, rank), the same on every rank, so a resumed epoch replays
 them; tested without a loader."""
 
@@ -110,3 +111,23 @@ def buffer_shuffle(items: Iterator, size: int, g: torch.Generator) -> Iterator:
         yield it
     for k in torch.randperm(len(buf), generator=g).tolist():
         yield buf[k]
+
+
+def batches_per_epoch(n_items: int, bs: int, world_size: int, train: bool) -> int:
+    """One rank's batches in an epoch: its share as the sampler deals it (padded to equal
+    shares), training dropping the last partial batch."""
+    n = -(-n_items // world_size)
+    if train and n >= bs:
+        n = n // bs * bs
+    return -(-n // bs)
+
+
+def crop_offsets(lengths: np.ndarray, presize: int, train: bool, g: torch.Generator
+                 ) -> np.ndarray:
+    """Where each image's presize square starts along its long side (`lengths`): at random
+    per epoch when training, centred otherwise."""
+    room = np.maximum(lengths - presize, 0)
+    if not train:
+        return room // 2
+    u = torch.rand(len(room), generator=g, dtype=torch.float64).numpy()
+    return np.floor(u * (room + 1)).astype(np.int64)

@@ -34,7 +34,14 @@ from imageclf.core.records import Skipped
 from imageclf.data.cache import CacheStats, default_cache_dir
 from imageclf.data.items import Items, targets_tensor
 from imageclf.data.remote import RemoteStore, items_from_remote, open_remote
-from imageclf.data.sampling import buffer_shuffle, epoch_generator, rank_segments, shard_order
+from imageclf.data.sampling import (
+    batches_per_epoch,
+    buffer_shuffle,
+    crop_offsets,
+    epoch_generator,
+    rank_segments,
+    shard_order,
+)
 from imageclf.data.store import StoreRef, decode_square
 from imageclf.data.storecache import CacheChoice
 from imageclf.data.urlio import open_url
@@ -106,10 +113,7 @@ class StreamedSource:
         return self.all_targets
 
     def __len__(self) -> int:
-        n = -(-len(self.rows) // self.world_size)  # the sampler's per-rank count
-        if self.train and n >= self.bs:
-            n = n // self.bs * self.bs
-        return -(-n // self.bs)
+        return batches_per_epoch(len(self.rows), self.bs, self.world_size, self.train)
 
     def _samples(self, j: int, start: int, end: int) -> Iterator[tuple[int, bytes]]:
         """(item, JPEG bytes) of samples [start, end) of shard j; a shard cut short ends
@@ -178,19 +182,11 @@ class StreamedSource:
         return out
 
 
-    def _offsets(self, g: torch.Generator) -> np.ndarray:
-        """Where each image's presize square starts along its long side: at random per
-        epoch when training, centred otherwise (as the cache-backed source crops)."""
-        room = np.maximum(self.lengths - self.cfg.presize, 0)
-        if not self.train:
-            return room // 2
-        u = torch.rand(len(room), generator=g, dtype=torch.float64).numpy()
-        return np.floor(u * (room + 1)).astype(np.int64)
-
     def batches(self, epoch: int, skip: int = 0
                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """(uint8 images, targets, item ids) of this rank's batches, from batch `skip`."""
-        offsets = self._offsets(epoch_generator(self.cfg.seed, epoch, 0))
+        offsets = crop_offsets(self.lengths, self.cfg.presize, self.train,
+                               epoch_generator(self.cfg.seed, epoch, 0))
         n_batches = len(self)
         per = n_batches * self.bs if self.train else -(-len(self.rows) // self.world_size)
         batch: list[tuple[int, bytes]] = []
