@@ -102,7 +102,7 @@ def open_remote(source: str, cache: Path) -> RemoteStore:
     # the rows in the order the shards are listed, train first: item i of a split is the
     # i-th sample read when its shards are read in order
     pos = {(sp, name): k for sp in ("train", "valid") for k, name in enumerate(shards[sp])}
-    rows = sorted((r for r in read_index(cache) if (r.split, r.shard) in pos),
+    rows = sorted((r for r in read_index(cache, m) if (r.split, r.shard) in pos),
                   key=lambda r: (r.split != "train", pos[(r.split, r.shard)]))
     (cache / REMOTE).write_text(json.dumps({"base": base}))
     return RemoteStore(base, cache, m, rows, shards)

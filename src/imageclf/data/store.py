@@ -195,10 +195,11 @@ class IndexRow:
                    tuple(labels.split()), src)
 
 
-def read_index(root: Path) -> list[IndexRow]:
+def read_index(root: Path, m: StoreManifest | None = None) -> list[IndexRow]:
     """Every sample of a store, train first, in shard order. A row that names a shard the
-    manifest does not list, or a label it does not list, refuses the store in one line."""
-    m = read_manifest(root)
+    manifest (`m`, read when not given) does not list, or a label it does not list, refuses
+    the store in one line."""
+    m = m if m is not None else read_manifest(root)
     try:
         with open(root / INDEX, newline="") as f:
             rows = csv.reader(f)
@@ -231,7 +232,7 @@ def items_from_store(root: Path, evaluate: bool = False) -> Items:
     """The labelled images of a store, split as it was packed; `evaluate`: the validation
     split only (all of it, when the store has none)."""
     m = read_manifest(root)
-    rows = read_index(root)
+    rows = read_index(root, m)
     if evaluate and any(r.split == "valid" for r in rows):
         rows = [r for r in rows if r.split == "valid"]
     index = {c: i for i, c in enumerate(m.classes)}

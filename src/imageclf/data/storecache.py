@@ -130,7 +130,7 @@ class StoreCache:
                     f"store {root} holds images presized to {m.presize} ({m.method}); "
                     f"--cache jpeg reads them as they are: train with --presize {m.presize} "
                     f"--resize-method {m.method}, or --cache raw to presize them again")
-            rows = {(r.shard, r.offset): r for r in read_index(root)}
+            rows = {(r.shard, r.offset): r for r in read_index(root, m)}
             sizes = {s.name: (root / s.name).stat().st_size if (root / s.name).exists()
                      else 0 for s in m.shards}
             for i in idx:
