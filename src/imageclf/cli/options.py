@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from imageclf.core.errors import ConfigError
-from imageclf.core.settings import MISSING, UNSET, Settings, flag_of, spec_of
+from imageclf.core.settings import UNSET, Settings, default_of, flag_of, spec_of
 
 # no markup or emoji codes in what is printed: paths, class names and error messages are
 # the user's text ("runs/[v2]", a gloo error naming "[pair.cc:152]") and print as they are
@@ -84,8 +84,7 @@ FROM_DATA: dict[str, Callable[[str | None, Any], Any]] = {"presize": _store_pres
 
 def _field_default(cls: type, name: str) -> Any:
     """The Python default of the leaf setting `name` of `cls`."""
-    f = next(f for _, _, f in cls.leaves() if f.name == name)
-    return f.default if f.default is not MISSING else f.default_factory()
+    return default_of(next(f for _, _, f in cls.leaves() if f.name == name))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +114,7 @@ def _leaf_params(root: type, only: set[str] | None, exclude: set[str],
         tp = spec.cli_type or typing.get_type_hints(owner)[f.name]
         default = None if f.name in FROM_DATA else defaults.get(
             f.name, spec.cli_default if spec.cli_default is not UNSET
-            else (f.default if f.default is not MISSING else f.default_factory()))
+            else default_of(f))
         if spec.argument:
             info = typer.Argument(help=escape(spec.help), show_default=False, metavar="DATA")
             if data_required:

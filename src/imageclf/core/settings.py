@@ -32,8 +32,8 @@ from imageclf.core.schema import (
     type_name,
 )
 
-__all__ = ["MISSING", "UNSET", "Settings", "Spec", "differences", "flag_of", "setting",
-           "settings_markdown", "spec_of"]
+__all__ = ["MISSING", "UNSET", "Settings", "Spec", "default_of", "differences", "flag_of",
+           "setting", "settings_markdown", "spec_of"]
 
 
 def _settings_type(tp: Any) -> type | None:
@@ -144,6 +144,7 @@ def _build(cls: type, flat: dict[str, Any]) -> Any:
 
 
 def default_of(f: dataclasses.Field) -> Any:
+    """A field's default (MISSING when it has none)."""
     if f.default is not MISSING:
         return f.default
     if f.default_factory is not MISSING:
