@@ -74,8 +74,7 @@ def measure(data: Path, store: Path, quality: str, presize: int, target: float) 
     for r in read_index(store):
         stored = decode_hwc(StoreRef(store / r.shard, r.offset, r.size).read())
         pre = load_presized(Path(r.source), presize, m.method)
-        a = pre.array.transpose(0, 2, 1) if pre.transposed else pre.array
-        scores.append(psnr(a.transpose(1, 2, 0), stored))
+        scores.append(psnr(pre.hwc(), stored))
     n = sum(m.counts.values())
     per = sum(sh.bytes for sh in m.shards) / n
     slot = 3 * presize * math.ceil(presize * 1.25)

@@ -101,10 +101,9 @@ to, if it was); `presized_source` reads it back."""
         return out
     for src in sorted(data.glob("*/*/*")):
         slot = load_presized(src, presize)
-        a = slot.array.transpose(0, 2, 1) if slot.transposed else slot.array
         dst = (out / src.relative_to(data)).with_suffix(".jpg")
         dst.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(a.transpose(1, 2, 0)).save(dst, "JPEG", quality=quality)
+        Image.fromarray(slot.hwc()).save(dst, "JPEG", quality=quality)
     done.write_text(json.dumps({"presize": presize, "quality": quality, "widen": widen,
                                 "source": data.name}))
     return out

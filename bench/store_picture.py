@@ -30,8 +30,7 @@ def main() -> None:
     ap.add_argument("--quality", type=int, default=90)
     args = ap.parse_args()
     pre = load_presized(args.image, args.presize)
-    a = pre.array.transpose(0, 2, 1) if pre.transposed else pre.array
-    raw = np.ascontiguousarray(a.transpose(1, 2, 0))  # (H, W, 3)
+    raw = np.ascontiguousarray(pre.hwc())  # (H, W, 3)
     data = encode_jpeg(raw, args.quality)
     got = decode_hwc(data)
     mse = np.mean((raw.astype(np.float64) - got) ** 2)

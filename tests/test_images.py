@@ -118,3 +118,12 @@ def test_presize_methods_shapes_and_orientation():
     assert presize_image(portrait, 30, "squish").array.shape == (3, 30, 30)
     pad = presize_image(portrait, 30, "pad").array
     assert pad.shape == (3, 30, 30) and pad[:, 15, 0].max() == 0  # black side padding
+
+
+def test_a_presized_portrait_comes_back_upright(tmp_path: Path):
+    Image.new("RGB", (40, 64), (10, 200, 30)).save(tmp_path / "portrait.png")
+    pre = load_presized(tmp_path / "portrait.png", 32)
+    assert pre.transposed and pre.array.shape[1] == 32
+    hwc = pre.hwc()
+    assert hwc.shape[1] == 32 and hwc.shape[0] > hwc.shape[1] and hwc.shape[2] == 3
+    assert tuple(hwc[hwc.shape[0] // 2, 16]) == (10, 200, 30)

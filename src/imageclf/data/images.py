@@ -33,6 +33,11 @@ class Presized:
     array: np.ndarray  # (3, P, L) uint8
     transposed: bool  # True: the image was portrait and is stored with H and W swapped
 
+    def hwc(self) -> np.ndarray:
+        """The image upright, (H, W, 3) uint8: a view of `array`, not a copy."""
+        a = self.array.transpose(0, 2, 1) if self.transposed else self.array  # (3, H, W)
+        return a.transpose(1, 2, 0)
+
 
 VERIFY_SIDE = 256  # `verify --full` decodes JPEGs at no less than this short side
 

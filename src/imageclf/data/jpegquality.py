@@ -55,8 +55,7 @@ def _sample(paths: Sequence[ImageRef], s: PackSettings, n: int) -> list[np.ndarr
             pre = load_presized(p, s.presize, s.method)
         except UnreadableImage:
             continue
-        a = pre.array.transpose(0, 2, 1) if pre.transposed else pre.array  # (3, H, W)
-        out.append(np.ascontiguousarray(a.transpose(1, 2, 0)))
+        out.append(np.ascontiguousarray(pre.hwc()))
     return out
 
 

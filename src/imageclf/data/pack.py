@@ -81,8 +81,7 @@ def encode_file(path: Path, s: PackSettings) -> tuple[bytes, int, int] | str:
         pre = load_presized(path, s.presize, s.method)
     except UnreadableImage as e:
         return str(e)
-    a = pre.array.transpose(0, 2, 1) if pre.transposed else pre.array  # (3, H, W)
-    hwc = a.transpose(1, 2, 0)
+    hwc = pre.hwc()
     return encode_jpeg(hwc, s.quality, s.subsampling), int(hwc.shape[1]), int(hwc.shape[0])
 
 
