@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from matplotlib.figure import Figure
 
 from imageclf.core.config import DataConfig
 from imageclf.core.records import Skipped
@@ -17,12 +17,14 @@ from imageclf.data.cached import CachedSource
 from imageclf.data.items import Items, targets_tensor
 from imageclf.data.loader import BatchLoader, BatchSource
 from imageclf.data.negatives import NegativeSet, negative_set, negative_targets
-from imageclf.data.show import show_batch
 from imageclf.data.sources import resolve
 from imageclf.data.store import StoreRef
 from imageclf.data.storecache import check_store_presize
 from imageclf.data.stream import streamed_sources
 from imageclf.data.urlio import is_url
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @dataclass
@@ -82,6 +84,8 @@ class DataLoaders:
                    ) -> Figure:
         """A grid of one augmented training (or validation) batch with its labels, as a
         matplotlib Figure (saved when given a path)."""
+        from imageclf.data.show import show_batch  # matplotlib: only when a batch is shown
+
         return show_batch(self, path, n=n, train=train)
 
     def prepare(self) -> None:
