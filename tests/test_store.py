@@ -275,10 +275,11 @@ def test_an_index_naming_a_file_outside_the_store_is_refused(folder_dataset: Pat
     r = run_cli("verify", str(store))
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "is not one of this store's shards" in r.stderr and "Traceback" not in r.stderr
-    url = store.as_uri() + "/"  # a store at a URL: the same rule
+    url = store.as_uri() + "/"  # a store at a URL: the same rule, where its index is read
+    dls = DataLoaders.from_config(DataConfig.build(path=url, size=24, presize=32,
+                                                   cache_dir=str(tmp_path / "c")))
     with pytest.raises(DataError, match="is not one of this store's shards"):
-        DataLoaders.from_config(DataConfig.build(path=url, size=24, presize=32,
-                                                 cache_dir=str(tmp_path / "c")))
+        dls.valid.kept_paths  # noqa: B018 - the top losses' references
 
 
 def test_a_manifest_naming_a_shard_outside_the_store_is_refused(folder_dataset: Path,

@@ -1,5 +1,6 @@
 """Streaming a store from a URL: each rank's share, exactly once per epoch, seeded order,
-resume mid-epoch, a local HTTP server, a truncated shard, flat memory."""
+resume mid-epoch, a local HTTP server, a truncated shard, flat memory, labels read from the
+shards with the index fetched only where it is needed."""
 
 from __future__ import annotations
 
@@ -16,8 +17,11 @@ import pytest
 import torch
 
 from imageclf.core.config import DataConfig
+from imageclf.core.errors import DataError
 from imageclf.data.dataloaders import DataLoaders
 from imageclf.data.pack import PackSettings, pack
+from imageclf.data.sources import resolve
+from imageclf.data.store import read_manifest, sample_labels
 from imageclf.data.sampling import buffer_shuffle, rank_segments, shard_order
 
 from .helpers import ARCH, make_folder_dataset, run_cli
@@ -94,7 +98,7 @@ def test_two_ranks_see_every_sample_once_an_epoch_in_seeded_order(store: Path,
                                                                   tmp_path: Path):
     url = store.as_uri() + "/"
     ranks = [_loaders(url, tmp_path, r, 2, bs=3) for r in range(2)]
-    n = len(ranks[0].train.source.rows)
+    n = ranks[0].train.source.n_items
     assert n == 42 and len(ranks[0].train) == 7  # 21 a rank, 7 batches of 3
     epochs = []
     for epoch in range(2):
@@ -126,6 +130,38 @@ def test_resume_mid_epoch_continues_at_the_right_sample(store: Path, tmp_path: P
     assert len(rest) == len(batches) - 3
     for (x, y), (x2, y2, i2), i in zip(batches[3:], rest, ids[3:], strict=True):
         assert i == i2 and torch.equal(y, y2) and torch.equal(x, x2)
+
+
+def test_a_stream_reads_labels_from_its_shards_and_the_index_only_when_needed(
+        store: Path, tmp_path: Path):
+    items = resolve(store)  # the local store: its index's labels
+    tr, va = items.split_indices()
+    index = (store / "index.csv").read_bytes()
+    (store / "index.csv").unlink()  # a stream trains without it
+    d = _loaders(store.as_uri() + "/", tmp_path, bs=5)
+    assert d.classes == items.classes and len(d.items) == len(items)
+    for loader, split in ((d.train, tr), (d.valid, va)):
+        seen = 0
+        for _, y in loader:
+            assert y.tolist() == [items.labels[split[i]][0] for i in loader.last_ids.tolist()]
+            seen += len(y)
+        assert seen >= 5
+    assert not list((tmp_path / "cache0").glob("*/index.csv"))  # never fetched
+    with pytest.raises(DataError, match="index.csv"):  # the top losses need it: one line
+        d.valid.kept_paths  # noqa: B018
+    (store / "index.csv").write_bytes(index)
+    assert [r.offset for r in d.valid.kept_paths] == [items.paths[i].offset for i in va]
+    assert d.items.counts() == items.counts()
+
+
+def test_a_sample_label_comes_from_its_cls_or_json_member(store: Path):
+    m = read_manifest(store)
+    assert sample_labels({"cls": b"1"}, m, "s") == (1,)
+    assert sample_labels({"json": b'{"labels": ["%s"]}' % m.classes[0].encode()}, m, "s") \
+        == (0,)
+    for bad in ({"cls": b"7"}, {"cls": b"x"}, {"json": b'{"labels": ["zebra"]}'}, {}):
+        with pytest.raises(DataError, match="shard t.tar, sample k: no label"):
+            sample_labels(bad, m, "shard t.tar, sample k")
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):

@@ -1,13 +1,17 @@
 """A store at a URL: `http(s)://`, `file://`, or anything fsspec opens. Given as the store's
 folder (`http://host/store/`), its manifest (`.../manifest.json`), or a brace list of its
 training shards (`http://host/store/train-{000000..000127}.tar`, WebDataset's notation).
-The manifest and the index are fetched (small); the shards are streamed (data/stream.py)."""
+The manifest is fetched (small); the shards are streamed (data/stream.py), each sample's
+label read from its own `.cls`/`.json` member. The index (a row an image: 130 MB at
+ImageNet's size) is fetched only when something needs a sample's place in its shard or all
+the labels at once: the top losses read by ranged requests, `--class-weights auto`."""
 
 from __future__ import annotations
 
 import json
 import shutil
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from imageclf.core.errors import DataError
@@ -21,6 +25,7 @@ from imageclf.data.store import (
     is_store,
     read_index,
     read_manifest,
+    rows_to_items,
 )
 from imageclf.data.urlio import REMOTE, is_url, open_url
 
@@ -32,16 +37,48 @@ def _fetch(url: str, dest: Path) -> None:
 
 @dataclass(frozen=True)
 class RemoteStore:
-    """A store at a URL: its manifest, index, and the shard URLs of each split."""
+    """A store at a URL: its manifest, the shard URLs of each split, and (fetched when first
+    asked for) its index."""
 
     base: str  # the folder's URL, ending in /
-    local: Path  # where its manifest and index were fetched
+    local: Path  # where its manifest (and index) are fetched
     manifest: StoreManifest
-    rows: list[IndexRow]
     shards: dict[str, list[str]]  # split -> shard names, in order
 
     def url(self, shard: str) -> str:
         return self.base + shard
+
+    def count(self, shard: str) -> int:
+        """Samples in one shard, as the manifest says."""
+        return self._counts[shard]
+
+    @cached_property
+    def _counts(self) -> dict[str, int]:
+        return self.manifest.shard_counts()
+
+    @cached_property
+    def rows(self) -> list[IndexRow]:
+        """The index's rows of the listed shards, train first, each split in its shards'
+        order (item i of a split is the i-th sample read when its shards are read in
+        order). Fetched on the first call."""
+        _fetch_into(self.base, INDEX, self.local, self.base)
+        pos = {(sp, name): k for sp in ("train", "valid")
+               for k, name in enumerate(self.shards[sp])}
+        rows = sorted((r for r in read_index(self.local, self.manifest)
+                       if (r.split, r.shard) in pos),
+                      key=lambda r: (r.split != "train", pos[(r.split, r.shard)]))
+        for sp in ("train", "valid"):
+            have = sum(r.split == sp for r in rows)
+            want = sum(self.count(s) for s in self.shards[sp])
+            if have != want:
+                raise DataError(f"the index of the store at {self.base} lists {have} {sp} "
+                                f"samples, its manifest {want}; pack the store again")
+        return rows
+
+    def refs(self, split: str) -> list[StoreRef]:
+        """Where each sample of a split lies, in item order (from the index)."""
+        return [StoreRef(self.local / r.shard, r.offset, r.size)
+                for r in self.rows if r.split == split]
 
 
 def _expand(pattern: str) -> list[str]:
@@ -79,18 +116,22 @@ def store_presize(source: str | Path | None) -> int | None:
     return read_manifest(root).presize if is_store(root) else None
 
 
+def _fetch_into(base: str, name: str, cache: Path, source: str) -> None:
+    try:
+        _fetch(base + name, cache / name)
+    except DataError as e:
+        raise DataError(f"{source}: no store there ({base + name}: {e}). Give the URL of a "
+                        "folder made by `imageclf pack`, its manifest.json, or a brace list "
+                        "of its shards") from e
+
+
 def open_remote(source: str, cache: Path) -> RemoteStore:
-    """Fetch the manifest and index of the store `source` names into `cache` and list its
-    shards (the brace list given, for training, else the manifest's)."""
+    """Fetch the manifest of the store `source` names into `cache` and list its shards (the
+    brace list given, for training, else the manifest's). The index is not fetched here."""
     base, train_override = _base(str(source))
     cache.mkdir(parents=True, exist_ok=True)
-    for f in (MANIFEST, INDEX):
-        try:
-            _fetch(base + f, cache / f)
-        except DataError as e:
-            raise DataError(f"{source}: no store there ({base + f}: {e}). Give the URL of a "
-                            "folder made by `imageclf pack`, its manifest.json, or a brace list "
-                            "of its shards") from e
+    (cache / INDEX).unlink(missing_ok=True)  # an earlier fetch's: the store may have changed
+    _fetch_into(base, MANIFEST, cache, source)
     m = read_manifest(cache)
     shards = {sp: m.shard_names(sp) for sp in ("train", "valid")}
     if train_override is not None:
@@ -99,30 +140,34 @@ def open_remote(source: str, cache: Path) -> RemoteStore:
             raise DataError(f"{source}: {unknown[0]} is not a training shard of the store at "
                             f"{base} (it has {', '.join(shards['train'][:3])}...)")
         shards["train"] = train_override
-    # the rows in the order the shards are listed, train first: item i of a split is the
-    # i-th sample read when its shards are read in order
-    pos = {(sp, name): k for sp in ("train", "valid") for k, name in enumerate(shards[sp])}
-    rows = sorted((r for r in read_index(cache, m) if (r.split, r.shard) in pos),
-                  key=lambda r: (r.split != "train", pos[(r.split, r.shard)]))
+    counts = m.shard_counts()
+    if not any(counts[s] for s in shards["train"]) or not any(counts[s] for s in shards["valid"]):
+        raise DataError(f"the store at {base} needs both a training and a validation split "
+                        "to train from")
     (cache / REMOTE).write_text(json.dumps({"base": base}))
-    return RemoteStore(base, cache, m, rows, shards)
+    return RemoteStore(base, cache, m, shards)
 
 
-def items_from_remote(store: RemoteStore) -> Items:
-    """The labelled images of a remote store, named as a local store's are, in the folder
-    its manifest was fetched to: `StoreRef.read` finds the URL there (remote.json) and
-    reads the bytes with a ranged request."""
-    from imageclf.data.items import Items
+class StreamItems:
+    """The labelled images of a store at a URL, as `Items`: the classes from its manifest;
+    the references (named as a local store's are, in the folder the manifest was fetched
+    to: `StoreRef.read` finds the URL there and makes a ranged request), labels and split
+    from its index, fetched the first time one of them is asked for."""
 
-    index = {c: i for i, c in enumerate(store.manifest.classes)}
-    paths, labels, flags = [], [], []
-    for r in store.rows:
-        paths.append(StoreRef(store.local / r.shard, r.offset, r.size))
-        labels.append(tuple(index[c] for c in r.labels))
-        flags.append(r.split == "valid")
-    if not any(flags) or all(flags):
-        raise DataError(f"the store at {store.base} needs both a training and a validation "
-                        "split to train from")
-    return Items(tuple(paths), tuple(labels), store.manifest.classes, tuple(flags),
-                 store.manifest.multi_label)
+    def __init__(self, store: RemoteStore) -> None:
+        self.store = store
+        self.classes = store.manifest.classes
+        self.multi_label = store.manifest.multi_label
 
+    @cached_property
+    def items(self) -> Items:
+        return rows_to_items(self.store.local, self.store.rows, self.store.manifest)
+
+    def __len__(self) -> int:
+        return sum(self.store.count(s) for sp in ("train", "valid")
+                   for s in self.store.shards[sp])
+
+    def __getattr__(self, name: str) -> object:  # paths, labels, is_valid, counts, ...
+        if name in ("items", "store"):
+            raise AttributeError(name)
+        return getattr(self.items, name)

@@ -126,8 +126,18 @@ def crop_offsets(lengths: np.ndarray, presize: int, train: bool, g: torch.Genera
                  ) -> np.ndarray:
     """Where each image's presize square starts along its long side (`lengths`): at random
     per epoch when training, centred otherwise."""
+    return offsets_at(lengths, presize, crop_fractions(len(lengths), train, g))
+
+
+def crop_fractions(n: int, train: bool, g: torch.Generator) -> np.ndarray | None:
+    """The epoch's draw behind `crop_offsets` for n images, before their lengths are known
+    (a stream learns them as it decodes): None when not training (centred)."""
+    return torch.rand(n, generator=g, dtype=torch.float64).numpy() if train else None
+
+
+def offsets_at(lengths: np.ndarray, presize: int, u: np.ndarray | None) -> np.ndarray:
+    """The crop offsets of images of `lengths` for the draw `u` (crop_fractions)."""
     room = np.maximum(lengths - presize, 0)
-    if not train:
+    if u is None:
         return room // 2
-    u = torch.rand(len(room), generator=g, dtype=torch.float64).numpy()
     return np.floor(u * (room + 1)).astype(np.int64)

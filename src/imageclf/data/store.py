@@ -74,6 +74,10 @@ class StoreManifest(Record):
         """The shards of one split, in order."""
         return [s.name for s in self.shards if s.split == split]
 
+    def shard_counts(self) -> dict[str, int]:
+        """Samples in each shard, by name."""
+        return {s.name: s.count for s in self.shards}
+
 
 # --- references -------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -188,6 +192,12 @@ class IndexRow:
         return [self.key, self.split, self.shard, str(self.offset), str(self.size),
                 str(self.width), str(self.height), " ".join(self.labels), self.source]
 
+    def as_line(self) -> str:
+        """Its line of index.csv, as csv.writer writes it (with the line end)."""
+        buf = io.StringIO()
+        csv.writer(buf).writerow(self.as_csv())
+        return buf.getvalue()
+
     @classmethod
     def from_csv(cls, row: list[str]) -> IndexRow:
         k, sp, sh, off, size, w, h, labels, src = row
@@ -235,20 +245,42 @@ def items_from_store(root: Path, evaluate: bool = False) -> Items:
     rows = read_index(root, m)
     if evaluate and any(r.split == "valid" for r in rows):
         rows = [r for r in rows if r.split == "valid"]
-    index = {c: i for i, c in enumerate(m.classes)}
-    paths, labels, flags = [], [], []
-    for r in rows:
-        paths.append(StoreRef(root / r.shard, r.offset, r.size))
-        labels.append(tuple(index[c] for c in r.labels))
-        flags.append(evaluate or r.split == "valid")
-    if not paths:
+    items = rows_to_items(root, rows, m, evaluate)
+    if not items.paths:
         raise DataError(f"store {root} holds no images")
-    if not evaluate and all(flags):
+    if not evaluate and all(items.is_valid):
         raise DataError(f"store {root} has no training split")
-    if not evaluate and not any(flags):
+    if not evaluate and not any(items.is_valid):
         raise DataError(f"store {root} has no validation split: pack it from data with one "
                         "(a valid/ folder, or --valid-pct)")
-    return Items(tuple(paths), tuple(labels), m.classes, tuple(flags), m.multi_label)
+    return items
+
+
+def rows_to_items(root: Path, rows: list[IndexRow], m: StoreManifest, all_valid: bool = False
+                  ) -> Items:
+    """Items of index rows (their shards in `root`); `all_valid`: every one in the
+    validation split."""
+    index = {c: i for i, c in enumerate(m.classes)}
+    return Items(tuple(StoreRef(root / r.shard, r.offset, r.size) for r in rows),
+                 tuple(tuple(index[c] for c in r.labels) for r in rows), m.classes,
+                 tuple(all_valid or r.split == "valid" for r in rows), m.multi_label)
+
+
+def sample_labels(sample: dict[str, bytes], m: StoreManifest, where: str) -> tuple[int, ...]:
+    """The class indices of one sample read from a shard (its `.cls` or `.json` member, as
+    pack writes them); DataError naming `where` when they are missing or not the store's."""
+    try:
+        if "cls" in sample:
+            labels: tuple[int, ...] = (int(sample["cls"]),)
+        else:
+            index = {c: i for i, c in enumerate(m.classes)}
+            labels = tuple(index[c] for c in json.loads(sample["json"])["labels"])
+        if any(not 0 <= c < len(m.classes) for c in labels):
+            raise ValueError(f"class {labels} of {len(m.classes)}")
+    except (KeyError, ValueError, TypeError) as e:
+        raise DataError(f"{where}: no label of this store's classes ({e!r}); pack the store "
+                        "again") from e
+    return labels
 
 
 # --- decoding ---------------------------------------------------------------------------

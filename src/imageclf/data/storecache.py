@@ -161,7 +161,7 @@ class StoreCache:
         with open(self.cache_dir / f"{self.key}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # one packer per machine; the others wait
             before = (out / "manifest.json").is_file()
-            m = pack_items(items, out, (), True,
+            m = pack_items(items, out, ((), True),
                            PackSettings(self.presize, self.method, workers=self.workers),
                            str(self.cache_dir), progress, overwrite=True)
         where = {r.source: r for r in read_index(out)}

@@ -23,7 +23,9 @@ import os
 import tarfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from functools import cached_property
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
@@ -32,22 +34,24 @@ from imageclf.core.config import DataConfig
 from imageclf.core.errors import ConfigError, DataError
 from imageclf.core.records import Skipped
 from imageclf.data.cache import CacheStats, default_cache_dir
-from imageclf.data.items import Items, targets_tensor
-from imageclf.data.remote import RemoteStore, items_from_remote, open_remote
+from imageclf.data.items import targets_tensor
+from imageclf.data.remote import RemoteStore, StreamItems, open_remote
 from imageclf.data.sampling import (
     batches_per_epoch,
     buffer_shuffle,
-    crop_offsets,
+    crop_fractions,
     epoch_generator,
+    offsets_at,
     rank_segments,
     shard_order,
 )
-from imageclf.data.store import StoreRef, decode_square
+from imageclf.data.store import StoreRef, decode_hwc, rows_to_items, sample_labels
 from imageclf.data.storecache import CacheChoice
 from imageclf.data.urlio import open_url
 
 log = logging.getLogger(__name__)
 BUFFER = 2048  # samples in the shuffle buffer (their JPEG bytes: ~30 MB at presize 160)
+Sample = tuple[int, bytes, tuple[int, ...]]  # (item, JPEG bytes, class indices)
 
 
 # --- reading ----------------------------------------------------------------------------------
@@ -59,28 +63,19 @@ class StreamedSource:
     negatives = None  # --negatives is refused for a stream
     extra = 0
 
-    def __init__(self, store: RemoteStore, split: str, targets: torch.Tensor, cfg: DataConfig,
-                 train: bool, device: torch.device, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(self, store: RemoteStore, split: str, cfg: DataConfig, train: bool,
+                 device: torch.device, rank: int = 0, world_size: int = 1) -> None:
         self.store, self.split = store, split
         self.shards = store.shards[split]
-        by_shard: dict[str, list] = {s: [] for s in self.shards}
-        for r in store.rows:
-            if r.split == split and r.shard in by_shard:
-                by_shard[r.shard].append(r)
-        self.rows = [r for s in self.shards for r in by_shard[s]]  # item order
-        self.counts = [len(by_shard[s]) for s in self.shards]
+        self.counts = [store.count(s) for s in self.shards]
+        self.n = int(sum(self.counts))
         self.first = np.concatenate([[0], np.cumsum(self.counts)[:-1]]).astype(int)
-        self.keys = [r.key for r in self.rows]
-        self.paths = [StoreRef(store.local / r.shard, r.offset, r.size) for r in self.rows]
-        self.all_targets = targets
         self.cfg, self.train, self.bs = cfg, train, cfg.bs
         self.pin = device.type == "cuda"
         self.rank, self.world_size = rank, world_size
         self.buffer = BUFFER
         self.key = hashlib.sha256(json.dumps([store.manifest.fingerprint, split, self.shards]
                                              ).encode()).hexdigest()[:20]
-        self.lengths = np.array([max(r.width, r.height) for r in self.rows], np.int32)
-        self.transposed = np.array([r.height > r.width for r in self.rows], bool)
         self.choice = CacheChoice("stream", f"none: streamed from {store.base}")
         self.stats = CacheStats()
         self.lost: list[Skipped] = []
@@ -102,37 +97,39 @@ class StreamedSource:
 
     @property
     def n_items(self) -> int:
-        return len(self.rows)
+        return self.n
 
-    @property
+    @cached_property
     def kept_paths(self) -> list[StoreRef]:
-        return self.paths
+        """Where each sample lies (the store's index, fetched now: the top losses)."""
+        return self.store.refs(self.split)
 
-    @property
+    @cached_property
     def targets(self) -> torch.Tensor:
-        return self.all_targets
+        """Every sample's target, in item order (the index's labels, fetched now). The
+        batches carry the labels read from the shards and do not need these."""
+        rows = [r for r in self.store.rows if r.split == self.split]
+        return targets_tensor(rows_to_items(self.store.local, rows, self.store.manifest))
 
     def __len__(self) -> int:
-        return batches_per_epoch(len(self.rows), self.bs, self.world_size, self.train)
+        return batches_per_epoch(self.n, self.bs, self.world_size, self.train)
 
-    def _samples(self, j: int, start: int, end: int) -> Iterator[tuple[int, bytes]]:
-        """(item, JPEG bytes) of samples [start, end) of shard j; a shard cut short ends
-        early, named in the losses."""
-        from webdataset.tariterators import tar_file_iterator
-
+    def _samples(self, j: int, start: int, end: int) -> Iterator[Sample]:
+        """(item, JPEG bytes, labels) of samples [start, end) of shard j; a shard cut short
+        ends early, named in the losses."""
         name = self.shards[j]
         t = 0
         try:
             with open_url(self.store.url(name)) as f:
-                for entry in tar_file_iterator(f, select_files=lambda n: n.endswith(".jpg")):
+                for sample in _grouped(f):
                     if t >= end:
                         break
                     if t >= start:
-                        item = int(self.first[j]) + t
-                        if entry["fname"] != self.keys[item] + ".jpg":
-                            raise DataError(f"shard {name} does not match the store's index "
-                                            f"at sample {t} ({entry['fname']}); pack it again")
-                        yield item, entry["data"]
+                        if "jpg" not in sample or not ({"cls", "json"} & sample.keys()):
+                            break  # cut short inside the sample
+                        where = f"shard {name}, sample {sample['__key__']}"
+                        labels = sample_labels(sample, self.store.manifest, where)
+                        yield int(self.first[j]) + t, sample["jpg"], labels
                     t += 1
         except (tarfile.TarError, EOFError, OSError) as e:
             if isinstance(e, DataError):
@@ -144,7 +141,7 @@ class StreamedSource:
             log.warning("%s; the rest of this epoch repeats earlier samples in their place",
                         why)
 
-    def _stream(self, epoch: int) -> Iterator[tuple[int, bytes]]:
+    def _stream(self, epoch: int) -> Iterator[Sample]:
         """This rank's samples for the epoch, in order (training: shuffled)."""
         if self.train:
             order = shard_order(len(self.shards), self.cfg.seed, epoch)
@@ -154,44 +151,56 @@ class StreamedSource:
             return buffer_shuffle(items, self.buffer, g)
         return self._valid_stream()
 
-    def _valid_stream(self) -> Iterator[tuple[int, bytes]]:
-        n, w, r = len(self.rows), self.world_size, self.rank
+    def _valid_stream(self) -> Iterator[Sample]:
+        n, w, r = self.n, self.world_size, self.rank
         total = -(-n // w) * w
-        keep_first: dict[int, bytes] = {}
+        keep_first: dict[int, Sample] = {}
         for j in range(len(self.shards)):
-            for item, data in self._samples(j, 0, self.counts[j]):
-                if item < total - n:
-                    keep_first[item] = data
-                if item % w == r:
-                    yield item, data
+            for sample in self._samples(j, 0, self.counts[j]):
+                if sample[0] < total - n:
+                    keep_first[sample[0]] = sample
+                if sample[0] % w == r:
+                    yield sample
         for p in range(n, total):  # the padding: the first samples again
             if p % w == r and (p - n) in keep_first:
-                yield p - n, keep_first[p - n]
+                yield keep_first[p - n]
 
-    def _decode(self, batch: list[tuple[int, bytes]], offsets: np.ndarray) -> torch.Tensor:
+    def _decode(self, batch: list[Sample], u: np.ndarray | None) -> torch.Tensor:
+        """The batch's presize squares, each cropped where the epoch's draw `u` puts it
+        along the long side the decoded image shows."""
         p = self.cfg.presize
         out = torch.empty((len(batch), 3, p, p), dtype=torch.uint8, pin_memory=self.pin)
         dst = out.numpy()
 
         def one(k: int) -> None:
-            item, data = batch[k]
-            decode_square(data, int(offsets[item]), p, bool(self.transposed[item]),
-                          dst[k])
+            item, data, _ = batch[k]
+            hwc = decode_hwc(data)
+            h, w = hwc.shape[:2]
+            off = int(offsets_at(np.int64(max(h, w)), p, None if u is None else u[item]))
+            crop = hwc[off:off + p, :p] if h > w else hwc[:p, off:off + p]
+            dst[k] = crop.transpose(2, 0, 1)
 
         list(self._pool.map(one, range(len(batch))))
         return out
 
+    def _targets(self, batch: list[Sample]) -> torch.Tensor:
+        """The batch's labels, as read from its samples' shards."""
+        if not self.store.manifest.multi_label:
+            return torch.tensor([labels[0] for _, _, labels in batch], dtype=torch.int64)
+        y = torch.zeros(len(batch), len(self.store.manifest.classes))
+        for k, (_, _, labels) in enumerate(batch):
+            y[k, list(labels)] = 1.0
+        return y
 
     def batches(self, epoch: int, skip: int = 0
                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """(uint8 images, targets, item ids) of this rank's batches, from batch `skip`."""
-        offsets = crop_offsets(self.lengths, self.cfg.presize, self.train,
-                               epoch_generator(self.cfg.seed, epoch, 0))
+        u = crop_fractions(self.n, self.train, epoch_generator(self.cfg.seed, epoch, 0))
         n_batches = len(self)
-        per = n_batches * self.bs if self.train else -(-len(self.rows) // self.world_size)
-        batch: list[tuple[int, bytes]] = []
+        per = n_batches * self.bs if self.train else -(-self.n // self.world_size)
+        batch: list[Sample] = []
         done = 0
-        last: list[tuple[int, bytes]] = []
+        last: list[Sample] = []
         stream = self._stream(epoch)
         while done < n_batches:
             sample = next(stream, None)
@@ -203,17 +212,37 @@ class StreamedSource:
             batch.append(sample)
             if len(batch) == self.bs or (not self.train and done * self.bs + len(batch) == per):
                 if done >= skip:
-                    ids = torch.tensor([i for i, _ in batch])
-                    yb = self.all_targets[ids]
-                    yield self._decode(batch, offsets), yb.pin_memory() if self.pin else yb, ids
+                    ids = torch.tensor([i for i, _, _ in batch])
+                    yb = self._targets(batch)
+                    yield self._decode(batch, u), yb.pin_memory() if self.pin else yb, ids
                 last, batch = batch, []
                 done += 1
 
 
+def _grouped(f: IO[bytes]) -> Iterator[dict[str, bytes]]:
+    """The samples of a tar stream: consecutive members with one key (WebDataset's layout),
+    as {"__key__": key, ext: bytes}; the last may be incomplete where the stream was cut."""
+    from webdataset.tariterators import base_plus_ext, tar_file_iterator
+
+    sample: dict = {}
+    for entry in tar_file_iterator(f):
+        key, ext = base_plus_ext(entry["fname"])
+        if key is None:
+            continue
+        if sample and key != sample["__key__"]:
+            yield sample
+            sample = {}
+        sample.setdefault("__key__", key)
+        sample[ext.lower()] = entry["data"]
+    if sample:
+        yield sample
+
+
 def streamed_sources(cfg: DataConfig, device: torch.device, rank: int, world_size: int
-                     ) -> tuple[Items, StreamedSource, StreamedSource]:
-    """(items, training source, validation source) of a store at a URL: its manifest and
-    index fetched into the cache folder, its shards streamed by each process."""
+                     ) -> tuple[StreamItems, StreamedSource, StreamedSource]:
+    """(items, training source, validation source) of a store at a URL: its manifest
+    fetched into the cache folder (the index when first needed), its shards streamed by
+    each process."""
     if cfg.negatives:
         raise ConfigError("--negatives with a store at a URL is not supported: pack the "
                           "negatives into the store's folder, or train from a local copy")
@@ -225,11 +254,8 @@ def streamed_sources(cfg: DataConfig, device: torch.device, rank: int, world_siz
     where = Path(cfg.cache_dir or default_cache_dir()) / (
         "remote-" + hashlib.sha256(f"{url} {rank}".encode()).hexdigest()[:16])
     store = open_remote(url, where)
-    items = items_from_remote(store)
-    targets = targets_tensor(items)
-    tr, va = items.split_indices()
 
-    def make(split: str, y: torch.Tensor, train: bool) -> StreamedSource:
-        return StreamedSource(store, split, y, cfg, train, device, rank, world_size)
+    def make(split: str, train: bool) -> StreamedSource:
+        return StreamedSource(store, split, cfg, train, device, rank, world_size)
 
-    return items, make("train", targets[tr], True), make("valid", targets[va], False)
+    return StreamItems(store), make("train", True), make("valid", False)

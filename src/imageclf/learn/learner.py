@@ -79,8 +79,9 @@ class Learner:
 
     def _make_loss(self) -> LossFn:
         """Cross-entropy (label smoothing, class weights) or BCE (pos_weight) as `reg`
-        asks, the weights from the training split's targets."""
-        weights = class_weights(self.reg.class_weights, self.dls.train.targets,
+        asks, the weights from the training split's targets (read only for
+        `--class-weights auto`: a stream's come from its index)."""
+        weights = class_weights(self.reg.class_weights, lambda: self.dls.train.targets,
                                 self.dls.classes)
         loss = make_loss(self.multi_label, self.reg.label_smoothing, weights)
         if getattr(self.dls, "negatives", None) is not None:  # --negatives: outlier exposure

@@ -63,13 +63,15 @@ def inverse_frequency(targets: torch.Tensor, n_classes: int) -> torch.Tensor:
     return torch.where(present, inv, torch.ones_like(inv))
 
 
-def class_weights(spec: str, targets: torch.Tensor, classes: Sequence[str]) -> torch.Tensor | None:
-    """`--class-weights`: none → None; auto → `inverse_frequency`; a .json file mapping
+def class_weights(spec: str, targets: torch.Tensor | Callable[[], torch.Tensor],
+                  classes: Sequence[str]) -> torch.Tensor | None:
+    """`--class-weights`: none → None; auto → `inverse_frequency` of the training targets
+    (`targets`, or a function that gives them: called only here); a .json file mapping
     every class name to a positive number → those weights."""
     if spec == "none":
         return None
     if spec == "auto":
-        return inverse_frequency(targets, len(classes))
+        return inverse_frequency(targets() if callable(targets) else targets, len(classes))
     path = Path(spec)
     try:
         given = json.loads(path.read_text())
