@@ -354,3 +354,59 @@ def test_psnr_of_identical_and_of_known_images():
     a = np.zeros((4, 4, 3), np.uint8)
     assert psnr(a, a) == float("inf")
     assert psnr(a, a + 1) == pytest.approx(20 * np.log10(255.0), abs=1e-9)
+
+
+def _writer_bytes_per_sample(tmp_path: Path, n: int, multi_label: bool) -> float:
+    """Python memory a shard's writer holds per sample after n samples of one shard."""
+    import tracemalloc
+
+    from imageclf.data.pack import PackItem, _ShardWriter
+
+    w = _ShardWriter(tmp_path, "train", 0, PackSettings(presize=32, shard_bytes=2**40),
+                     {"a": 0, "b": 1}, multi_label)
+    jpeg = bytes(300)
+    w.add("000000000", PackItem.of(Path("/x/warmup.jpg"), ("a",), "train"), (jpeg, 32, 40))
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    for i in range(1, n + 1):
+        item = PackItem.of(Path(f"/data/some/folder/a/image_{i:07d}.jpg"), ("a",), "train")
+        w.add(f"{i:09d}", item, (jpeg, 32, 40))
+    held = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    w.close()
+    return held / n
+
+
+@pytest.mark.parametrize("multi_label", [False, True])
+def test_a_shard_writer_holds_about_its_index_line_a_sample(tmp_path: Path,
+                                                            multi_label: bool):
+    per = _writer_bytes_per_sample(tmp_path, 3000, multi_label)
+    assert per < 400, per  # the line of index.csv (~150 B) and its list slot
+    rows = json.loads(
+        (tmp_path / "train-000000.tar.rows.json").read_text())["rows"]
+    with tarfile.open(tmp_path / "train-000000.tar") as t:  # offsets counted as written
+        offsets = {m.name: m.offset_data for m in t if m.name.endswith(".jpg")}
+    assert len(rows) == 3001
+    for line in rows[::500]:
+        key, _, _, offset, size = line.split(",")[:5]
+        assert offsets[key + ".jpg"] == int(offset) and size == "300"
+
+
+def test_pack_starts_its_encoders_before_the_listing(folder_dataset: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch):
+    """Forked after the listing, each encoder would share its pages and the parent's
+    reads would copy them: about 1.2 KB an image at 100k images."""
+    import multiprocessing
+
+    from imageclf.data import sources
+
+    seen = []
+
+    def listing(*a, **kw):
+        seen.append(len(multiprocessing.active_children()))
+        return resolve_before(*a, **kw)
+
+    resolve_before = sources.resolve
+    monkeypatch.setattr(sources, "resolve", listing)
+    _pack(folder_dataset, tmp_path / "store", PackSettings(presize=32, workers=2))
+    assert seen == [2]

@@ -20,9 +20,9 @@ from imageclf.core.config import DataConfig
 from imageclf.core.errors import DataError
 from imageclf.data.dataloaders import DataLoaders
 from imageclf.data.pack import PackSettings, pack
+from imageclf.data.sampling import buffer_shuffle, rank_segments, shard_order
 from imageclf.data.sources import resolve
 from imageclf.data.store import read_manifest, sample_labels
-from imageclf.data.sampling import buffer_shuffle, rank_segments, shard_order
 
 from .helpers import ARCH, make_folder_dataset, run_cli
 

@@ -50,7 +50,7 @@ def _sample(paths: Sequence[ImageRef], s: PackSettings, n: int) -> list[np.ndarr
     """Up to `n` readable images, presized as the store keeps them: (H, W, 3) uint8."""
     step = max(1, len(paths) // n)
     out = []
-    for p in list(paths)[::step][:n]:
+    for p in (paths[i] for i in range(0, len(paths), step)[:n]):
         try:
             pre = load_presized(p, s.presize, s.method)
         except UnreadableImage:

@@ -56,11 +56,34 @@ SAMPLE_FOR_SIZE = 32  # files encoded up front to estimate the store's size
 
 @dataclass(frozen=True, slots=True)
 class PackItem:
-    """One file to pack, its labels by name and its split."""
+    """One file to pack, its labels by name and its split. The file is kept as its
+    reference's text (`str`, data/refs.py): a str is a quarter of a Path's memory, and a
+    listing of 100k files is held for the whole pack."""
 
-    path: Path
+    ref: str
     labels: tuple[str, ...]
     split: str
+
+    @classmethod
+    def of(cls, ref: refs.ImageRef, labels: tuple[str, ...], split: str) -> PackItem:
+        return cls(str(ref), labels, split)
+
+    @property
+    def path(self) -> refs.ImageRef:
+        return refs.parse(self.ref)
+
+
+class _Refs(Sequence):
+    """The items' references, parsed as they are read (--quality auto reads a sample)."""
+
+    def __init__(self, items: Sequence[PackItem]) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i):  # noqa: ANN001, ANN204 - Sequence's int or slice
+        return self.items[i].path
 
 
 def fingerprint(items: Sequence[PackItem], s: PackSettings) -> str:
@@ -71,7 +94,7 @@ def fingerprint(items: Sequence[PackItem], s: PackSettings) -> str:
                                   ).encode())
     for it in items:
         size, mtime = _stat(it.path)
-        h.update(json.dumps([refs.text(it.path), size, mtime, it.labels,
+        h.update(json.dumps([refs.text(it.path), size, mtime, list(it.labels),
                              it.split]).encode())
     return h.hexdigest()[:32]
 
@@ -86,8 +109,8 @@ def encode_file(path: Path, s: PackSettings) -> tuple[bytes, int, int] | str:
     return encode_jpeg(hwc, s.quality, s.subsampling), int(hwc.shape[1]), int(hwc.shape[0])
 
 
-def _encode_chunk(paths: list[Path], s: PackSettings) -> list:
-    return [encode_file(p, s) for p in paths]
+def _encode_chunk(texts: list[str], s: PackSettings) -> list:
+    return [encode_file(refs.parse(t), s) for t in texts]
 
 
 def _init_worker() -> None:
@@ -124,14 +147,14 @@ def _encoded(pool: Executor, items: Sequence[PackItem], s: PackSettings, window:
     pending: deque = deque()
     it = iter(chunks)
     for chunk in it:
-        pending.append((chunk, pool.submit(_encode_chunk, [c.path for c in chunk], s)))
+        pending.append((chunk, pool.submit(_encode_chunk, [c.ref for c in chunk], s)))
         if len(pending) >= window:
             break
     while pending:
         chunk, fut = pending.popleft()
         nxt = next(it, None)
         if nxt is not None:
-            pending.append((nxt, pool.submit(_encode_chunk, [c.path for c in nxt], s)))
+            pending.append((nxt, pool.submit(_encode_chunk, [c.ref for c in nxt], s)))
         yield from zip(chunk, fut.result(), strict=True)
 
 
@@ -198,7 +221,7 @@ class _ShardWriter:
             self._open()
         self.consumed += 1
         if isinstance(enc, str):
-            self.skipped.append({"path": str(item.path), "reason": enc})
+            self.skipped.append({"path": item.ref, "reason": enc})
             return
         data, w, h = enc
         # the label only (every tar member costs a 512-byte header and padding): .cls for
@@ -209,7 +232,7 @@ class _ShardWriter:
         else:
             sample["json"] = json.dumps({"labels": list(item.labels)}).encode()
         self.rows.append(IndexRow(key, self.split, self.name, self._write(sample), len(data),
-                                  w, h, item.labels, str(item.path)).as_line())
+                                  w, h, item.labels, item.ref).as_line())
         if self.tar.tarstream.offset >= self.s.shard_bytes:
             self.close()
 
@@ -274,7 +297,7 @@ def pack_items(items: Sequence[PackItem], out: Path, labels: tuple[Sequence[str]
     here)."""
     classes, multi_label = labels
     out.mkdir(parents=True, exist_ok=True)
-    s, choice = jpegquality.resolve([it.path for it in items], s)  # --quality auto
+    s, choice = jpegquality.resolve(_Refs(items), s)  # --quality auto
     fp = fingerprint(items, s)
     finished_store = _claim(out, fp, overwrite)
     if finished_store is not None:
@@ -421,9 +444,11 @@ def pack(source: DataSource, out: str | Path, s: PackSettings,
     with _pool(_workers(s)) as pool:  # before the listing: see _pool
         items = resolve(source, s.seed)
         order = np.random.default_rng(s.seed).permutation(len(items))
-        names = [PackItem(items.paths[i], tuple(items.classes[c] for c in items.labels[i]),
-                          "valid" if items.is_valid[i] else "train") for i in order]
+        label_names: dict[tuple[int, ...], tuple[str, ...]] = {}  # one tuple a label set
+        names = [PackItem.of(items.paths[i], label_names.setdefault(
+            items.labels[i], tuple(items.classes[c] for c in items.labels[i])),
+            "valid" if items.is_valid[i] else "train") for i in order]
         labels = (items.classes, items.multi_label)
-        del items  # the names hold the same references
+        del items  # the names hold their text: the Paths go
         src = str(Path(source.path).absolute()) if source.path else ""
         return pack_items(names, Path(out), labels, s, src, progress, overwrite, pool)

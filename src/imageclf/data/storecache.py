@@ -157,7 +157,7 @@ class StoreCache:
 
         out = self.cache_dir / f"{self.key}.store"
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        items = [PackItem(p, (), "train") for p in self.paths]
+        items = [PackItem.of(p, (), "train") for p in self.paths]
         with open(self.cache_dir / f"{self.key}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # one packer per machine; the others wait
             before = (out / "manifest.json").is_file()
