@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def tables() -> dict[tuple[str, str], str]:
     """(doc file, block name) -> generated text."""
     from imageclf.core.commands import (
+        BatchOptions,
         CalibrateSettings,
         PackSettings,
         PredictOptions,
@@ -28,18 +29,22 @@ def tables() -> dict[tuple[str, str], str]:
     from imageclf.core.settings import settings_markdown
     from imageclf.data.cache import CacheIndex
     from imageclf.data.store import StoreManifest
+    from imageclf.jobs.batch_predict import BatchManifest, columns_markdown
     from imageclf.learn.checkpoint import CheckpointInfo
     from imageclf.learn.lr_find import LRFindResult
     from imageclf.model.interpret import InterpretationRecord
     from imageclf.run.rundir import RunClaim, RunMetrics
 
     out = {("settings.md", "settings"): settings_markdown(
-        DataConfig, TrainConfig, PackSettings, PredictOptions, CalibrateSettings, ServeConfig),
+        DataConfig, TrainConfig, PackSettings, PredictOptions, BatchOptions, CalibrateSettings,
+        ServeConfig),
            ("run-directory.md", "metrics"): record_markdown(RunMetrics),
            ("run-directory.md", "claim"): record_markdown(RunClaim)
            + "\n" + record_markdown(LRFindResult),
            ("run-directory.md", "cache"): record_markdown(CacheIndex),
            ("data-at-scale.md", "store"): record_markdown(StoreManifest),
+           ("batch-predict.md", "columns"): columns_markdown(),
+           ("batch-predict.md", "manifest"): record_markdown(BatchManifest),
            ("run-directory.md", "checkpoint"): record_markdown(CheckpointInfo),
            ("run-directory.md", "interpretation"): record_markdown(InterpretationRecord),
            ("run-directory.md", "model"): record_markdown(ModelMeta, nested=False),

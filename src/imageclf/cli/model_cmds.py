@@ -13,7 +13,7 @@ from rich.text import Text
 from imageclf.cli import options as o
 from imageclf.cli.options import console, err
 from imageclf.cli.printer import print_open_set, score_table
-from imageclf.core.commands import CalibrateSettings, PredictOptions
+from imageclf.core.commands import BatchOptions, CalibrateSettings, PredictOptions
 from imageclf.core.config import DataSource
 from imageclf.core.errors import ConfigError
 
@@ -36,12 +36,27 @@ def predict(model: o.ModelArg,
             inputs: Annotated[list[Path], typer.Argument(help="Image files or folders.",
                                                          metavar="INPUTS")],
             opts: PredictOptions,
+            batch: BatchOptions,
             top_k: Annotated[int, typer.Option("--top-k", help="Labels listed per image.")] = 3,
             min_confidence: o.MinConfidence = None,
+            output: Annotated[Path | None, typer.Option(
+                "-o", "--output", help="Batch mode: predict every image of one source (a "
+                "folder, CSV, store or Parquet files) into Parquet parts in this folder; "
+                "rerun to resume, torchrun to share it (docs/batch-predict.md).")] = None,
             as_json: o.Json = False) -> None:
-    """Top-k labels per image; unreadable files are reported per file, never a crash."""
+    """Top-k labels per image; unreadable files are reported per file, never a crash.
+    With -o OUT, a whole source into Parquet (batch mode)."""
     from imageclf.model.predict import Predictor
 
+    if output is not None:
+        if len(inputs) != 1:
+            raise ConfigError(f"-o predicts one source (a folder, CSV, store or Parquet "
+                              f"files); got {len(inputs)} inputs")
+        from imageclf.cli.batch_cmd import predict_to_parquet
+
+        predict_to_parquet(model, inputs[0], output, (opts, batch),
+                           top_k=top_k, min_confidence=min_confidence, as_json=as_json)
+        return
     pred = Predictor(model, min_confidence=min_confidence, precision=opts.precision,
                      size=opts.size)
     paths = _expand_inputs(inputs)

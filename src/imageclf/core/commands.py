@@ -61,6 +61,19 @@ class PredictOptions(Settings):
 
 
 @dataclass(frozen=True)
+class BatchOptions(Settings):
+    """predict -o: a whole source into Parquet parts (docs/batch-predict.md)."""
+
+    section = "Batch prediction"
+    chunk: int = setting(4096, "Images a Parquet part: the unit a rerun resumes from and "
+                         "torchrun's ranks share.", ge=1)
+    embeddings: bool = setting(False, "Add the pooled features (the body's output) to each "
+                               "row.")
+    decoders: int = setting(0, "Threads decoding images ahead of the model (0: up to 4, one "
+                            "a core).", ge=0)
+
+
+@dataclass(frozen=True)
 class CalibrateSettings(Settings):
     """How `calibrate` chooses the "none of these" rule."""
 

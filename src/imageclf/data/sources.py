@@ -29,7 +29,7 @@ TRAIN_NAMES = ("train",)
 VALID_NAMES = ("valid", "val", "validation")
 
 
-def _is_image_name(name: str) -> bool:
+def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
@@ -42,11 +42,11 @@ def list_images(folder: Path) -> list[Path]:
     found: list[Path] = []
     for root, dirs, files in os.walk(folder, followlinks=False):
         for name in files:
-            if _is_image_name(name) and not name.startswith("."):
+            if is_image_name(name) and not name.startswith("."):
                 found.append(Path(root) / name)
         keep = []
         for d in dirs:
-            if _is_image_name(d):
+            if is_image_name(d):
                 found.append(Path(root) / d)
             elif not d.startswith("."):
                 keep.append(d)
@@ -67,7 +67,7 @@ def _random_split(n: int, valid_pct: float, seed: int) -> list[bool]:
 def _class_folders(root: Path) -> dict[str, list[Path]]:
     out: dict[str, list[Path]] = {}
     for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if _is_image_name(sub.name):
+        if is_image_name(sub.name):
             continue
         out[sub.name] = list_images(sub)
     return out
@@ -191,7 +191,7 @@ def _is_header(row: list[str], image_root: Path) -> bool:
     """A first row that names no existing file and does not look like an image file name
     (a listed image that has gone missing is a row, not a header)."""
     first = row[0].strip()
-    return not _resolve(image_root, first).exists() and not _is_image_name(first)
+    return not _resolve(image_root, first).exists() and not is_image_name(first)
 
 
 def _resolve(root: Path, name: str) -> Path:
@@ -252,7 +252,7 @@ def from_tables(root: Path, *, image_col: str | None = None, label_col: str | No
     return _finish(rows.paths, rows.names, flags, ml, root)
 
 
-def _is_tables(root: Path) -> bool:
+def is_tables(root: Path) -> bool:
     """DATA is a table file, or a folder of table files with no image files."""
     if root.is_file():
         return root.suffix in TABLE_SUFFIXES
@@ -277,7 +277,7 @@ def source_kind(source: DataSource) -> str:
         return "store"
     if source.csv is not None or (root.is_file() and root.suffix.lower() == ".csv"):
         return "csv"
-    if source.label_regex is None and _is_tables(root):
+    if source.label_regex is None and is_tables(root):
         return "tables"
     if not root.is_dir():
         there = "" if root.exists() else " (nothing is there)"
@@ -347,7 +347,7 @@ def resolve_unlabelled(source: str, valid_pct: float = 0.2, seed: int = 0
     root = Path(source)
     if root.is_file() and root.suffix.lower() == ".csv":
         return _from_csv(root, valid_pct, seed)
-    if _is_tables(root):
+    if is_tables(root):
         rows = read_rows(table_files(root), None, None, None)
         if all(s is None for s in rows.splits):
             return rows.paths, _random_split(len(rows.paths), valid_pct, seed)

@@ -118,19 +118,21 @@ class Predictor:
         an image's bytes)."""
         return torch.from_numpy(load_centre_square(path, self.presize, self.method))
 
+    def load_or_reason(self, path: str | Path) -> torch.Tensor | str:
+        """`load`, or why the image cannot be read (never an exception for a bad file)."""
+        try:
+            return self.load(path)
+        except UnreadableImage as e:
+            return str(e)
+        except OSError as e:
+            return f"cannot read: {e.strerror or e}"
+
     def _load_many(self, paths: Sequence[str | Path]) -> list[torch.Tensor | str]:
-        def one(path: str | Path) -> torch.Tensor | str:
-            try:
-                return self.load(path)
-            except UnreadableImage as e:
-                return str(e)
-            except OSError as e:
-                return f"cannot read: {e.strerror or e}"
         if len(paths) == 1:
-            return [one(paths[0])]
+            return [self.load_or_reason(paths[0])]
         # single-threaded torch in the decoders: the model's thread keeps the cores
         with decoding_pool(self.threads) as pool:
-            return list(pool.map(one, paths))
+            return list(pool.map(self.load_or_reason, paths))
 
     def inputs(self, x: torch.Tensor, tta: bool = False) -> list[torch.Tensor]:
         """uint8 (B, 3, P, P) → normalised model inputs, one per view."""
@@ -166,7 +168,11 @@ class Predictor:
               ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(probabilities (B, C), the none rule's score per image or None): the one path
         from a batch to what `answer` needs, for predict, evaluate and serve."""
-        out = self.outputs(x, tta, features=self.rule.needs_features)
+        return self.verdict(self.outputs(x, tta, features=self.rule.needs_features))
+
+    def verdict(self, out: Outputs) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(probabilities, the none rule's scores) of a pass's outputs (`judge`'s second
+        half, for a pass that also wants the features)."""
         return to_probs(out.logits, self.multi_label), self.rule.scores(out)
 
     def batches(self, paths: Sequence[str | Path], bs: int = 32

@@ -1,0 +1,139 @@
+"""A source's images one at a time, in a fixed order, without holding the listing: what
+batch prediction reads (jobs/batch_predict.py). Each image is named by its reference's
+text (data/refs.py): a file's path, a store's `SHARD::store::OFFSET::SIZE`, a table's row.
+
+- a folder: every image file under it, depth first, each directory's entries sorted (one
+  directory's names are held at a time; a folder of a million files in one directory holds
+  a million short strings, not a million Paths);
+- a CSV: its first column, relative to the CSV's folder (a header row is skipped), read row
+  by row;
+- a store (a folder made by `imageclf pack`): its index, read row by row;
+- Parquet/Arrow files: their rows (data/tables.py reads the image column whole).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+
+from imageclf.core.errors import ConfigError, DataError
+from imageclf.data.sources import is_image_name, is_tables
+from imageclf.data.store import (
+    INDEX,
+    INDEX_COLUMNS,
+    StoreRef,
+    is_store,
+    read_manifest,
+)
+from imageclf.data.tables import read_rows, table_files
+from imageclf.data.urlio import is_url
+
+
+@dataclass(frozen=True)
+class Listing:
+    """The images of one source, listed lazily (`__iter__`), and its fingerprint."""
+
+    root: Path
+    kind: str  # folder, csv, store or tables
+
+    @classmethod
+    def of(cls, source: str | Path) -> Listing:
+        """The listing of a folder, a CSV, a store or Parquet/Arrow files; a clear error
+        for anything else."""
+        if is_url(source):
+            raise ConfigError(f"{source}: batch prediction reads a local folder, CSV, store "
+                              "or Parquet files; copy a store at a URL into a folder first")
+        root = Path(source)
+        if is_store(root):
+            read_manifest(root)  # a store still being packed is refused here, in one line
+            return cls(root, "store")
+        if root.is_file() and root.suffix.lower() == ".csv":
+            return cls(root, "csv")
+        if is_tables(root):
+            return cls(root, "tables")
+        if root.is_dir():
+            return cls(root, "folder")
+        there = "nothing is there" if not root.exists() else "not a folder, .csv or table"
+        raise ConfigError(f"{root}: {there}; give a folder of images, a CSV whose first "
+                          "column names them, a store, or Parquet/Arrow files")
+
+    def __iter__(self) -> Iterator[str]:
+        return {"folder": _walk, "csv": _csv_rows, "store": _store_rows,
+                "tables": _table_rows}[self.kind](self.root)
+
+    def chunks(self, size: int) -> Iterator[list[str]]:
+        """The listing cut into lists of `size` (the last may be shorter)."""
+        it = iter(self)
+        while chunk := list(islice(it, size)):
+            yield chunk
+
+    def fingerprint(self) -> tuple[str, int]:
+        """(hash of every image's reference, size and mtime, and the count): a source changed
+        since a job started is told apart by it. One pass over the listing, a stat an image
+        (a store: its manifest's own fingerprint)."""
+        if self.kind == "store":
+            m = read_manifest(self.root)
+            return m.fingerprint, sum(m.counts.values())
+        h, n = hashlib.sha256(json.dumps([self.kind, str(self.root.absolute())]).encode()), 0
+        for text in self:
+            try:
+                st = os.stat(text if self.kind != "tables" else text.split("::", 1)[0])
+                h.update(f"{text}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            except OSError:
+                h.update(f"{text}\0missing\n".encode())
+            n += 1
+        return h.hexdigest()[:32], n
+
+
+def _walk(folder: Path) -> Iterator[str]:
+    try:
+        with os.scandir(folder) as it:
+            entries = sorted((e.name, e.is_dir(follow_symlinks=False)) for e in it
+                             if not e.name.startswith("."))
+    except OSError as e:
+        raise DataError(f"cannot list {folder}: {e.strerror or e}") from e
+    for name, is_dir in entries:
+        if is_image_name(name):
+            yield os.path.join(folder, name)  # a directory named like an image: its row
+        elif is_dir:  # says it is not one
+            yield from _walk(Path(folder) / name)
+
+
+def _csv_rows(path: Path) -> Iterator[str]:
+    base = path.parent
+    try:
+        with open(path, newline="") as f:
+            for i, row in enumerate(csv.reader(f)):
+                name = row[0].strip() if row else ""
+                if not name or (i == 0 and not Path(name).suffix):
+                    continue  # an empty row, or the header
+                p = Path(name)
+                yield str(p if p.is_absolute() else base / p)
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror or e}") from e
+
+
+def _store_rows(root: Path) -> Iterator[str]:
+    shards = {s.name for s in read_manifest(root).shards}
+    with open(root / INDEX, newline="") as f:
+        rows = csv.reader(f)
+        if tuple(next(rows, ())) != INDEX_COLUMNS:
+            raise DataError(f"{root / INDEX}: not a store's index; pack the store again")
+        col = INDEX_COLUMNS.index
+        for i, r in enumerate(rows, start=2):
+            shard = r[col("shard")]
+            if shard not in shards:
+                raise DataError(f"{root / INDEX} row {i}: shard {shard!r} is not one of this "
+                                "store's shards (manifest.json); the store is refused")
+            yield str(StoreRef(root / shard, int(r[col("offset")]), int(r[col("size")])))
+
+
+def _table_rows(root: Path) -> Iterator[str]:
+    for ref in read_rows(table_files(root), None, None, None).paths:
+        yield str(ref)
