@@ -206,6 +206,8 @@ def main() -> None:
     ap.add_argument("--data", help="extracted Imagenette (default: the shared tar)")
     ap.add_argument("--runs", help="with --only train: the training runs to do again "
                     "(e.g. store-0,http-0), the others kept from the last result")
+    ap.add_argument("--before", help="store.json of the same build measured at an earlier "
+                    "commit on this machine, shown beside this run's rows")
     ap.add_argument("--only", choices=("build", "train"),
                     help="run one part, keeping the other part's figures from the last run "
                     "(with the machine and commit each part was measured on)")
@@ -234,6 +236,9 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
                 result["build"].append(row)
                 save("store", result)
+    if args.before:
+        old = json.loads(Path(args.before).read_text())
+        result["build_before"] = {"machine": old["machine"], "build": old["build"]}
     if args.only != "build":
         redo = set(args.runs.split(",")) if args.runs else None
         old_runs = {t["name"]: t for t in json.loads(last.read_text()).get("train", [])} \
@@ -301,6 +306,28 @@ def section(r: dict) -> str:
             + f" | {b['raw']['seconds']:.0f} s | {b['store']['seconds']:.0f} s | "
             f"{b['build_ratio']:.2f}× | {b['raw']['peak_mb']} / {b['store']['peak_mb']} | "
             f"{proj} |")
+    if r.get("build_before"):
+        bm = r["build_before"]["machine"]
+        lines += ["", f"The same build at commit {bm['commit']} (before pack's memory fixes), "
+                  f"run separately on the same machine ({cpu_name(bm)}, {bm['date']}): "
+                  "peak memory of pack, and its build against the raw cache's, then and now. "
+                  "Each ratio is taken within its own run; the raw build itself varies from "
+                  "run to run (its seconds are shown). Goal: flat within 10% from 10k to "
+                  "100k images.", "",
+                  "| presize | images | pack peak MB then | now | raw build then | now "
+                  "| pack/raw then | now |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for b0, b in zip(r["build_before"]["build"], r["build"], strict=True):
+            lines.append(f"| {b['presize']} | {b['images']:,} | {b0['store']['peak_mb']} | "
+                         f"{b['store']['peak_mb']} | {b0['raw']['seconds']:.0f} s | "
+                         f"{b['raw']['seconds']:.0f} s | {b0['build_ratio']:.2f}× | "
+                         f"{b['build_ratio']:.2f}× |")
+        for when, rows in (("then", r["build_before"]["build"]), ("now", r["build"])):
+            growth = []
+            for small, big in zip(rows[::2], rows[1::2], strict=True):
+                g = big["store"]["peak_mb"] / small["store"]["peak_mb"] - 1
+                growth.append(f"{small['presize']}: {100 * g:+.0f}%")
+            lines += ["", f"Growth of pack's peak from 10k to 100k images, {when}: "
+                      + ", ".join(growth) + "."]
     mt, mk = r.get("machine_train"), r.get("machine_kept_runs")
     if mt and (r.get("loader") or r.get("train")):
         lines += ["", f"The training rows below: measured {mt['date']} on {cpu_name(mt)} "
