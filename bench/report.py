@@ -20,7 +20,8 @@ absolute figures across machines.
 `python bench/run_all.py [--data DIR]` runs every comparison against fastai 2.8.12
 (installed by the scripts into `bench/.venv-fastai`) on Imagenette: `bench_loader.py` (the
 data loader), `bench_train.py` (a whole training run, resnet18 from scratch),
-`bench_predict.py` (single-image latency), `bench_lr_find.py` (one finder sweep),
+`bench_predict.py` (single-image latency; `bench_batch_predict.py`: `predict -o` against
+its ceiling, a PIL + DataLoader loop and timm's pipeline), `bench_lr_find.py` (one finder sweep),
 `bench_lr_rules.py` (imageclf alone: accuracy after training at each finder suggestion, the
 evidence behind `--lr auto`; `--transfer` for fine-tuning), `bench_ddp.py` (one process
 against torchrun with several) and `bench_serve.py` (`imageclf serve` under concurrent
@@ -47,6 +48,7 @@ SCRIPTS = {
     "loader": ("bench_loader", "section", "headline"),
     "train": ("bench_train", "section", "headline"),
     "predict": ("bench_predict", "section", "headline"),
+    "batch_predict": ("bench_batch_predict", "section", "headline"),
     "lr_find": ("bench_lr_find", "section", "headline"),
     "lr_rules": ("bench_lr_rules", "section", "headline"),
     "ddp": ("bench_ddp", "section", "headline"),
@@ -64,9 +66,9 @@ SCRIPTS = {
     "device": ("bench_device", "section", "headline"),
 }
 # the sections in the page's order; these also render their NAME-*.json results
-SECTIONS = ("demo", "loader", "train", "predict", "lr_find", "lr_rules", "ddp-cpu", "serve",
-            "serve_single", "open_set", "imbalance", "time_to_accuracy", "finetune",
-            "bn_recal", "store", "jpeg_quality", "leaderboard", "suite")
+SECTIONS = ("demo", "loader", "train", "predict", "batch_predict", "lr_find", "lr_rules",
+            "ddp-cpu", "serve", "serve_single", "open_set", "imbalance", "time_to_accuracy",
+            "finetune", "bn_recal", "store", "jpeg_quality", "leaderboard", "suite")
 VARIANTS = ("train", "lr_rules", "time_to_accuracy", "suite", "demo")
 
 
