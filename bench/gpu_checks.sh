@@ -8,7 +8,10 @@
 #                after another (LB_SEEDS, default 0 1 2 3 4) while the next one still fits
 #                before LB_DEADLINE seconds (default 300) have passed since the step began;
 #   device       bench_device.py: resnet50 at 224, batch 128: ceiling, cold and warm epochs,
-#                then the cold epoch with --decode device (nvJPEG), then --compile.
+#                then the cold epoch with --decode device (nvJPEG), then --compile;
+#   batch-predict  `predict MODEL DATA/val -o OUT` with a seeded random resnet18 at 224, batch
+#                128, JPEGs decoded by Pillow (--decode cpu) and by nvJPEG (--decode device):
+#                images/s of each, and whether their decisions agree.
 # Each step has its own time limit and its results are copied out as soon as it ends, so a
 # step that runs long costs only itself.
 #
@@ -44,7 +47,7 @@ step() {  # step NAME SECONDS COMMAND...: run with a limit, log to $OUT/NAME.log
   for f in bench/results/"$name".json; do [ -f "$f" ] && cp "$f" "$OUT/"; done
 }
 
-STEPS=${STEPS:-cuda-tests demo leaderboard device}
+STEPS=${STEPS:-cuda-tests demo leaderboard device batch-predict}
 want() { [[ " $STEPS " == *" $1 "* ]]; }
 
 nvidia-smi -L || true
@@ -84,4 +87,17 @@ if want device; then
       --decode device --name device-cuda-nvjpeg ${BENCH_ARGS:-}
   step device-cuda-compile 180 "$PY" bench/bench_device.py --data "$DATA" --epochs "$EPOCHS" \
       --compile --name device-cuda-compile ${BENCH_ARGS:-}
+fi
+if want batch-predict; then
+  bp=$(mktemp -d)
+  "$PY" -c "import sys; sys.path.insert(0, 'bench'); from common import random_resnet18; \
+from pathlib import Path; random_resnet18(Path('$bp/model'), 224, 256)"
+  for how in cpu device; do
+    step "batch-predict-$how" 150 "$PY" -m imageclf predict "$bp/model" "$DATA/val" \
+        -o "$bp/$how" --decode "$how" --bs 128 --json
+  done
+  "$PY" -c "import pyarrow.parquet as pq; a, b = (pq.read_table('$bp/' + h).to_pydict() \
+for h in ('cpu', 'device')); same = sum(x == y for x, y in zip(a['decision'], b['decision'])); \
+print(f'batch-predict: {same} of {len(a[\"decision\"])} decisions agree')" \
+      | tee "$OUT/batch-predict-agree.log"
 fi

@@ -215,3 +215,19 @@ def test_torchrun_two_processes_predict_every_image_once(run_dir: Path, images: 
     for path, row in _rows(out).items():
         assert row["decision"] == one[path]["decision"]
         assert row["top_probs"] == pytest.approx(one[path]["top_probs"], abs=1e-5)
+
+
+def test_decode_on_the_device_gives_the_rows_of_the_cpu_path(run_dir: Path, images: Path,
+                                                             tmp_path: Path):
+    """--decode device on a CPU runs the same code as on a GPU (torchvision's decoder in
+    place of nvJPEG): the same readable images, the same answers."""
+    _run(run_dir / "model", images, tmp_path / "cpu")
+    _run(run_dir / "model", images, tmp_path / "dev", decode="device")
+    cpu, dev = _rows(tmp_path / "cpu"), _rows(tmp_path / "dev")
+    assert cpu.keys() == dev.keys()
+    assert json.loads((tmp_path / "dev" / JOB).read_text())["decode"] == "device"
+    for path, a in cpu.items():
+        b = dev[path]
+        assert (a["error"] is None) == (b["error"] is None), path
+        if a["error"] is None:
+            assert a["top_probs"][0] == pytest.approx(b["top_probs"][0], abs=0.05), path

@@ -71,6 +71,9 @@ class BatchOptions(Settings):
                                "row.")
     decoders: int = setting(0, "Threads decoding images ahead of the model (0: up to 4, one "
                             "a core).", ge=0)
+    decode: str = setting("cpu", "cpu (Pillow in the decoding threads) or device (a batch's "
+                          "JPEGs decoded together on the model's device: nvJPEG on a GPU).",
+                          choices=("cpu", "device"))
 
 
 @dataclass(frozen=True)

@@ -133,7 +133,8 @@ def presize_tensor(x: torch.Tensor, presize: int, method: str = "crop") -> Presi
     return to_slot(a) if method == "crop" else Presized(np.ascontiguousarray(a), False)
 
 
-def _decode(datas: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
+def decode_jpegs(datas: list[torch.Tensor], device: torch.device
+                 ) -> list[torch.Tensor | None]:
     """Decode JPEG bytes on the device, all at once (nvJPEG batches them); a file the
     decoder refuses becomes None."""
     from torchvision.io import ImageReadMode, decode_jpeg
@@ -161,7 +162,7 @@ def decode_chunk(paths: list[tuple[int, Path]], presize: int, method: str,
     (index, ok, used length, transposed, reason). JPEGs are decoded on `device`."""
     found = [(i, read_jpeg(p)) for i, p in paths]
     jpegs = [(i, r) for i, r in found if r is not None]
-    decoded = _decode([data for _, (data, _) in jpegs], device) if jpegs else []
+    decoded = decode_jpegs([data for _, (data, _) in jpegs], device) if jpegs else []
     slots = {i: presize_tensor(exif_upright(x, orientation), presize, method)
              for (i, (_, orientation)), x in zip(jpegs, decoded, strict=True) if x is not None}
     # not a JPEG for the device, or refused by it (no slot): Pillow decides

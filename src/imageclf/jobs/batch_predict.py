@@ -89,6 +89,7 @@ class BatchJob(Record):
     size: int = doc("the side images are predicted at")
     tta: bool = doc("flipped/zoomed views averaged")
     embeddings: bool = doc("rows carry the pooled features")
+    decode: str = doc("where JPEGs were decoded: cpu, or device", "cpu")
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,7 @@ class _Plan:
     tta: bool
     embeddings: bool
     decoders: int  # 0: the predictor's
+    decode: str = "cpu"  # or device
 
 
 @dataclass
@@ -166,10 +168,12 @@ def _claim(out: Path, job: BatchJob) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _batches(pred: Predictor, pool, paths: list[str], bs: int  # noqa: ANN001 - an Executor
+def _batches(pred: Predictor, pool, paths: list[str], bs: int,  # noqa: ANN001 - Executor
+             device: bool = False
              ) -> Iterator[tuple[list[str], torch.Tensor | None, list[str | None]]]:
     """(paths, uint8 batch of the readable ones, error per path), decoded one batch ahead
-    of the caller's forward pass."""
+    of the caller's forward pass: image by image in the pool's threads, or (`device`) the
+    whole batch in one task on the model's device."""
     ahead: deque = deque()
     starts = iter(range(0, len(paths), bs))
 
@@ -177,13 +181,14 @@ def _batches(pred: Predictor, pool, paths: list[str], bs: int  # noqa: ANN001 - 
         s = next(starts, None)
         if s is not None:
             chunk = paths[s:s + bs]
-            ahead.append((chunk, [pool.submit(pred.load_or_reason, p) for p in chunk]))
+            ahead.append((chunk, [pool.submit(pred.load_on_device, chunk)] if device else
+                          [pool.submit(pred.load_or_reason, p) for p in chunk]))
 
     submit()
     while ahead:
         submit()
         chunk, futs = ahead.popleft()
-        loaded = [f.result() for f in futs]
+        loaded = futs[0].result() if device else [f.result() for f in futs]
         good = [v for v in loaded if not isinstance(v, str)]
         yield chunk, (torch.stack(good) if good else None), [
             v if isinstance(v, str) else None for v in loaded]
@@ -236,7 +241,7 @@ def run_chunks(pred: Predictor, listing: Listing, out: Path, job: BatchJob, s: _
             if k not in todo:
                 continue
             cols: dict[str, list] = {n: [] for n in COLUMNS}
-            for chunk, x, errors in _batches(pred, pool, paths, s.bs):
+            for chunk, x, errors in _batches(pred, pool, paths, s.bs, s.decode == "device"):
                 _rows(pred, chunk, x, errors, s, cols)
                 state.done += len(chunk)
                 if progress is not None:
@@ -278,7 +283,7 @@ def predict_batch(pred: Predictor, source: str | Path, out: str | Path, opts: Pr
     manifest on rank 0, else None; what this process did)."""
     t0 = time.perf_counter()
     out, listing, dist = Path(out), Listing.of(source), dist or Dist()
-    s = _Plan(opts.bs, top_k, opts.tta, batch.embeddings, batch.decoders)
+    s = _Plan(opts.bs, top_k, opts.tta, batch.embeddings, batch.decoders, batch.decode)
 
     def start() -> BatchJob:
         fp, n = listing.fingerprint()
@@ -286,7 +291,7 @@ def predict_batch(pred: Predictor, source: str | Path, out: str | Path, opts: Pr
             raise DataError(f"no images found in {source}")
         job = BatchJob(str(pred.folder.absolute()), model_hash(pred.folder),
                        str(Path(source).absolute()), fp, n, batch.chunk, top_k, pred.size,
-                       s.tta, s.embeddings)
+                       s.tta, s.embeddings, s.decode)
         _claim(out, job)
         return job
 

@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from imageclf.core.errors import ConfigError
@@ -126,6 +127,30 @@ class Predictor:
             return str(e)
         except OSError as e:
             return f"cannot read: {e.strerror or e}"
+
+    def load_on_device(self, paths: Sequence[str]) -> list[torch.Tensor | str]:
+        """`load_or_reason` of each path, the JPEG files decoded together on the model's
+        device (nvJPEG on a GPU; torchvision's decoder on a CPU, where Pillow's draft mode
+        is faster) and presized there with the CPU path's geometry and filter. Anything else,
+        and any file the device refuses, goes through `load_or_reason`."""
+        from imageclf.data.device_decode import (
+            decode_jpegs,
+            exif_upright,
+            presize_tensor,
+            read_jpeg,
+        )
+        from imageclf.data.images import square_crop
+
+        found = [read_jpeg(p) for p in paths]
+        jpegs = [(k, r) for k, r in enumerate(found) if r is not None]
+        decoded = decode_jpegs([d for _, (d, _) in jpegs], self.device) if jpegs else []
+        out: list[torch.Tensor | str | None] = [None] * len(paths)
+        for (k, (_, orientation)), x in zip(jpegs, decoded, strict=True):
+            if x is not None:
+                pre = presize_tensor(exif_upright(x, orientation), self.presize, self.method)
+                out[k] = torch.from_numpy(np.ascontiguousarray(square_crop(pre)))
+        return [self.load_or_reason(p) if o is None else o for p, o in zip(paths, out,
+                                                                            strict=True)]
 
     def _load_many(self, paths: Sequence[str | Path]) -> list[torch.Tensor | str]:
         if len(paths) == 1:
