@@ -131,6 +131,7 @@ predict_batch(Predictor(model), source, out, PredictOptions(bs=3), BatchOptions(
 """
 
 
+@pytest.mark.slow
 def test_a_killed_job_resumes_to_the_rows_of_an_uninterrupted_one(run_dir: Path,
                                                                   images: Path,
                                                                   tmp_path: Path):
@@ -231,3 +232,44 @@ def test_decode_on_the_device_gives_the_rows_of_the_cpu_path(run_dir: Path, imag
         assert (a["error"] is None) == (b["error"] is None), path
         if a["error"] is None:
             assert a["top_probs"][0] == pytest.approx(b["top_probs"][0], abs=0.05), path
+
+
+@pytest.mark.slow
+def test_a_store_at_a_url_is_predicted_with_ranged_reads(run_dir: Path, tmp_path: Path):
+    import functools
+    import http.server
+    import threading
+
+    from imageclf.core.config import DataConfig
+    from imageclf.data.pack import PackSettings, pack
+
+    data = make_folder_dataset(tmp_path / "data", n_train=3, n_valid=2)
+    pack(DataConfig.build(path=str(data)).source, tmp_path / "srv" / "store",
+         PackSettings(presize=40, shard_bytes=8 * 1024))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler,
+                                directory=str(tmp_path / "srv"))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/store/"
+        r = run_cli("predict", str(run_dir / "model"), url, "-o", str(tmp_path / "out"),
+                    "--top-k", "2", "--json")
+        assert r.returncode == 0, r.stderr
+        m = json.loads(r.stdout)
+        assert m["predicted"] == 15 and m["unreadable"] == 0 and m["job"]["source"] == url
+        local = tmp_path / "local"
+        _run(run_dir / "model", tmp_path / "srv" / "store", local)
+        def key(ref: str) -> str:  # the shard's name and the place in it
+            shard, place = ref.split("::store::")
+            return Path(shard).name + "::" + place
+
+        by_local = {key(row["path"]): row for row in _rows(local).values()}
+        assert len(by_local) == 15
+        for row in _rows(tmp_path / "out").values():
+            same = by_local[key(row["path"])]
+            assert row["decision"] == same["decision"]
+            assert row["top_probs"] == pytest.approx(same["top_probs"], abs=1e-6)
+    finally:
+        server.shutdown()
+        server.server_close()

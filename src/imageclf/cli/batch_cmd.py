@@ -20,7 +20,7 @@ def _threads(local_world: int) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
 
 
-def predict_to_parquet(model: Path, source: Path, output: Path,
+def predict_to_parquet(model: Path, source: str, output: Path,
                        settings: tuple[PredictOptions, BatchOptions], *, top_k: int,
                        min_confidence: float | None, as_json: bool) -> None:
     from rich.progress import (

@@ -18,12 +18,12 @@ from imageclf.core.config import DataSource
 from imageclf.core.errors import ConfigError
 
 
-def _expand_inputs(inputs: list[Path]) -> list[Path]:
+def _expand_inputs(inputs: list[str]) -> list[Path]:
     """Files as given; folders walked for image files (sorted)."""
     from imageclf.data.sources import list_images
 
     out: list[Path] = []
-    for p in inputs:
+    for p in map(Path, inputs):
         if p.is_dir():
             out += list_images(p)
         else:
@@ -33,8 +33,9 @@ def _expand_inputs(inputs: list[Path]) -> list[Path]:
 
 @o.settings_command
 def predict(model: o.ModelArg,
-            inputs: Annotated[list[Path], typer.Argument(help="Image files or folders.",
-                                                         metavar="INPUTS")],
+            inputs: Annotated[list[str], typer.Argument(
+                help="Image files or folders; with -o one source (a folder, CSV, store, "
+                "a store's URL, Parquet files).", metavar="INPUTS")],
             opts: PredictOptions,
             batch: BatchOptions,
             top_k: Annotated[int, typer.Option("--top-k", help="Labels listed per image.")] = 3,

@@ -8,7 +8,9 @@ text (data/refs.py): a file's path, a store's `SHARD::store::OFFSET::SIZE`, a ta
 - a CSV: its first column, relative to the CSV's folder (a header row is skipped), read row
   by row;
 - a store (a folder made by `imageclf pack`): its index, read row by row;
-- Parquet/Arrow files: their rows (data/tables.py reads the image column whole).
+- Parquet/Arrow files: their rows (data/tables.py reads the image column whole);
+- a store at a URL: its manifest and index fetched (data/remote.py), each image then read
+  with a ranged request.
 """
 
 from __future__ import annotations
@@ -47,8 +49,7 @@ class Listing:
         """The listing of a folder, a CSV, a store or Parquet/Arrow files; a clear error
         for anything else."""
         if is_url(source):
-            raise ConfigError(f"{source}: batch prediction reads a local folder, CSV, store "
-                              "or Parquet files; copy a store at a URL into a folder first")
+            return cls(_fetched_store(str(source)), "store")
         root = Path(source)
         if is_store(root):
             read_manifest(root)  # a store still being packed is refused here, in one line
@@ -89,6 +90,18 @@ class Listing:
                 h.update(f"{text}\0missing\n".encode())
             n += 1
         return h.hexdigest()[:32], n
+
+
+def _fetched_store(url: str) -> Path:
+    """A store at a URL: its manifest and index fetched into the cache folder, where its
+    references point (`StoreRef.read` makes a ranged request for each image)."""
+    from imageclf.data.cache import default_cache_dir
+    from imageclf.data.remote import open_remote
+
+    where = default_cache_dir() / ("predict-" + hashlib.sha256(url.encode()).hexdigest()[:16])
+    store = open_remote(url, where)
+    store.rows  # noqa: B018 - fetches index.csv and checks it against the manifest
+    return where
 
 
 def _walk(folder: Path) -> Iterator[str]:

@@ -34,6 +34,7 @@ from imageclf.core.hardware import decoding_pool
 from imageclf.core.records import Record, Skipped
 from imageclf.core.schema import doc
 from imageclf.data.listing import Listing
+from imageclf.data.urlio import is_url
 from imageclf.model.predict import Predictor
 
 JOB, MANIFEST = "_job.json", "_manifest.json"
@@ -290,7 +291,8 @@ def predict_batch(pred: Predictor, source: str | Path, out: str | Path, opts: Pr
         if n == 0:
             raise DataError(f"no images found in {source}")
         job = BatchJob(str(pred.folder.absolute()), model_hash(pred.folder),
-                       str(Path(source).absolute()), fp, n, batch.chunk, top_k, pred.size,
+                       str(source) if is_url(source) else str(Path(source).absolute()), fp, n,
+                       batch.chunk, top_k, pred.size,
                        s.tta, s.embeddings, s.decode)
         _claim(out, job)
         return job
