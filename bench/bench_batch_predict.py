@@ -26,12 +26,9 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import psutil
-
-from common import RESULTS, ROOT, cpu_name, imagenette, machine, save
+from common import RESULTS, ROOT, cpu_name, imagenette, machine, measured, save
 
 IMAGECLF = [sys.executable, "-m", "imageclf"]
 HERE = Path(__file__).parent
@@ -70,26 +67,6 @@ print(json.dumps({"images": len(files), "seconds": time.perf_counter() - t0,
 """
 
 
-def measured(cmd: list[str], env: dict | None = None) -> dict:
-    """Wall seconds and peak RSS (the process tree's) of a command; its stdout."""
-    t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env=env)
-    peak, proc = 0, psutil.Process(p.pid)
-    while p.poll() is None:
-        try:
-            peak = max(peak, sum(q.memory_info().rss for q in
-                                 [proc, *proc.children(recursive=True)] if q.is_running()))
-        except psutil.Error:
-            pass
-        time.sleep(0.1)
-    out, err = p.communicate()
-    if p.returncode != 0:
-        raise SystemExit(f"{cmd[:6]} failed:\n{err[-3000:]}")
-    return {"wall": round(time.perf_counter() - t0, 2), "peak_mb": round(peak / 2**20),
-            "stdout": out}
-
-
 def rate(r: dict) -> float:
     return round(r["images"] / r["seconds"], 1)
 
@@ -102,7 +79,7 @@ def ours(model: Path, source: Path, out: Path, precision: str, extra: tuple = ()
     m = json.loads(r["stdout"][r["stdout"].index("{"):])
     n = m["predicted"] + m["unreadable"]
     return {"images": n, "process_images_per_s": m["images_per_s"],
-            "whole_images_per_s": round(n / r["wall"], 1), "wall": r["wall"],
+            "whole_images_per_s": round(n / r["seconds"], 1), "wall": r["seconds"],
             "peak_mb": r["peak_mb"]}
 
 
@@ -287,7 +264,7 @@ def section(r: dict) -> str:
                   f"{s['rows']} rows."]
     if "memory" in r:
         mm = r["memory"]
-        lines += ["", "Memory: peak RSS of the whole `predict -o` process tree over tiny "
+        lines += ["", "Memory: peak PSS of the whole `predict -o` process tree over tiny "
                   "generated JPEGs (32x24, folders of 1000), resnet10t at 32: "
                   + ", ".join(f"{k} images {v['peak_mb']} MB ({v['images_per_s']:.0f} images/s)"
                               for k, v in mm.items()) + "."]

@@ -25,9 +25,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import psutil
-
-from common import RESULTS, ROOT, cpu_name, imagenette, machine, save
+from common import RESULTS, ROOT, cpu_name, imagenette, machine, measured, save
 
 IMAGECLF = [sys.executable, "-m", "imageclf"]
 
@@ -79,28 +77,6 @@ def spread_csv(data: Path, n: int, path: Path) -> Path:
         for p in files:
             w.writerow([str(p), p.parent.name])
     return path
-
-
-def measured(cmd: list[str]) -> dict:
-    """Wall seconds and peak memory of a command's whole process tree, sampled every 0.2 s:
-    the sum of each process's PSS (its private pages plus its share of the pages it shares),
-    so that forked workers' shared pages count once, as RSS would count them N times."""
-    t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak = 0
-    proc = psutil.Process(p.pid)
-    while p.poll() is None:
-        try:
-            tree = [proc, *proc.children(recursive=True)]
-            peak = max(peak, sum(q.memory_full_info().pss for q in tree if q.is_running()))
-        except psutil.Error:
-            pass
-        time.sleep(0.2)
-    out, err = p.communicate()
-    if p.returncode != 0:
-        raise SystemExit(f"{cmd[:5]} failed:\n{out[-2000:]}\n{err[-3000:]}")
-    return {"seconds": round(time.perf_counter() - t0, 1), "peak_mb": round(peak / 2**20),
-            "stdout": out}
 
 
 RAW_BUILD = """

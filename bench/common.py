@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -278,3 +279,28 @@ def where(r: dict) -> str:
     m = r["machine"]
     isa = f" ({m['isa']})" if m.get("isa") and not m.get("gpu") else ""
     return f"{m.get('gpu') or cpu_name(m)}{isa}, {m['cores']} cores"
+
+
+def measured(cmd: list[str], env: dict[str, str] | None = None) -> dict:
+    """Wall seconds and peak memory of a command's whole process tree, sampled every 0.2 s:
+    the sum of each process's PSS (its private pages plus its share of the pages it shares),
+    so that forked workers' shared pages count once, as RSS would count them N times."""
+    import psutil
+
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=env)
+    peak = 0
+    proc = psutil.Process(p.pid)
+    while p.poll() is None:
+        try:
+            tree = [proc, *proc.children(recursive=True)]
+            peak = max(peak, sum(q.memory_full_info().pss for q in tree if q.is_running()))
+        except psutil.Error:
+            pass
+        time.sleep(0.2)
+    out, err = p.communicate()
+    if p.returncode != 0:
+        raise SystemExit(f"{cmd[:5]} failed:\n{out[-2000:]}\n{err[-3000:]}")
+    return {"seconds": round(time.perf_counter() - t0, 1), "peak_mb": round(peak / 2**20),
+            "stdout": out}
