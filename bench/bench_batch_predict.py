@@ -186,6 +186,7 @@ def memory(work: Path) -> dict:
             shutil.copytree(d, small / d.name)
     out = {}
     for name, src in (("10k", small), ("100k", big)):
+        shutil.rmtree(work / f"m-{name}", ignore_errors=True)  # a fresh job, not a resume
         r = ours(model, src, work / f"m-{name}", "auto", ("--chunk", "4096"))
         out[name] = {"images": r["images"], "peak_mb": r["peak_mb"], "wall": r["wall"],
                      "images_per_s": r["process_images_per_s"]}
