@@ -98,7 +98,9 @@ def _fetched_store(url: str) -> Path:
     from imageclf.data.cache import default_cache_dir
     from imageclf.data.remote import open_remote
 
-    where = default_cache_dir() / ("predict-" + hashlib.sha256(url.encode()).hexdigest()[:16])
+    rank = os.environ.get("RANK", "0")  # torchrun's processes on one machine: one each
+    where = default_cache_dir() / ("predict-" + hashlib.sha256(f"{url} {rank}".encode()
+                                                               ).hexdigest()[:16])
     store = open_remote(url, where)
     store.rows  # noqa: B018 - fetches index.csv and checks it against the manifest
     return where
