@@ -360,9 +360,10 @@ def _writer_bytes_per_sample(tmp_path: Path, n: int, multi_label: bool) -> float
     """Python memory a shard's writer holds per sample after n samples of one shard."""
     import tracemalloc
 
-    from imageclf.data.pack import PackItem, _ShardWriter
+    from imageclf.data.pack import PackItem
+    from imageclf.data.shards import ShardWriter
 
-    w = _ShardWriter(tmp_path, "train", 0, PackSettings(presize=32, shard_bytes=2**40),
+    w = ShardWriter(tmp_path, "train", 0, PackSettings(presize=32, shard_bytes=2**40),
                      {"a": 0, "b": 1}, multi_label)
     jpeg = bytes(300)
     w.add("000000000", PackItem.of(Path("/x/warmup.jpg"), ("a",), "train"), (jpeg, 32, 40))
@@ -376,7 +377,7 @@ def _writer_bytes_per_sample(tmp_path: Path, n: int, multi_label: bool) -> float
     tracemalloc.stop()
     # what the writer's code and the libraries it calls hold (not other threads' objects)
     mine = [tracemalloc.Filter(True, f"*{name}") for name in
-            ("pack.py", "store.py", "tarfile.py", "writer.py", "csv.py")]
+            ("shards.py", "store.py", "tarfile.py", "writer.py", "csv.py")]
     held = sum(d.size_diff for d in after.filter_traces(mine).compare_to(
         before.filter_traces(mine), "filename"))
     w.close()

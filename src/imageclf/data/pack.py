@@ -18,7 +18,6 @@ import multiprocessing
 import os
 import shutil
 import sys
-import tarfile
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
@@ -29,11 +28,12 @@ from imageclf.core.commands import PackSettings
 from imageclf.core.config import DataSource
 from imageclf.core.diskspace import check_room, disk_full, is_disk_full
 from imageclf.core.errors import DataError
-from imageclf.core.fileio import commit, write_json
+from imageclf.core.fileio import write_json
 from imageclf.core.records import Skipped
 from imageclf.data import jpegquality, refs
 from imageclf.data.cache import _stat
 from imageclf.data.images import UnreadableImage, load_presized
+from imageclf.data.shards import ShardWriter, done_shards, rows_file
 from imageclf.data.store import (
     FORMAT,
     INDEX,
@@ -42,7 +42,6 @@ from imageclf.data.store import (
     SPLITS,
     STATE,
     VERSION,
-    IndexRow,
     ShardInfo,
     StoreManifest,
     encode_jpeg,
@@ -158,126 +157,6 @@ def _encoded(pool: Executor, items: Sequence[PackItem], s: PackSettings, window:
         yield from zip(chunk, fut.result(), strict=True)
 
 
-def shard_name(split: str, n: int) -> str:
-    return f"{split}-{n:06d}.tar"
-
-
-def _rows_file(out: Path, name: str) -> Path:
-    return out / (name + ".rows.json")
-
-
-def _without_rows(rec: dict) -> dict:
-    """A shard's record without its index rows (read again from its rows file at the end)."""
-    return {k: v for k, v in rec.items() if k != "rows"}
-
-
-def _done_shards(out: Path, split: str) -> list[dict]:
-    """The complete shards of a split from an earlier, stopped pack: each has its rows file
-    and the size they record. Anything after the first incomplete one is removed."""
-    done, n = [], 0
-    while True:
-        name = shard_name(split, n)
-        rows = _rows_file(out, name)
-        try:
-            rec = json.loads(rows.read_text())
-            ok = (out / name).stat().st_size == rec["bytes"]
-        except (OSError, ValueError, KeyError):
-            ok = False
-        if not ok:
-            break
-        done.append(_without_rows(rec))
-        n += 1
-    for p in list(out.glob(f"{split}-*")):  # the partial shard and anything after it
-        num = p.name.split("-", 1)[1].split(".", 1)[0]
-        if num.isdigit() and int(num) >= n:
-            p.unlink()
-    return done
-
-
-class _ShardWriter:
-    """Writes one split's samples into shards of about `shard_bytes`, each committed whole
-    with its rows file."""
-
-    def __init__(self, out: Path, split: str, first: int, s: PackSettings,
-                 classes: dict[str, int], multi_label: bool) -> None:
-        self.out, self.split, self.n, self.s = out, split, first, s
-        self.classes, self.multi_label = classes, multi_label
-        self.tar = None
-        self.records: list[dict] = []
-
-    def _open(self) -> None:
-        import webdataset as wds
-
-        self.name = shard_name(self.split, self.n)
-        self.tmp = self.out / (self.name + ".tmp")
-        self.file = open(self.tmp, "wb")  # noqa: SIM115 - closed in _close
-        self.tar = wds.TarWriter(self.file, encoder=False, mtime=0)  # same bytes each run
-        self.rows: list[str] = []  # index.csv's lines (a list of 9 str is 3x the memory)
-        self.skipped: list[dict] = []
-        self.consumed = 0
-
-    def add(self, key: str, item: PackItem, enc: tuple[bytes, int, int] | str) -> None:
-        if self.tar is None:
-            self._open()
-        self.consumed += 1
-        if isinstance(enc, str):
-            self.skipped.append({"path": item.ref, "reason": enc})
-            return
-        data, w, h = enc
-        # the label only (every tar member costs a 512-byte header and padding): .cls for
-        # one class, .json for multi-label or unlabelled; split and source are in index.csv
-        sample = {"__key__": key, "jpg": data}
-        if not self.multi_label and len(item.labels) == 1:
-            sample["cls"] = str(self.classes[item.labels[0]]).encode()
-        else:
-            sample["json"] = json.dumps({"labels": list(item.labels)}).encode()
-        self.rows.append(IndexRow(key, self.split, self.name, self._write(sample), len(data),
-                                  w, h, item.labels, item.ref).as_line())
-        if self.tar.tarstream.offset >= self.s.shard_bytes:
-            self.close()
-
-    def _write(self, sample: dict) -> int:
-        """Write one sample; the offset of its JPEG's bytes in the shard. The tar's member
-        list is emptied as it goes (a shard of 40k samples would otherwise hold 80k TarInfo,
-        about 1 KB a sample, until it closes)."""
-        ts = self.tar.tarstream
-        pos = ts.offset
-        self.tar.write(sample)
-        offset = -1
-        for ti in ts.members:  # this sample's, in the order written
-            pos += len(ti.tobuf(ts.format, ts.encoding, ts.errors))
-            if ti.name.endswith(".jpg"):
-                offset = pos
-            pos += -(-ti.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
-        ts.members.clear()
-        if pos != ts.offset or offset < 0:
-            raise RuntimeError(f"{self.tmp}: a tar header's size was not the one written")
-        return offset
-
-    def close(self) -> None:
-        """Commit the open shard (if any) and its rows."""
-        if self.tar is None:
-            return
-        self.tar.close()
-        self.file.close()
-        self.tar = None
-        commit(self.tmp, self.out / self.name)
-        size = (self.out / self.name).stat().st_size
-        rec = {"name": self.name, "split": self.split, "count": len(self.rows),
-               "consumed": self.consumed, "bytes": size, "rows": self.rows,
-               "skipped": self.skipped}
-        write_json(_rows_file(self.out, self.name), rec)
-        self.records.append(_without_rows(rec))  # the rows stay on disk: memory stays flat
-        self.n += 1
-
-    def abandon(self) -> None:
-        """Remove the shard being written (the disk filled, or the pack was stopped)."""
-        if self.tar is not None:
-            self.file.close()
-            self.tmp.unlink(missing_ok=True)
-            self.tar = None
-
-
 def _estimate(items: Sequence[PackItem], s: PackSettings) -> int:
     """Bytes the store will take: the mean JPEG of a few files, times the files, plus tar
     headers and a 20% margin."""
@@ -305,7 +184,7 @@ def pack_items(items: Sequence[PackItem], out: Path, labels: tuple[Sequence[str]
     write_json(out / STATE, {"fingerprint": fp, "source": source})
     index = {c: i for i, c in enumerate(classes)}
     by_split = {sp: [it for it in items if it.split == sp] for sp in SPLITS}
-    done = {sp: _done_shards(out, sp) for sp in SPLITS}
+    done = {sp: done_shards(out, sp) for sp in SPLITS}
     todo = {sp: by_split[sp][sum(r["consumed"] for r in done[sp]):] for sp in SPLITS}
     n_todo = sum(len(v) for v in todo.values())
     free_needed = _estimate(todo["train"] + todo["valid"], s) if n_todo else 0
@@ -314,7 +193,7 @@ def pack_items(items: Sequence[PackItem], out: Path, labels: tuple[Sequence[str]
     count = _Count(len(items) - n_todo, len(items), progress)
     with contextlib.nullcontext(pool) if pool is not None else _pool(workers) as pool:
         for sp in SPLITS:
-            writer = _ShardWriter(out, sp, len(done[sp]), s, index, multi_label)
+            writer = ShardWriter(out, sp, len(done[sp]), s, index, multi_label)
             pos0 = sum(len(by_split[x]) for x in SPLITS[:SPLITS.index(sp)])
             first = pos0 + len(by_split[sp]) - len(todo[sp])
             _write_split(writer, _encoded(pool, todo[sp], s, 4 * workers), first, count, out)
@@ -359,7 +238,7 @@ class _Count:
             self.progress(self.done, self.total)
 
 
-def _write_split(writer: _ShardWriter, encoded: Iterator, first: int, count: _Count,
+def _write_split(writer: ShardWriter, encoded: Iterator, first: int, count: _Count,
                  out: Path) -> None:
     """One split's encoded images into its shards, keys numbered from `first`. A shard cut
     short by an error is abandoned: the pack continues after the last complete one."""
@@ -411,7 +290,7 @@ def _finish(out: Path, done: dict[str, list[dict]], labels: tuple[Sequence[str],
             w = csv.writer(f)
             w.writerow(INDEX_COLUMNS)
             for r in recs:  # one shard's rows in memory at a time
-                for row in json.loads(_rows_file(out, r["name"]).read_text())["rows"]:
+                for row in json.loads(rows_file(out, r["name"]).read_text())["rows"]:
                     f.write(row) if isinstance(row, str) else w.writerow(row)  # older packs
 
     atomic_write(out / INDEX, write_index)
@@ -423,7 +302,7 @@ def _finish(out: Path, done: dict[str, list[dict]], labels: tuple[Sequence[str],
         "4:2:0" if s.subsampling == 2 else "4:4:4", psnr)
     write_json(out / MANIFEST, m.to_json())
     for r in recs:
-        _rows_file(out, r["name"]).unlink(missing_ok=True)
+        rows_file(out, r["name"]).unlink(missing_ok=True)
     (out / STATE).unlink(missing_ok=True)
     return m
 
