@@ -273,3 +273,20 @@ def test_a_store_at_a_url_is_predicted_with_ranged_reads(run_dir: Path, tmp_path
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.slow
+def test_a_rank_that_fails_stops_the_others_with_a_message_of_ours(
+        run_dir: Path, images: Path, tmp_path: Path):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    out = tmp_path / "out"
+    (out / part_name(1)).mkdir(parents=True)  # rank 1's first part cannot be written
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node",
+                        "2", "--standalone", "-m", "imageclf", "predict",
+                        str(run_dir / "model"), str(images), "-o", str(out), "--chunk", "4"],
+                       capture_output=True, text=True, timeout=180,
+                       env=env | {"OMP_NUM_THREADS": "1"})
+    assert r.returncode != 0
+    assert "another process of this job stopped" in r.stderr, r.stderr[-3000:]
+    assert (out / part_name(0)).is_file() and not (out / MANIFEST).exists()

@@ -298,7 +298,16 @@ def predict_batch(pred: Predictor, source: str | Path, out: str | Path, opts: Pr
         return job
 
     job = dist.decide(start)
-    state = run_chunks(pred, listing, out, job, s, dist, progress)
+    failed: BaseException | None = None
+    try:
+        state = run_chunks(pred, listing, out, job, s, dist, progress)
+    except Exception as e:  # noqa: BLE001 - every rank hears of it (not a peer lost in gloo)
+        failed = e
+    if dist.any(failed is not None):  # a collective: the ranks meet here, then all stop
+        if failed is not None:
+            raise failed
+        raise DataError(f"another process of this job stopped (its own error says why); "
+                        f"the parts written in {out} are kept: rerun the same command")
     dist.barrier()
     if not dist.is_main:
         return None, state
