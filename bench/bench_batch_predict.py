@@ -19,7 +19,6 @@ Figures: bench/results/batch_predict.json, docs/benchmarks.md (bench/report.py).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import shutil
 import signal
@@ -28,7 +27,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import RESULTS, ROOT, cpu_name, imagenette, machine, measured, save
+from common import RESULTS, ROOT, cpu_name, imagenette, machine, measured, save, spread_csv
 
 IMAGECLF = [sys.executable, "-m", "imageclf"]
 HERE = Path(__file__).parent
@@ -83,19 +82,8 @@ def ours(model: Path, source: Path, out: Path, precision: str, extra: tuple = ()
             "peak_mb": r["peak_mb"]}
 
 
-def file_list(data: Path, n: int, path: Path) -> Path:
-    files = sorted((data / "val").rglob("*.JPEG"))
-    files = files[:: max(1, len(files) // n)][:n]
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["filename", "label"])
-        for p in files:
-            w.writerow([str(p), p.parent.name])
-    return path
-
-
 def throughput(data: Path, work: Path, n: int) -> dict:
-    files = file_list(data, n, work / "files.csv")
+    files = spread_csv(data / "val", n, work / "files.csv", "*.JPEG")
     store = work / "store"
     subprocess.run([*IMAGECLF, "pack", str(files), "-o", str(store), "--presize", "256"],
                    check=True, capture_output=True)  # its split is not read: every row is

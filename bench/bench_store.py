@@ -15,7 +15,6 @@ Figures go to bench/results/store.json and docs/benchmarks.md (bench/report.py).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import random
 import shutil
@@ -25,7 +24,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from common import RESULTS, ROOT, cpu_name, imagenette, machine, measured, save
+from common import RESULTS, ROOT, cpu_name, imagenette, machine, measured, save, spread_csv
 
 IMAGECLF = [sys.executable, "-m", "imageclf"]
 
@@ -65,18 +64,6 @@ def make_set(photos: Path, out: Path, n: int) -> Path:
     with ProcessPoolExecutor(2) as pool:
         list(pool.map(_make_one, jobs, chunksize=256))
     return out
-
-
-def spread_csv(data: Path, n: int, path: Path) -> Path:
-    """A CSV (filename,label) of n images of a class-folder set, evenly spread."""
-    files = sorted(data.rglob("*.jpg"))
-    files = files[:: max(1, len(files) // n)][:n]
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["filename", "label"])
-        for p in files:
-            w.writerow([str(p), p.parent.name])
-    return path
 
 
 RAW_BUILD = """

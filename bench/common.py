@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import datetime as dt
 import json
 import os
@@ -304,3 +305,15 @@ def measured(cmd: list[str], env: dict[str, str] | None = None) -> dict:
         raise SystemExit(f"{cmd[:5]} failed:\n{out[-2000:]}\n{err[-3000:]}")
     return {"seconds": round(time.perf_counter() - t0, 1), "peak_mb": round(peak / 2**20),
             "stdout": out}
+
+
+def spread_csv(data: Path, n: int, path: Path, pattern: str = "*.jpg") -> Path:
+    """A CSV (filename,label) of n images (`pattern`) of a class-folder set, evenly spread."""
+    files = sorted(data.rglob(pattern))
+    files = files[:: max(1, len(files) // n)][:n]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["filename", "label"])
+        for p in files:
+            w.writerow([str(p), p.parent.name])
+    return path
