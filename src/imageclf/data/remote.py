@@ -21,7 +21,6 @@ from imageclf.data.store import (
     MANIFEST,
     IndexRow,
     StoreManifest,
-    StoreRef,
     is_store,
     read_index,
     read_manifest,
@@ -75,10 +74,11 @@ class RemoteStore:
                                 f"samples, its manifest {want}; pack the store again")
         return rows
 
-    def refs(self, split: str) -> list[StoreRef]:
-        """Where each sample of a split lies, in item order (from the index)."""
-        return [StoreRef(self.local / r.shard, r.offset, r.size)
-                for r in self.rows if r.split == split]
+    def split_items(self, split: str) -> Items:
+        """One split's samples as Items, in item order (from the index): where each lies,
+        and its labels."""
+        return rows_to_items(self.local, [r for r in self.rows if r.split == split],
+                             self.manifest)
 
 
 def _expand(pattern: str) -> list[str]:

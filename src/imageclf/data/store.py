@@ -292,13 +292,17 @@ def decode_hwc(data: bytes) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
-def decode_square(data: bytes, offset: int, p: int, transposed: bool, dst: np.ndarray
-                  ) -> None:
-    """Decode a stored JPEG into dst (3, P, P): its square at `offset` along the long side
-    (the rows of a portrait image, the columns of a landscape one)."""
-    hwc = decode_hwc(data)  # (H, W, 3)
-    crop = hwc[offset:offset + p, :p] if transposed else hwc[:p, offset:offset + p]
+def square_into(hwc: np.ndarray, offset: int, p: int, dst: np.ndarray) -> None:
+    """Copy into dst (3, P, P) the P-square of an upright (H, W, 3) image at `offset` along
+    its long side (the rows of a portrait image, the columns of a landscape one)."""
+    portrait = hwc.shape[0] > hwc.shape[1]
+    crop = hwc[offset:offset + p, :p] if portrait else hwc[:p, offset:offset + p]
     dst[...] = crop.transpose(2, 0, 1)
+
+
+def decode_square(data: bytes, offset: int, p: int, dst: np.ndarray) -> None:
+    """Decode a stored JPEG into dst (3, P, P): its square at `offset` along the long side."""
+    square_into(decode_hwc(data), offset, p, dst)
 
 
 def encode_jpeg(hwc: np.ndarray, quality: int, subsampling: int = 0) -> bytes:

@@ -179,7 +179,7 @@ class StoreCache:
 
     def _square(self, i: int, off: int, p: int, dst: np.ndarray) -> None:
         """Decode image i and write its (3, P, P) square at `off` along the long side."""
-        decode_square(self.refs[i].read(), off, p, bool(self.transposed[i]), dst)
+        decode_square(self.refs[i].read(), off, p, dst)
 
     def squares(self, slots: np.ndarray, offsets: np.ndarray, p: int, dst: np.ndarray) -> None:
         """Decode the images at `slots` into dst (n, 3, P, P), in threads."""

@@ -34,7 +34,7 @@ from imageclf.core.config import DataConfig
 from imageclf.core.errors import ConfigError, DataError
 from imageclf.core.records import Skipped
 from imageclf.data.cache import CacheStats, default_cache_dir
-from imageclf.data.items import targets_tensor
+from imageclf.data.items import Items, targets_tensor
 from imageclf.data.remote import RemoteStore, StreamItems, open_remote
 from imageclf.data.sampling import (
     batches_per_epoch,
@@ -45,7 +45,7 @@ from imageclf.data.sampling import (
     rank_segments,
     shard_order,
 )
-from imageclf.data.store import StoreRef, decode_hwc, rows_to_items, sample_labels
+from imageclf.data.store import StoreRef, decode_hwc, sample_labels, square_into
 from imageclf.data.storecache import CacheChoice
 from imageclf.data.urlio import open_url
 
@@ -100,16 +100,20 @@ class StreamedSource:
         return self.n
 
     @cached_property
+    def _indexed(self) -> Items:
+        """This split's samples as the store's index lists them (fetched now)."""
+        return self.store.split_items(self.split)
+
+    @cached_property
     def kept_paths(self) -> list[StoreRef]:
-        """Where each sample lies (the store's index, fetched now: the top losses)."""
-        return self.store.refs(self.split)
+        """Where each sample lies (from the index: the top losses)."""
+        return list(self._indexed.paths)
 
     @cached_property
     def targets(self) -> torch.Tensor:
-        """Every sample's target, in item order (the index's labels, fetched now). The
-        batches carry the labels read from the shards and do not need these."""
-        rows = [r for r in self.store.rows if r.split == self.split]
-        return targets_tensor(rows_to_items(self.store.local, rows, self.store.manifest))
+        """Every sample's target, in item order (from the index). The batches carry the
+        labels read from the shards and do not need these."""
+        return targets_tensor(self._indexed)
 
     def __len__(self) -> int:
         return batches_per_epoch(self.n, self.bs, self.world_size, self.train)
@@ -175,10 +179,9 @@ class StreamedSource:
         def one(k: int) -> None:
             item, data, _ = batch[k]
             hwc = decode_hwc(data)
-            h, w = hwc.shape[:2]
-            off = int(offsets_at(np.int64(max(h, w)), p, None if u is None else u[item]))
-            crop = hwc[off:off + p, :p] if h > w else hwc[:p, off:off + p]
-            dst[k] = crop.transpose(2, 0, 1)
+            off = int(offsets_at(np.int64(max(hwc.shape[:2])), p,
+                                 None if u is None else u[item]))
+            square_into(hwc, off, p, dst[k])
 
         list(self._pool.map(one, range(len(batch))))
         return out
