@@ -5,8 +5,8 @@ text (data/refs.py): a file's path, a store's `SHARD::store::OFFSET::SIZE`, a ta
 - a folder: every image file under it, depth first, each directory's entries sorted (one
   directory's names are held at a time; a folder of a million files in one directory holds
   a million short strings, not a million Paths);
-- a CSV: its first column, relative to the CSV's folder (a header row is skipped), read row
-  by row;
+- a CSV: its first column, relative to the CSV's folder (a header row is skipped, as
+  `--csv` skips it), read row by row;
 - a store (a folder made by `imageclf pack`): its index, read row by row;
 - Parquet/Arrow files: their rows (data/tables.py reads the image column whole);
 - a store at a URL: its manifest and index fetched (data/remote.py), each image then read
@@ -25,14 +25,8 @@ from itertools import islice
 from pathlib import Path
 
 from imageclf.core.errors import ConfigError, DataError
-from imageclf.data.sources import is_image_name, is_tables
-from imageclf.data.store import (
-    INDEX,
-    INDEX_COLUMNS,
-    StoreRef,
-    is_store,
-    read_manifest,
-)
+from imageclf.data.sources import is_header, is_image_name, is_tables, resolve_name
+from imageclf.data.store import StoreRef, is_store, iter_index, read_manifest
 from imageclf.data.tables import read_rows, table_files
 from imageclf.data.urlio import is_url
 
@@ -121,32 +115,19 @@ def _walk(folder: Path) -> Iterator[str]:
 
 
 def _csv_rows(path: Path) -> Iterator[str]:
-    base = path.parent
     try:
         with open(path, newline="") as f:
             for i, row in enumerate(csv.reader(f)):
-                name = row[0].strip() if row else ""
-                if not name or (i == 0 and not Path(name).suffix):
+                if not row or not row[0].strip() or (i == 0 and is_header(row, path.parent)):
                     continue  # an empty row, or the header
-                p = Path(name)
-                yield str(p if p.is_absolute() else base / p)
+                yield str(resolve_name(path.parent, row[0].strip()))
     except OSError as e:
         raise ConfigError(f"cannot read {path}: {e.strerror or e}") from e
 
 
 def _store_rows(root: Path) -> Iterator[str]:
-    shards = {s.name for s in read_manifest(root).shards}
-    with open(root / INDEX, newline="") as f:
-        rows = csv.reader(f)
-        if tuple(next(rows, ())) != INDEX_COLUMNS:
-            raise DataError(f"{root / INDEX}: not a store's index; pack the store again")
-        col = INDEX_COLUMNS.index
-        for i, r in enumerate(rows, start=2):
-            shard = r[col("shard")]
-            if shard not in shards:
-                raise DataError(f"{root / INDEX} row {i}: shard {shard!r} is not one of this "
-                                "store's shards (manifest.json); the store is refused")
-            yield str(StoreRef(root / shard, int(r[col("offset")]), int(r[col("size")])))
+    for r in iter_index(root):
+        yield str(StoreRef(root / r.shard, r.offset, r.size))
 
 
 def _table_rows(root: Path) -> Iterator[str]:

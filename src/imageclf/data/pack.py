@@ -92,8 +92,9 @@ def fingerprint(items: Sequence[PackItem], s: PackSettings) -> str:
                                    s.shard_bytes] + ([s.subsampling] if s.subsampling else [])
                                   ).encode())
     for it in items:
-        size, mtime = _stat(it.path)
-        h.update(json.dumps([refs.text(it.path), size, mtime, list(it.labels),
+        ref = it.path  # parsed once
+        size, mtime = _stat(ref)
+        h.update(json.dumps([refs.text(ref), size, mtime, list(it.labels),
                              it.split]).encode())
     return h.hexdigest()[:32]
 

@@ -153,7 +153,7 @@ def from_csv(csv_path: Path, valid_pct: float = 0.2, seed: int = 0,
             rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
     except OSError as e:
         raise ConfigError(f"cannot read --csv {csv_path}: {e.strerror}") from e
-    if rows and _is_header(rows[0], image_root):
+    if rows and is_header(rows[0], image_root):
         rows = rows[1:]
     if not rows:
         raise DataError(f"--csv {csv_path} has no rows")
@@ -165,7 +165,7 @@ def from_csv(csv_path: Path, valid_pct: float = 0.2, seed: int = 0,
         )
     # a listed file that no longer exists (deleted by hand, moved) is not an error here:
     # like a dangling link it is reported with the unreadable files, with its reason
-    paths = [_resolve(image_root, r[0].strip()) for r in rows]
+    paths = [resolve_name(image_root, r[0].strip()) for r in rows]
     labels = [r[1].split() for r in rows]
     ml = multi_label if multi_label is not None else any(len(x) != 1 for x in labels)
     if not ml and any(len(x) != 1 for x in labels):
@@ -187,14 +187,15 @@ def from_csv(csv_path: Path, valid_pct: float = 0.2, seed: int = 0,
     return _finish(paths, labels, flags, multi_label=ml, where=csv_path)
 
 
-def _is_header(row: list[str], image_root: Path) -> bool:
+def is_header(row: list[str], image_root: Path) -> bool:
     """A first row that names no existing file and does not look like an image file name
     (a listed image that has gone missing is a row, not a header)."""
     first = row[0].strip()
-    return not _resolve(image_root, first).exists() and not is_image_name(first)
+    return not resolve_name(image_root, first).exists() and not is_image_name(first)
 
 
-def _resolve(root: Path, name: str) -> Path:
+def resolve_name(root: Path, name: str) -> Path:
+    """A CSV's file name: as given when absolute, else under `root`."""
     p = Path(name)
     return p if p.is_absolute() else root / p
 

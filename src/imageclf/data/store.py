@@ -16,6 +16,7 @@ import csv
 import io
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -206,36 +207,42 @@ class IndexRow:
 
 
 def read_index(root: Path, m: StoreManifest | None = None) -> list[IndexRow]:
-    """Every sample of a store, train first, in shard order. A row that names a shard the
-    manifest (`m`, read when not given) does not list, or a label it does not list, refuses
-    the store in one line."""
+    """Every sample of a store, train first, in shard order (`iter_index`, held)."""
+    return list(iter_index(root, m))
+
+
+def iter_index(root: Path, m: StoreManifest | None = None) -> Iterator[IndexRow]:
+    """The store's index row by row. A row that names a shard the manifest (`m`, read when
+    not given) does not list, or a label it does not list, refuses the store in one line."""
     m = m if m is not None else read_manifest(root)
+    shards, classes = {s.name for s in m.shards}, set(m.classes)
+    index = root / INDEX
     try:
-        with open(root / INDEX, newline="") as f:
+        with open(index, newline="") as f:
             rows = csv.reader(f)
             header = next(rows)
             if tuple(header) != INDEX_COLUMNS:
-                raise DataError(f"{root / INDEX}: columns {header}, expected "
-                                f"{list(INDEX_COLUMNS)}")
-            out = [IndexRow.from_csv(r) for r in rows]
+                raise DataError(f"{index}: columns {header}, expected {list(INDEX_COLUMNS)}")
+            for i, cells in enumerate(rows, start=2):  # row 1 is the header
+                r = IndexRow.from_csv(cells)
+                _check_row(index, i, r, (shards, classes), m)
+                yield r
     except (OSError, ValueError, StopIteration) as e:
-        raise DataError(f"{root / INDEX} cannot be read ({e}); pack the store again") from e
-    _check_rows(root / INDEX, out, m)
-    return out
+        raise DataError(f"{index} cannot be read ({e}); pack the store again") from e
 
 
-def _check_rows(index: Path, rows: list[IndexRow], m: StoreManifest) -> None:
-    """Each row's shard is one of the manifest's, each label one of its classes."""
-    shards, classes = {s.name for s in m.shards}, set(m.classes)
-    for i, r in enumerate(rows, start=2):  # row 1 is the header
-        if r.shard not in shards:
-            raise DataError(f"{index} row {i}: shard {r.shard!r} is not one of this store's "
-                            "shards (manifest.json); the store is refused")
-        unknown = next((c for c in r.labels if c not in classes), None)
-        if unknown is not None:
-            raise DataError(f"{index} row {i}: label {unknown!r} is not one of the store's "
-                            f"classes ({', '.join(m.classes[:5])}"
-                            f"{', ...' if len(m.classes) > 5 else ''}); pack the store again")
+def _check_row(index: Path, i: int, r: IndexRow, known: tuple[set[str], set[str]],
+               m: StoreManifest) -> None:
+    """Row i's shard is one of the manifest's, its labels among its classes."""
+    shards, classes = known
+    if r.shard not in shards:
+        raise DataError(f"{index} row {i}: shard {r.shard!r} is not one of this store's "
+                        "shards (manifest.json); the store is refused")
+    unknown = next((c for c in r.labels if c not in classes), None)
+    if unknown is not None:
+        raise DataError(f"{index} row {i}: label {unknown!r} is not one of the store's "
+                        f"classes ({', '.join(m.classes[:5])}"
+                        f"{', ...' if len(m.classes) > 5 else ''}); pack the store again")
 
 
 def items_from_store(root: Path, evaluate: bool = False) -> Items:
