@@ -14,10 +14,10 @@ from imageclf.core.commands import BatchOptions, PredictOptions
 
 def _threads(local_world: int) -> None:
     """CPU processes on one machine split its cores (torchrun --nproc-per-node N)."""
-    import torch
+    from imageclf.core.hardware import torch_threads
 
     if local_world > 1:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+        torch_threads(max(1, (os.cpu_count() or 1) // local_world))
 
 
 def predict_to_parquet(model: Path, source: str, output: Path,

@@ -136,12 +136,10 @@ def part_name(k: int) -> str:
     return f"part-{k:06d}.parquet"
 
 
-def model_hash(folder: Path) -> str:
-    """sha256 of model.json and the weights file it names."""
+def model_hash(folder: Path, weights: str) -> str:
+    """sha256 of model.json and the weights file it names (`weights`: ModelMeta.weights)."""
     h = hashlib.sha256()
-    meta = folder / "model.json"
-    weights = json.loads(meta.read_text()).get("weights", "model.safetensors")
-    for f in (meta, folder / weights):
+    for f in (folder / "model.json", folder / weights):
         with open(f, "rb") as fh:
             while block := fh.read(1 << 20):
                 h.update(block)
@@ -290,7 +288,7 @@ def predict_batch(pred: Predictor, source: str | Path, out: str | Path, opts: Pr
         fp, n = listing.fingerprint()
         if n == 0:
             raise DataError(f"no images found in {source}")
-        job = BatchJob(str(pred.folder.absolute()), model_hash(pred.folder),
+        job = BatchJob(str(pred.folder.absolute()), model_hash(pred.folder, pred.meta.weights),
                        str(source) if is_url(source) else str(Path(source).absolute()), fp, n,
                        batch.chunk, top_k, pred.size,
                        s.tta, s.embeddings, s.decode)
