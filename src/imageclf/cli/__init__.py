@@ -15,7 +15,7 @@ import typer
 from rich.text import Text
 
 from imageclf import __version__
-from imageclf.cli import data_cmds, model_cmds, serve_cmd, train_cmds
+from imageclf.cli import audit_cmds, data_cmds, model_cmds, serve_cmd, train_cmds
 from imageclf.cli.options import err
 from imageclf.core.errors import ImageclfError
 
@@ -42,7 +42,8 @@ def _register(group: typer.Typer, fn: Callable, name: str | None = None) -> None
 
 
 for _name, _cmd in (("verify", data_cmds.verify), ("show-batch", data_cmds.show_batch),
-                    ("pack", data_cmds.pack),
+                    ("pack", data_cmds.pack), ("audit", audit_cmds.audit),
+                    ("review", audit_cmds.review),
                     ("train", train_cmds.train), ("lr-find", train_cmds.lr_find),
                     ("demo", train_cmds.demo), ("predict", model_cmds.predict),
                     ("evaluate", model_cmds.evaluate), ("calibrate", model_cmds.calibrate),

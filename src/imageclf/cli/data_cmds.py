@@ -87,10 +87,14 @@ def verify(data: DataConfig, as_json: o.Json = False,
         report = verify_items(items, full=not quick,
                               progress=lambda n: bar.advance(task, n))
     report = dataclasses.replace(report, left_out=left_out_by_pack(data.source.path))
+    fixed = items.fixed_by
     if as_json:
-        print(json.dumps(report.to_dict(), indent=2))
+        print(json.dumps(report.to_dict() | ({"fixes": dataclasses.asdict(fixed)} if fixed
+                                             else {}), indent=2))
     else:
         print_verify(Path(data.source.path), report)
+        if fixed is not None:
+            console.print(fixed.sentence())
 
 
 @o.settings_command(exclude=("decode", "decode_workers", "sampler", "valid_size"),

@@ -32,7 +32,7 @@ def serve(model: o.ServeModelArg, config: ServeConfig, host: o.Host = "127.0.0.1
     dev = pick_device(device)
     cfg = dataclasses.replace(config, token=config.token or os.environ.get("IMAGECLF_TOKEN")
                               or None)
-    _check_port(host, port)
+    check_port(host, port)
     app = create_app(model, cfg, device=dev, precision=precision,
                      min_confidence=min_confidence)
     access = logging.getLogger("imageclf.serve.access")
@@ -55,7 +55,7 @@ def serve(model: o.ServeModelArg, config: ServeConfig, host: o.Host = "127.0.0.1
     console.print("stopped")
 
 
-def _check_port(host: str, port: int) -> None:
+def check_port(host: str, port: int) -> None:
     """Fail before loading the model when the address cannot be listened on."""
     from imageclf.core.errors import ConfigError
 

@@ -77,6 +77,28 @@ class BatchOptions(Settings):
 
 
 @dataclass(frozen=True)
+class AuditSettings(Settings):
+    """How `audit` looks for wrong labels, duplicates and strays (docs/data-health.md)."""
+
+    section = "Audit"
+    model: str | None = setting(None, "Features from this model/ folder (or run) instead of "
+                                "training: the fast path.", cli_type=str)
+    folds: int = setting(0, "0: one model (trained on the given labels unless --model or "
+                         "--pretrained gives the features), then a cross-validated linear "
+                         "head on its features; K >= 2: K models trained as train would, "
+                         "each judging the fold it did not see.", ge=0)
+    near: float = setting(0.90, "Near duplicates: the least cosine similarity of the images' "
+                          "low-frequency descriptors.", gt=0, le=1)
+    stray_share: float = setting(0.01, "Strays: the share of images least like any class "
+                                 "that is listed.", ge=0, le=1)
+
+    def check(self) -> None:
+        if self.folds == 1:
+            raise self.error("folds", "must be 0 (one model and a cross-validated head) or "
+                             "at least 2", self.folds)
+
+
+@dataclass(frozen=True)
 class CalibrateSettings(Settings):
     """How `calibrate` chooses the "none of these" rule."""
 

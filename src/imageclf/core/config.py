@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from imageclf.core.errors import ConfigError
+from imageclf.core.fileio import file_sha256
 from imageclf.core.modelmeta import HEADS, RESIZE_METHODS
 from imageclf.core.settings import Settings, setting
 
@@ -66,14 +67,21 @@ class DataSource(Settings):
     valid_pct: float = setting(0.2, "Random validation share (DATA unsplit).",
                                gt=0, lt=1)
     multi_label: bool = setting(False, "Several or no labels per image (sigmoids).")
+    fixes: str | None = setting(None, "A fixes.csv (imageclf audit, review): its images "
+                                "relabelled or left out; the files stay as they are.")
+    fixes_sha256: str | None = setting(None, "The fixes file's sha256, recorded when the "
+                                       "settings are made (a rerun with another file is a "
+                                       "change).", cli=False)
 
     def check(self) -> None:
-        for name in ("path", "csv"):  # a Path given in Python is held as text, as in JSON
+        for name in ("path", "csv", "fixes"):  # a Path given in Python is held as text, as in JSON
             v = getattr(self, name)
             if v is not None and not isinstance(v, str):
                 object.__setattr__(self, name, str(v))
         if self.csv is not None and self.label_regex is not None:
             raise self.error("label_regex", "and --csv both give the labels: choose one")
+        if self.fixes is not None and self.fixes_sha256 is None:
+            object.__setattr__(self, "fixes_sha256", file_sha256(self.fixes, "--fixes"))
 
 
 @dataclass(frozen=True)

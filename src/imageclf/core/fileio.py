@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from imageclf.core.errors import ConfigError
 
 
 def commit(tmp: str | Path, path: str | Path) -> None:
@@ -43,3 +46,16 @@ def write_text(path: str | Path, text: str) -> None:
 def write_json(path: str | Path, obj: Any, sort_keys: bool = False) -> None:
     """Write indented JSON atomically."""
     write_text(path, json.dumps(obj, indent=2, sort_keys=sort_keys) + "\n")
+
+
+def file_sha256(path: str | Path, what: str = "file") -> str:
+    """The sha256 of a file's bytes (hex); a file that cannot be read is a ConfigError
+    naming `what`."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                h.update(block)
+    except OSError as e:
+        raise ConfigError(f"{what} {path}: cannot be read ({e.strerror or e})") from e
+    return h.hexdigest()

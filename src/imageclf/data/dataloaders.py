@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from imageclf.core.config import DataConfig
+from imageclf.core.errors import ConfigError
 from imageclf.core.records import Skipped
 from imageclf.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from imageclf.data.cached import CachedSource
@@ -50,17 +51,22 @@ class DataLoaders:
     def from_config(cls, cfg: DataConfig, device: torch.device | str = "cpu",
                     mean: tuple[float, ...] = IMAGENET_MEAN,
                     std: tuple[float, ...] = IMAGENET_STD, rank: int = 0,
-                    world_size: int = 1) -> DataLoaders:
-        """Resolve `cfg.source` and make both loaders (caches are built lazily)."""
+                    world_size: int = 1, items: Items | None = None) -> DataLoaders:
+        """Resolve `cfg.source` (or take `items`, already resolved) and make both loaders
+        (caches are built lazily)."""
         device = torch.device(device)
 
         def loader(source: BatchSource) -> BatchLoader:
             return BatchLoader(source, cfg, device, mean, std)
 
         if is_url(cfg.source.path):
+            if cfg.source.fixes is not None:
+                raise ConfigError(f"--fixes: a store at a URL ({cfg.source.path}) is streamed "
+                                  "as it is; copy the store into a folder and give that with "
+                                  "--fixes, or pack a new store with --fixes")
             items, train, valid = streamed_sources(cfg, device, rank, world_size)
             return cls(items, loader(train), loader(valid), cfg)
-        items = resolve(cfg.source, cfg.seed)
+        items = items if items is not None else resolve(cfg.source, cfg.seed)
         if items.paths and isinstance(items.paths[0], StoreRef):
             check_store_presize(items.paths[0].store, cfg.presize)
         targets = targets_tensor(items)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
+    from imageclf.data.fixes import FixesApplied
     from imageclf.data.refs import ImageRef
 
 
@@ -23,6 +24,7 @@ class Items:
     classes: tuple[str, ...]
     is_valid: tuple[bool, ...]
     multi_label: bool = False
+    fixed_by: FixesApplied | None = None  # what a --fixes file changed (data/fixes.py)
 
     def __len__(self) -> int:
         return len(self.paths)

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from imageclf.core.errors import ConfigError, DataError
+from imageclf.core.fileio import file_sha256
+from imageclf.data.fixes import apply_fixes, key_root
 from imageclf.data.items import Items
 from imageclf.data.store import is_store, items_from_store
 from imageclf.data.tables import TABLE_SUFFIXES, read_rows, table_files
@@ -297,6 +299,18 @@ def resolve(source: DataSource | str | Path, seed: int = 0, evaluate: bool = Fal
 
     if not isinstance(source, DataSource):
         source = DataSource(path=str(source))
+    items = _resolve(source, seed, evaluate)
+    if source.fixes is None:
+        return items
+    if source.fixes_sha256 != file_sha256(source.fixes, "--fixes"):
+        raise ConfigError(f"--fixes {source.fixes} changed since these settings were made "
+                          "(its sha256 differs from the one recorded); give it again to use "
+                          "the new decisions")
+    fixed, applied = apply_fixes(items, source.fixes, key_root(source.path))
+    return dataclasses.replace(fixed, fixed_by=applied)
+
+
+def _resolve(source: DataSource, seed: int, evaluate: bool) -> Items:
     kind = source_kind(source)
     root = Path(source.path)
     ml = source.multi_label

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import random
@@ -30,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from imageclf.core.clock import TrainProgress
 from imageclf.core.diskspace import disk_full, is_disk_full
 from imageclf.core.errors import DamagedFileError
-from imageclf.core.fileio import atomic_write, write_text
+from imageclf.core.fileio import atomic_write, file_sha256, write_text
 from imageclf.core.records import Record
 from imageclf.core.schema import doc
 from imageclf.learn.callbacks import Callback
@@ -73,11 +72,7 @@ class CheckpointInfo(Record):
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_sha256(path, "checkpoint")
 
 
 def _opt_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:

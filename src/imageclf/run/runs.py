@@ -18,6 +18,7 @@ from imageclf.core.errors import ConfigError, ImageclfError
 from imageclf.core.hardware import resolve_precision
 from imageclf.core.settings import differences
 from imageclf.data.dataloaders import DataLoaders
+from imageclf.data.items import Items
 from imageclf.learn.callbacks import Callback, SizeSchedule
 from imageclf.learn.checkpoint import (
     Checkpointer,
@@ -47,6 +48,7 @@ class RunContext:
     cbs: Sequence[Callback] = ()
     checkpoint_every: float = 0.0
     dist: Dist = field(default_factory=Dist)
+    items: Items | None = None  # the labelled images, already resolved (an audit's fold)
 
 
 @dataclass
@@ -78,7 +80,7 @@ def build_learner(data: DataConfig, train: TrainConfig, ctx: RunContext | None =
         raise ConfigError("--negatives cannot be combined with --mixup or --cutmix yet (a "
                           "mixed image would be part known, part of no class); drop one")
     dls = DataLoaders.from_config(data, device=ctx.device, rank=ctx.dist.rank,
-                                  world_size=ctx.dist.world_size)
+                                  world_size=ctx.dist.world_size, items=ctx.items)
     check_metric(train.output.metric, dls.multi_label, len(dls.classes))
     cbs = list(ctx.cbs)
     sizes = train.schedule.sizes

@@ -64,13 +64,14 @@ class BodyTooLarge(Exception):
     """The request body passed the upload limit while it was being read."""
 
 
-class _Gate:
+class Gate:
     """The ASGI layer every HTTP request passes: the token check (401), the body limit
     (413, by Content-Length, or while streaming when there is none, without reading the
     rest), and one access-log line per request."""
 
-    def __init__(self, app: Any, max_bytes: int, token: str | None) -> None:
-        self.app, self.max_bytes, self.token = app, max_bytes, token
+    def __init__(self, app: Any, max_bytes: int, token: str | None,
+                 public: tuple[str, ...] = PUBLIC) -> None:
+        self.app, self.max_bytes, self.token, self.public = app, max_bytes, token, public
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -108,19 +109,19 @@ class _Gate:
                         images, (time.perf_counter() - t0) * 1000)
 
     def _refuse(self, path: str, headers: dict[str, str]) -> JSONResponse | None:
-        if self.token and path not in PUBLIC:
+        if self.token and path not in self.public:
             given = headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
-                return _error(401, "this server needs a token: send the header "
+                return error_response(401, "this server needs a token: send the header "
                                    "'Authorization: Bearer TOKEN'")
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            return _error(413, f"the upload is {int(length) / 2**20:.1f} MB; this server "
+            return error_response(413, f"the upload is {int(length) / 2**20:.1f} MB; this server "
                                f"takes at most {self.max_bytes / 2**20:.0f} MB per request")
         return None
 
 
-def _error(status: int, message: str) -> JSONResponse:
+def error_response(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
@@ -196,8 +197,8 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None, *,
 
         app.add_middleware(CORSMiddleware, allow_origins=[cfg.cors_origin],
                            allow_methods=["GET", "POST"], allow_headers=["Authorization"])
-    app.add_middleware(_Gate, max_bytes=int(cfg.max_upload_mb * 2**20), token=cfg.token)
-    _add_error_handlers(app, cfg)
+    app.add_middleware(Gate, max_bytes=int(cfg.max_upload_mb * 2**20), token=cfg.token)
+    add_error_handlers(app, cfg)
     answer = _answerer(predictor, batcher, decoders, cfg.top_k)
     _add_routes(app, folder, cfg, answer)
     v2.add_v2_routes(app, model_name(folder, cfg.name), len(predictor.classes), cfg.top_k,
@@ -205,30 +206,30 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None, *,
     return app
 
 
-def _add_error_handlers(app: FastAPI, cfg: ServeConfig) -> None:
+def add_error_handlers(app: FastAPI, cfg: ServeConfig) -> None:
     """Every error a JSON {"error": ...} with its status; tracebacks only in the log."""
 
     @app.exception_handler(BodyTooLarge)
     async def too_large(_r: Request, e: BodyTooLarge) -> JSONResponse:
-        return _error(413, f"the upload passed {cfg.max_upload_mb:g} MB; this server takes "
+        return error_response(413, f"the upload passed {cfg.max_upload_mb:g} MB; this server takes "
                            f"at most {cfg.max_upload_mb:g} MB per request")
 
     @app.exception_handler(HTTPException)
     async def http_error(_r: Request, e: HTTPException) -> JSONResponse:
         if e.status_code == 404 and e.detail == "Not Found":  # the router's, not a route's
-            return _error(404, f"no such route: {_r.method} {_r.url.path}")
+            return error_response(404, f"no such route: {_r.method} {_r.url.path}")
         if e.status_code == 405:
-            return _error(405, f"{_r.method} is not allowed on {_r.url.path}")
-        return _error(e.status_code, str(e.detail))
+            return error_response(405, f"{_r.method} is not allowed on {_r.url.path}")
+        return error_response(e.status_code, str(e.detail))
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(_r: Request, e: RequestValidationError) -> JSONResponse:
-        return _error(400, "malformed request")
+        return error_response(400, "malformed request")
 
     @app.exception_handler(Exception)
     async def internal(_r: Request, e: Exception) -> JSONResponse:
         log.exception("error serving %s", _r.url.path)  # the traceback stays in the log
-        return _error(500, "internal error; the server log has the details")
+        return error_response(500, "internal error; the server log has the details")
 
 
 def _answerer(predictor: Predictor, batcher: Batcher, decoders: ThreadPoolExecutor,
