@@ -37,6 +37,7 @@ from imageclf.data.items import Items
 from imageclf.data.sources import resolve
 from imageclf.model.label_issues import find_label_issues, fold_of, linear_probs
 from imageclf.model.predict import Predictor
+from imageclf.openset.scores import KNN_K, knn, normalise
 
 if TYPE_CHECKING:
     from imageclf.learn.callbacks import Callback
@@ -57,8 +58,8 @@ class Issue(Record):
                     "a copy of a validation image), duplicate (a copy of another image of its "
                     "split), stray (looks like no class)", expect="one of " + ", ".join(KINDS))
     score: float = doc("how strongly: 1 - the label's quality (label), the similarity "
-                       "(leak, duplicate; 1: the same pixels), 1 - the largest out-of-sample "
-                       "probability (stray); higher is worse")
+                       "(leak, duplicate; 1: the same pixels), 1 - the cosine similarity of "
+                       "its features to its k-th nearest image's (stray); higher is worse")
     given: str = doc("its label as given (labels space-separated when multi-label)")
     suggested: str = doc("label: the class the out-of-sample probabilities favour; else "
                          "empty")
@@ -105,6 +106,11 @@ class Scan:
     desc: np.ndarray  # (N, DIM) float32
     ok: np.ndarray  # (N,) bool: the image was read
     skipped: list[Skipped]
+    group: np.ndarray | None = None  # (N,) which model's features (folds); None: one model
+
+    def __post_init__(self) -> None:
+        if self.group is None:
+            self.group = np.zeros(len(self.ok), np.int64)
 
 
 def scan(predictor: Predictor, refs: Sequence[Any], bs: int = 64,
@@ -246,8 +252,10 @@ def audit(data: DataConfig, train: TrainConfig, settings: AuditSettings, out: st
     kept = np.nonzero(sc.ok)[0]
     dup_rows, exact = _duplicate_rows(items, keys, kept, pairs)
     issues += dup_rows
-    if probs is not None:
-        issues += _stray_rows(items, keys, probs, sc.ok, settings.stray_share)
+    feats_ok = sc.features[sc.ok]
+    strays = np.zeros(len(items))
+    strays[sc.ok] = stray_scores(feats_ok, sc.group[sc.ok])
+    issues += _stray_rows(items, keys, strays, sc.ok, settings.stray_share)
     counts = {k: sum(1 for r in issues if r.kind == k) for k in KINDS}
     summary = AuditSummary(
         data=str(Path(data.source.path).absolute()), fixes=data.source.fixes,
@@ -280,8 +288,10 @@ def _by_folds(data: DataConfig, train: TrainConfig, settings: AuditSettings, ite
     first = parts[0][1]
     whole = Scan(np.zeros((n, first.logits.shape[1]), np.float32),
                  np.zeros((n, first.features.shape[1]), np.float32), [""] * n,
-                 np.zeros((n, first.desc.shape[1]), np.float32), np.zeros(n, bool), [])
-    for held, s in parts:
+                 np.zeros((n, first.desc.shape[1]), np.float32), np.zeros(n, bool), [],
+                 np.zeros(n, np.int64))
+    for k, (held, s) in enumerate(parts):
+        whole.group[held] = k
         whole.logits[held], whole.features[held] = s.logits, s.features
         whole.desc[held], whole.ok[held] = s.desc, s.ok
         for i, h in zip(held, s.hashes, strict=True):
@@ -344,20 +354,34 @@ def _duplicate_rows(items: Items, keys: list[str], kept: np.ndarray, pairs: list
     return rows, exact
 
 
-def _stray_rows(items: Items, keys: list[str], probs: np.ndarray, ok: np.ndarray,
+def stray_scores(features: np.ndarray, groups: np.ndarray, k: int = KNN_K,
+                 chunk: int = 2048) -> np.ndarray:
+    """(N,) 1 - the cosine similarity of each image's features to its k-th nearest other
+    image among those the same model saw (`groups`): the knn score of "none of these"
+    (openset/scores.knn), high for an image like no other."""
+    out = np.zeros(len(features), np.float64)
+    for g in np.unique(groups):
+        idx = np.nonzero(groups == g)[0]
+        bank = normalise(torch.from_numpy(features[idx]))
+        kk = min(k + 1, len(idx))  # + 1: the image itself is its own nearest row
+        for s in range(0, len(idx), chunk):
+            part = torch.from_numpy(features[idx[s:s + chunk]])
+            out[idx[s:s + chunk]] = -knn(part, bank, kk).double().numpy()
+    return out
+
+
+def _stray_rows(items: Items, keys: list[str], scores: np.ndarray, ok: np.ndarray,
                 share: float) -> list[Issue]:
-    """The `share` of images whose largest out-of-sample probability is lowest: like no
-    class (the msp score of "none of these", on probabilities no model saw the label of)."""
+    """The `share` of readable images with the highest stray score."""
     kept = np.nonzero(ok)[0]
-    top = probs[kept].max(1)
     n = math.ceil(share * len(kept)) if share > 0 else 0
     rows = []
-    for r in np.argsort(top, kind="stable")[:n].tolist():
+    for r in np.argsort(-scores[kept], kind="stable")[:n].tolist():
         i = int(kept[r])
-        c = int(probs[i].argmax())
-        rows.append(Issue(keys[i], "stray", round(1.0 - float(top[r]), 4), _given(items, i),
+        rows.append(Issue(keys[i], "stray", round(float(scores[i]), 4), _given(items, i),
                           "", "", _split(items, i),
-                          f"largest probability {top[r]:.2f} ({items.classes[c]})"))
+                          f"similarity to its {KNN_K}th nearest image "
+                          f"{1 - scores[i]:.2f}"))
     return rows
 
 
