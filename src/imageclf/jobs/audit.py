@@ -171,7 +171,9 @@ def _body_folder(train: TrainConfig, data: DataConfig, items: Items, tmp: Path) 
     model = create_model(train.model.arch, len(items.classes), train.model.pretrained, head)
     meta = ModelMeta(arch=train.model.arch, head=head, classes=items.classes,
                      size=data.size, presize=data.presize, resize_method=data.resize_method,
-                     mean=IMAGENET_MEAN, std=IMAGENET_STD)
+                     mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                     loss="bce_multi_label" if items.multi_label else "cross_entropy",
+                     multi_label=items.multi_label)
     return save_model(model, tmp / "body", meta)
 
 

@@ -5,6 +5,7 @@ is rundir.py."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -84,7 +85,8 @@ def write_results(learn: Learner, out: Path, lr: LRChoice, wall: float,
         learn.dls.cfg.bs * learn.accum * learn.dist.world_size, learn.dist.world_size,
         p.img_per_s, learn.precision.name, str(learn.device), learn.dls.skipped(), rows,
         Watched(**watched), learn.dls.items.counts(), lr.suggestions,
-        lr.rule if lr.suggestions is not None else None, learn.dls.cache_forms())
+        lr.rule if lr.suggestions is not None else None, learn.dls.cache_forms(),
+        dataclasses.asdict(fixed) if (fixed := learn.dls.items.fixed_by) else None)
     write_json(out / "metrics.json", metrics.to_json())
     export_learner(learn, out / "model")
     interpret_run(learn, out, preds=preds)

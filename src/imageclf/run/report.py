@@ -113,6 +113,39 @@ def _open_set_section(model: Path) -> list[str]:
     return parts
 
 
+AUDIT_KINDS = {"label": "likely mislabelled", "leak": "copied across train and valid",
+               "duplicate": "duplicated within a split", "stray": "like no class"}
+
+
+def _data_health_section(m: RunMetrics, config: dict) -> list[str]:
+    """What --fixes changed, and the audit beside the fixes file (AUDIT/summary.json)."""
+    fixes = m.fixes
+    if not fixes:
+        return []
+    sha = ((config.get("data") or {}).get("source") or {}).get("fixes_sha256") or ""
+    parts = ["<h2>Data health</h2>",
+             f"<p>Trained with the fixes in <code>{escape(fixes['file'])}</code> (sha256 "
+             f"{escape(sha[:12])}): {fixes['relabelled']} relabelled, {fixes['excluded']} "
+             f"excluded, {fixes['kept']} kept as given. The image files were not changed.</p>"]
+    if fixes.get("missing"):
+        parts.append(f"<p class='warn'>{len(fixes['missing'])} image(s) it names are not in "
+                     f"the data set: {escape(', '.join(fixes['missing'][:10]))}</p>")
+    audit = Path(fixes["file"]).parent / "summary.json"
+    try:
+        summary = _read_json(audit)
+    except DamagedFileError:
+        summary = None
+    if summary and isinstance(summary.get("counts"), dict):
+        rows = [{"found": AUDIT_KINDS.get(k, k), "images": v}
+                for k, v in summary["counts"].items()]
+        parts += [f"<p>The audit in <code>{escape(str(audit.parent))}</code> "
+                  f"({escape(str(summary.get('created', '')))}) looked at "
+                  f"{summary.get('images', '?')} images, with probabilities from "
+                  f"{escape(str(summary.get('features', '')))}:</p>",
+                  _table(rows, ("found",))]
+    return parts
+
+
 def build_report(run_dir: str | Path) -> Path:
     """Write RUN_DIR/report.html from the files a training run left there."""
     from imageclf.run.rundir import read_metrics
@@ -132,6 +165,7 @@ def build_report(run_dir: str | Path) -> Path:
     parts += _interpretation_section(run, interp)
     parts += _balance_section(m.class_counts)
     parts += _open_set_section(run / "model")
+    parts += _data_health_section(m, config)
     skipped = [s.to_json() for s in m.skipped_files]
     parts.append(f"<h2>Skipped files ({len(skipped)})</h2>")
     parts.append(_table(skipped, ("path", "reason")) if skipped else

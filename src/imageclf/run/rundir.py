@@ -9,7 +9,7 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from imageclf import __version__
 from imageclf.core.config import DataConfig, TrainConfig, read_settings
@@ -75,6 +75,9 @@ class RunMetrics(Record):
     lr_rule: str | None = doc("the suggestion trained at (none: the rate was a number)", None)
     cache: dict[str, str] = doc("each split's presize cache form (raw or jpeg) and why "
                                 "(--cache)", default_factory=dict)
+    fixes: dict[str, Any] | None = doc("what --fixes changed: file, relabelled, excluded, "
+                                       "kept, missing (images it names that are not in the "
+                                       "data set)", None)
 
     @property
     def accuracy(self) -> float | None:
