@@ -217,6 +217,97 @@ def dup_scale(n: int, data: Path) -> dict:
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
 
+def fastai_row(data: Path, mode: str, seed: int, result: dict) -> None:
+    """fastai's ImageClassifierCleaner ranking at the audit's number flagged."""
+    from common import fastai_python
+
+    key = f"{mode}-seed{seed}-fast"
+    row = result["audits"][key]
+    with tempfile.TemporaryDirectory(prefix="bench-audit-fastai-") as tmp:
+        noisy = Path(tmp) / "data"
+        truth = build(data, noisy, mode, seed)
+        t0 = time.perf_counter()
+        out = run([str(fastai_python()), str(Path(__file__).parent / "fastai_top_losses.py"),
+                   str(noisy), "64", "112", "64", "2", "3e-3"])
+        r = json.loads(out.strip().splitlines()[-1])
+    n = row["flagged_train_labels"]
+    hits = sum(k in truth["flipped"] for k in r["ranked"][:n])
+    row |= {"fastai_top_losses_precision": round(hits / max(1, n), 3),
+            "fastai_top_losses_recall": round(hits / len(truth["flipped"]), 3),
+            "fastai_accuracy": round(r["valid_accuracy"], 4),
+            "fastai_seconds": round(time.perf_counter() - t0, 1)}
+    print(key, "fastai:", {k: v for k, v in row.items() if k.startswith("fastai")}, flush=True)
+    save("audit", result)
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.0f}%"
+
+
+def section(r: dict) -> str:
+    from common import cpu_name
+
+    m = r["machine"]
+    lines = [
+        "## Data health: the audit on Imagenette with planted faults",
+        "",
+        "`bench/bench_audit.py`: Imagenette (9,469 train, 3,925 valid) with 10% of the training "
+        "labels flipped (`random`: to any other class; `pairs`: within five fixed pairs of "
+        "classes), 200 near copies of validation images put into train (JPEG q60, 0.6x, 8% "
+        "crop, every other one mirrored) and 50 drawn images of no class put into class "
+        "folders. `fast`: the default audit, which trains resnet18 on the noisy labels with "
+        "the fastest recipe (64 px, 2 epochs) and cross-validates a linear head on its "
+        "features; `folds3`: three models, each judging the fold it did not see. Top losses: "
+        "the same number of training images ranked by the loss of a model trained on the "
+        "noisy labels with the same recipe (the ranking fastai's ImageClassifierCleaner "
+        "shows); fastai: fastai's own learner (resnet18, 64 px, 2 epochs) ranked by "
+        "`get_preds(ds_idx=0, with_loss=True)`, as the cleaner does. Wall and peak memory "
+        f"(PSS of the process tree) of the whole audit. Measured {m['date']} on "
+        f"{cpu_name(m)} ({m['cores']} cores), commit {m['commit']}.",
+        "",
+        "| audit | flagged | precision | recall | suggestion right | top losses precision | "
+        "fastai precision | leaks found | leak precision | strays in top 100 | wall | "
+        "one training | peak memory |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for key, a in r.get("audits", {}).items():
+        lines.append(
+            f"| {key} | {a['flagged_train_labels']} | {_pct(a['label_precision'])} | "
+            f"{_pct(a['label_recall'])} | {_pct(a['suggestion_right'])} | "
+            f"{_pct(a.get('top_losses_precision'))} | "
+            f"{_pct(a.get('fastai_top_losses_precision'))} | "
+            f"{a['leaks_found']}/{a['planted_leaks']} | {_pct(a['leak_precision'])} | "
+            f"{_pct(a['stray_recall_top100'])} | {a['seconds']:.0f} s | "
+            f"{a.get('train_seconds', '-')} s | {a['peak_mb']} MB |")
+    retrain = [(k, a) for k, a in r.get("audits", {}).items() if "clean_accuracy" in a]
+    if retrain:
+        lines += ["", "Training on the fixes (same recipe and seed; valid accuracy):", "",
+                  "| set | noisy | flagged excluded | flagged relabelled as suggested | clean |"
+                  " gap recovered (excluded / relabelled) |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for k, a in retrain:
+            lines.append(
+                f"| {k} | {100 * a['noisy_accuracy']:.1f}% | "
+                f"{100 * a['fixed_exclude_accuracy']:.1f}% | "
+                f"{100 * a['fixed_relabel_accuracy']:.1f}% | {100 * a['clean_accuracy']:.1f}% "
+                f"| {_pct(a['gap_recovered_exclude'])} / {_pct(a['gap_recovered_relabel'])} |")
+    if "dup_scale" in r:
+        d = r["dup_scale"]
+        lines += ["", f"The duplicate search alone on {d['descriptors']:,} descriptors "
+                  "(Imagenette's, repeated with noise added): "
+                  f"{d['seconds']:.0f} s, peak RSS {d['peak_rss_mb']} MB."]
+    return "\n".join(lines) + "\n"
+
+
+def headline(r: dict) -> str:
+    a = r["audits"].get("random-seed0-fast")
+    if a is None:
+        return "-"
+    return (f"10% random flips: precision {_pct(a['label_precision'])}, recall "
+            f"{_pct(a['label_recall'])} (top losses {_pct(a.get('top_losses_precision'))}); "
+            f"leaks {a['leaks_found']}/{a['planted_leaks']}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data")
@@ -224,9 +315,15 @@ def main() -> None:
     ap.add_argument("--modes", default="random,pairs")
     ap.add_argument("--folds", type=int, default=0)
     ap.add_argument("--retrain", action="store_true")
+    ap.add_argument("--variants", nargs="*", default=[],
+                    help="More audits of the first seed's random flips: NAME='ARGS'.")
     ap.add_argument("--dup-scale", type=int, default=0)
     ap.add_argument("--only-scale", action="store_true")
     ap.add_argument("--per-class", type=int, default=0, help="A smaller Imagenette (smoke).")
+    ap.add_argument("--fastai-only", action="store_true",
+                    help="fastai's own top-loss ranking on the same planted sets (the same "
+                    "seeds give the same flips), compared with the audits already in "
+                    "bench/results/audit.json at their number flagged.")
     a = ap.parse_args()
     data = imagenette(a.data)
     if a.per_class:
@@ -242,6 +339,11 @@ def main() -> None:
     if a.only_scale:
         return
     seeds = [int(s) for s in a.seeds.split(",")]
+    if a.fastai_only:
+        for mode in a.modes.split(","):
+            for seed in seeds:
+                fastai_row(data, mode, seed, result)
+        return
     env = {**os.environ, "IMAGECLF_CACHE_DIR": tempfile.mkdtemp(prefix="audit-cache-")}
     for mode in a.modes.split(","):
         for seed in seeds:
@@ -249,17 +351,21 @@ def main() -> None:
                 noisy = Path(tmp) / "data"
                 truth = build(data, noisy, mode, seed)
                 runs = [("fast", [])]
-                if a.folds and mode == "random" and seed == seeds[0]:
-                    runs.append((f"folds{a.folds}", ["--folds", str(a.folds)]))
+                if mode == "random" and seed == seeds[0]:
+                    if a.folds:
+                        runs.append((f"folds{a.folds}", ["--folds", str(a.folds)]))
+                    runs += [(v.split("=", 1)[0], v.split("=", 1)[1].split())
+                             for v in a.variants]
                 for name, extra in runs:
                     out = Path(tmp) / f"audit-{name}"
                     m = measured([sys.executable, "-m", "imageclf", "audit", str(noisy), "-o",
                                   str(out), *RECIPE, "--seed", str(seed), "--json", *extra],
                                  env)
+                    r0 = {"args": " ".join(extra)}
                     summary = json.loads(m["stdout"][m["stdout"].index("{"):])
                     rows = read_issues(out)
                     r = score_audit(rows, truth, None, noisy)
-                    r |= {"seconds": m["seconds"], "peak_mb": m["peak_mb"],
+                    r |= r0 | {"seconds": m["seconds"], "peak_mb": m["peak_mb"],
                           "counts": summary["counts"], "features": summary["features"]}
                     if name == "fast":
                         acc_noisy = train_acc(str(noisy), [], Path(tmp) / "noisy", seed)

@@ -34,7 +34,8 @@ imageclf's same recipe and its fastest one. imageclf alone: `bench_open_set.py` 
 BatchNorm statistics need recomputing after a size change) and `bench_store.py` (the
 presized store against the raw cache: disk, build, memory, training, streaming),
 `bench_jpeg_quality.py` (`pack --quality auto` against q90 on photos and textures),
-`bench_leaderboard.py` (the Imagenette leaderboard's 5-epoch setting, a mean over seeds)
+`bench_leaderboard.py` (the Imagenette leaderboard's 5-epoch setting, a mean over seeds),
+`bench_audit.py` (`imageclf audit` on Imagenette with planted faults)
 and `bench_suite.py` (the test suite's own wall, whole and as the inner loop).
 `bench/bench_device.py` measures the training device: the training step on a batch already
 on the device (the ceiling) against end-to-end training from a fresh cache;
@@ -64,11 +65,12 @@ SCRIPTS = {
     "leaderboard": ("bench_leaderboard", "section", "headline"),
     "suite": ("bench_suite", "section", "headline"),
     "device": ("bench_device", "section", "headline"),
+    "audit": ("bench_audit", "section", "headline"),
 }
 # the sections in the page's order; these also render their NAME-*.json results
 SECTIONS = ("demo", "loader", "train", "predict", "batch_predict", "lr_find", "lr_rules",
             "ddp-cpu", "serve", "serve_single", "open_set", "imbalance", "time_to_accuracy",
-            "finetune", "bn_recal", "store", "jpeg_quality", "leaderboard", "suite")
+            "finetune", "bn_recal", "store", "jpeg_quality", "leaderboard", "audit", "suite")
 VARIANTS = ("train", "lr_rules", "time_to_accuracy", "suite", "demo")
 
 

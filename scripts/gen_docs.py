@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def tables() -> dict[tuple[str, str], str]:
     """(doc file, block name) -> generated text."""
     from imageclf.core.commands import (
+        AuditSettings,
         BatchOptions,
         CalibrateSettings,
         PackSettings,
@@ -29,6 +30,7 @@ def tables() -> dict[tuple[str, str], str]:
     from imageclf.core.settings import settings_markdown
     from imageclf.data.cache import CacheIndex
     from imageclf.data.store import StoreManifest
+    from imageclf.jobs.audit import AuditSummary, Issue
     from imageclf.jobs.batch_predict import BatchManifest, columns_markdown
     from imageclf.learn.checkpoint import CheckpointInfo
     from imageclf.learn.lr_find import LRFindResult
@@ -37,7 +39,9 @@ def tables() -> dict[tuple[str, str], str]:
 
     out = {("settings.md", "settings"): settings_markdown(
         DataConfig, TrainConfig, PackSettings, PredictOptions, BatchOptions, CalibrateSettings,
-        ServeConfig),
+        AuditSettings, ServeConfig),
+           ("data-health.md", "issues"): record_markdown(Issue),
+           ("data-health.md", "summary"): record_markdown(AuditSummary),
            ("run-directory.md", "metrics"): record_markdown(RunMetrics),
            ("run-directory.md", "claim"): record_markdown(RunClaim)
            + "\n" + record_markdown(LRFindResult),

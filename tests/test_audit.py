@@ -16,7 +16,12 @@ from PIL import Image
 from imageclf.core.commands import AuditSettings
 from imageclf.core.config import DataConfig, DataSource, TrainConfig
 from imageclf.core.errors import ConfigError
-from imageclf.data.duplicates import descriptors, find_duplicates, pixel_hashes
+from imageclf.data.duplicates import (
+    descriptors,
+    find_duplicates,
+    pixel_hashes,
+    unlike_the_rest,
+)
 from imageclf.data.images import load_centre_square
 from imageclf.data.sources import resolve
 from imageclf.jobs.audit import (
@@ -26,7 +31,6 @@ from imageclf.jobs.audit import (
     audit,
     read_issues,
     read_summary,
-    stray_scores,
 )
 
 from .audit_data import COPY, FLIPPED, LEAK, STRAY, make_audit_dataset, picture
@@ -86,30 +90,47 @@ def test_the_planted_faults_are_found_and_the_files_follow_their_records(
 
 
 def test_near_copies_are_found_and_different_images_are_not():
-    rng = np.random.default_rng(0)
-    originals = [picture("green", 10 + i, 96) for i in range(30)]
+    """Copies cropped by 8%, shrunk to 0.6x, re-encoded at JPEG q60, every other one
+    mirrored, among 120 other drawn scenes."""
+    import io
+
+    from PIL import ImageDraw
+
+    def scene(seed: int, size: int = 160) -> Image.Image:
+        rng = np.random.default_rng(seed)
+        im = Image.new("RGB", (size, size), tuple(int(v) for v in rng.integers(0, 255, 3)))
+        draw = ImageDraw.Draw(im)
+        for _ in range(8):
+            x0, y0 = rng.integers(0, size, 2)
+            w, h = rng.integers(size // 10, size // 2, 2)
+            (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(
+                [int(x0), int(y0), int(x0 + w), int(y0 + h)],
+                fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
+        return im
+
+    originals = [scene(i) for i in range(120)]
     copies = []
     for i, im in enumerate(originals[:10]):
-        w = im.width
-        im = im.crop((4, 4, w - 4, w - 4)).resize((58, 58))  # 8% crop, 0.6x
+        im = im.crop((6, 6, 154, 154)).resize((96, 96))
         if i % 2:
             im = im.transpose(Image.FLIP_LEFT_RIGHT)
-        copies.append(im)
-    x = torch.stack([torch.from_numpy(np.asarray(im.resize((48, 48))).transpose(2, 0, 1).copy())
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=60)
+        copies.append(Image.open(buf).convert("RGB"))
+    x = torch.stack([torch.from_numpy(np.asarray(im.resize((64, 64))).transpose(2, 0, 1).copy())
                      for im in originals + copies])
     pairs = find_duplicates(descriptors(x), pixel_hashes(x))
     found = {(p.a, p.b) for p in pairs}
-    assert found == {(i, 30 + i) for i in range(10)}, sorted(found)
+    assert found == {(i, 120 + i) for i in range(10)}, sorted(found)
     assert [p.mirrored for p in pairs] == [bool(i % 2) for i in range(10)]
-    del rng
 
 
-def test_the_stray_score_ranks_an_outlier_first():
-    rng = np.random.default_rng(0)
-    f = np.abs(rng.normal(0, 1, (50, 16))).astype(np.float32) + np.eye(16)[0] * 4
-    f[7] = -f[7]  # points the other way from every other image
-    s = stray_scores(f, np.zeros(50, np.int64), k=5)
-    assert int(s.argmax()) == 7 and s[7] > 1.0
+def test_the_stray_score_ranks_an_image_unlike_the_rest_first():
+    x = torch.stack([torch.from_numpy(np.asarray(picture("green", i, 48)).transpose(2, 0, 1)
+                                      .copy()) for i in range(40)])
+    odd = (np.indices((48, 48)).sum(0) // 6 % 2 * 255).astype(np.uint8)
+    x[17] = torch.from_numpy(np.stack([odd, odd * 0, odd]))  # a magenta checkerboard
+    assert int(unlike_the_rest(descriptors(x)).argmax()) == 17
 
 
 @pytest.mark.slow
@@ -169,3 +190,28 @@ def test_the_first_pass_reads_what_validation_reads(planted: Path):
     b = torch.from_numpy(load_centre_square(planted / COPY[1], 48))[None]
     assert pixel_hashes(a) == pixel_hashes(b)
     assert pixel_hashes(a) != pixel_hashes(a.flip(-1))
+
+
+def test_a_store_is_audited_and_its_keys_name_its_images(planted: Path, random_body: Path,
+                                                         tmp_path: Path):
+    """The same faults in a store (imageclf pack): the leak and the copy are found, and each
+    row's key leads back to its image (what fixes.csv and the review page read)."""
+    from imageclf.core.commands import PackSettings
+    from imageclf.data import refs
+    from imageclf.data.pack import pack
+    from imageclf.serve.review import image_ref
+
+    store = tmp_path / "store"
+    pack(DataSource(path=str(planted)), store, PackSettings(presize=48))
+    res = audit(_data(store), _train(), AuditSettings(model=str(random_body)), tmp_path / "a")
+    kinds = {r.kind for r in res.issues}
+    assert {"leak", "duplicate", "label"} <= kinds
+    leak = next(r for r in res.issues if r.kind == "leak")
+    assert "::store::" in leak.image and not leak.image.startswith("/")
+    ref = image_ref(leak.image, store)
+    assert isinstance(ref, refs.StoreRef) and ref.read()[:2] == b"\xff\xd8"
+    items = resolve(DataSource(path=str(store)))
+    fixes = tmp_path / "fixes.csv"
+    fixes.write_text(f"image,decision,label,given,decided\n{leak.image},exclude,,green,\n")
+    fixed = resolve(DataSource(path=str(store), fixes=str(fixes)))
+    assert len(fixed) == len(items) - 1 and fixed.fixed_by.excluded == 1

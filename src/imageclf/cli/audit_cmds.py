@@ -60,7 +60,7 @@ def audit(data: DataConfig, train: TrainConfig, settings: AuditSettings,
             bar.update(tasks[step], completed=done, total=total)
 
         res = run_audit(data, train, settings, output, device=dev,
-                        cbs=[PrintEpochs(console)], progress=progress)
+                        cbs=[PrintEpochs(err if as_json else console)], progress=progress)
     s = res.summary
     if as_json:
         print(json.dumps(s.to_json(), indent=2))

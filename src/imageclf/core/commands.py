@@ -87,8 +87,8 @@ class AuditSettings(Settings):
                          "--pretrained gives the features), then a cross-validated linear "
                          "head on its features; K >= 2: K models trained as train would, "
                          "each judging the fold it did not see.", ge=0)
-    near: float = setting(0.90, "Near duplicates: the least cosine similarity of the images' "
-                          "low-frequency descriptors.", gt=0, le=1)
+    near: float = setting(0.75, "Near duplicates: the least cosine similarity of the images' "
+                          "whitened low-frequency descriptors.", gt=0, le=1)
     stray_share: float = setting(0.01, "Strays: the share of images least like any class "
                                  "that is listed.", ge=0, le=1)
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from imageclf.core.errors import ConfigError, DataError
 from imageclf.core.fileio import write_text
+from imageclf.data import refs
 from imageclf.data.items import Items
 
 if TYPE_CHECKING:
@@ -65,7 +66,7 @@ class FixesApplied:
 def image_key(ref: ImageRef, root: Path) -> str:
     """What names an image in an audit's tables and in fixes.csv: a file's path under the
     data set's folder (POSIX), else its absolute path; a store's or a table's reference
-    with the data set's folder left out."""
+    with its file named the same way."""
     if isinstance(ref, Path):
         for a, b in ((ref, root), (ref.absolute(), root.absolute())):
             try:
@@ -73,8 +74,8 @@ def image_key(ref: ImageRef, root: Path) -> str:
             except ValueError:
                 continue
         return ref.absolute().as_posix()
-    text, prefix = str(ref), str(root.absolute()).rstrip("/") + "/"
-    return text[len(prefix):] if text.startswith(prefix) else text
+    text, file = str(ref), str(refs.backing_file(ref))
+    return image_key(Path(file), root) + text[len(file):] if text.startswith(file) else text
 
 
 def key_root(data: str | Path) -> Path:

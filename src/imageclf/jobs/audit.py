@@ -31,13 +31,18 @@ from imageclf.core.fileio import atomic_write, write_json, write_text
 from imageclf.core.modelmeta import ModelMeta
 from imageclf.core.records import Record, Skipped
 from imageclf.core.schema import doc
-from imageclf.data.duplicates import descriptors, find_duplicates, pixel_hashes
+from imageclf.data.duplicates import (
+    DIM,
+    descriptors,
+    find_duplicates,
+    pixel_hashes,
+    unlike_the_rest,
+)
 from imageclf.data.fixes import key_root, keys_of
 from imageclf.data.items import Items
 from imageclf.data.sources import resolve
 from imageclf.model.label_issues import find_label_issues, fold_of, linear_probs
 from imageclf.model.predict import Predictor
-from imageclf.openset.scores import KNN_K, knn, normalise
 
 if TYPE_CHECKING:
     from imageclf.learn.callbacks import Callback
@@ -58,8 +63,9 @@ class Issue(Record):
                     "a copy of a validation image), duplicate (a copy of another image of its "
                     "split), stray (looks like no class)", expect="one of " + ", ".join(KINDS))
     score: float = doc("how strongly: 1 - the label's quality (label), the similarity "
-                       "(leak, duplicate; 1: the same pixels), 1 - the cosine similarity of "
-                       "its features to its k-th nearest image's (stray); higher is worse")
+                       "(leak, duplicate; 1: the same pixels), the Mahalanobis distance "
+                       "(squared) of its colours and layout from the set's (stray); higher "
+                       "is worse")
     given: str = doc("its label as given (labels space-separated when multi-label)")
     suggested: str = doc("label: the class the out-of-sample probabilities favour; else "
                          "empty")
@@ -106,11 +112,6 @@ class Scan:
     desc: np.ndarray  # (N, DIM) float32
     ok: np.ndarray  # (N,) bool: the image was read
     skipped: list[Skipped]
-    group: np.ndarray | None = None  # (N,) which model's features (folds); None: one model
-
-    def __post_init__(self) -> None:
-        if self.group is None:
-            self.group = np.zeros(len(self.ok), np.int64)
 
 
 def scan(predictor: Predictor, refs: Sequence[Any], bs: int = 64,
@@ -121,7 +122,7 @@ def scan(predictor: Predictor, refs: Sequence[Any], bs: int = 64,
     n = len(refs)
     logits = np.zeros((n, len(predictor.classes)), np.float32)
     feats: np.ndarray | None = None
-    desc = np.zeros((n, 63), np.float32)
+    desc = np.zeros((n, DIM), np.float32)
     hashes = [""] * n
     ok = np.zeros(n, bool)
     skipped: list[Skipped] = []
@@ -187,8 +188,8 @@ def _train(data: DataConfig, train: TrainConfig, items: Items, out: Path,
     return out / "model"
 
 
-def _predictor(folder: Path | str, data: DataConfig, train: TrainConfig,
-               device: str | torch.device) -> Predictor:
+def _predictor(folder: Path | str, train: TrainConfig, device: str | torch.device
+               ) -> Predictor:
     return Predictor(folder, device=device, precision=train.optim.precision)
 
 
@@ -233,7 +234,7 @@ def audit(data: DataConfig, train: TrainConfig, settings: AuditSettings, out: st
                 folder = _train(data, train, items, tmp / "run", cbs, device)
                 how = (f"{train.model.arch} trained on the given labels for "
                        f"{train.schedule.epochs} epoch(s)")
-            pred = _predictor(folder, data, train, device)
+            pred = _predictor(folder, train, device)
             if settings.model is not None and list(pred.classes) != list(items.classes) \
                     and not ml:
                 log.info("%s predicts other classes than the data set's; only its features "
@@ -254,9 +255,8 @@ def audit(data: DataConfig, train: TrainConfig, settings: AuditSettings, out: st
     kept = np.nonzero(sc.ok)[0]
     dup_rows, exact = _duplicate_rows(items, keys, kept, pairs)
     issues += dup_rows
-    feats_ok = sc.features[sc.ok]
     strays = np.zeros(len(items))
-    strays[sc.ok] = stray_scores(feats_ok, sc.group[sc.ok])
+    strays[sc.ok] = unlike_the_rest(sc.desc[sc.ok])
     issues += _stray_rows(items, keys, strays, sc.ok, settings.stray_share)
     counts = {k: sum(1 for r in issues if r.kind == k) for k in KINDS}
     summary = AuditSummary(
@@ -278,22 +278,22 @@ def _by_folds(data: DataConfig, train: TrainConfig, settings: AuditSettings, ite
     and judging the fold it did not see."""
     k_folds = settings.folds
     fold = fold_of(labels, k_folds, data.seed)
+    if data.cache_dir is None:  # each fold's split is its own cache: gone with the audit
+        data = dataclasses.replace(data, cache_dir=str(tmp / "cache"))
     n = len(items)
     parts: list[tuple[np.ndarray, Scan]] = []
     for k in range(k_folds):
         split = dataclasses.replace(items, is_valid=tuple(bool(f == k) for f in fold))
         folder = _train(data, train, split, tmp / f"fold-{k}", cbs, device)
         held = np.nonzero(fold == k)[0]
-        pred = _predictor(folder, data, train, device)
+        pred = _predictor(folder, train, device)
         parts.append((held, scan(pred, [items.paths[i] for i in held], data.bs, progress,
                                  f"fold {k + 1}/{k_folds}")))
     first = parts[0][1]
     whole = Scan(np.zeros((n, first.logits.shape[1]), np.float32),
                  np.zeros((n, first.features.shape[1]), np.float32), [""] * n,
-                 np.zeros((n, first.desc.shape[1]), np.float32), np.zeros(n, bool), [],
-                 np.zeros(n, np.int64))
-    for k, (held, s) in enumerate(parts):
-        whole.group[held] = k
+                 np.zeros((n, first.desc.shape[1]), np.float32), np.zeros(n, bool), [])
+    for held, s in parts:
         whole.logits[held], whole.features[held] = s.logits, s.features
         whole.desc[held], whole.ok[held] = s.desc, s.ok
         for i, h in zip(held, s.hashes, strict=True):
@@ -356,34 +356,19 @@ def _duplicate_rows(items: Items, keys: list[str], kept: np.ndarray, pairs: list
     return rows, exact
 
 
-def stray_scores(features: np.ndarray, groups: np.ndarray, k: int = KNN_K,
-                 chunk: int = 2048) -> np.ndarray:
-    """(N,) 1 - the cosine similarity of each image's features to its k-th nearest other
-    image among those the same model saw (`groups`): the knn score of "none of these"
-    (openset/scores.knn), high for an image like no other."""
-    out = np.zeros(len(features), np.float64)
-    for g in np.unique(groups):
-        idx = np.nonzero(groups == g)[0]
-        bank = normalise(torch.from_numpy(features[idx]))
-        kk = min(k + 1, len(idx))  # + 1: the image itself is its own nearest row
-        for s in range(0, len(idx), chunk):
-            part = torch.from_numpy(features[idx[s:s + chunk]])
-            out[idx[s:s + chunk]] = -knn(part, bank, kk).double().numpy()
-    return out
-
-
 def _stray_rows(items: Items, keys: list[str], scores: np.ndarray, ok: np.ndarray,
                 share: float) -> list[Issue]:
-    """The `share` of readable images with the highest stray score."""
+    """The `share` of readable images least like the rest of the set (`unlike_the_rest`)."""
     kept = np.nonzero(ok)[0]
     n = math.ceil(share * len(kept)) if share > 0 else 0
+    median = float(np.median(scores[kept]))
     rows = []
     for r in np.argsort(-scores[kept], kind="stable")[:n].tolist():
         i = int(kept[r])
         rows.append(Issue(keys[i], "stray", round(float(scores[i]), 4), _given(items, i),
                           "", "", _split(items, i),
-                          f"similarity to its {KNN_K}th nearest image "
-                          f"{1 - scores[i]:.2f}"))
+                          f"{scores[i] / max(median, 1e-12):.1f}x the median distance from "
+                          "the set's colours and layout"))
     return rows
 
 

@@ -1,0 +1,35 @@
+"""fastai's own ranking of suspect training labels (run in fastai's venv): train resnet18 from
+scratch on the (noisy) labels, then rank the training images by their loss, as
+ImageClassifierCleaner (fastai book, chapter 2) does: `learn.get_preds(ds_idx=0,
+with_loss=True)`, highest loss first. Prints JSON: the images, ranked, relative to DATA."""
+
+import json
+import sys
+import time
+from pathlib import Path
+
+t0 = time.perf_counter()
+from fastai.vision.all import (  # noqa: E402
+    ImageDataLoaders,
+    Resize,
+    accuracy,
+    aug_transforms,
+    resnet18,
+    vision_learner,
+)
+
+path, size, presize, bs, epochs, lr = sys.argv[1], *map(int, sys.argv[2:6]), float(sys.argv[6])
+dls = ImageDataLoaders.from_folder(path, train="train", valid="val", item_tfms=Resize(presize),
+                                   batch_tfms=aug_transforms(size=size, min_scale=0.75), bs=bs)
+learn = vision_learner(dls, resnet18, pretrained=False, metrics=accuracy)
+with learn.no_bar(), learn.no_logging():
+    learn.fit_one_cycle(epochs, lr)
+    _, acc = learn.validate()
+    # ImageClassifierCleaner's ranking: the training set's losses, highest first
+    _, _, losses = learn.get_preds(ds_idx=0, with_loss=True)
+items = dls.train_ds.items
+order = losses.argsort(descending=True).tolist()
+root = Path(path)
+print(json.dumps({"tool": "fastai", "valid_accuracy": float(acc),
+                  "seconds": time.perf_counter() - t0,
+                  "ranked": [Path(items[i]).relative_to(root).as_posix() for i in order]}))
