@@ -217,6 +217,45 @@ def dup_scale(n: int, data: Path) -> dict:
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
 
+def transfer_rows(data: Path, seeds: list[int], result: dict, env: dict) -> None:
+    """The fast path with a pretrained body, as a user with hub weights would run it: a body
+    trained on Imagenette's first five classes (clean labels, 5 epochs), then `audit --model
+    BODY` on the other five with the faults planted. Top losses: the same body fine-tuned on
+    the noisy labels (`train --pretrained BODY`, the learner ImageClassifierCleaner reads)."""
+    classes = sorted(p.name for p in (data / "train").iterdir())
+    with tempfile.TemporaryDirectory(prefix="bench-audit-transfer-") as tmp:
+        pre, fine = Path(tmp) / "pre", Path(tmp) / "fine"
+        for split in ("train", "val"):
+            for i, c in enumerate(classes):
+                dst = (pre if i < 5 else fine) / split
+                dst.mkdir(parents=True, exist_ok=True)
+                (dst / c).symlink_to((data / split / c).resolve())
+        t0 = time.perf_counter()
+        run([sys.executable, "-m", "imageclf", "train", str(pre), *RECIPE[:4], "--epochs", "5",
+             "--lr", "3e-3",
+             "--pretrained", "none", "--out", f"{tmp}/body"], env)
+        body_s = round(time.perf_counter() - t0, 1)
+        body_acc = json.loads(Path(f"{tmp}/body/metrics.json").read_text())["valid_accuracy"]
+        for seed in seeds:
+            noisy = Path(tmp) / f"data-{seed}"
+            truth = build(fine, noisy, "random", seed)
+            out = Path(tmp) / f"audit-{seed}"
+            m = measured([sys.executable, "-m", "imageclf", "audit", str(noisy), "-o", str(out),
+                          "--model", f"{tmp}/body/model", "--seed", str(seed), "--json"], env)
+            rows = read_issues(out)
+            r = score_audit(rows, truth, None, noisy)
+            acc = train_acc(str(noisy), ["--pretrained", f"{tmp}/body/model",
+                                         "--freeze-epochs", "1"], Path(tmp) / f"ft-{seed}", seed)
+            r |= score_audit(rows, truth, Path(tmp) / f"ft-{seed}" / "model", noisy)
+            r |= {"args": "--model BODY (5 other classes, 5 epochs)", "seconds": m["seconds"],
+                  "peak_mb": m["peak_mb"], "body_seconds": body_s, "body_accuracy": body_acc,
+                  "noisy_accuracy": acc, "train_seconds": TRAIN_WALL[-1]}
+            key = f"transfer-seed{seed}"
+            result["audits"][key] = r
+            print(key, {k: v for k, v in r.items() if k != "other_duplicates"}, flush=True)
+            save("audit", result)
+
+
 def fastai_row(data: Path, mode: str, seed: int, result: dict) -> None:
     """fastai's ImageClassifierCleaner ranking at the audit's number flagged."""
     from common import fastai_python
@@ -320,6 +359,8 @@ def main() -> None:
     ap.add_argument("--dup-scale", type=int, default=0)
     ap.add_argument("--only-scale", action="store_true")
     ap.add_argument("--per-class", type=int, default=0, help="A smaller Imagenette (smoke).")
+    ap.add_argument("--transfer", action="store_true",
+                    help="Only the pretrained-body rows (transfer_rows), kept beside the rest.")
     ap.add_argument("--fastai-only", action="store_true",
                     help="fastai's own top-loss ranking on the same planted sets (the same "
                     "seeds give the same flips), compared with the audits already in "
@@ -339,6 +380,10 @@ def main() -> None:
     if a.only_scale:
         return
     seeds = [int(s) for s in a.seeds.split(",")]
+    if a.transfer:
+        transfer_rows(data, seeds, result, {**os.environ, "IMAGECLF_CACHE_DIR":
+                                            tempfile.mkdtemp(prefix="audit-cache-")})
+        return
     if a.fastai_only:
         for mode in a.modes.split(","):
             for seed in seeds:

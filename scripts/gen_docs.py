@@ -28,9 +28,9 @@ def tables() -> dict[tuple[str, str], str]:
     from imageclf.core.modelmeta import CalibrationInfo, ModelMeta, NegativesInfo, OpenSetRule
     from imageclf.core.schema import record_markdown
     from imageclf.core.settings import settings_markdown
+    from imageclf.data.audit_files import AuditSummary, Issue
     from imageclf.data.cache import CacheIndex
     from imageclf.data.store import StoreManifest
-    from imageclf.jobs.audit import AuditSummary, Issue
     from imageclf.jobs.batch_predict import BatchManifest, columns_markdown
     from imageclf.learn.checkpoint import CheckpointInfo
     from imageclf.learn.lr_find import LRFindResult

@@ -16,6 +16,7 @@ from PIL import Image
 from imageclf.core.commands import AuditSettings
 from imageclf.core.config import DataConfig, DataSource, TrainConfig
 from imageclf.core.errors import ConfigError
+from imageclf.data.audit_files import KINDS, AuditSummary, Issue, read_issues, read_summary
 from imageclf.data.duplicates import (
     descriptors,
     find_duplicates,
@@ -24,14 +25,7 @@ from imageclf.data.duplicates import (
 )
 from imageclf.data.images import load_centre_square
 from imageclf.data.sources import resolve
-from imageclf.jobs.audit import (
-    KINDS,
-    AuditSummary,
-    Issue,
-    audit,
-    read_issues,
-    read_summary,
-)
+from imageclf.jobs.audit import audit
 
 from .audit_data import COPY, FLIPPED, LEAK, STRAY, make_audit_dataset, picture
 from .audit_data import random_body as make_random_body

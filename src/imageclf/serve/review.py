@@ -24,9 +24,9 @@ from imageclf import __version__
 from imageclf.core.commands import ServeConfig
 from imageclf.core.errors import ConfigError, DataError
 from imageclf.data import refs
+from imageclf.data.audit_files import FIXES, read_issues, read_summary
 from imageclf.data.fixes import DECISIONS, Fix, latest, read_fixes, write_fixes
 from imageclf.data.images import UnreadableImage, open_rgb
-from imageclf.jobs.audit import FIXES, read_issues, read_summary
 from imageclf.serve.app import Gate, add_error_handlers
 
 SHOWN = 320  # the side of the pictures the page shows
