@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 from imageclf.cli.options import settings_command
-from imageclf.core.commands import BatchOptions, CalibrateSettings, PackSettings, PredictOptions
+from imageclf.core.commands import (
+    AuditSettings,
+    BatchOptions,
+    CalibrateSettings,
+    PackSettings,
+    PredictOptions,
+)
 from imageclf.core.config import (
     AugConfig,
     DataConfig,
@@ -120,7 +126,7 @@ def test_generated_options_carry_the_declared_defaults_and_build_the_settings():
 def test_docs_settings_table_is_the_generated_one():
     doc = (ROOT / "docs" / "settings.md").read_text()
     assert settings_markdown(DataConfig, TrainConfig, PackSettings, PredictOptions,
-                             BatchOptions, CalibrateSettings, ServeConfig) in doc
+                             BatchOptions, CalibrateSettings, AuditSettings, ServeConfig) in doc
 
 
 def test_a_bad_flag_value_is_one_line(folder_dataset: Path, tmp_path: Path):
