@@ -71,7 +71,7 @@ def build(data: Path, out: Path, mode: str, seed: int, share: float = 0.1, dups:
     for c in classes:
         for p in sorted((data / "val" / c).iterdir()):
             (out / "val" / c / p.name).symlink_to(p.resolve())
-    vals = sorted((data / "val").rglob("*.JPEG")) or sorted((data / "val").rglob("*.jpg"))
+    vals = sorted(p for c in classes for p in (data / "val" / c).iterdir())
     for k, p in enumerate(rng.sample(vals, dups)):
         with Image.open(p) as im:
             im = im.convert("RGB")
@@ -303,6 +303,10 @@ def section(r: dict) -> str:
         "`get_preds(ds_idx=0, with_loss=True)`, as the cleaner does. Wall and peak memory "
         f"(PSS of the process tree) of the whole audit. Measured {m['date']} on "
         f"{cpu_name(m)} ({m['cores']} cores), commit {m['commit']}.",
+        "",
+        "`transfer`: the fast path given a body (`--model`) trained for 5 epochs on the five "
+        "other classes, auditing the five others (one training: fine-tuning that body on "
+        "the noisy labels). Flagged, precision and recall count training images.",
         "",
         "| audit | flagged | precision | recall | suggestion right | top losses precision | "
         "fastai precision | leaks found | leak precision | strays in top 100 | wall | "

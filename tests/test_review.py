@@ -226,3 +226,16 @@ def test_ten_decisions_in_the_browser_survive_a_reload(audited: Path, tmp_path: 
         p.wait(timeout=30)
         log.close()
     assert {f.image for f in read_fixes(audited / "fixes.csv")} == set(decided)
+
+
+def test_an_image_gone_since_the_audit_is_a_clear_404(client: TestClient):
+    key = sorted(FLIPPED)[0]
+    data = Path(client.get("/api/audit").json()["summary"]["data"])
+    moved = data / key
+    moved.rename(moved.with_suffix(".away"))
+    try:
+        r = client.get("/api/image", params={"key": key})
+        assert r.status_code == 404 and "cannot be read" in r.json()["error"]
+        assert _decide(client, key, "exclude").status_code == 200  # still decidable
+    finally:
+        moved.with_suffix(".away").rename(moved)
