@@ -89,8 +89,8 @@ class AuditSettings(Settings):
                          "each judging the fold it did not see.", ge=0)
     near: float = setting(0.75, "Near duplicates: the least cosine similarity of the images' "
                           "whitened low-frequency descriptors.", gt=0, le=1)
-    stray_share: float = setting(0.01, "Strays: the share of images least like any class "
-                                 "that is listed.", ge=0, le=1)
+    stray_share: float = setting(0.01, "Strays: the share of images least like the rest of "
+                                 "the set that is listed.", ge=0, le=1)
 
     def check(self) -> None:
         if self.folds == 1:
