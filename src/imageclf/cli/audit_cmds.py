@@ -82,19 +82,17 @@ def audit(data: DataConfig, train: TrainConfig, settings: AuditSettings,
 def _apply(data: DataConfig, fixes: Path, output: Path) -> None:
     import dataclasses
 
-    from imageclf.core.config import DataSource
-    from imageclf.core.fileio import write_text
-    from imageclf.data.fixes import key_root, labels_table
+    from imageclf.data.fixes import key_root, write_labels
     from imageclf.data.sources import resolve
 
     if data.source.fixes is not None:
         raise ConfigError("--apply names the fixes file to apply; leave out --fixes")
     if output.suffix.lower() != ".csv":
         raise ConfigError(f"--apply writes a CSV: give -o labels.csv (got {output})")
+    # replace() checks the settings again, which records the file's hash
     src = dataclasses.replace(data.source, fixes=str(fixes), fixes_sha256=None)
-    src = DataSource.from_json(src.to_json())  # checks it, records the file's hash
     items = resolve(src, data.seed)
-    write_text(output, labels_table(items, key_root(src.path)))
+    write_labels(output, items, key_root(src.path))
     console.print(f"{output}: {len(items)} images; {items.fixed_by.sentence()}. Train on it "
                   f"with: imageclf train {src.path} --csv {output}")
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,15 @@ def atomic_write(path: str | Path, write: Callable[[str], Any]) -> None:
 def write_text(path: str | Path, text: str) -> None:
     """Write a text file atomically."""
     atomic_write(path, lambda p: Path(p).write_text(text))
+
+
+def write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """Write a CSV (a header, then the rows; "\\n" line ends) atomically."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    write_text(path, buf.getvalue())
 
 
 def write_json(path: str | Path, obj: Any, sort_keys: bool = False) -> None:

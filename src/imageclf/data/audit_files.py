@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from imageclf.core.errors import ConfigError, DataError
-from imageclf.core.fileio import atomic_write, write_json, write_text
+from imageclf.core.fileio import atomic_write, write_csv, write_json
 from imageclf.core.records import Record, Skipped
 from imageclf.core.schema import doc
 
@@ -74,11 +73,7 @@ class AuditSummary(Record):
 def write_audit(out: Path, summary: AuditSummary, issues: list[Issue]) -> None:
     """issues.csv (and issues.parquet where pyarrow is installed), then summary.json."""
     cols = [f.name for f in dataclasses.fields(Issue)]
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(cols)
-    w.writerows([getattr(r, c) for c in cols] for r in issues)
-    write_text(out / ISSUES, buf.getvalue())
+    write_csv(out / ISSUES, cols, ([getattr(r, c) for c in cols] for r in issues))
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from imageclf.core.errors import ConfigError, DataError
-from imageclf.core.fileio import write_text
+from imageclf.core.fileio import write_csv
 from imageclf.data import refs
 from imageclf.data.items import Items
 
@@ -169,24 +169,17 @@ def apply_fixes(items: Items, path: str | Path, root: Path) -> tuple[Items, Fixe
 
 def write_fixes(path: str | Path, fixes: Sequence[Fix]) -> None:
     """fixes.csv, written whole and atomically (a crash leaves the old file or the new)."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(COLUMNS)
-    w.writerows(f.row() for f in fixes)
-    write_text(path, buf.getvalue())
+    write_csv(path, COLUMNS, (f.row() for f in fixes))
 
 
-def labels_table(items: Items, root: Path) -> str:
+def write_labels(path: str | Path, items: Items, root: Path) -> None:
     """A CSV of `filename,label,is_valid` for `items` (what `--csv` reads): the corrected
     label table of `audit --apply`, with absolute file names. Multi-label rows hold their
     labels space-separated. A store's or a table's images have no file name to list."""
     if items.paths and not isinstance(items.paths[0], Path):
         raise ConfigError(f"{root}: its images are inside a store or a table, which a labels "
                           "CSV cannot name; train on it with --fixes instead")
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["filename", "label", "is_valid"])
-    for p, labs, v in zip(items.paths, items.labels, items.is_valid, strict=True):
-        w.writerow([p.absolute().as_posix(), " ".join(items.classes[i] for i in labs),
-                    "true" if v else "false"])
-    return buf.getvalue()
+    write_csv(path, ("filename", "label", "is_valid"),
+              ((p.absolute().as_posix(), " ".join(items.classes[i] for i in labs),
+                "true" if v else "false")
+               for p, labs, v in zip(items.paths, items.labels, items.is_valid, strict=True)))

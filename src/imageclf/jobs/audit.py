@@ -23,7 +23,7 @@ import torch
 
 from imageclf.core.commands import AuditSettings
 from imageclf.core.config import DataConfig, TrainConfig
-from imageclf.core.errors import ConfigError, DataError
+from imageclf.core.errors import ConfigError
 from imageclf.core.modelmeta import ModelMeta
 from imageclf.core.records import Skipped
 from imageclf.data.audit_files import KINDS, AuditSummary, Issue, write_audit
@@ -37,8 +37,9 @@ from imageclf.data.duplicates import (
 from imageclf.data.fixes import key_root, keys_of
 from imageclf.data.items import Items
 from imageclf.data.sources import resolve
+from imageclf.jobs.evaluate import run_images
 from imageclf.model.label_issues import find_label_issues, fold_of, linear_probs
-from imageclf.model.predict import Predictor
+from imageclf.model.predict import Predictor, to_probs
 
 if TYPE_CHECKING:
     from imageclf.learn.callbacks import Callback
@@ -65,38 +66,25 @@ def scan(predictor: Predictor, refs: Sequence[Any], bs: int = 64,
     with its pooled features, pixel hash and duplicate descriptor; unreadable images are
     listed, never raised."""
     n = len(refs)
-    logits = np.zeros((n, len(predictor.classes)), np.float32)
-    feats: np.ndarray | None = None
     desc = np.zeros((n, DIM), np.float32)
     hashes = [""] * n
-    ok = np.zeros(n, bool)
-    skipped: list[Skipped] = []
-    start = 0
-    for chunk, x, errors in predictor.batches(list(refs), bs):
-        idx = [start + j for j, e in enumerate(errors) if e is None]
-        skipped += [Skipped(p, e) for p, e in zip(chunk, errors, strict=True) if e is not None]
+
+    def each(x: torch.Tensor | None, idx: list[int], done: int) -> None:
         if x is not None:
-            out = predictor.outputs(x, features=True)
-            f = out.features.numpy()
-            if feats is None:
-                feats = np.zeros((n, f.shape[1]), np.float32)
-            feats[idx], logits[idx] = f, out.raw.numpy()
             desc[idx] = descriptors(x)
             for i, h in zip(idx, pixel_hashes(x), strict=True):
                 hashes[i] = h
-            ok[idx] = True
-        start += len(chunk)
         if progress:
-            progress(step, start, n)
-    if not ok.any():
-        raise DataError(f"none of the {n} images could be read")
-    return Scan(logits, feats, hashes, desc, ok, skipped)
+            progress(step, done, n)
 
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)
+    seen = run_images(predictor, [str(r) for r in refs], bs=bs, features=True, each=each)
+    ok = np.zeros(n, bool)
+    ok[seen.kept] = True
+    logits = np.zeros((n, len(predictor.classes)), np.float32)
+    logits[seen.kept] = seen.outputs.raw.numpy()
+    feats = np.zeros((n, seen.outputs.features.shape[1]), np.float32)
+    feats[seen.kept] = seen.outputs.features.numpy()
+    return Scan(logits, feats, hashes, desc, ok, seen.skipped)
 
 
 def fingerprint(keys: Sequence[str]) -> str:
@@ -244,7 +232,7 @@ def _by_folds(data: DataConfig, train: TrainConfig, settings: AuditSettings, ite
         for i, h in zip(held, s.hashes, strict=True):
             whole.hashes[i] = h
         whole.skipped += s.skipped
-    probs = _softmax(whole.logits.astype(np.float64))
+    probs = to_probs(torch.from_numpy(whole.logits), False).double().numpy()
     probs[~whole.ok] = 0.0
     return whole, probs
 

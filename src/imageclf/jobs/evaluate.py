@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,20 +45,27 @@ class Seen:
 
 
 def run_images(predictor: Predictor, paths: Sequence[str | Path], *, bs: int = 32,
-               tta: bool = False, features: bool = False, what: str = "images") -> Seen:
+               tta: bool = False, features: bool = False, what: str = "images",
+               each: Callable[[torch.Tensor | None, list[int], int], None] | None = None
+               ) -> Seen:
     """Every readable image of `paths` through the model; unreadable ones are listed, and
-    only when none is readable is it an error."""
+    only when none is readable is it an error. `each(batch, its indices, images done)` is
+    called after every chunk with the uint8 batch of its readable images (None: none)."""
     parts, kept, skipped = [], [], []
     offset = 0
     for chunk, x, errors in predictor.batches(paths, bs):
         if x is not None:
             parts.append(predictor.outputs(x, tta, features))
+        read = []
         for j, (path, e) in enumerate(zip(chunk, errors, strict=True)):
             if e is None:
-                kept.append(offset + j)
+                read.append(offset + j)
             else:
                 skipped.append(Skipped(path, e))
+        kept += read
         offset += len(chunk)
+        if each is not None:
+            each(x, read, offset)
     if not kept:
         raise DataError(f"none of the {len(paths)} {what} could be read")
     return Seen(Outputs.cat(parts), kept, skipped)
