@@ -95,8 +95,10 @@ def build(data: Path, out: Path, mode: str, seed: int, share: float = 0.1, dups:
 
 
 def read_issues(audit: Path) -> list[dict]:
-    with open(audit / "issues.csv", newline="") as f:
-        return list(csv.DictReader(f))
+    """issues.csv's rows, as JSON objects."""
+    from imageclf.data.audit_files import read_issues as read
+
+    return [r.to_json() for r in read(audit)]
 
 
 def top_losses(model: Path, data: Path, keys: list[str], given: dict[str, str]) -> list[str]:

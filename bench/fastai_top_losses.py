@@ -9,19 +9,10 @@ import time
 from pathlib import Path
 
 t0 = time.perf_counter()
-from fastai.vision.all import (  # noqa: E402
-    ImageDataLoaders,
-    Resize,
-    accuracy,
-    aug_transforms,
-    resnet18,
-    vision_learner,
-)
+from fastai_recipe import recipe  # noqa: E402
 
-path, size, presize, bs, epochs, lr = sys.argv[1], *map(int, sys.argv[2:6]), float(sys.argv[6])
-dls = ImageDataLoaders.from_folder(path, train="train", valid="val", item_tfms=Resize(presize),
-                                   batch_tfms=aug_transforms(size=size, min_scale=0.75), bs=bs)
-learn = vision_learner(dls, resnet18, pretrained=False, metrics=accuracy)
+learn, epochs, lr = recipe(sys.argv[1:])
+dls, path = learn.dls, sys.argv[1]
 with learn.no_bar(), learn.no_logging():
     learn.fit_one_cycle(epochs, lr)
     _, acc = learn.validate()

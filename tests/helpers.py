@@ -106,3 +106,19 @@ def find(path: str | Path, seed: int = 0, evaluate: bool = False, **source: obje
     from imageclf.data.sources import resolve
 
     return resolve(DataSource(path=str(path), **source), seed, evaluate)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def chromium() -> str | None:
+    """Debian's chromium, for the browser tests (.ci/run installs it), or None."""
+    import shutil
+
+    return shutil.which("chromium") or shutil.which("chromium-browser")

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from .helpers import final_metrics, make_folder_dataset
+from .helpers import final_metrics, free_port, make_folder_dataset
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
@@ -141,7 +141,7 @@ def test_two_nodes_with_c10d_rendezvous_share_one_cache(tmp_path: Path):
 
     # --auto-resume the other way round: rank 0's machine has no run, rank 1's has it.
     # Starting afresh would quietly drop the training done: every rank refuses, nothing written.
-    port = _free_port()
+    port = free_port()
     auto = cmd[cmd.index("imageclf") - 1:cmd.index("--out")] + ["--out", "run", "--auto-resume"]
     nodes = [subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node",
@@ -190,13 +190,6 @@ def test_torchrun_cli_and_a_job_restarted_from_its_checkpoint(tmp_path: Path):
     assert final_metrics(run) == final_metrics(ref)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _wait_for(mark: Path, *procs: subprocess.Popen) -> None:
     """Until `mark` exists; fails if a process ends first or a minute and a half passes."""
@@ -225,7 +218,7 @@ def test_an_elastic_job_grows_and_shrinks(tmp_path: Path):
                     "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
     node = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1:2",
             "--nproc_per_node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint",
-            f"127.0.0.1:{_free_port()}", "--rdzv-id", "grow", "--rdzv-conf",
+            f"127.0.0.1:{free_port()}", "--rdzv-id", "grow", "--rdzv-conf",
             "last_call_timeout=1", "--max-restarts", "1", str(ELASTIC), "-v", "train",
             str(data), *TINY, "--size", "32", "--presize", "40", "--bs", "4",
             "--epochs", "3", "--lr", "2e-3", "--precision", "fp32", "--out", str(run),

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ from imageclf.jobs.audit import audit
 from imageclf.serve.review import create_review_app
 
 from .audit_data import FLIPPED, LEAK, make_audit_dataset, random_body
+from .helpers import chromium, free_port
 
 
 @pytest.fixture(scope="module")
@@ -142,27 +142,17 @@ def test_a_folder_that_is_no_audit_is_one_line(tmp_path: Path):
     assert r.returncode == 2 and "holds no audit" in r.stderr
 
 
-def _chromium() -> str | None:
-    import shutil
-
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(_chromium() is None, reason="no chromium (.ci/run installs it)")
+@pytest.mark.skipif(chromium() is None, reason="no chromium (.ci/run installs it)")
 def test_ten_decisions_in_the_browser_survive_a_reload(audited: Path, tmp_path: Path):
     """Headless Chromium: ten decisions by keys and clicks, a reload shows them, and
     fixes.csv holds them."""
     from playwright.sync_api import sync_playwright
 
     (audited / "fixes.csv").unlink(missing_ok=True)
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path / "server.log", "w")
     p = subprocess.Popen([sys.executable, "-m", "imageclf", "review", str(audited), "--port",
                           str(port)], stdout=log, stderr=log, env=os.environ.copy())
@@ -178,7 +168,7 @@ def test_ten_decisions_in_the_browser_survive_a_reload(audited: Path, tmp_path: 
             time.sleep(0.2)
     try:
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=_chromium(),
+            browser = pw.chromium.launch(executable_path=chromium(),
                                          args=["--no-sandbox", "--disable-gpu"])
             page = browser.new_page(viewport={"width": 1200, "height": 900})
             page.goto(url + "/")

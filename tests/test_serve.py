@@ -3,7 +3,6 @@ the real server as a program: a browser on its page, SIGTERM with requests in fl
 
 import asyncio
 import json
-import shutil
 import signal
 import socket
 import subprocess
@@ -18,7 +17,7 @@ from PIL import Image
 from imageclf.model.predict import Predictor
 from imageclf.serve.app import ServeConfig, create_app
 
-from .helpers import add_bad_files
+from .helpers import add_bad_files, chromium, free_port
 
 
 def _files(run_dir: Path) -> list[Path]:
@@ -185,14 +184,9 @@ def test_none_of_these_reports_its_score_and_threshold(run_dir: Path):
     assert a["none_score"] < a["none_threshold"] == pytest.approx(0.999999)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _serve(model: Path, *args: str) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
+    port = free_port()
     p = subprocess.Popen([sys.executable, "-m", "imageclf", "serve", str(model), "--port",
                           str(port), "--precision", "fp32", *args],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -233,12 +227,9 @@ def test_sigterm_lets_requests_in_flight_finish(run_dir: Path):
     assert err.count("POST /predict 200") == len(files)  # the access log, a line a request
 
 
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
 
 @pytest.mark.slow
-@pytest.mark.skipif(_chromium() is None, reason="no chromium (.ci/run installs it)")
+@pytest.mark.skipif(chromium() is None, reason="no chromium (.ci/run installs it)")
 def test_a_browser_on_the_page(run_dir: Path, tmp_path: Path):
     """Debian's headless Chromium driven by Playwright: upload through the file input, the
     top label shown is the API's; a non-image shows the server's message; a screenshot."""
@@ -252,7 +243,7 @@ def test_a_browser_on_the_page(run_dir: Path, tmp_path: Path):
     text.write_text("not an image")
     try:
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=_chromium(),
+            browser = pw.chromium.launch(executable_path=chromium(),
                                          args=["--no-sandbox", "--disable-gpu"])
             page = browser.new_page(viewport={"width": 390, "height": 844})  # a phone
             page.goto(url + "/")
@@ -292,7 +283,7 @@ def test_a_port_in_use_or_a_missing_model_is_one_line(run_dir: Path, tmp_path: P
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(_chromium() is None, reason="no chromium (.ci/run installs it)")
+@pytest.mark.skipif(chromium() is None, reason="no chromium (.ci/run installs it)")
 def test_the_page_labels_the_bars_under_none_of_these_as_closest(run_dir: Path,
                                                                  tmp_path: Path):
     """When the answer is none, the bars under it are the closest classes, drawn plain."""
@@ -301,7 +292,7 @@ def test_the_page_labels_the_bars_under_none_of_these_as_closest(run_dir: Path,
     p, url = _serve(run_dir, "--min-confidence", "0.999999")  # every answer: none
     try:
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=_chromium(),
+            browser = pw.chromium.launch(executable_path=chromium(),
                                          args=["--no-sandbox", "--disable-gpu"])
             page = browser.new_page(viewport={"width": 390, "height": 844})
             page.goto(url + "/")
