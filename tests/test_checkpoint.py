@@ -75,7 +75,7 @@ def test_a_format_1_checkpoint_still_reads(tmp_path: Path):
     run = tmp_path / "run"
     r = run_cli("train", str(data), "--arch", ARCH, "--pretrained", "none", "--size", "32",
                 "--presize", "40", "--bs", "4", "--epochs", "1", "--lr", "1e-3", "--out",
-                str(run))
+                str(run), "--no-synthetic")
     assert r.returncode == 0, r.stderr
     folder = run / "checkpoints"
     info = json.loads((folder / "last.json").read_text())

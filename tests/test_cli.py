@@ -54,7 +54,8 @@ def test_bench_loader_json(folder_dataset: Path):
              "--bs", "4", "--epochs", "2", "--json")
     out = json.loads(r.stdout)
     assert [e["epoch"] for e in out["epochs"]] == [0, 1]
-    assert out["epochs"][0]["images"] == 16 and out["epochs"][0]["img_per_s"] > 0
+    # 16 known images and, in each of the 4 batches, 1 synthetic negative (0.25 per known)
+    assert out["epochs"][0]["images"] == 20 and out["epochs"][0]["img_per_s"] > 0
     assert out["decoded"] == 18
     r = _run("bench", "loader", str(folder_dataset), "--size", "24", "--presize", "32",
              "--bs", "4", "--epochs", "1", "--device", "cpu", "--decode", "device", "--json")
@@ -96,12 +97,13 @@ def test_train_and_lr_find_cli(folder_dataset: Path, tmp_path: Path):
              "--presize", "40", "--bs", "6", "--json", "-o", str(tmp_path / "lr.png"),
              "--lr-find-steps", "25", "--accum-steps", "2")
     res = json.loads(r.stdout)
-    assert res["images_per_step"] == 12  # a training step's: 2 batches of 6
+    # a training step's: 2 batches of 6 known images and 2 synthetic negatives
+    assert res["images_per_step"] == 16
     assert set(res["suggestions"]) == {"valley", "slide", "minimum", "steep"}
     assert res["auto"] == resolve_rule("auto", res["suggestions"], pretrained=False)
     assert 3 < len(res["lrs"]) == len(res["losses"]) <= 25 and (tmp_path / "lr.png").is_file()
     found = json.loads((out / "lr_find.json").read_text())
-    assert len(found["lrs"]) <= 30 and found["images_per_step"] == 6
+    assert len(found["lrs"]) <= 30 and found["images_per_step"] == 8  # 6 known, 2 synthetic
     r = _run("lr-find", str(folder_dataset), "--lr-find-steps", "5", ok=False)
     assert r.returncode == 2
     assert "--lr-find-steps (lr_find_steps in ScheduleConfig) must be >= 10" in r.stderr

@@ -91,6 +91,8 @@ def test_knn_bank_round_trips_through_the_model_folder(run_dir: Path, tmp_path: 
     chosen = calibrate(Predictor(model), data, keep=0.9, score="knn", bank_rows=6, k=2)
     write_calibration(model, chosen)
     meta = json.loads((model / "model.json").read_text())
+    far = meta["open_set"].pop("far")  # the score's figures on drawn images of no kind
+    assert far["n"] == 300 and set(far["scores"]) == {"knn"}
     assert meta["open_set"] | {"threshold": 0} == {
         "score": "knn", "threshold": 0, "keep": 0.9, "n": 12, "k": 2, "rows": 6,
         "file": "open_set.safetensors", "ood": None}

@@ -182,9 +182,15 @@ def test_head_scores_need_the_linear_head(run_dir: Path):
 
 
 def test_the_default_score_by_kind_of_model():
-    """bench_open_set.py's choice: scale where the head is one linear layer, the fused
-    mahalanobis score for the concat head and for multi-label models."""
+    """bench_open_set.py's choice: energy for a model trained with the energy-margin loss,
+    else scale where the head is one linear layer, the fused mahalanobis score for the
+    concat head and for multi-label models."""
     assert openset.default_score(multi_label=False, linear_head=True) == "scale"
+    for head in (False, True):
+        assert openset.default_score(False, head, negatives_loss="energy") == "energy"
+        assert openset.default_score(False, head, negatives_loss="oe") != "energy"
+    assert openset.default_score(True, True, negatives_loss="bce") == \
+        "sigmoid_max+mahalanobis"
     assert openset.default_score(multi_label=False, linear_head=False) == "msp+mahalanobis"
     assert openset.default_score(multi_label=True, linear_head=True) == \
         "sigmoid_max+mahalanobis"

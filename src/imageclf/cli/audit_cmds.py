@@ -21,7 +21,8 @@ AUDIT_DEFAULTS = {"size": 64, "presize": 112, "epochs": 2, "lr": "3e-3", "pretra
 
 
 @o.settings_command(exclude=("out", "tensorboard", "metric", "sizes", "negatives",
-                             "negatives_ratio", "valid_size"), defaults=AUDIT_DEFAULTS)
+                             "negatives_ratio", "synthetic", "valid_size"),
+                    defaults=AUDIT_DEFAULTS)
 def audit(data: DataConfig, train: TrainConfig, settings: AuditSettings,
           output: Annotated[Path, typer.Option(
               "-o", "--output", help="The audit's folder (issues.csv, summary.json); with "

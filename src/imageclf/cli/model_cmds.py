@@ -156,11 +156,19 @@ def calibrate(model: o.ModelArg, data: DataSource, settings: CalibrateSettings,
     if as_json:
         print(json.dumps(chosen.to_dict()))
         return
+    far = chosen.far
+    far_words = (f"{far['n']} drawn images of no kind ({', '.join(far['families'])}; no "
+                 "training draws them)") if far else ""
     if chosen.ood is not None:
         where = (f"the {chosen.ood['folder']} (no --ood given)" if chosen.ood["negatives"]
                  else str(ood))
-        console.print(f"on {chosen.ood['n']} unknown images from {where}:")
-        console.print(score_table(chosen.ood["scores"], keep, chosen.score))
+        console.print(f"on {chosen.ood['n']} unknown images from {where}"
+                      + (f", and far: on {far_words}" if far else "") + ":")
+        console.print(score_table(chosen.ood["scores"], keep, chosen.score,
+                                  far["scores"] if far else None))
+    elif far:
+        console.print(f"far: on {far_words}:")
+        console.print(score_table(far["scores"], keep, chosen.score))
     if chosen.score is not None:
         console.print(f"{chosen.score} below {chosen.threshold:.4g} answers none: keeps "
                       f"{keep:.0%} of {chosen.n} validation images")

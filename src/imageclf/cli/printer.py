@@ -7,14 +7,20 @@ from rich.console import Console
 from rich.table import Table
 
 
-def score_table(figures: dict, keep: float, chosen: str | None = None) -> Table:
-    """AUROC and FPR per open-set score, the chosen one marked."""
+def score_table(figures: dict | None, keep: float, chosen: str | None = None,
+                far: dict | None = None) -> Table:
+    """AUROC and FPR per open-set score, the chosen one marked: on the unknowns
+    (`figures`), and with `far` on drawn images of no kind beside them."""
     table = Table()
-    for c in ("score", "AUROC", f"FPR at {keep:.0%} kept"):
+    sides = [(w, f) for w, f in (("", figures), ("far ", far)) if f]
+    columns = ["score"] + [c for w, _ in sides for c in (f"{w}AUROC", f"{w}FPR at {keep:.0%} kept")]
+    for c in columns:
         table.add_column(c, justify="left" if c == "score" else "right")
-    for name, f in figures.items():
+    for name in sides[0][1]:
         mark = " (chosen)" if name == chosen else ""
-        table.add_row(name + mark, f"{f['auroc']:.4f}", f"{f['fpr']:.4f}")
+        cells = [v for _, f in sides for v in (
+            (f"{f[name]['auroc']:.4f}", f"{f[name]['fpr']:.4f}") if name in f else ("", ""))]
+        table.add_row(name + mark, *cells)
     return table
 
 

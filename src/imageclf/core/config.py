@@ -23,7 +23,13 @@ SCHEDULES = ("one_cycle", "flat_cos")
 LR_RULES = ("auto", "valley", "slide", "minimum", "steep")  # --lr values that run lr_find
 SAMPLERS = ("shuffle", "balanced")
 FLIP_P = 0.5  # fastai's aug_transforms: a horizontal flip half the time
-NEGATIVES_WEIGHT = 0.5  # outlier exposure's weight; bench/bench_open_set.py, docs/open-set.md
+NEGATIVES_LOSS = "energy"  # bench/bench_open_set.py, docs/open-set.md
+# the negatives' weight by loss, when --negatives-weight is not given (bench_open_set.py):
+# energy margins 0.1 (Liu et al.'s), outlier exposure and multi-label BCE to no label 0.5
+NEGATIVES_WEIGHTS = {"energy": 0.1, "oe": 0.5, "multi_label": 0.5}
+# negatives per known image when --negatives-ratio is not given: synthetic ones alone cost
+# 1.42x an epoch at 0.25 and 1.54x at 0.5 with the same figures (small setting)
+NEGATIVES_RATIOS = {"synthetic": 0.25, "files": 0.5}
 ONE_CYCLE_MOMS = (0.95, 0.85, 0.95)  # fastai's: Adam's beta1 (SGD's momentum) high, low, high
 LR_FIND_STEPS = 100  # batches in the learning-rate finder's sweep, by default
 __all__ = ["AugConfig", "ConfigError", "DataConfig", "DataSource", "ModelConfig",
@@ -139,11 +145,26 @@ class DataConfig(Settings):
                                      "(default --size).", ge=8)
     negatives: tuple[str, ...] = setting(
         (), "Images of none of the classes (a folder, CSV or Parquet; repeatable): trained "
-        "toward no class, their held-out part measures rejection.", cli_type=list[Path],
+        "toward no class, their held-out part measures rejection. `synthetic`: images of no "
+        "class drawn on the fly (fractals, noise, fields, shuffled tiles; "
+        "synthetic:FAMILY,... for some).", cli_type=list[Path],
         cli_default=None, parse=_paths, metavar="PATH")
-    negatives_ratio: float = setting(0.5, "Negatives per known image in each training batch.",
-                                     gt=0, le=4)
+    negatives_ratio: float | None = setting(
+        None, "Negatives per known image in each training batch (default: 0.25 synthetic "
+        "only; 0.5 with --negatives, half of them synthetic with --synthetic).", gt=0, le=4)
+    synthetic: bool = setting(
+        False, "Draw images of no class on the fly (fractals, noise, fields, shuffled tiles) "
+        "beside each training batch, trained toward no class: far-OOD \"none of these\" "
+        "by default (off with --mixup/--cutmix and for streamed stores).",
+        flag="--synthetic/--no-synthetic", cli_default=True)
     aug: AugConfig = field(default_factory=AugConfig)
+
+    def ratio_of_negatives(self, files: bool) -> float:
+        """--negatives-ratio, or its default: 0.5 with negatives from files, 0.25 with
+        synthetic ones alone (bench/bench_open_set.py)."""
+        if self.negatives_ratio is not None:
+            return self.negatives_ratio
+        return NEGATIVES_RATIOS["files" if files else "synthetic"]
 
     def check(self) -> None:
         if self.presize < self.size:
@@ -256,9 +277,19 @@ class RegConfig(Settings):
                          "this decay (e.g. 0.999; 0: off).", ge=0, lt=1)
     mixup: float = setting(0.0, "Mixup with Beta(alpha, alpha) (0: off).", ge=0)
     cutmix: float = setting(0.0, "CutMix with Beta(alpha, alpha) (0: off).", ge=0)
-    negatives_weight: float = setting(
-        NEGATIVES_WEIGHT, "Weight of the negatives' loss: cross-entropy to the uniform "
-        "distribution (softmax), to no label (multi-label).", gt=0)
+    negatives_weight: float | None = setting(
+        None, "Weight of the negatives' loss (default: 0.1 for energy, 0.5 for oe and for "
+        "multi-label models' BCE to no label).", gt=0)
+    negatives_loss: str = setting(
+        NEGATIVES_LOSS, "The negatives' loss for a softmax model: oe (cross-entropy to the "
+        "uniform distribution) or energy (energy margins on known and negatives).",
+        choices=("oe", "energy"))
+
+    def weight_of_negatives(self, multi_label: bool) -> float:
+        """--negatives-weight, or the default of the loss it weighs."""
+        if self.negatives_weight is not None:
+            return self.negatives_weight
+        return NEGATIVES_WEIGHTS["multi_label" if multi_label else self.negatives_loss]
 
     def check(self) -> None:
         if self.class_weights not in ("none", "auto") and not self.class_weights.endswith(

@@ -36,6 +36,17 @@ class OodFigures(Record):
 
 
 @dataclass(frozen=True)
+class FarFigures(Record):
+    """How each open-set score told known images from images of no kind at all: the
+    synthetic families that training never draws (data/synthetic.py's HELD_OUT), drawn by
+    `calibrate`."""
+
+    families: tuple[str, ...] = doc("the held-out families drawn")
+    n: int = doc("images drawn")
+    scores: dict[str, dict[str, float]] = doc("per score: auroc, and fpr at the kept share")
+
+
+@dataclass(frozen=True)
 class OpenSetRule(Record):
     """The stored "none of these" rule: below `threshold` on `score`, the answer is none."""
 
@@ -47,6 +58,7 @@ class OpenSetRule(Record):
     rows: int | None = doc("knn: training features in the bank", None)
     file: str | None = doc("the feature scores' training statistics, inside the folder", None)
     ood: OodFigures | None = doc("with --ood: every score's figures on the unknowns", None)
+    far: FarFigures | None = doc("the figures on drawn images of no kind (far-OOD)", None)
 
 
 @dataclass(frozen=True)
@@ -61,6 +73,8 @@ class NegativesInfo(Record):
     n_valid: int = doc("negatives held out")
     weight: float = doc("the weight of their loss")
     ratio: float = doc("negatives per known image in each batch")
+    loss: str = doc("the negatives' loss: oe, energy, or bce (multi-label: to no label)",
+                    "oe")
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from imageclf.data.sampling import (
     per_batch,
 )
 from imageclf.data.storecache import Cache, CacheChoice, make_cache
+from imageclf.data.synthetic import draw_batch
 
 HostBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # uint8 images, targets, item ids
 
@@ -37,9 +38,11 @@ class CachedSource:
 
     def __init__(self, paths: Sequence[ImageRef], targets: torch.Tensor, cfg: DataConfig,
                  train: bool, device: torch.device, *, part: tuple[int, int] = (0, 1),
-                 role: str | None = None, negatives: Sequence[Path] = ()) -> None:
+                 role: str | None = None, negatives: Sequence[Path] = (),
+                 synthetic: Sequence[str] = ()) -> None:
         """`targets`: (N,) class indices or (N, C) multi-hot; `part`: (rank, world size),
-        this process's share; `negatives`: images of no class, beside each training batch."""
+        this process's share; `negatives`: images of no class, beside each training batch;
+        `synthetic`: the synthetic families drawn beside them (data/synthetic.py)."""
         self.paths = list(paths)
         self.all_targets = targets
         self.cfg, self.train = cfg, train
@@ -52,7 +55,13 @@ class CachedSource:
         # training with negatives: their own cache, `extra` of them beside each batch
         self.negatives = make_cache(list(negatives), cfg, None, "negatives", device) \
             if negatives else None
-        self.extra = per_batch(cfg.negatives_ratio, cfg.bs) if negatives else 0
+        self.synthetic = tuple(synthetic) if train else ()
+        self.ratio = cfg.ratio_of_negatives(bool(negatives))
+        extra = per_batch(self.ratio, cfg.bs) if negatives or self.synthetic else 0
+        # both: half the slots each (the synthetic ones at least one)
+        self.n_synthetic = (max(1, extra // 2) if negatives else extra) if self.synthetic else 0
+        self.n_files = extra - self.n_synthetic if negatives else 0
+        self.extra = self.n_files + self.n_synthetic
         self.neg_index: np.ndarray | None = None
         self.multi_label = targets.dim() == 2
         self.n_classes = targets.shape[1] if self.multi_label else 0  # a negative's row
@@ -142,22 +151,33 @@ class CachedSource:
         if self.negatives is None or not self.train:
             return None
         seed = self.cfg.seed
-        which = negative_order(len(self.neg_index), self.extra, n_batches, seed, epoch,
+        which = negative_order(len(self.neg_index), self.n_files, n_batches, seed, epoch,
                                self.rank, self.world_size)
         return which, self._offsets(self.negatives, self.neg_index,
                                     epoch_generator(seed, epoch, 8))
 
-    def _gather(self, parts: Sequence[tuple[Cache, np.ndarray, np.ndarray]]) -> torch.Tensor:
-        """One uint8 batch of the (cache, slots, crop offsets) parts, in order."""
+    def _gather(self, parts: Sequence[tuple[Cache, np.ndarray, np.ndarray]],
+                drawn: Sequence[int] = (), epoch: int = 0) -> torch.Tensor:
+        """One uint8 batch of the (cache, slots, crop offsets) parts, in order, then the
+        synthetic images of the epoch's global slots `drawn`."""
         p = self.cfg.presize
         n = sum(len(slots) for _, slots, _ in parts)
-        out = torch.empty((n, 3, p, p), dtype=torch.uint8, pin_memory=self.pin)
+        out = torch.empty((n + len(drawn), 3, p, p), dtype=torch.uint8, pin_memory=self.pin)
         dst = out.numpy()
         j = 0
         for cache, slots, offsets in parts:
             cache.squares(slots, offsets, p, dst[j:j + len(slots)])
             j += len(slots)
+        if drawn:
+            known = out[:len(parts[0][1])]
+            draw_batch(self.synthetic, drawn, p, self.cfg.seed, epoch, known, dst[n:])
         return out
+
+    def _drawn(self, b: int) -> list[int]:
+        """The global slots of batch `b`'s synthetic images that this process draws: the
+        job's batch has n_synthetic × world size of them, rank r taking r, r+N, ..."""
+        k, w = self.n_synthetic, self.world_size
+        return [b * k * w + self.rank + w * j for j in range(k)]
 
     def batches(self, epoch: int, skip: int = 0) -> Iterator[HostBatch]:
         """The epoch's batches from batch `skip` on (resuming mid-epoch: the same batches as
@@ -177,7 +197,9 @@ class CachedSource:
             if negatives is not None:
                 nsel = negatives[0][b]
                 parts.append((self.negatives, self.neg_index[nsel], negatives[1][nsel]))
-                yb = torch.cat([yb, negative_targets(len(nsel), self.n_classes,
+            drawn = self._drawn(b) if self.n_synthetic else []
+            if self.extra:
+                yb = torch.cat([yb, negative_targets(self.extra, self.n_classes,
                                                      self.multi_label)])
-            yield self._gather(parts), yb.pin_memory() if self.pin else yb, \
+            yield self._gather(parts, drawn, epoch), yb.pin_memory() if self.pin else yb, \
                 torch.from_numpy(sel)

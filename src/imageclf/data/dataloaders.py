@@ -4,6 +4,7 @@ everything else is read from its presize cache (data/cached.py)."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,12 +18,19 @@ from imageclf.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from imageclf.data.cached import CachedSource
 from imageclf.data.items import Items, targets_tensor
 from imageclf.data.loader import BatchLoader, BatchSource
-from imageclf.data.negatives import NegativeSet, negative_set, negative_targets
+from imageclf.data.negatives import (
+    NegativeSet,
+    negative_set,
+    negative_sources,
+    negative_targets,
+)
 from imageclf.data.sources import resolve
 from imageclf.data.store import StoreRef
 from imageclf.data.storecache import check_store_presize
 from imageclf.data.stream import streamed_sources
 from imageclf.data.urlio import is_url
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -64,6 +72,8 @@ class DataLoaders:
                 raise ConfigError(f"--fixes: a store at a URL ({cfg.source.path}) is streamed "
                                   "as it is; copy the store into a folder and give that with "
                                   "--fixes, or pack a new store with --fixes")
+            if cfg.synthetic:
+                log.info("a store streamed from a URL trains without synthetic negatives")
             items, train, valid = streamed_sources(cfg, device, rank, world_size)
             return cls(items, loader(train), loader(valid), cfg)
         items = items if items is not None else resolve(cfg.source, cfg.seed)
@@ -71,8 +81,8 @@ class DataLoaders:
             check_store_presize(items.paths[0].store, cfg.presize)
         targets = targets_tensor(items)
         tr, va = items.split_indices()
-        neg = negative_set(cfg.negatives, cfg.source.valid_pct, cfg.seed) \
-            if cfg.negatives else None
+        sources = negative_sources(cfg)
+        neg = negative_set(sources, cfg.source.valid_pct, cfg.seed) if sources else None
         n, ml = len(items.classes), items.multi_label
 
         def cached(paths: list, y: torch.Tensor, train: bool, **kw) -> BatchLoader:
@@ -80,10 +90,11 @@ class DataLoaders:
                                        **kw))
 
         train = cached([items.paths[i] for i in tr], targets[tr], True,
-                       negatives=neg.train if neg else ())
+                       negatives=neg.train if neg else (),
+                       synthetic=neg.synthetic if neg else ())
         valid = cached([items.paths[i] for i in va], targets[va], False)
         neg_valid = cached(list(neg.valid), negative_targets(len(neg.valid), n, ml), False,
-                           role="negatives-valid") if neg else None
+                           role="negatives-valid") if neg and neg.valid else None
         return cls(items, train, valid, cfg, neg, neg_valid)
 
     def show_batch(self, n: int = 16, train: bool = True, path: str | Path | None = None

@@ -14,8 +14,11 @@ from pathlib import Path
 
 import torch
 
+from imageclf.core.config import DataConfig
 from imageclf.core.errors import DataError
 from imageclf.data.sources import resolve_unlabelled
+from imageclf.data.synthetic import SYNTHETIC
+from imageclf.data.synthetic import parse as synthetic_families
 
 NEGATIVE = -1  # the target of an image of no class
 
@@ -27,26 +30,49 @@ class NegativeSet:
     sources: tuple[str, ...]
     train: tuple[Path, ...]
     valid: tuple[Path, ...]
+    synthetic: tuple[str, ...] = ()  # the synthetic families (data/synthetic.py), if asked
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """The sources that name files (not `synthetic`)."""
+        return tuple(s for s in self.sources if synthetic_families(s) is None)
 
 
 def negative_set(sources: tuple[str, ...], valid_pct: float = 0.2, seed: int = 0
                  ) -> NegativeSet:
     """Every source's images, split as `resolve_unlabelled` says, in the order given. A source with
     no images, or one whose images are all training or all held-out, is an error: the
-    negatives need both parts (training, and the rejection figures and `calibrate`)."""
+    negatives need both parts (training, and the rejection figures and `calibrate`).
+    `synthetic` (or `synthetic:FAMILY,...`) names no files: it turns on the synthetic
+    families."""
     train: list[Path] = []
     valid: list[Path] = []
+    families: list[str] = []
+    files = []
     for s in sources:
+        asked = synthetic_families(s)
+        if asked is not None:
+            families += [f for f in asked if f not in families]
+        else:
+            files.append(s)
+    for s in files:
         paths, flags = resolve_unlabelled(s, valid_pct, seed)
         if not paths:
             raise DataError(f"--negatives {s}: no image files found")
         train += [p for p, v in zip(paths, flags, strict=True) if not v]
         valid += [p for p, v in zip(paths, flags, strict=True) if v]
-    if sources and (not train or not valid):
+    if files and (not train or not valid):
         part = "training" if not train else "held-out (validation)"
-        raise DataError(f"--negatives {', '.join(sources)}: no {part} images (a valid/ "
+        raise DataError(f"--negatives {', '.join(files)}: no {part} images (a valid/ "
                         "folder, an is_valid column, or enough images for --valid-pct)")
-    return NegativeSet(tuple(sources), tuple(train), tuple(valid))
+    return NegativeSet(tuple(sources), tuple(train), tuple(valid), tuple(families))
+
+
+def negative_sources(cfg: DataConfig) -> tuple[str, ...]:
+    """The --negatives sources, and `synthetic` after them with --synthetic (unless they
+    name synthetic families already)."""
+    named = any(synthetic_families(s) is not None for s in cfg.negatives)
+    return cfg.negatives + ((SYNTHETIC,) if cfg.synthetic and not named else ())
 
 
 def negative_targets(k: int, n_classes: int, multi_label: bool) -> torch.Tensor:

@@ -140,12 +140,23 @@ def _none_rule(meta: ModelMeta) -> list[str]:
     out = [f"Below `{rule.threshold:.4g}` on the `{rule.score}` score the answer is `none`"
            + (f"; it keeps {rule.keep:.0%} of {rule.n} known validation images."
               if rule.keep is not None and rule.n else ".")]
-    if rule.ood is not None:
-        out += ["", f"On {rule.ood.n} unknown images (`{Path(rule.ood.folder).name}`):", "",
-                "| score | AUROC | FPR at the kept share |", "|---|---:|---:|"]
-        for name, fig in rule.ood.scores.items():
-            fpr = next((v for k, v in fig.items() if k.startswith("fpr")), float("nan"))
-            out.append(f"| {name} | {fig.get('auroc', float('nan')):.3f} | {fpr:.3f} |")
+    sides = [(w, f) for w, f in (("near", rule.ood), ("far", rule.far)) if f is not None]
+    if sides:
+        where = [f"near: {rule.ood.n} unknown images (`{Path(rule.ood.folder).name}`)"
+                 ] if rule.ood is not None else []
+        where += [f"far: {rule.far.n} drawn images of no kind ({', '.join(rule.far.families)})"
+                  ] if rule.far is not None else []
+        out += ["", "; ".join(where) + ":", "",
+                "| score | " + " | ".join(f"{w} AUROC | {w} FPR at the kept share"
+                                         for w, _ in sides) + " |",
+                "|---|" + "---:|" * (2 * len(sides))]
+        for name in sides[0][1].scores:
+            cells = []
+            for _, f in sides:
+                fig = f.scores.get(name, {})
+                cells += [f"{fig.get('auroc', float('nan')):.3f}",
+                          f"{fig.get('fpr', float('nan')):.3f}"]
+            out.append(f"| {name} | " + " | ".join(cells) + " |")
     return out
 
 

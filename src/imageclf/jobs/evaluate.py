@@ -121,16 +121,18 @@ def held_out_negatives(meta: ModelMeta) -> tuple[list[Path], str, bool] | None:
     `--negatives` held out, split as training split them; None for a model trained without.
     A source that has gone is a clear error naming --ood."""
     from imageclf.data.negatives import negative_set
+    from imageclf.data.synthetic import parse
 
     neg = meta.negatives
-    if neg is None:
+    files = tuple(s for s in neg.sources if parse(s) is None) if neg is not None else ()
+    if not files:  # none, or only synthetic ones: no held-out images to read
         return None
-    gone = [s for s in neg.sources if not Path(s).exists()]
+    gone = [s for s in files if not Path(s).exists()]
     if gone:
         raise ConfigError(f"the model was trained with --negatives {gone[0]}, which is no "
                           "longer there: give the unknowns with --ood DIR")
-    found = negative_set(neg.sources, neg.valid_pct, neg.seed)
-    return list(found.valid), "held-out negatives of " + ", ".join(neg.sources), True
+    found = negative_set(files, neg.valid_pct, neg.seed)
+    return list(found.valid), "held-out negatives of " + ", ".join(files), True
 
 
 def evaluate_open_set(predictor: Predictor, data: DataSource | str | Path, ood: str | Path,
@@ -202,8 +204,10 @@ def calibrate(predictor: Predictor, data: DataSource | str | Path, keep: float =
         raise DataError(f"{src.path} has no validation images to calibrate on")
     unknowns = (unknown_images(ood), str(ood), False) if ood is not None \
         else held_out_negatives(predictor.meta)
+    neg = predictor.meta.negatives
     score, names = candidates(score, allowed, openset.default_score(
-        predictor.multi_label, linear_head(predictor.model) is not None), unknowns is not None)
+        predictor.multi_label, linear_head(predictor.model) is not None,
+        neg.loss if neg is not None else None), unknowns is not None)
     needs_stats = any(c in openset.FEATURE_SCORES for c in names)
     stats = _training_stats(predictor, items, train_idx, bank_rows, bs) if needs_stats \
         else None
@@ -214,8 +218,28 @@ def calibrate(predictor: Predictor, data: DataSource | str | Path, keep: float =
         unk = run_images(predictor, unknowns[0], bs=bs, features=needs_stats,
                          what=f"unknown images ({unknowns[1]})")
         unknown = openset.score_outputs(names, unk.outputs, stats, k)
+    far = _far_scores(predictor, names, stats, k, bs) if names else None
     return choose(score, keep, known, unknown, k, stats,
-                  (unknowns[1], unknowns[2]) if unknowns is not None else ("", False))
+                  (unknowns[1], unknowns[2]) if unknowns is not None else ("", False), far)
+
+
+FAR_PER_FAMILY, FAR_SEED = 100, 7  # calibrate's drawn images of no kind
+
+
+def _far_scores(predictor: Predictor, names: list[str], stats: OpenSetStats | None, k: int,
+                bs: int) -> tuple[dict[str, torch.Tensor], tuple[str, ...]]:
+    """Each candidate score of FAR_PER_FAMILY images of every held-out synthetic family
+    (drawn shapes, textures, line drawings: no training run draws them), and the
+    families."""
+    import tempfile
+
+    from imageclf.data.synthetic import HELD_OUT, write_held_out
+
+    with tempfile.TemporaryDirectory(prefix="imageclf-far-") as tmp:
+        drawn = write_held_out(tmp, FAR_PER_FAMILY, FAR_SEED)
+        seen = run_images(predictor, [p for paths in drawn.values() for p in paths], bs=bs,
+                          features=stats is not None, what="drawn images of no kind")
+    return openset.score_outputs(names, seen.outputs, stats, k), HELD_OUT
 
 
 def _check_calibration(predictor: Predictor, keep: float, score: str, bank_rows: int,

@@ -84,8 +84,9 @@ class Learner:
         weights = class_weights(self.reg.class_weights, lambda: self.dls.train.targets,
                                 self.dls.classes)
         loss = make_loss(self.multi_label, self.reg.label_smoothing, weights)
-        if getattr(self.dls, "negatives", None) is not None:  # --negatives: outlier exposure
-            loss = with_negatives(loss, self.reg.negatives_weight, self.multi_label)
+        if getattr(self.dls, "negatives", None) is not None:  # --negatives, --synthetic
+            loss = with_negatives(loss, self.reg.weight_of_negatives(self.multi_label),
+                                  self.multi_label, self.reg.negatives_loss)
         return loss
 
     def _place(self, model: Classifier) -> Classifier:

@@ -53,9 +53,13 @@ def _negatives(learn: Learner) -> NegativesInfo | None:
     neg, cfg = getattr(learn.dls, "negatives", None), learn.dls.cfg
     if neg is None:
         return None
-    return NegativesInfo(tuple(str(Path(s).absolute()) for s in neg.sources),
+    ml = learn.dls.multi_label
+    return NegativesInfo(tuple(str(Path(s).absolute()) if s in neg.files else s
+                               for s in neg.sources),
                          cfg.source.valid_pct, cfg.seed, len(neg.train), len(neg.valid),
-                         learn.reg.negatives_weight, cfg.negatives_ratio)
+                         learn.reg.weight_of_negatives(ml),
+                         cfg.ratio_of_negatives(bool(neg.files)),
+                         "bce" if ml else learn.reg.negatives_loss)
 
 
 def export_learner(learn: Learner, folder: str | Path) -> Path:

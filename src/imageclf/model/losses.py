@@ -100,12 +100,36 @@ def uniform_cross_entropy(logits: torch.Tensor) -> torch.Tensor:
     return -logits.float().log_softmax(1).mean(1).mean()
 
 
-def with_negatives(base: LossFn, weight: float, multi_label: bool) -> LossFn:
+NEGATIVES_LOSSES = ("oe", "energy")
+# the energy-margin loss's margins on the free energy -logsumexp(logits): known images are
+# pushed below M_IN, negatives above M_OUT (bench/bench_open_set.py, docs/open-set.md)
+ENERGY_M_IN, ENERGY_M_OUT = -7.0, -3.0
+
+
+def energy_margin(known: torch.Tensor, negatives: torch.Tensor, m_in: float = ENERGY_M_IN,
+                  m_out: float = ENERGY_M_OUT) -> torch.Tensor:
+    """Energy-margin loss (Liu et al., NeurIPS 2020): with E(x) = -logsumexp(logits), the
+    mean of max(0, E - m_in)² over the known images plus the mean of max(0, m_out - E)²
+    over the negatives (a part with no rows adds 0)."""
+    def mean_sq(t: torch.Tensor) -> torch.Tensor:
+        return t.pow(2).mean() if t.numel() else t.sum()
+
+    e_in = -torch.logsumexp(known.float(), 1)
+    e_out = -torch.logsumexp(negatives.float(), 1)
+    return mean_sq(F.relu(e_in - m_in)) + mean_sq(F.relu(m_out - e_out))
+
+
+def with_negatives(base: LossFn, weight: float, multi_label: bool, kind: str = "oe"
+                   ) -> LossFn:
     """`base` on the known images of a batch plus `weight` × the negatives' term: for a
-    softmax model `uniform_cross_entropy`, for a multi-label one BCE toward no label (every
-    sigmoid 0). Negatives are the rows whose target is data.negatives.NEGATIVE; a batch of
-    known images only (validation) gets `base` alone."""
+    multi-label model BCE toward no label (every sigmoid 0); for a softmax one, `oe`:
+    `uniform_cross_entropy` of the negatives, `energy`: `energy_margin` of the known images
+    and the negatives. Negatives are the rows whose target is data.negatives.NEGATIVE; a
+    batch of known images only (validation) gets `base` alone."""
     from imageclf.data.negatives import is_negative
+
+    if kind not in NEGATIVES_LOSSES:
+        raise ConfigError(f"--negatives-loss {kind}: choose from {', '.join(NEGATIVES_LOSSES)}")
 
     def loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         neg = is_negative(target)
@@ -115,8 +139,12 @@ def with_negatives(base: LossFn, weight: float, multi_label: bool) -> LossFn:
         total = base(logits[known], target[known]) if bool(known.any()) \
             else logits.sum() * 0.0
         z = logits[neg]
-        term = (F.binary_cross_entropy_with_logits(z.float(), torch.zeros_like(z.float()))
-                if multi_label else uniform_cross_entropy(z))
+        if multi_label:
+            term = F.binary_cross_entropy_with_logits(z.float(), torch.zeros_like(z.float()))
+        elif kind == "energy":
+            term = energy_margin(logits[known], z)
+        else:
+            term = uniform_cross_entropy(z)
         return total + weight * term
 
     return loss

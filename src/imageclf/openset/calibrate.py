@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from imageclf.core.modelmeta import OodFigures, OpenSetRule
+from imageclf.core.modelmeta import FarFigures, OodFigures, OpenSetRule
 from imageclf.openset import scores as openset
 from imageclf.openset.scores import OpenSetStats
 
@@ -31,13 +31,15 @@ class Calibration:
     ood: dict | None = None
     stats: OpenSetStats | None = None
     histogram: tuple[torch.Tensor, torch.Tensor] | None = None  # known, unknown scores
+    far: dict | None = None  # FarFigures' fields: every candidate's figures far-OOD
 
     def rule(self, file: str | None = None) -> OpenSetRule:
         """What model.json stores of it (`file`: where the training statistics went)."""
         knn = self.score == "knn"
         return OpenSetRule(self.score, self.threshold, self.keep, self.n, self.k,
                            int(self.stats.bank.shape[0]) if knn and self.stats else None,
-                           file, OodFigures(**self.ood) if self.ood is not None else None)
+                           file, OodFigures(**self.ood) if self.ood is not None else None,
+                           FarFigures(**self.far) if self.far is not None else None)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON of `calibrate --json`: the rule, and multi-label per-class thresholds."""
@@ -84,22 +86,29 @@ Known = tuple[dict[str, torch.Tensor], int, "list[float] | None"]  # scores, n, 
 
 def choose(score: str | None, keep: float, known: Known,
            unknown: dict[str, torch.Tensor] | None, k: int, stats: OpenSetStats | None,
-           where: tuple[str, bool] = ("", False)) -> Calibration:
-    """The rule: `score` (auto: the best AUROC on `unknown`) below the threshold that keeps
-    `keep` of the known images; with unknowns, every candidate's figures on them. `known`:
-    (each candidate's scores of the known images, how many, multi-label per-class
-    thresholds); `where`: (where the unknowns come from, whether they are held-out
-    negatives)."""
+           where: tuple[str, bool] = ("", False),
+           far: tuple[dict[str, torch.Tensor], tuple[str, ...]] | None = None) -> Calibration:
+    """The rule: `score` (auto: the best AUROC on `unknown` among the scores that hold far,
+    `openset.best_on_both`) below the threshold that keeps `keep` of the known images; with
+    unknowns, every candidate's figures on them. `known`: (each candidate's scores of the
+    known images, how many, multi-label per-class thresholds); `where`: (where the unknowns
+    come from, whether they are held-out negatives); `far`: (each candidate's scores of
+    drawn images of no kind, their families)."""
     known, n, thresholds = known
     figures = hist = None
+    far_figures = openset.compare(known, far[0], keep) if far is not None else None
     if unknown is not None:
         figures = openset.compare(known, unknown, keep)
         if score == "auto":
-            score = openset.best(figures)
+            score = openset.best_on_both(figures, far_figures) if far_figures \
+                else openset.best(figures)
         hist = (known[score], unknown[score]) if score else None
     if not score:
         return Calibration(None, None, keep, n, thresholds)
     ood = {"folder": where[0], "n": len(hist[1]), "scores": figures,
            "negatives": where[1]} if figures is not None else None
+    far_meta = {"families": far[1], "n": len(next(iter(far[0].values()))),
+                "scores": far_figures} if far_figures else None
     return Calibration(score, openset.threshold_for(known[score], keep), keep, n, thresholds,
-                       k, ood, stats.only(score) if stats is not None else None, hist)
+                       k, ood, stats.only(score) if stats is not None else None, hist,
+                       far_meta)

@@ -134,10 +134,16 @@ def none_sentence(unknown_none: float, known_none: float, what: str) -> str:
 
 def calibrated_sentence(open_set: dict | None) -> str | None:
     """`none_sentence` of a model.json's `open_set` as calibrate measured it on its unknowns
-    (--ood, or the held-out negatives); None when it was chosen without unknowns."""
-    ood = (open_set or {}).get("ood")
-    if not ood or open_set["score"] not in ood.get("scores", {}):
-        return None
-    fpr = ood["scores"][open_set["score"]]["fpr"]
-    return none_sentence(1.0 - fpr, 1.0 - float(open_set.get("keep") or 0.0),
-                         f"the {ood['n']} unknowns it was calibrated on ({ood['folder']})")
+    (--ood, or the held-out negatives), then the share of drawn images of no kind (its far
+    figures) answered none; None when it has neither."""
+    open_set = open_set or {}
+    ood, far, score = open_set.get("ood"), open_set.get("far"), open_set.get("score")
+    parts = []
+    if ood and score in ood.get("scores", {}):
+        parts.append(none_sentence(
+            1.0 - ood["scores"][score]["fpr"], 1.0 - float(open_set.get("keep") or 0.0),
+            f"the {ood['n']} unknowns it was calibrated on ({ood['folder']})"))
+    if far and score in far.get("scores", {}):
+        parts.append(f"Of {far['n']} drawn images of no kind ({', '.join(far['families'])}), "
+                     f"{1.0 - far['scores'][score]['fpr']:.0%} are answered none.")
+    return " ".join(parts) or None

@@ -244,17 +244,33 @@ def best(figures: dict[str, dict[str, float]]) -> str:
     return max(figures, key=lambda n: (figures[n]["auroc"], -figures[n]["fpr"]))
 
 
+# a score "holds far" when its far AUROC is within FAR_SLACK of the best score's, or of
+# FAR_FLOOR when the best is above it (bench/bench_open_set.py, docs/open-set.md)
+FAR_FLOOR, FAR_SLACK = 0.9, 0.05
+
+
+def best_on_both(near: dict[str, dict[str, float]], far: dict[str, dict[str, float]]) -> str:
+    """The best score on the near unknowns (`best`) among those that hold far: far AUROC at
+    least min(FAR_FLOOR, the best far AUROC) - FAR_SLACK. A score at chance far is never
+    chosen while another is above FAR_FLOOR, however well it does near."""
+    bar = min(FAR_FLOOR, max(f["auroc"] for f in far.values())) - FAR_SLACK
+    return best({n: f for n, f in near.items() if n in far and far[n]["auroc"] >= bar})
+
+
 # --- the rule a model stores -------------------------------------------------------------
-def default_score(multi_label: bool, linear_head: bool = False) -> str | None:
+def default_score(multi_label: bool, linear_head: bool = False,
+                  negatives_loss: str | None = None) -> str | None:
     """`calibrate --score auto` without unknowns, chosen from bench/bench_open_set.py
-    (docs/open-set.md). A softmax model with timm's linear head: `scale`. Medians of two
-    seeds from scratch (6 Imagenette classes): far AUROC 90.8 against the best single
-    score's 90.9 (ash) and msp+mahalanobis's 80.1; near 65.8 against msp's 71.4 and
-    msp+mahalanobis's 67.1; with negatives 71.7 near and 92.6 far. Other models (the concat
-    head, multi-label): the fused score with mahalanobis, which beat msp far-OOD by 25
-    points in the earlier bench (8 classes, docs/open-set.md)."""
+    (docs/open-set.md). A softmax model trained with the energy-margin loss (`--synthetic`,
+    the default, or `--negatives`): `energy`, the score that loss trains (small setting,
+    medians of two seeds: see docs/open-set.md). Other softmax models with timm's linear
+    head: `scale` (far 90.8 against the best single score's 90.9 in the 128 px bench,
+    near 65.8 against msp's 71.4). The concat head and multi-label models: the fused score
+    with mahalanobis, which beat msp far-OOD by 25 points in an earlier bench."""
     if multi_label:
         return "sigmoid_max+mahalanobis"
+    if negatives_loss == "energy":
+        return "energy"
     return "scale" if linear_head else "msp+mahalanobis"
 
 

@@ -100,16 +100,23 @@ def _open_set_section(model: Path) -> list[str]:
              f"<p>Rule: <b>{escape(str(rule['score']))}</b> below {rule['threshold']:.4g} "
              f"answers none; it keeps {rule.get('keep', 0):.0%} of the {rule.get('n', '?')} "
              "validation images.</p>"]
-    ood = rule.get("ood")
-    if ood:
-        rows = [{"score": k, "AUROC": v["auroc"], "FPR at the kept share": v["fpr"]}
-                for k, v in ood["scores"].items()]
+    ood, far = rule.get("ood"), rule.get("far")
+    if ood or far:
         from imageclf.openset.rule import calibrated_sentence
 
         sentence = calibrated_sentence(rule)
         parts += [f"<p><b>{escape(sentence)}</b></p>"] if sentence else []
-        parts += [f"<p>On {ood['n']} images from no known class ({escape(ood['folder'])}):</p>",
-                  _table(rows, ("score",)), _img(model / "open_set.png", "open-set scores")]
+        sides = [(w, f["scores"]) for w, f in (("near", ood), ("far", far)) if f]
+        rows = [{"score": k} | {f"{w} {m}": s[k][key] for w, s in sides if k in s
+                                for m, key in (("AUROC", "auroc"), ("FPR", "fpr"))}
+                for k in sides[0][1]]
+        where = [f"near: {ood['n']} images from no known class ({escape(ood['folder'])})"
+                 ] if ood else []
+        where += [f"far: {far['n']} drawn images of no kind ({', '.join(far['families'])}; "
+                  "no training draws them)"] if far else []
+        parts += [f"<p>{'; '.join(where)}. FPR at the kept share.</p>",
+                  _table(rows, ("score",))]
+        parts += [_img(model / "open_set.png", "open-set scores")] if ood else []
     return parts
 
 

@@ -79,6 +79,10 @@ def build_learner(data: DataConfig, train: TrainConfig, ctx: RunContext | None =
     if data.negatives and (train.reg.mixup or train.reg.cutmix):
         raise ConfigError("--negatives cannot be combined with --mixup or --cutmix yet (a "
                           "mixed image would be part known, part of no class); drop one")
+    if data.synthetic and (train.reg.mixup or train.reg.cutmix):
+        log.info("--mixup/--cutmix: no synthetic negatives (a mixed image would be part "
+                 "known, part of no class)")
+        data = data.replace(synthetic=False)
     dls = DataLoaders.from_config(data, device=ctx.device, rank=ctx.dist.rank,
                                   world_size=ctx.dist.world_size, items=ctx.items)
     check_metric(train.output.metric, dls.multi_label, len(dls.classes))
