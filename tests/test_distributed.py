@@ -178,8 +178,9 @@ def test_torchrun_cli_and_a_job_restarted_from_its_checkpoint(tmp_path: Path):
     m = json.loads((ref / "metrics.json").read_text())
     assert m["lr"] == m["lr_find"][m["lr_rule"]] and m["epochs"] == 2
     assert (ref / "report.html").is_file() and (ref / "model" / "model.safetensors").is_file()
-    # rank 0 sweeps alone, adding up 2 of its batches of 4 a step: the job's global batch
-    assert json.loads((ref / "lr_find.json").read_text())["images_per_step"] == 8
+    # rank 0 sweeps alone, adding up 2 of its batches of 4 a step (the job's global batch),
+    # each with 1 synthetic negative beside them
+    assert json.loads((ref / "lr_find.json").read_text())["images_per_step"] == 10
 
     r = subprocess.run([*torchrun, "--max-restarts", "1", str(ELASTIC), "-v", *args, str(run)],
                        capture_output=True, text=True, timeout=300, env=_env())
@@ -253,8 +254,9 @@ def test_an_elastic_job_grows_and_shrinks(tmp_path: Path):
     # alone before the restart), epoch 2's 6 of 4
     info = json.loads((run / "checkpoints" / "last.json").read_text())
     assert len(info["history"]["batch_losses"]) == 6 + 3 + 6
-    # images/s count the whole job's images: 24 an epoch, whatever the number of processes
-    assert info["progress"]["train_images"] == 3 * 24
+    # images/s count the whole job's images: 24 known and 6 synthetic negatives (1 beside
+    # each batch of 4) an epoch, whatever the number of processes
+    assert info["progress"]["train_images"] == 3 * (24 + 6)
 
 
 def test_more_processes_than_gpus_is_one_clear_error(monkeypatch: pytest.MonkeyPatch):

@@ -199,7 +199,7 @@ def test_negatives_never_get_a_class_in_any_output(trained):
     assert model["classes"] == ["blue", "green", "red"]
     # the command line draws synthetic negatives beside them by default
     assert model["negatives"]["sources"] == [str(neg.absolute()), "synthetic"]
-    assert model["negatives"]["loss"] == "energy" and model["negatives"]["weight"] == 0.1
+    assert model["negatives"]["loss"] == "energy" and model["negatives"]["weight"] == 0.05
     assert model["negatives"]["n_train"] == 16 and model["negatives"]["n_valid"] == 4
     m = json.loads((run / "metrics.json").read_text())
     assert set(m["class_counts"]["train"]) == {"blue", "green", "red"}

@@ -231,15 +231,34 @@ def _far_scores(predictor: Predictor, names: list[str], stats: OpenSetStats | No
     """Each candidate score of FAR_PER_FAMILY images of every held-out synthetic family
     (drawn shapes, textures, line drawings: no training run draws them), and the
     families."""
+    from imageclf.data.synthetic import HELD_OUT
+
+    drawn = _far_images()
+    seen = run_images(predictor, [p for f in HELD_OUT for p in drawn[f]], bs=bs,
+                      features=stats is not None, what="drawn images of no kind")
+    return openset.score_outputs(names, seen.outputs, stats, k), HELD_OUT
+
+
+def _far_images() -> dict[str, list[Path]]:
+    """The held-out families' images, drawn once into the cache folder (the same files
+    for every calibration: a fixed seed)."""
+    import shutil
     import tempfile
 
+    from imageclf.data.cache import default_cache_dir
     from imageclf.data.synthetic import HELD_OUT, write_held_out
 
-    with tempfile.TemporaryDirectory(prefix="imageclf-far-") as tmp:
-        drawn = write_held_out(tmp, FAR_PER_FAMILY, FAR_SEED)
-        seen = run_images(predictor, [p for paths in drawn.values() for p in paths], bs=bs,
-                          features=stats is not None, what="drawn images of no kind")
-    return openset.score_outputs(names, seen.outputs, stats, k), HELD_OUT
+    root = default_cache_dir() / f"far-v1-seed{FAR_SEED}-n{FAR_PER_FAMILY}-jpg"
+    if not (root / "complete").exists():
+        root.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".far-", dir=root.parent))
+        write_held_out(tmp, FAR_PER_FAMILY, FAR_SEED, suffix="jpg")
+        (tmp / "complete").touch()
+        try:
+            tmp.rename(root)
+        except OSError:  # another process drew them first: theirs are the same
+            shutil.rmtree(tmp, ignore_errors=True)
+    return {f: sorted((root / f).glob("*.jpg")) for f in HELD_OUT}
 
 
 def _check_calibration(predictor: Predictor, keep: float, score: str, bank_rows: int,

@@ -85,8 +85,8 @@ class Learner:
                                 self.dls.classes)
         loss = make_loss(self.multi_label, self.reg.label_smoothing, weights)
         if getattr(self.dls, "negatives", None) is not None:  # --negatives, --synthetic
-            loss = with_negatives(loss, self.reg.weight_of_negatives(self.multi_label),
-                                  self.multi_label, self.reg.negatives_loss)
+            weight = self.reg.weight_of_negatives(self.multi_label)
+            loss = with_negatives(loss, weight, self.multi_label, self.reg.negatives_loss)
         return loss
 
     def _place(self, model: Classifier) -> Classifier:

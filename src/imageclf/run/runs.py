@@ -86,6 +86,14 @@ def build_learner(data: DataConfig, train: TrainConfig, ctx: RunContext | None =
     dls = DataLoaders.from_config(data, device=ctx.device, rank=ctx.dist.rank,
                                   world_size=ctx.dist.world_size, items=ctx.items)
     check_metric(train.output.metric, dls.multi_label, len(dls.classes))
+    if dls.negatives is not None:
+        src = dls.train.source
+        what = [f"{len(dls.negatives.train)} images of --negatives"] if src.n_files else []
+        what += [f"synthetic ({', '.join(dls.negatives.synthetic)})"] if src.n_synthetic else []
+        log.info("negatives: %s; %d beside each batch of %d, %s loss, weight %g",
+                 " and ".join(what), src.extra, data.bs,
+                 "bce" if dls.multi_label else train.reg.negatives_loss,
+                 train.reg.weight_of_negatives(dls.multi_label))
     cbs = list(ctx.cbs)
     sizes = train.schedule.sizes
     if sizes:
