@@ -12,7 +12,7 @@ def score_table(figures: dict | None, keep: float, chosen: str | None = None,
     """AUROC and FPR per open-set score, the chosen one marked: on the unknowns
     (`figures`), and with `far` on drawn images of no kind beside them."""
     table = Table()
-    sides = [(w, f) for w, f in (("", figures), ("far ", far)) if f]
+    sides = [(w, f) for w, f in (("near " if far else "", figures), ("far ", far)) if f]
     columns = ["score"] + [c for w, _ in sides for c in (f"{w}AUROC", f"{w}FPR at {keep:.0%} kept")]
     for c in columns:
         table.add_column(c, justify="left" if c == "score" else "right")
