@@ -180,17 +180,22 @@ def test_a_multi_label_model_trained_with_negatives_answers_none_for_them(
     assert sum(a != ["none"] for a in known) >= 0.9 * len(known)
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    """A softmax model trained with negatives (data, negatives, run)."""
-    tmp = tmp_path_factory.mktemp("neg")
+def train_with_negatives(tmp: Path, epochs: int, *extra: str) -> tuple[Path, Path, Path]:
+    """A softmax model (timm's head) trained from the command line with a folder of
+    negatives and `extra` flags: (data, negatives, run)."""
     data = make_folder_dataset(tmp / "data", n_train=10, n_valid=4)
     neg = make_negatives(tmp / "neg", 20)
     run = tmp / "run"
-    r = run_cli("train", str(data), *ARGS, "--epochs", "4", "--negatives", str(neg),
-                "--head", "timm", "--out", str(run), "--cache-dir", str(tmp / "cache"))
+    r = run_cli("train", str(data), *ARGS, "--epochs", str(epochs), "--negatives", str(neg),
+                *extra, "--head", "timm", "--out", str(run), "--cache-dir", str(tmp / "cache"))
     assert r.returncode == 0, r.stderr
     return data, neg, run
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """A softmax model trained with negatives (data, negatives, run)."""
+    return train_with_negatives(tmp_path_factory.mktemp("neg"), 4)
 
 
 def test_negatives_never_get_a_class_in_any_output(trained):

@@ -202,17 +202,9 @@ def test_a_score_at_chance_far_is_never_picked_while_another_holds():
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     """A softmax model trained with user and synthetic negatives (data, negatives, run)."""
-    from .test_negatives import ARGS
+    from .test_negatives import train_with_negatives
 
-    tmp = tmp_path_factory.mktemp("syn")
-    data = make_folder_dataset(tmp / "data", n_train=10, n_valid=4)
-    neg = make_negatives(tmp / "neg", 20)
-    run = tmp / "run"
-    r = run_cli("train", str(data), *ARGS, "--epochs", "3", "--negatives", str(neg),
-                "--negatives", "synthetic", "--head", "timm", "--out", str(run),
-                "--cache-dir", str(tmp / "cache"))
-    assert r.returncode == 0, r.stderr
-    return data, neg, run
+    return train_with_negatives(tmp_path_factory.mktemp("syn"), 3, "--negatives", "synthetic")
 
 
 def test_calibrate_prints_near_and_far_for_every_score_and_stores_both(trained, tmp_path):

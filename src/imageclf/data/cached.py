@@ -56,8 +56,8 @@ class CachedSource:
         self.negatives = make_cache(list(negatives), cfg, None, "negatives", device) \
             if negatives else None
         self.synthetic = tuple(synthetic) if train else ()
-        self.ratio = cfg.ratio_of_negatives(bool(negatives))
-        extra = per_batch(self.ratio, cfg.bs) if negatives or self.synthetic else 0
+        extra = per_batch(cfg.ratio_of_negatives(bool(negatives)), cfg.bs) \
+            if negatives or self.synthetic else 0
         # both: half the slots each (the synthetic ones at least one)
         self.n_synthetic = (max(1, extra // 2) if negatives else extra) if self.synthetic else 0
         self.n_files = extra - self.n_synthetic if negatives else 0

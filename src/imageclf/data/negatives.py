@@ -35,7 +35,12 @@ class NegativeSet:
     @property
     def files(self) -> tuple[str, ...]:
         """The sources that name files (not `synthetic`)."""
-        return tuple(s for s in self.sources if synthetic_families(s) is None)
+        return file_sources(self.sources)
+
+
+def file_sources(sources: tuple[str, ...]) -> tuple[str, ...]:
+    """The --negatives sources that name files, in order: not `synthetic[:FAMILY,...]`."""
+    return tuple(s for s in sources if synthetic_families(s) is None)
 
 
 def negative_set(sources: tuple[str, ...], valid_pct: float = 0.2, seed: int = 0
@@ -47,14 +52,10 @@ def negative_set(sources: tuple[str, ...], valid_pct: float = 0.2, seed: int = 0
     families."""
     train: list[Path] = []
     valid: list[Path] = []
+    files = file_sources(sources)
     families: list[str] = []
-    files = []
     for s in sources:
-        asked = synthetic_families(s)
-        if asked is not None:
-            families += [f for f in asked if f not in families]
-        else:
-            files.append(s)
+        families += [f for f in synthetic_families(s) or () if f not in families]
     for s in files:
         paths, flags = resolve_unlabelled(s, valid_pct, seed)
         if not paths:
@@ -71,7 +72,7 @@ def negative_set(sources: tuple[str, ...], valid_pct: float = 0.2, seed: int = 0
 def negative_sources(cfg: DataConfig) -> tuple[str, ...]:
     """The --negatives sources, and `synthetic` after them with --synthetic (unless they
     name synthetic families already)."""
-    named = any(synthetic_families(s) is not None for s in cfg.negatives)
+    named = len(file_sources(cfg.negatives)) < len(cfg.negatives)
     return cfg.negatives + ((SYNTHETIC,) if cfg.synthetic and not named else ())
 
 

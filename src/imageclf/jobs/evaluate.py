@@ -120,11 +120,10 @@ def held_out_negatives(meta: ModelMeta) -> tuple[list[Path], str, bool] | None:
     """(paths, where they come from, True) of the negatives a model trained with
     `--negatives` held out, split as training split them; None for a model trained without.
     A source that has gone is a clear error naming --ood."""
-    from imageclf.data.negatives import negative_set
-    from imageclf.data.synthetic import parse
+    from imageclf.data.negatives import file_sources, negative_set
 
     neg = meta.negatives
-    files = tuple(s for s in neg.sources if parse(s) is None) if neg is not None else ()
+    files = file_sources(neg.sources) if neg is not None else ()
     if not files:  # none, or only synthetic ones: no held-out images to read
         return None
     gone = [s for s in files if not Path(s).exists()]
