@@ -50,7 +50,8 @@ NAME = "leaderboard"
 def one_run(data: Path, args: str, seed: int, tmp: str) -> dict:
     env, words = split_env(args)
     out = Path(tmp) / f"run-{seed}"
-    row = curve([sys.executable, "-m", "imageclf", "train", str(data), "--pretrained", "none",
+    row = curve([sys.executable, "-m", "imageclf", "train", str(data),
+                 "--no-synthetic", "--pretrained", "none",
                  *words, "--seed", str(seed), "--cache-dir", f"{tmp}/cache-{seed}",
                  "--out", str(out)], env)
     row |= evaluate_views(out / "model", data,

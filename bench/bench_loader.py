@@ -24,6 +24,7 @@ def main() -> None:
     args = [str(a.size), str(a.presize), str(a.bs), str(a.epochs)]
     with tempfile.TemporaryDirectory() as cache:  # a fresh cache: the first epoch is cold
         ours = run_json([sys.executable, "-m", "imageclf", "bench", "loader", str(data),
+                         "--no-synthetic",
                          "--size", args[0], "--presize", args[1], "--bs", args[2],
                          "--epochs", args[3], "--cache-dir", cache, "--json"])
     ref = run_json([str(fastai_python()), str(__import__("pathlib").Path(__file__).parent

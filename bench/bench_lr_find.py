@@ -21,7 +21,7 @@ def main() -> None:
     data = imagenette(a.data)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        res = run_json([sys.executable, "-m", "imageclf", "lr-find", str(data),
+        res = run_json([sys.executable, "-m", "imageclf", "lr-find", str(data), "--no-synthetic",
                         "--pretrained", "none", "--size", str(a.size), "--presize",
                         str(a.presize), "--bs", str(a.bs), "--cache-dir", tmp, "--json"])
         wall = time.perf_counter() - t0

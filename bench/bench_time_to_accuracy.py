@@ -133,6 +133,7 @@ def main() -> None:
             out = Path(tmp) / name
             env, words = split_env(args)
             rows[name] = curve([sys.executable, "-m", "imageclf", "train", str(data),
+                                "--no-synthetic",
                                 "--arch", "resnet18", "--pretrained", "none", "--bs", "64",
                                 "--seed", str(a.seed), *words,
                                 "--cache-dir", f"{tmp}/cache-{name}", "--out", str(out)], env)

@@ -33,7 +33,8 @@ def main() -> None:
     data = imagenette(a.data)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        run([sys.executable, "-m", "imageclf", "train", str(data), "--pretrained", "none",
+        run([sys.executable, "-m", "imageclf", "train", str(data),
+             "--no-synthetic", "--pretrained", "none",
              "--size", str(a.size), "--presize", str(a.presize), "--bs", str(a.bs),
              "--epochs", str(a.epochs), "--lr", str(a.lr), "--precision", a.precision,
              "--cache-dir", f"{tmp}/cache", "--out", f"{tmp}/run"])
