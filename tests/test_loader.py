@@ -151,3 +151,20 @@ def test_batches_per_epoch_and_crop_offsets_are_pure():
     b = crop_offsets(lengths, 32, True, torch.Generator().manual_seed(3))
     assert a.tolist() == b.tolist()
     assert all(0 <= o <= r for o, r in zip(a.tolist(), [8, 18, 0], strict=True))
+
+
+def test_prefetch_thread_computes_on_one_core_and_leaves_the_consumer_alone():
+    """The producer's torch operations (synthetic negatives) run on one intra-op thread, so
+    they do not preempt the training step's team; the consumer keeps its own count."""
+    from imageclf.data.loader import prefetch
+
+    before = torch.get_num_threads()
+    if before < 2:
+        torch.set_num_threads(2)
+    try:
+        main = torch.get_num_threads()
+        seen = list(prefetch((torch.get_num_threads() for _ in range(3)), torch.device("cpu")))
+        assert seen == [1, 1, 1]
+        assert torch.get_num_threads() == main
+    finally:
+        torch.set_num_threads(before)
