@@ -155,7 +155,10 @@ def test_batches_per_epoch_and_crop_offsets_are_pure():
 
 def test_prefetch_thread_computes_on_one_core_and_leaves_the_consumer_alone():
     """The producer's torch operations (synthetic negatives) run on one intra-op thread, so
-    they do not preempt the training step's team; the consumer keeps its own count."""
+    they do not preempt the training step's team; the consumer keeps its own count, and so
+    do threads started afterwards."""
+    import threading
+
     from imageclf.data.loader import prefetch
 
     before = torch.get_num_threads()
@@ -166,5 +169,10 @@ def test_prefetch_thread_computes_on_one_core_and_leaves_the_consumer_alone():
         seen = list(prefetch((torch.get_num_threads() for _ in range(3)), torch.device("cpu")))
         assert seen == [1, 1, 1]
         assert torch.get_num_threads() == main
+        later: list[int] = []
+        t = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+        t.start()
+        t.join()
+        assert later == [main]
     finally:
         torch.set_num_threads(before)

@@ -13,6 +13,7 @@ from typing import Protocol
 import torch
 
 from imageclf.core.config import DataConfig
+from imageclf.core.hardware import torch_threads
 from imageclf.core.records import Skipped
 from imageclf.data.augment import (
     IMAGENET_MEAN,
@@ -143,7 +144,7 @@ def prefetch(items: Iterator, device: torch.device, depth: int = 2) -> Iterator:
     host gathers the next batch while the device works on this one). An error there is
     raised here; a consumer that stops early stops the thread."""
     q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
+    stop, counted = threading.Event(), threading.Event()
     if device.type == "cuda" and device.index is None:  # "cuda": this thread's current GPU
         device = torch.device("cuda", torch.cuda.current_device())
 
@@ -158,11 +159,12 @@ def prefetch(items: Iterator, device: torch.device, depth: int = 2) -> Iterator:
         return False
 
     def produce() -> None:
-        # this thread's torch operations (the synthetic negatives' drawing) on one core: the
-        # setting is this thread's own (torch's pin-memory thread does the same). With two
-        # intra-op teams, the training step's threads were preempted: at 64 px on 2 cores,
-        # an epoch with synthetic negatives took 4.5 s instead of 3.7.
-        torch.set_num_threads(1)
+        # this thread's torch operations (the synthetic negatives' drawing) on one core, as
+        # torch's pin-memory thread does. With two intra-op teams, the training step's
+        # threads were preempted: at 64 px on 2 cores, an epoch with synthetic negatives
+        # took 4.5 s instead of 3.7.
+        torch_threads(1)
+        counted.set()
         try:
             if device.type == "cuda":  # pin on this process's GPU, not on cuda:0
                 torch.cuda.set_device(device)
@@ -173,8 +175,11 @@ def prefetch(items: Iterator, device: torch.device, depth: int = 2) -> Iterator:
         except BaseException as e:  # noqa: BLE001 - handed to the consumer thread
             put(e)
 
+    before = torch.get_num_threads()
     worker = threading.Thread(target=produce, daemon=True)
     worker.start()
+    counted.wait()
+    torch.set_num_threads(before)  # threads started later take the consumer's count again
     try:
         while True:
             item = q.get()
